@@ -1,0 +1,360 @@
+"""The contact model and the validation of its input (create and patch).
+
+Pure: no database. The same validators serve the API, the CLI and the merge
+of call events, so a value an AI extracted is held to the rules a person's
+input is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import datetime
+from functools import lru_cache
+from typing import Annotated, Any
+from zoneinfo import available_timezones
+
+from email_validator import EmailNotValidError
+from email_validator import validate_email as _check_email
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+from contact_sync.errors import ValidationFailed
+from contact_sync.phones import normalise_phone
+
+KNOWN_LEAD_STATUSES = (
+    "new",
+    "contacted",
+    "qualified",
+    "unqualified",
+    "converted",
+    "customer",
+    "churned",
+    "do_not_contact",
+)
+MAX_CUSTOM_FIELDS = 200
+MAX_CUSTOM_FIELDS_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 20
+MAX_TAGS = 50
+
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_CUSTOM_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
+
+
+def _fail(message: str) -> PydanticCustomError:
+    # PydanticCustomError keeps our message verbatim (a ValueError would be
+    # prefixed with "Value error, "), so the API can return it as-is.
+    return PydanticCustomError("invalid", message)
+
+
+def _text(max_len: int, *, required: bool = False) -> Any:
+    def check(value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise _fail("Must be a string")
+        if "\x00" in value:
+            raise _fail("Must not contain NUL characters")
+        value = value.strip()
+        if required and not value:
+            raise _fail("Must not be empty")
+        if len(value) > max_len:
+            raise _fail(f"Must be at most {max_len} characters")
+        return value if value or required else None
+
+    return BeforeValidator(check)
+
+
+def _phone(value: str | None, info: ValidationInfo) -> str | None:
+    if value is None:
+        return None
+    region = (info.context or {}).get("region", "US")
+    try:
+        return normalise_phone(value, region)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+
+
+def normalise_email(value: str) -> str:
+    """Check an address; lower-case its domain and keep the local part as given."""
+    try:
+        checked = _check_email(value, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError("Email must be a valid address") from exc
+    return f"{checked.local_part}@{checked.domain.lower()}"
+
+
+def _email(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return normalise_email(value)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+
+
+@lru_cache(maxsize=1)
+def _timezones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def _timezone(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if value not in _timezones():
+        raise _fail("Timezone must be a valid IANA name such as America/Chicago")
+    return value
+
+
+def normalise_lead_status(value: str) -> str:
+    """``Do Not Contact`` → ``do_not_contact``; raises ValueError when no slug remains."""
+    slug = re.sub(r"[\s-]+", "_", value.strip().lower())
+    if not slug or len(slug) > 64 or not _SLUG.match(slug):
+        raise ValueError("Lead status must be a slug such as qualified")
+    return slug
+
+
+def _lead_status(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return normalise_lead_status(value)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+
+
+def _method(value: str | None) -> str | None:
+    if value is None:
+        return None
+    slug = re.sub(r"[\s]+", "_", value.lower())
+    if not _SLUG.match(slug) or len(slug) > 32:
+        raise _fail("Preferred contact method must be a slug such as phone, email or sms")
+    return slug
+
+
+def _json_depth(value: Any, depth: int = 0) -> int:
+    if depth > MAX_JSON_DEPTH:
+        return depth
+    if isinstance(value, dict):
+        return max((_json_depth(v, depth + 1) for v in value.values()), default=depth + 1)
+    if isinstance(value, list):
+        return max((_json_depth(v, depth + 1) for v in value), default=depth + 1)
+    return depth
+
+
+def check_custom_value(value: Any) -> None:
+    """Raise ValueError unless ``value`` is plain, finite JSON of bounded depth."""
+    if _json_depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"Custom field values must nest at most {MAX_JSON_DEPTH} levels")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError("Custom field values must be finite JSON values") from exc
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("Custom field values must be finite JSON values")
+
+
+def check_custom_key(key: str) -> None:
+    """Raise ValueError unless ``key`` is a slug of at most 64 characters."""
+    if not _CUSTOM_KEY.match(key):
+        raise ValueError(f"Custom field key {key[:70]!r} must be a slug of at most 64 characters")
+
+
+def check_custom_fields_size(fields: dict[str, Any]) -> None:
+    """Raise ValueError when the whole map exceeds 200 keys or 64 KiB."""
+    if len(fields) > MAX_CUSTOM_FIELDS:
+        raise ValueError(f"At most {MAX_CUSTOM_FIELDS} custom fields")
+    if len(json.dumps(fields, separators=(",", ":")).encode()) > MAX_CUSTOM_FIELDS_BYTES:
+        raise ValueError("Custom fields must be at most 64 KiB")
+
+
+def _custom_fields(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _fail("Custom fields must be an object")
+    try:
+        for key, item in value.items():
+            check_custom_key(key)
+            check_custom_value(item)
+        check_custom_fields_size(value)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    return dict(value)
+
+
+def _tags(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise _fail("Tags must be an array of strings")
+    seen: dict[str, None] = {}
+    for tag in value:
+        if not isinstance(tag, str) or not tag.strip() or "\x00" in tag:
+            raise _fail("Each tag must be a non-empty string")
+        tag = tag.strip()
+        if len(tag) > 64:
+            raise _fail("Each tag must be at most 64 characters")
+        seen.setdefault(tag, None)
+    if len(seen) > MAX_TAGS:
+        raise _fail(f"At most {MAX_TAGS} tags")
+    return list(seen)
+
+
+Name = Annotated[str, _text(100, required=True)]
+OptionalText100 = Annotated[str | None, _text(100)]
+Phone = Annotated[str | None, _text(40), AfterValidator(_phone)]
+Email = Annotated[str | None, _text(320), AfterValidator(_email)]
+TimeZoneName = Annotated[str | None, _text(64), AfterValidator(_timezone)]
+LeadStatus = Annotated[str | None, _text(64), AfterValidator(_lead_status)]
+ContactMethod = Annotated[str | None, _text(32), AfterValidator(_method)]
+Notes = Annotated[str | None, _text(10_000)]
+CustomFields = Annotated[dict[str, Any] | None, BeforeValidator(_custom_fields)]
+Tags = Annotated[list[str] | None, BeforeValidator(_tags)]
+Identifier = Annotated[str | None, _text(64)]
+
+
+class _Input(BaseModel):
+    """Accepts camelCase and snake_case names; unknown names are errors."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class ContactPatch(_Input):
+    """A partial update: only the fields present are written; ``null`` clears."""
+
+    company_id: Identifier = None
+    first_name: Name | None = None
+    last_name: Name | None = None
+    email: Email = None
+    phone: Phone = None
+    phone_secondary: Phone = None
+    job_title: Annotated[str | None, _text(200)] = None
+    lead_status: LeadStatus = None
+    source: OptionalText100 = None
+    timezone: TimeZoneName = None
+    preferred_contact_method: ContactMethod = None
+    do_not_call: StrictBool | None = None
+    notes: Notes = None
+    custom_fields: CustomFields = None
+    tags: Tags = None
+    version: StrictInt | None = Field(default=None, ge=1)
+
+    def changes(self) -> dict[str, Any]:
+        """The fields the client sent, by snake_case name (``version`` excluded)."""
+        sent = self.model_fields_set - {"version"}
+        values = {name: getattr(self, name) for name in sent}
+        for required in ("first_name", "last_name"):
+            if required in values and values[required] is None:
+                raise ValidationFailed({required: "Must not be null"})
+        for non_null, empty in (("do_not_call", False), ("custom_fields", {}), ("tags", [])):
+            if non_null in values and values[non_null] is None:
+                values[non_null] = empty
+        if "lead_status" in values and values["lead_status"] is None:
+            values["lead_status"] = "new"
+        return values
+
+
+class ContactCreate(_Input):
+    """The body of a create: names required, everything else optional."""
+
+    team_id: Identifier = None
+    company_id: Identifier = None
+    first_name: Name
+    last_name: Name
+    email: Email = None
+    phone: Phone = None
+    phone_secondary: Phone = None
+    job_title: Annotated[str | None, _text(200)] = None
+    lead_status: LeadStatus = None
+    source: OptionalText100 = None
+    timezone: TimeZoneName = None
+    preferred_contact_method: ContactMethod = None
+    do_not_call: StrictBool = False
+    notes: Notes = None
+    custom_fields: CustomFields = None
+    tags: Tags = None
+
+
+class Contact(BaseModel):
+    """A contact as the API and the read module return it."""
+
+    id: str
+    team_id: str
+    company_id: str | None
+    first_name: str
+    last_name: str
+    email: str | None
+    phone: str | None
+    phone_secondary: str | None
+    job_title: str | None
+    lead_status: str
+    source: str | None
+    timezone: str | None
+    preferred_contact_method: str | None
+    do_not_call: bool
+    notes: str | None
+    custom_fields: dict[str, Any]
+    tags: list[str]
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+STANDARD_FIELDS = tuple(name for name in ContactPatch.model_fields if name != "version")
+
+_ALIASES = {
+    (info.alias or name): name
+    for model in (ContactCreate, ContactPatch)
+    for name, info in model.model_fields.items()
+}
+
+
+def field_errors(error: ValidationError) -> dict[str, str]:
+    """Pydantic's errors as ``{snake_case_field: message}``, first message per field."""
+    details: dict[str, str] = {}
+    for item in error.errors(include_url=False):
+        loc = item.get("loc") or ("body",)
+        field = _ALIASES.get(str(loc[0]), str(loc[0]))
+        if item["type"] == "missing":
+            message = "Field required"
+        elif item["type"] == "extra_forbidden":
+            message = "Unknown field"
+        else:
+            message = item["msg"]
+        details.setdefault(field, message)
+    return details
+
+
+def parse_create(data: Any, *, region: str) -> ContactCreate:
+    """Validate a create body, raising ``ValidationFailed`` with per-field messages."""
+    if not isinstance(data, dict):
+        raise ValidationFailed({"body": "Must be a JSON object"})
+    try:
+        return ContactCreate.model_validate(data, context={"region": region})
+    except ValidationError as exc:
+        raise ValidationFailed(field_errors(exc)) from exc
+
+
+def parse_patch(data: Any, *, region: str) -> ContactPatch:
+    """Validate a patch body, raising ``ValidationFailed`` with per-field messages."""
+    if not isinstance(data, dict):
+        raise ValidationFailed({"body": "Must be a JSON object"})
+    try:
+        return ContactPatch.model_validate(data, context={"region": region})
+    except ValidationError as exc:
+        raise ValidationFailed(field_errors(exc)) from exc

@@ -1,0 +1,1 @@
+"""Persistence: tables, engine and the Alembic migrations that build them."""

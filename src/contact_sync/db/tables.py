@@ -1,0 +1,134 @@
+"""The tables, as SQLAlchemy Core objects for queries.
+
+The schema itself is created by the Alembic migrations in ``migrations/``;
+this module mirrors it for building statements and must be kept in step.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+from contact_sync.db.types import JsonDocument, UTCDateTime
+
+metadata = MetaData()
+
+teams = Table(
+    "teams",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("default_region", String(2), nullable=False),
+    Column("calls_overwrite_people", Boolean, nullable=False),
+    Column("min_confidence", Float, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("team_id", String(36), ForeignKey("teams.id", ondelete="CASCADE"), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime, nullable=True),
+)
+
+companies = Table(
+    "companies",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("team_id", String(36), ForeignKey("teams.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+contacts = Table(
+    "contacts",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("team_id", String(36), ForeignKey("teams.id", ondelete="CASCADE"), nullable=False),
+    Column("company_id", String(36), ForeignKey("companies.id", ondelete="SET NULL")),
+    Column("first_name", String(100), nullable=False),
+    Column("last_name", String(100), nullable=False),
+    Column("email", String(320)),
+    Column("phone", String(16)),
+    Column("phone_secondary", String(16)),
+    Column("job_title", String(200)),
+    Column("lead_status", String(64), nullable=False),
+    Column("source", String(100)),
+    Column("timezone", String(64)),
+    Column("preferred_contact_method", String(32)),
+    Column("do_not_call", Boolean, nullable=False),
+    Column("notes", Text),
+    Column("custom_fields", JsonDocument, nullable=False),
+    Column("tags", JsonDocument, nullable=False),
+    Column("provenance", JsonDocument, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+contact_history = Table(
+    "contact_history",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("contact_id", String(36), nullable=False),
+    Column("team_id", String(36), nullable=False),
+    Column("version_before", Integer),
+    Column("version_after", Integer, nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("event_id", String(200)),
+    Column("call_id", String(200)),
+    Column("api_key_id", String(36)),
+    Column("occurred_at", UTCDateTime, nullable=False),
+    Column("recorded_at", UTCDateTime, nullable=False),
+    Column("changes", JsonDocument, nullable=False),
+    Column("skipped", JsonDocument, nullable=False),
+    Column("summary", Text),
+)
+
+processed_events = Table(
+    "processed_events",
+    metadata,
+    Column("event_id", String(200), primary_key=True),
+    Column("team_id", String(36)),
+    Column("contact_id", String(36)),
+    Column("outcome", String(16), nullable=False),
+    Column("processed_at", UTCDateTime, nullable=False),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("event_id", String(200)),
+    Column("team_id", String(36)),
+    Column("reason", String(40), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("payload", JsonDocument, nullable=False),
+    Column("first_seen_at", UTCDateTime, nullable=False),
+    Column("last_seen_at", UTCDateTime, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("replayed_at", UTCDateTime),
+)
+
+# Redis keeps no delivery count, so the count of deliveries that never
+# finished (the worker died mid-task) lives here, keyed by message.
+delivery_attempts = Table(
+    "delivery_attempts",
+    metadata,
+    Column("message_key", String(200), primary_key=True),
+    Column("attempts", Integer, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)

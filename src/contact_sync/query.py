@@ -1,0 +1,277 @@
+"""The read module: the contacts list and the scheduler's eligible stream.
+
+Both the HTTP API and the campaign scheduler use these objects, so the
+filters mean the same everywhere. Every query is scoped to one team.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import UTC, datetime, time
+from functools import lru_cache
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, available_timezones
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+)
+from pydantic.alias_generators import to_camel
+from sqlalchemy import Connection, Select, and_, func, literal_column, or_, select
+from sqlalchemy.sql.elements import ColumnElement
+
+from contact_sync.contacts import Contact, field_errors, normalise_lead_status
+from contact_sync.db.tables import contacts
+from contact_sync.errors import ValidationFailed
+from contact_sync.phones import search_digits
+from contact_sync.store import contact_from_row
+
+STICKY_STATUSES = ("converted", "customer", "churned", "do_not_contact")
+
+
+def _status(value: str | None) -> str | None:
+    return None if value is None else normalise_lead_status(value)
+
+
+class _Query(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> Any:
+        """Validate, raising ``ValidationFailed`` naming each bad parameter."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ValidationFailed(_query_errors(exc)) from exc
+
+
+def _query_errors(exc: ValidationError) -> dict[str, str]:
+    details = field_errors(exc)
+    return {_SNAKE.get(key, key): message for key, message in details.items()}
+
+
+class ContactQuery(_Query):
+    """Filters of the contacts list; unset filters match everything."""
+
+    team_id: str = Field(min_length=1, max_length=64)
+    company_id: str | None = Field(default=None, max_length=64)
+    search: str | None = Field(default=None, max_length=200)
+    lead_status: Annotated[str | None, AfterValidator(_status)] = None
+    do_not_call: StrictBool | None = None
+    has_phone: StrictBool | None = None
+    limit: int = Field(default=50, ge=1, le=500)
+    offset: int = Field(default=0, ge=0, le=10_000_000)
+
+    @field_validator("search")
+    @classmethod
+    def _strip_search(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("Search must not contain NUL characters")
+        return value.strip() or None if value is not None else None
+
+
+@dataclass(frozen=True)
+class ContactPage:
+    """One page of the list and the count of all matches before pagination."""
+
+    data: list[Contact]
+    total: int
+    limit: int
+    offset: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The API's ``{data, total, limit, offset}``."""
+        return {
+            "data": [c.model_dump(mode="json") for c in self.data],
+            "total": self.total,
+            "limit": self.limit,
+            "offset": self.offset,
+        }
+
+
+def _search_condition(text: str) -> ColumnElement[bool]:
+    needle = text.lower()
+    full_name = func.lower(contacts.c.first_name + " " + contacts.c.last_name)
+    email = func.lower(func.coalesce(contacts.c.email, ""))
+    # autoescape makes % and _ in the input literal characters.
+    conditions = [
+        full_name.contains(needle, autoescape=True),
+        email.contains(needle, autoescape=True),
+    ]
+    digits = search_digits(text)
+    if digits:
+        conditions += [
+            func.coalesce(contacts.c.phone, "").contains(digits, autoescape=True),
+            func.coalesce(contacts.c.phone_secondary, "").contains(digits, autoescape=True),
+        ]
+    return or_(*conditions)
+
+
+def _filters(query: ContactQuery) -> list[ColumnElement[bool]]:
+    where: list[ColumnElement[bool]] = [contacts.c.team_id == query.team_id]
+    if query.company_id is not None:
+        where.append(contacts.c.company_id == query.company_id)
+    if query.lead_status is not None:
+        where.append(contacts.c.lead_status == query.lead_status)
+    if query.do_not_call is not None:
+        where.append(contacts.c.do_not_call.is_(query.do_not_call))
+    if query.has_phone is not None:
+        where.append(
+            contacts.c.phone.is_not(None) if query.has_phone else contacts.c.phone.is_(None)
+        )
+    if query.search:
+        where.append(_search_condition(query.search))
+    return where
+
+
+def list_contacts(conn: Connection, query: ContactQuery) -> ContactPage:
+    """One page of the team's contacts, newest first, with the exact total."""
+    where = _filters(query)
+    page: Select[Any] = (
+        select(contacts)
+        .where(*where)
+        .order_by(contacts.c.created_at.desc(), contacts.c.id.desc())
+        .limit(query.limit)
+        .offset(query.offset)
+    )
+    rows = conn.execute(page).all()
+    if query.offset == 0 and len(rows) < query.limit:
+        total = len(rows)  # the page holds every match: no count needed
+    else:
+        total = conn.execute(select(func.count()).select_from(contacts).where(*where)).scalar_one()
+    return ContactPage([contact_from_row(r) for r in rows], total, query.limit, query.offset)
+
+
+def _clock(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            hours, minutes = value.split(":")
+            if len(hours) != 2 or len(minutes) != 2:
+                raise ValueError
+            return time(int(hours), int(minutes))
+        except ValueError:
+            raise ValueError("Must be a time of day as HH:MM") from None
+    return value
+
+
+def _zone(value: str) -> str:
+    if value not in _all_timezones():
+        raise ValueError("Must be a valid IANA timezone such as America/New_York")
+    return value
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError("Must include a UTC offset, such as 2026-11-20T15:00:00Z")
+    return value
+
+
+class EligibleQuery(_Query):
+    """The scheduler's question: whom of this team may we call at ``at``?"""
+
+    team_id: str = Field(min_length=1, max_length=64)
+    at: Annotated[datetime | None, AfterValidator(_aware)] = None
+    window_start: time = time(9, 0)
+    window_end: time = time(17, 0)
+    default_timezone: Annotated[str, AfterValidator(_zone)] = "America/New_York"
+    limit: int = Field(default=100, ge=1, le=1000)
+    cursor: str | None = Field(default=None, max_length=200)
+
+    @field_validator("window_start", "window_end", mode="before")
+    @classmethod
+    def _parse_clock(cls, value: Any) -> Any:
+        return _clock(value)
+
+
+@dataclass(frozen=True)
+class EligiblePage:
+    """A slice of the eligible stream; ``next_cursor`` is None at the end."""
+
+    data: list[Contact]
+    next_cursor: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The API's ``{data, next_cursor}``."""
+        return {
+            "data": [c.model_dump(mode="json") for c in self.data],
+            "next_cursor": self.next_cursor,
+        }
+
+
+@lru_cache(maxsize=1)
+def _all_timezones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def _in_window(local: time, start: time, end: time) -> bool:
+    if start <= end:
+        return start <= local < end
+    return local >= start or local < end  # the window spans midnight
+
+
+def zones_in_window(at: datetime, start: time, end: time) -> list[str]:
+    """Every IANA zone whose local time at ``at`` lies in the window.
+
+    Deciding per zone in Python (a few hundred zones) and filtering with
+    ``timezone IN (...)`` works on every database and keeps the query on
+    its index, where a per-row conversion in SQL could not.
+    """
+    at_utc = at.astimezone(UTC)
+    return sorted(
+        zone
+        for zone in _all_timezones()
+        if _in_window(at_utc.astimezone(ZoneInfo(zone)).time().replace(tzinfo=None), start, end)
+    )
+
+
+def _encode_cursor(contact_id: str) -> str:
+    return base64.urlsafe_b64encode(contact_id.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationFailed({"cursor": "Cursor is not one this service issued"}) from None
+
+
+# Literal SQL so the planner matches the partial index ix_contacts_callable
+# even under prepared statements with generic plans (see PERFORMANCE.md).
+_CALLABLE: ColumnElement[bool] = literal_column(
+    "contacts.do_not_call = false AND contacts.phone IS NOT NULL AND "
+    "contacts.lead_status NOT IN ('converted', 'customer', 'churned', 'do_not_contact')"
+)
+
+
+def list_eligible(conn: Connection, query: EligibleQuery) -> EligiblePage:
+    """Callable contacts of the team in keyset (id) order, stable under changes."""
+    where: list[ColumnElement[bool]] = [contacts.c.team_id == query.team_id, _CALLABLE]
+    if query.cursor is not None:
+        where.append(contacts.c.id > _decode_cursor(query.cursor))
+    if query.at is not None:
+        zones = zones_in_window(query.at, query.window_start, query.window_end)
+        in_zone = contacts.c.timezone.in_(zones)
+        if query.default_timezone in zones:
+            where.append(or_(in_zone, contacts.c.timezone.is_(None)))
+        else:
+            where.append(and_(contacts.c.timezone.is_not(None), in_zone))
+    rows = conn.execute(
+        select(contacts).where(*where).order_by(contacts.c.id).limit(query.limit + 1)
+    ).all()
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    cursor = _encode_cursor(rows[-1].id) if more and rows else None
+    return EligiblePage([contact_from_row(r) for r in rows], cursor)
+
+
+_SNAKE = {
+    to_camel(name): name for model in (ContactQuery, EligibleQuery) for name in model.model_fields
+}

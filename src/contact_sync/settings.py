@@ -1,0 +1,37 @@
+"""Configuration from the environment (prefix ``CONTACT_SYNC_``).
+
+With nothing set the service runs embedded: a SQLite file in the working
+directory. Production points ``CONTACT_SYNC_DATABASE_URL`` at PostgreSQL and
+``CONTACT_SYNC_BROKER_URL`` at Redis.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; flags of the CLI override these."""
+
+    model_config = SettingsConfigDict(env_prefix="CONTACT_SYNC_", extra="ignore")
+
+    database_url: str = "sqlite:///contact_sync.sqlite3"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    # Redis redelivers a message left unacknowledged this long; it must exceed
+    # the longest a message can sit prefetched or running.
+    visibility_timeout_seconds: int = Field(default=3600, ge=60)
+    min_confidence: float = Field(default=0.5, ge=0.0, le=1.0)
+    worker_prefetch_multiplier: int = Field(default=4, ge=1)
+    # A message that killed its worker this many times is dead-lettered.
+    poison_max_attempts: int = Field(default=3, ge=1)
+    max_transient_retries: int = Field(default=10, ge=0)
+    api_max_body_bytes: int = Field(default=1_048_576, ge=1024)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,240 @@
+"""Contact writes and reads made by people (API, CLI, import).
+
+Every write bumps ``version`` by one, records provenance ``api`` for the
+fields it set, and adds one history record, all in the caller's transaction.
+Call events are applied by ``contact_sync.apply``, not here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, delete, insert, select, update
+
+from contact_sync.clock import utcnow
+from contact_sync.companies import check_company
+from contact_sync.contacts import Contact, parse_create, parse_patch
+from contact_sync.db.tables import contact_history, contacts
+from contact_sync.errors import ContactNotFound, ForbiddenTeam, StaleVersion
+from contact_sync.ids import new_id
+from contact_sync.teams import get_team
+
+
+def contact_from_row(row: Row[Any]) -> Contact:
+    """A table row as the public contact (provenance stays inside)."""
+    return Contact.model_validate(row._mapping, from_attributes=False)
+
+
+def _provenance(fields: dict[str, Any], *, source: str, at: datetime) -> dict[str, Any]:
+    entry = {"source": source, "observed_at": at.isoformat()}
+    keys = [name for name in fields if name != "custom_fields"]
+    keys += [f"custom_fields.{key}" for key in fields.get("custom_fields") or {}]
+    return {key: dict(entry) for key in keys}
+
+
+def _history_row(
+    *,
+    contact_id: str,
+    team_id: str,
+    version_before: int | None,
+    version_after: int,
+    changes: list[dict[str, Any]],
+    at: datetime,
+    api_key_id: str | None,
+    source: str,
+) -> dict[str, Any]:
+    return {
+        "id": new_id(),
+        "contact_id": contact_id,
+        "team_id": team_id,
+        "version_before": version_before,
+        "version_after": version_after,
+        "source": source,
+        "event_id": None,
+        "call_id": None,
+        "api_key_id": api_key_id,
+        "occurred_at": at,
+        "recorded_at": at,
+        "changes": changes,
+        "skipped": [],
+        "summary": None,
+    }
+
+
+def create_contact(
+    conn: Connection,
+    *,
+    team_id: str,
+    data: dict[str, Any],
+    api_key_id: str | None = None,
+    source: str = "api",
+) -> Contact:
+    """Validate ``data`` (camelCase or snake_case) and create the contact at version 1."""
+    team = get_team(conn, team_id=team_id)
+    body = parse_create(data, region=team.default_region)
+    if body.team_id is not None and body.team_id != team_id:
+        raise ForbiddenTeam("teamId does not match this team")
+    if body.company_id is not None:
+        check_company(conn, team_id=team_id, company_id=body.company_id)
+    now = utcnow()
+    fields = body.model_dump(exclude={"team_id"})
+    fields["lead_status"] = fields["lead_status"] or "new"
+    fields["custom_fields"] = fields["custom_fields"] or {}
+    fields["tags"] = fields["tags"] or []
+    set_fields = {k: v for k, v in fields.items() if v not in (None, {}, [])}
+    row = {
+        **fields,
+        "id": new_id(),
+        "team_id": team_id,
+        "provenance": _provenance(set_fields, source=source, at=now),
+        "version": 1,
+        "created_at": now,
+        "updated_at": now,
+    }
+    conn.execute(insert(contacts).values(**row))
+    changes = [{"field": name, "old": None, "new": value} for name, value in set_fields.items()]
+    conn.execute(
+        insert(contact_history).values(
+            **_history_row(
+                contact_id=row["id"],
+                team_id=team_id,
+                version_before=None,
+                version_after=1,
+                changes=changes,
+                at=now,
+                api_key_id=api_key_id,
+                source=source,
+            )
+        )
+    )
+    return Contact.model_validate(row)
+
+
+def _load(conn: Connection, *, team_id: str, contact_id: str, lock: bool) -> Row[Any]:
+    stmt = select(contacts).where(contacts.c.id == contact_id, contacts.c.team_id == team_id)
+    if lock:
+        # FOR NO KEY UPDATE: blocks other writers of this row, not inserts
+        # of rows that reference it (history has no FK, but companies do).
+        stmt = stmt.with_for_update(key_share=True)
+    row = conn.execute(stmt).one_or_none()
+    if row is None:
+        raise ContactNotFound(contact_id)
+    return row
+
+
+def get_contact(conn: Connection, *, team_id: str, contact_id: str) -> Contact:
+    """The contact of that team, or ``ContactNotFound`` (also for another team's id)."""
+    return contact_from_row(_load(conn, team_id=team_id, contact_id=contact_id, lock=False))
+
+
+def _diff(row: Row[Any], updates: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The columns that really change and the history entries describing them."""
+    new_values: dict[str, Any] = {}
+    changes: list[dict[str, Any]] = []
+    for name, value in updates.items():
+        if name == "custom_fields":
+            # JSON merge-patch semantics: keys given are set, null removes one.
+            current = dict(row.custom_fields)
+            merged = dict(current)
+            for key, item in value.items():
+                if item is None:
+                    merged.pop(key, None)
+                else:
+                    merged[key] = item
+            for key in sorted(set(current) | set(merged)):
+                if current.get(key) != merged.get(key):
+                    changes.append(
+                        {
+                            "field": f"custom_fields.{key}",
+                            "old": current.get(key),
+                            "new": merged.get(key),
+                        }
+                    )
+            if merged != current:
+                new_values["custom_fields"] = merged
+        elif getattr(row, name) != value:
+            new_values[name] = value
+            changes.append({"field": name, "old": getattr(row, name), "new": value})
+    return new_values, changes
+
+
+def update_contact(
+    conn: Connection,
+    *,
+    team_id: str,
+    contact_id: str,
+    data: dict[str, Any],
+    expected_version: int | None = None,
+    api_key_id: str | None = None,
+) -> Contact:
+    """Apply a partial update as a person's edit.
+
+    The row is locked for the length of this short transaction, so a write
+    without an expected version applies to the latest one atomically; with
+    one, a mismatch raises ``StaleVersion``. A no-op changes nothing.
+    """
+    team = get_team(conn, team_id=team_id)
+    patch = parse_patch(data, region=team.default_region)
+    expected = expected_version if expected_version is not None else patch.version
+    updates = patch.changes()
+    row = _load(conn, team_id=team_id, contact_id=contact_id, lock=True)
+    if expected is not None and expected != row.version:
+        raise StaleVersion(row.version)
+    if updates.get("company_id") is not None:
+        check_company(conn, team_id=team_id, company_id=updates["company_id"])
+    new_values, changes = _diff(row, updates)
+    if not changes:
+        return contact_from_row(row)
+    now = utcnow()
+    provenance = dict(row.provenance)
+    for change in changes:
+        provenance[change["field"]] = {"source": "api", "observed_at": now.isoformat()}
+    result = conn.execute(
+        update(contacts)
+        .where(contacts.c.id == contact_id, contacts.c.version == row.version)
+        .values(**new_values, provenance=provenance, version=row.version + 1, updated_at=now)
+        .returning(*contacts.c)
+    ).one_or_none()
+    if result is None:  # unreachable under the row lock; kept as the CAS guard
+        raise StaleVersion(row.version)
+    conn.execute(
+        insert(contact_history).values(
+            **_history_row(
+                contact_id=contact_id,
+                team_id=team_id,
+                version_before=row.version,
+                version_after=row.version + 1,
+                changes=changes,
+                at=now,
+                api_key_id=api_key_id,
+                source="api",
+            )
+        )
+    )
+    return contact_from_row(result)
+
+
+def delete_contact(conn: Connection, *, team_id: str, contact_id: str) -> None:
+    """Delete the contact and its history; ``ContactNotFound`` if not in the team."""
+    deleted = conn.execute(
+        delete(contacts).where(contacts.c.id == contact_id, contacts.c.team_id == team_id)
+    ).rowcount
+    if not deleted:
+        raise ContactNotFound(contact_id)
+    conn.execute(delete(contact_history).where(contact_history.c.contact_id == contact_id))
+
+
+def list_history(conn: Connection, *, team_id: str, contact_id: str) -> list[dict[str, Any]]:
+    """The contact's change records, newest first."""
+    _load(conn, team_id=team_id, contact_id=contact_id, lock=False)
+    rows = conn.execute(
+        select(contact_history)
+        .where(contact_history.c.contact_id == contact_id, contact_history.c.team_id == team_id)
+        .order_by(
+            contact_history.c.version_after.desc(),
+            contact_history.c.recorded_at.desc(),
+            contact_history.c.id.desc(),
+        )
+    ).all()
+    return [dict(row._mapping) for row in rows]

@@ -1,0 +1,119 @@
+"""Shared fixtures: a fresh database per test session on each backend.
+
+Integration tests take the ``engine`` fixture and run on both PostgreSQL and
+SQLite; each test starts from empty tables.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
+
+from contact_sync.db.engine import make_engine
+from contact_sync.db.migrate import upgrade
+from contact_sync.db.tables import metadata
+from contact_sync.teams import Team, create_team
+from tests.services import postgres_server, redis_server
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this session; dropped afterwards."""
+    with postgres_server() as server_url:
+        name = f"contact_sync_test_{uuid.uuid4().hex[:12]}"
+        admin = make_url(server_url).set(drivername="postgresql")
+        admin_dsn = admin.render_as_string(hide_password=False)
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+        engine = make_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        yield url
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def sqlite_url() -> Iterator[str]:
+    """A fresh, migrated SQLite file for this session."""
+    with tempfile.TemporaryDirectory(prefix="contact-sync-sqlite-") as tmp:
+        url = f"sqlite:///{os.path.join(tmp, 'test.sqlite3')}"
+        engine = make_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A reachable Redis (the running one or a throwaway server)."""
+    with redis_server() as url:
+        yield url
+
+
+def _truncate(engine: Engine) -> None:
+    names = [t.name for t in reversed(metadata.sorted_tables)]
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text(f"TRUNCATE {', '.join(names)} CASCADE"))
+        else:
+            for name in names:
+                conn.execute(text(f"DELETE FROM {name}"))
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """The URL of an empty, migrated database; the test runs once per backend."""
+    fixture = {"postgresql": "postgres_url", "sqlite": "sqlite_url"}[request.param]
+    url: str = request.getfixturevalue(fixture)
+    return url
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """An engine on empty tables."""
+    engine = make_engine(database_url)
+    _truncate(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_engine(postgres_url: str) -> Iterator[Engine]:
+    """An engine on empty PostgreSQL tables, for tests that only make sense there."""
+    engine = make_engine(postgres_url)
+    _truncate(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def team(engine: Engine) -> Team:
+    """A US team."""
+    with engine.begin() as conn:
+        return create_team(conn, name="Acme Solar")
+
+
+@pytest.fixture
+def other_team(engine: Engine) -> Team:
+    """A second team, for isolation checks."""
+    with engine.begin() as conn:
+        return create_team(conn, name="Rival Roofing")
+
+
+def make_contact(engine: Engine, team_id: str, **fields: Any) -> Any:
+    """Create a contact through the real service (a factory for tests)."""
+    from contact_sync.store import create_contact
+
+    data: dict[str, Any] = {"first_name": "Ada", "last_name": "Lovelace", **fields}
+    with engine.begin() as conn:
+        return create_contact(conn, team_id=team_id, data=data)
