@@ -9,17 +9,25 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
+from contact_sync.cli_events import BrokerUnreachable, add_event_commands
 from contact_sync.db.engine import make_engine, safe_url
 from contact_sync.db.migrate import upgrade
 from contact_sync.errors import ContactSyncError, NotFound, ValidationFailed
 from contact_sync.query import ContactQuery, list_contacts
 from contact_sync.settings import get_settings
 from contact_sync.teams import create_team, issue_api_key
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (subcommand parsers inherit this)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 class CliError(Exception):
@@ -91,9 +99,7 @@ def cmd_contacts_list(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="contact-sync", description="Contacts core of a voice-AI calling CRM."
-    )
+    parser = _Parser(prog="contact-sync", description="Contacts core of a voice-AI calling CRM.")
     parser.add_argument(
         "--database-url", help="overrides CONTACT_SYNC_DATABASE_URL (default: SQLite file here)"
     )
@@ -122,10 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--offset", type=int)
     listing.add_argument("--json", action="store_true", help="print {data, total, limit, offset}")
     listing.set_defaults(func=cmd_contacts_list)
+
+    add_event_commands(sub)
     return parser
 
 
-def _describe(exc: OperationalError, url: str) -> str:
+def _describe(exc: DBAPIError, url: str) -> str:
     reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
     return f"cannot use database {safe_url(url)}: {reason}"
 
@@ -144,12 +152,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NotFound as exc:
         print(f"contact-sync: not found: {exc}", file=sys.stderr)
         return 3
-    except OperationalError as exc:
+    except DBAPIError as exc:  # unreachable, refused, or no schema (not migrated)
         print(
             f"contact-sync: {_describe(exc, args.database_url or get_settings().database_url)}",
             file=sys.stderr,
         )
         return 4
+    except ArgumentError:  # SQLAlchemy cannot read the URL (unknown scheme, bad syntax)
+        url = safe_url(args.database_url or get_settings().database_url)
+        print(f"contact-sync: invalid database URL {url}", file=sys.stderr)
+        return 4
+    except BrokerUnreachable as exc:
+        print(f"contact-sync: {exc}", file=sys.stderr)
+        return 5
     except (CliError, ContactSyncError) as exc:
         print(f"contact-sync: {exc}", file=sys.stderr)
         return getattr(exc, "code", 1)

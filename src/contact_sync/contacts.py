@@ -154,10 +154,23 @@ def _json_depth(value: Any, depth: int = 0) -> int:
     return depth
 
 
+def _has_nul(value: Any) -> bool:
+    # PostgreSQL's JSONB cannot hold U+0000 in any string (key or value).
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def check_custom_value(value: Any) -> None:
     """Raise ValueError unless ``value`` is plain, finite JSON of bounded depth."""
     if _json_depth(value) > MAX_JSON_DEPTH:
         raise ValueError(f"Custom field values must nest at most {MAX_JSON_DEPTH} levels")
+    if _has_nul(value):
+        raise ValueError("Custom field values must not contain NUL characters")
     try:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:

@@ -45,3 +45,7 @@ class StaleVersion(ContactSyncError):
     def __init__(self, current_version: int) -> None:
         super().__init__(f"Version mismatch: current version is {current_version}")
         self.current_version = current_version
+
+
+class AmbiguousContact(ContactSyncError):
+    """More than one contact of the team has the number the event names."""

@@ -39,6 +39,13 @@ def _status(value: str | None) -> str | None:
     return None if value is None else normalise_lead_status(value)
 
 
+def _no_nul(value: str | None) -> str | None:
+    # PostgreSQL text cannot hold U+0000: reject it as bad input, not a 500.
+    if value is not None and "\x00" in value:
+        raise ValueError("Must not contain NUL characters")
+    return value
+
+
 class _Query(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
@@ -76,6 +83,11 @@ class ContactQuery(_Query):
         if value is not None and "\x00" in value:
             raise ValueError("Search must not contain NUL characters")
         return value.strip() or None if value is not None else None
+
+    @field_validator("team_id", "company_id")
+    @classmethod
+    def _reject_nul(cls, value: str | None) -> str | None:
+        return _no_nul(value)
 
 
 @dataclass(frozen=True)
@@ -190,6 +202,11 @@ class EligibleQuery(_Query):
     def _parse_clock(cls, value: Any) -> Any:
         return _clock(value)
 
+    @field_validator("team_id")
+    @classmethod
+    def _reject_nul(cls, value: str | None) -> str | None:
+        return _no_nul(value)
+
 
 @dataclass(frozen=True)
 class EligiblePage:
@@ -237,10 +254,16 @@ def _encode_cursor(contact_id: str) -> str:
 
 
 def _decode_cursor(cursor: str) -> str:
+    invalid = ValidationFailed({"cursor": "Cursor is not one this service issued"})
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (ValueError, UnicodeDecodeError):
-        raise ValidationFailed({"cursor": "Cursor is not one this service issued"}) from None
+        padded = (cursor + "=" * (-len(cursor) % 4)).encode("ascii")
+        decoded = base64.b64decode(padded, altchars=b"-_", validate=True).decode("ascii")
+    except (ValueError, UnicodeError):
+        raise invalid from None
+    # Only ids we encoded round-trip: printable ASCII, re-encoding to the same text.
+    if not decoded.isprintable() or _encode_cursor(decoded) != cursor:
+        raise invalid
+    return decoded
 
 
 # Literal SQL so the planner matches the partial index ix_contacts_callable

@@ -82,7 +82,11 @@ def create_contact(
     fields["lead_status"] = fields["lead_status"] or "new"
     fields["custom_fields"] = fields["custom_fields"] or {}
     fields["tags"] = fields["tags"] or []
-    set_fields = {k: v for k, v in fields.items() if v not in (None, {}, [])}
+    # Only what the person sent gets provenance: a defaulted status or flag
+    # is no observation, and must not outrank a call that happened earlier.
+    set_fields = {
+        k: v for k, v in fields.items() if k in body.model_fields_set and v not in (None, {}, [])
+    }
     row = {
         **fields,
         "id": new_id(),
@@ -112,6 +116,8 @@ def create_contact(
 
 
 def _load(conn: Connection, *, team_id: str, contact_id: str, lock: bool) -> Row[Any]:
+    if "\x00" in contact_id:  # PostgreSQL text cannot hold it; no id contains it
+        raise ContactNotFound(contact_id)
     stmt = select(contacts).where(contacts.c.id == contact_id, contacts.c.team_id == team_id)
     if lock:
         # FOR NO KEY UPDATE: blocks other writers of this row, not inserts
@@ -217,6 +223,8 @@ def update_contact(
 
 def delete_contact(conn: Connection, *, team_id: str, contact_id: str) -> None:
     """Delete the contact and its history; ``ContactNotFound`` if not in the team."""
+    if "\x00" in contact_id:  # PostgreSQL text cannot hold it; no id contains it
+        raise ContactNotFound(contact_id)
     deleted = conn.execute(
         delete(contacts).where(contacts.c.id == contact_id, contacts.c.team_id == team_id)
     ).rowcount

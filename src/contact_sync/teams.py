@@ -85,6 +85,8 @@ def issue_api_key(conn: Connection, *, team_id: str) -> IssuedKey:
 
 def get_team(conn: Connection, *, team_id: str) -> Team:
     """The team, or ``TeamNotFound``."""
+    if "\x00" in team_id:  # PostgreSQL text cannot hold it; no id contains it
+        raise TeamNotFound(team_id)
     row = conn.execute(select(teams).where(teams.c.id == team_id)).one_or_none()
     if row is None:
         raise TeamNotFound(team_id)

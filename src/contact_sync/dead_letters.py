@@ -1,0 +1,118 @@
+"""Dead letters: events parked with their reason and raw payload, never dropped.
+
+A redelivery of the same bad event bumps ``attempts`` on its open dead
+letter instead of adding another, so the table stays a list of problems.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from contact_sync.db.tables import dead_letters
+from contact_sync.events import Reason
+from contact_sync.ids import new_id
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A parked event as ops see it."""
+
+    id: str
+    event_id: str | None
+    team_id: str | None
+    reason: str
+    message: str
+    payload: Any
+    first_seen_at: datetime
+    last_seen_at: datetime
+    attempts: int
+    replayed_at: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        data = dict(self.__dict__)
+        for key in ("first_seen_at", "last_seen_at", "replayed_at"):
+            data[key] = data[key].isoformat() if data[key] is not None else None
+        return data
+
+
+def record(
+    conn: Connection,
+    *,
+    payload: Any,
+    reason: Reason,
+    message: str,
+    event_id: str | None,
+    team_id: str | None,
+    now: datetime,
+    dead_letter_id: str | None = None,
+) -> str:
+    """Park ``payload``; returns the dead letter's id.
+
+    ``dead_letter_id`` (a replay) or an open dead letter of the same event is
+    updated rather than duplicated.
+    """
+    existing = dead_letter_id
+    if existing is None and event_id is not None:
+        existing = conn.execute(
+            select(dead_letters.c.id)
+            .where(dead_letters.c.event_id == event_id, dead_letters.c.replayed_at.is_(None))
+            .limit(1)
+        ).scalar_one_or_none()
+    if existing is not None:
+        conn.execute(
+            update(dead_letters)
+            .where(dead_letters.c.id == existing)
+            .values(
+                reason=reason,
+                message=message,
+                payload=payload,
+                last_seen_at=now,
+                attempts=dead_letters.c.attempts + 1,
+                replayed_at=None,
+            )
+        )
+        return existing
+    new = new_id()
+    conn.execute(
+        insert(dead_letters).values(
+            id=new,
+            event_id=event_id,
+            team_id=team_id,
+            reason=reason,
+            message=message[:2000],
+            payload=payload,
+            first_seen_at=now,
+            last_seen_at=now,
+            attempts=1,
+            replayed_at=None,
+        )
+    )
+    return new
+
+
+def mark_replayed(conn: Connection, *, dead_letter_id: str, now: datetime) -> None:
+    """Close a dead letter whose event has now gone through."""
+    conn.execute(
+        update(dead_letters).where(dead_letters.c.id == dead_letter_id).values(replayed_at=now)
+    )
+
+
+def list_dead_letters(conn: Connection, *, include_replayed: bool = True) -> list[DeadLetter]:
+    """Dead letters, newest first."""
+    stmt = select(dead_letters).order_by(dead_letters.c.last_seen_at.desc(), dead_letters.c.id)
+    if not include_replayed:
+        stmt = stmt.where(dead_letters.c.replayed_at.is_(None))
+    return [DeadLetter(**row._mapping) for row in conn.execute(stmt)]
+
+
+def get_dead_letter(conn: Connection, *, dead_letter_id: str) -> DeadLetter | None:
+    """One dead letter by id."""
+    row = conn.execute(
+        select(dead_letters).where(dead_letters.c.id == dead_letter_id)
+    ).one_or_none()
+    return DeadLetter(**row._mapping) if row is not None else None

@@ -1,0 +1,224 @@
+"""The ``call.completed`` event, schema version 1 (the contract with the call pipeline).
+
+Parsing sorts failures into the dead-letter reasons of DESIGN §2, so the
+worker can park a bad event with a code a person can act on.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
+
+from contact_sync.contacts import check_custom_key, check_custom_value
+
+SCHEMA_VERSION = 1
+FUTURE_TOLERANCE = timedelta(minutes=10)
+MAX_BATCH = 500
+
+Reason = Literal[
+    "invalid_payload",
+    "unsupported_schema_version",
+    "occurred_in_future",
+    "contact_not_found",
+    "ambiguous_contact",
+    "poison_message",
+]
+
+
+class InvalidEvent(Exception):
+    """The payload can never be applied as it is; ``reason`` is the dead-letter code."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason: Reason = reason
+        self.message = message
+
+
+_ISO_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]")
+
+
+def _exact_integer(value: Any) -> Any:
+    # JSON `true` and `1.0` are not the version 1: a publisher sending them has a bug.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be an integer")
+    return value
+
+
+def _iso_date_time(value: Any) -> Any:
+    # Pydantic would also read Unix timestamps (seconds or milliseconds, guessed
+    # from the size); the contract is ISO 8601 text, so a number is refused.
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _ISO_DATE_TIME.match(value):
+        raise ValueError("must be an ISO 8601 date-time with an offset")
+    return value
+
+
+Id = Annotated[StrictStr, Field(min_length=1, max_length=200)]
+ShortText = Annotated[StrictStr, Field(max_length=2000)]
+
+
+class ExtractedValue(BaseModel):
+    """A custom-field value with the extractor's confidence and quote."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    value: JsonValue
+    confidence: Annotated[StrictFloat | StrictInt, Field(ge=0, le=1)] | None = None
+    evidence: ShortText | None = None
+
+
+def _wrap_custom_fields(value: Any) -> Any:
+    """Plain values become ``{value}``; ``{value, confidence?, evidence?}`` stays."""
+    if not isinstance(value, dict):
+        return value
+    wrapped: dict[str, Any] = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise ValueError("custom field keys must be strings")
+        try:
+            check_custom_key(key)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        is_wrapped = (
+            isinstance(item, dict)
+            and "value" in item
+            and set(item) <= {"value", "confidence", "evidence"}
+        )
+        candidate = item["value"] if is_wrapped else item
+        try:
+            check_custom_value(candidate)
+        except ValueError as exc:
+            raise ValueError(f"custom field {key}: {exc}") from None
+        wrapped[key] = item if is_wrapped else {"value": item}
+    return wrapped
+
+
+class ExtractedContact(BaseModel):
+    """Standard fields the extractor heard; each is validated like API input in the merge."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    email: ShortText | None = None
+    job_title: ShortText | None = None
+    first_name: ShortText | None = None
+    last_name: ShortText | None = None
+    phone_secondary: ShortText | None = None
+    timezone: ShortText | None = None
+    preferred_contact_method: ShortText | None = None
+
+
+class Extraction(BaseModel):
+    """What the AI extracted from the conversation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    extractor_version: Annotated[StrictStr, Field(max_length=100)] | None = None
+    custom_fields: Annotated[
+        dict[str, ExtractedValue], BeforeValidator(_wrap_custom_fields), Field(max_length=200)
+    ] = Field(default_factory=dict)
+    contact: ExtractedContact | None = None
+    lead_status: Annotated[StrictStr, Field(max_length=64)] | None = None
+    do_not_call: StrictBool | None = None
+    tags: (
+        Annotated[list[Annotated[StrictStr, Field(max_length=64)]], Field(max_length=50)] | None
+    ) = None
+    summary: Annotated[StrictStr, Field(max_length=10_000)] | None = None
+
+
+class CallCompleted(BaseModel):
+    """One finished call and what was extracted from it."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={"$id": "https://contact-sync.dev/schemas/call.completed.v1.json"},
+    )
+
+    event_id: Id
+    type: Literal["call.completed"]
+    schema_version: Annotated[Literal[1], BeforeValidator(_exact_integer)]
+    team_id: Id
+    call_id: Id
+    contact_id: Id | None = None
+    phone: Annotated[StrictStr, Field(max_length=40)] | None = None
+    campaign_id: Id | None = None
+    occurred_at: Annotated[AwareDatetime, BeforeValidator(_iso_date_time)]
+    outcome: Literal["completed", "voicemail", "no_answer", "busy", "failed"]
+    duration_seconds: Annotated[StrictInt, Field(ge=0, le=86_400 * 7)] | None = None
+    extraction: Extraction | None = None
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors(include_url=False)[:5]:
+        where = ".".join(str(p) for p in item["loc"]) or "event"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def parse_event(payload: Any, *, now: datetime) -> CallCompleted:
+    """Validate a payload as received, or raise ``InvalidEvent`` with its reason."""
+    if not isinstance(payload, dict):
+        raise InvalidEvent("invalid_payload", "the event must be a JSON object")
+    version = payload.get("schema_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version != SCHEMA_VERSION:
+        raise InvalidEvent(
+            "unsupported_schema_version",
+            f"schema_version {version} is not supported (this worker reads {SCHEMA_VERSION})",
+        )
+    try:
+        event = CallCompleted.model_validate(payload)
+    except ValidationError as exc:
+        raise InvalidEvent("invalid_payload", _describe(exc)) from None
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise InvalidEvent("invalid_payload", f"unreadable event: {exc}") from None
+    if event.contact_id is None and event.phone is None:
+        raise InvalidEvent("invalid_payload", "contact_id or phone is required")
+    if event.occurred_at > now + FUTURE_TOLERANCE:
+        raise InvalidEvent(
+            "occurred_in_future",
+            f"occurred_at {event.occurred_at.isoformat()} is more than 10 minutes ahead",
+        )
+    return event
+
+
+def event_id_of(payload: Any) -> str | None:
+    """The event id of a payload that may not validate, for dead letters and the inbox."""
+    if isinstance(payload, dict):
+        value = payload.get("event_id")
+        if isinstance(value, str) and 0 < len(value) <= 200:
+            return value
+    return None
+
+
+def team_id_of(payload: Any) -> str | None:
+    """The team id of a payload that may not validate."""
+    if isinstance(payload, dict):
+        value = payload.get("team_id")
+        if isinstance(value, str) and 0 < len(value) <= 36:
+            return value
+    return None
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema shipped for publishers in other languages."""
+    schema = CallCompleted.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "call.completed (schema_version 1)"
+    return schema

@@ -1,0 +1,287 @@
+"""The pure merge of a ``call.completed`` event into a contact (DESIGN §4).
+
+No I/O: a function of (state with provenance, event, policy) that returns the
+new state, the changes and the skipped values. Every rule is written so the
+result does not depend on delivery order: a field keeps the value of its
+newest observation (``occurred_at``, then ``event_id``), and the rules that
+ignore time (do-not-call, sticky statuses, tag union) are monotone.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from contact_sync.contacts import MAX_TAGS, ContactPatch, field_errors, normalise_lead_status
+from contact_sync.events import CallCompleted, ExtractedContact, ExtractedValue
+from contact_sync.lead_status import IMPLICIT_FROM, IMPLICIT_TO, SETTABLE_BY_CALLS, is_sticky
+
+PEOPLE = frozenset({"api", "import"})
+CALL_FIELDS = (
+    "first_name",
+    "last_name",
+    "email",
+    "phone_secondary",
+    "job_title",
+    "timezone",
+    "preferred_contact_method",
+)
+TAG_PREFIX = "tag:"
+
+
+@dataclass(frozen=True)
+class MergePolicy:
+    """A team's settings that the merge obeys."""
+
+    region: str = "US"
+    min_confidence: float = 0.5
+    calls_overwrite_people: bool = False
+
+
+@dataclass
+class ContactState:
+    """The mergeable part of a contact and the provenance of each value.
+
+    ``provenance`` maps a field (``email``, ``custom_fields.budget``,
+    ``tag:hot-lead``) to ``{source, observed_at, event_id, call_id, ...}``.
+    """
+
+    first_name: str
+    last_name: str
+    email: str | None = None
+    phone_secondary: str | None = None
+    job_title: str | None = None
+    timezone: str | None = None
+    preferred_contact_method: str | None = None
+    lead_status: str = "new"
+    do_not_call: bool = False
+    custom_fields: dict[str, Any] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+    provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def copy(self) -> ContactState:
+        """A deep copy, so the merge never mutates its input."""
+        return copy.deepcopy(self)
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """What a merge produced: the state, the changes and what it declined."""
+
+    state: ContactState
+    changes: list[dict[str, Any]]
+    skipped: list[dict[str, Any]]
+
+
+def _key(observed_at: str, event_id: str | None) -> tuple[str, str]:
+    return (observed_at, event_id or "")
+
+
+def _utc_iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _normalise_iso(value: str) -> str:
+    # Recorded times are compared as text: normalise any stored form to the
+    # fixed-width UTC form the merge writes.
+    return _utc_iso(datetime.fromisoformat(value))
+
+
+def observation(event: CallCompleted) -> dict[str, Any]:
+    """The provenance entry a value from this event gets."""
+    return {
+        "source": "call",
+        "observed_at": _utc_iso(event.occurred_at),
+        "event_id": event.event_id,
+        "call_id": event.call_id,
+    }
+
+
+def is_newer(event: CallCompleted, current: dict[str, Any] | None) -> bool:
+    """Whether the event's observation beats the recorded one (ties: larger event_id)."""
+    if current is None:
+        return True
+    mine = _key(_utc_iso(event.occurred_at), event.event_id)
+    theirs = _key(_normalise_iso(current["observed_at"]), current.get("event_id"))
+    return mine > theirs
+
+
+class _Merge:
+    """One merge in progress: collects changes and skips as it goes."""
+
+    def __init__(self, state: ContactState, event: CallCompleted, policy: MergePolicy) -> None:
+        self.state = state.copy()
+        self.event = event
+        self.policy = policy
+        self.changes: list[dict[str, Any]] = []
+        self.skipped: list[dict[str, Any]] = []
+        self.seen = observation(event)
+
+    def skip(self, name: str, value: Any, reason: str) -> None:
+        self.skipped.append({"field": name, "value": value, "reason": reason})
+
+    def set(self, name: str, value: Any, provenance: dict[str, Any]) -> None:
+        old = getattr(self.state, name)
+        if old != value:
+            setattr(self.state, name, value)
+            self.changes.append({"field": name, "old": old, "new": value})
+        self.state.provenance[name] = provenance
+
+    def custom_fields(self, fields: dict[str, ExtractedValue]) -> None:
+        for key, extracted in fields.items():
+            name = f"custom_fields.{key}"
+            if extracted.value is None:
+                continue  # not found in this call: changes nothing
+            if (
+                extracted.confidence is not None
+                and extracted.confidence < self.policy.min_confidence
+            ):
+                self.skip(name, extracted.value, "low_confidence")
+                continue
+            current = self.state.provenance.get(name)
+            if not is_newer(self.event, current):
+                self.skip(name, extracted.value, "older_than_current")
+                continue
+            entry = dict(self.seen)
+            if extracted.confidence is not None:
+                entry["confidence"] = extracted.confidence
+            if extracted.evidence is not None:
+                entry["evidence"] = extracted.evidence
+            old = self.state.custom_fields.get(key)
+            if old != extracted.value:
+                self.state.custom_fields[key] = extracted.value
+                self.changes.append({"field": name, "old": old, "new": extracted.value})
+            self.state.provenance[name] = entry
+
+    def standard_fields(self, contact: ExtractedContact) -> None:
+        values = contact.model_dump(exclude_none=True)
+        for name, raw in values.items():
+            if name not in CALL_FIELDS:
+                self.skip(name, raw, "not_settable_by_calls")
+                continue
+            try:
+                patch = ContactPatch.model_validate(
+                    {name: raw}, context={"region": self.policy.region}
+                )
+            except ValidationError as exc:
+                self.skip(name, raw, f"invalid: {field_errors(exc).get(name, 'invalid value')}")
+                continue
+            value = getattr(patch, name)
+            if value is None:
+                continue
+            current = self.state.provenance.get(name)
+            set_by_person = (
+                current is not None
+                and current.get("source") in PEOPLE
+                and getattr(self.state, name) not in (None, "")
+            )
+            if set_by_person and not self.policy.calls_overwrite_people:
+                self.skip(name, value, "set_by_person")
+            elif not is_newer(self.event, current):
+                self.skip(name, value, "older_than_current")
+            else:
+                self.set(name, value, dict(self.seen))
+
+    def lead_status(self) -> None:
+        extraction = self.event.extraction
+        raw = extraction.lead_status if extraction is not None else None
+        if raw is None:
+            if (
+                self.event.outcome == "completed"
+                and self.state.lead_status == IMPLICIT_FROM
+                and not _set_by_person_after(self.state, self.event)
+            ):
+                self.set("lead_status", IMPLICIT_TO, {**self.seen, "implicit": True})
+            return
+        try:
+            status = normalise_lead_status(raw)
+        except ValueError:
+            self.skip("lead_status", raw, "invalid: not a status")
+            return
+        if status == "do_not_contact":
+            self.do_not_call(True)
+        if is_sticky(self.state.lead_status):
+            if status != self.state.lead_status:
+                self.skip("lead_status", status, "sticky_status")
+            return
+        if status not in SETTABLE_BY_CALLS:
+            self.skip("lead_status", status, "not_settable_by_calls")
+            return
+        current = self.state.provenance.get("lead_status")
+        # The implicit move is weaker than any extracted status (DESIGN §4.3);
+        # do_not_contact is a compliance signal and applies whatever the order.
+        implicit = current is not None and current.get("implicit", False)
+        if status == "do_not_contact" or implicit or is_newer(self.event, current):
+            self.set("lead_status", status, dict(self.seen))
+        else:
+            self.skip("lead_status", status, "older_than_current")
+
+    def do_not_call(self, value: bool | None) -> None:
+        if value is None:
+            return
+        if value:
+            if not self.state.do_not_call:
+                self.set("do_not_call", True, dict(self.seen))
+        elif self.state.do_not_call:
+            self.skip("do_not_call", False, "only_people_clear_do_not_call")
+
+    def tags(self, extracted: list[str]) -> None:
+        before = list(self.state.tags)
+        tags = self.state.tags
+        for raw in extracted:
+            tag = raw.strip()
+            name = TAG_PREFIX + tag
+            current = self.state.provenance.get(name)
+            if not tag or (tag in tags and current is None):
+                continue  # empty, or a person's tag: calls never touch those
+            if tag not in tags and len(tags) >= MAX_TAGS:
+                self.skip("tags", tag, "too_many_tags")
+                continue
+            if current is None or not is_newer(self.event, current):
+                # A call tag remembers its earliest observation, which fixes
+                # its place in the list whatever order events arrive in.
+                self.state.provenance[name] = dict(self.seen)
+            if tag not in tags:
+                tags.append(tag)
+        self.state.tags = _order_tags(tags, self.state.provenance)
+        if self.state.tags != before:
+            self.changes.append({"field": "tags", "old": before, "new": list(self.state.tags)})
+
+
+def _order_tags(tags: list[str], provenance: dict[str, dict[str, Any]]) -> list[str]:
+    people = [t for t in tags if TAG_PREFIX + t not in provenance]
+    calls = sorted(
+        (t for t in tags if TAG_PREFIX + t in provenance),
+        key=lambda t: (
+            _key(
+                _normalise_iso(provenance[TAG_PREFIX + t]["observed_at"]),
+                provenance[TAG_PREFIX + t].get("event_id"),
+            ),
+            t,
+        ),
+    )
+    return people + calls
+
+
+def _set_by_person_after(state: ContactState, event: CallCompleted) -> bool:
+    current = state.provenance.get("lead_status")
+    return current is not None and current.get("source") in PEOPLE and not is_newer(event, current)
+
+
+def merge(state: ContactState, event: CallCompleted, policy: MergePolicy) -> MergeResult:
+    """Merge one event into a contact; the input state is left untouched."""
+    job = _Merge(state, event, policy)
+    extraction = event.extraction
+    if extraction is not None:
+        job.custom_fields(extraction.custom_fields)
+        if extraction.contact is not None:
+            job.standard_fields(extraction.contact)
+        if extraction.tags is not None:
+            job.tags(extraction.tags)
+        job.do_not_call(extraction.do_not_call)
+    job.lead_status()
+    return MergeResult(job.state, job.changes, job.skipped)

@@ -1,0 +1,67 @@
+"""The one place that configures Celery (serializer, queue, acks, logging).
+
+At-least-once delivery is assumed: ``acks_late`` acknowledges a message only
+after its transaction committed, and the inbox turns redeliveries into
+no-ops.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.signals import setup_logging, worker_process_init
+
+from contact_sync.logs import configure_logging
+from contact_sync.settings import Settings, get_settings
+
+QUEUE = "contact_sync.events"
+TASK_APPLY = "contact_sync.apply_call_completed"
+TASK_APPLY_BATCH = "contact_sync.apply_call_completed_batch"
+
+
+def create_app(settings: Settings) -> Celery:
+    """A Celery app for ``settings``; tasks live in ``contact_sync.worker.tasks``."""
+    celery = Celery(
+        "contact_sync", broker=settings.broker_url, include=["contact_sync.worker.tasks"]
+    )
+    celery.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=settings.worker_prefetch_multiplier,
+        # Must exceed the longest a message may sit prefetched, waiting for
+        # a retry countdown, or running; Redis redelivers it after this.
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},
+        task_default_queue=QUEUE,
+        task_routes={TASK_APPLY: {"queue": QUEUE}, TASK_APPLY_BATCH: {"queue": QUEUE}},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+    )
+    return celery
+
+
+app = create_app(get_settings())
+
+
+@setup_logging.connect
+def _json_logs(loglevel: Any = "INFO", **_: Any) -> None:
+    configure_logging(loglevel or "INFO")
+    # Celery's per-task "succeeded" line repeats the whole payload (personal
+    # data, and large for batches); our own line per event replaces it.
+    logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
+
+
+@worker_process_init.connect
+def _fresh_connections(**_: Any) -> None:
+    # A forked child must not share the parent's database sockets.
+    from contact_sync.worker.runtime import reset_engine
+
+    reset_engine()

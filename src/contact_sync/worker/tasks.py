@@ -1,0 +1,142 @@
+"""The Celery tasks: translate a message, call the apply use case, log the result."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from celery import Task
+
+from contact_sync.apply import Outcome, apply_batch
+from contact_sync.clock import utcnow
+from contact_sync.dead_letters import record
+from contact_sync.events import MAX_BATCH, Reason, event_id_of, team_id_of
+from contact_sync.metrics import APPLY_SECONDS, CONFLICT_RETRIES, EVENTS
+from contact_sync.settings import get_settings
+from contact_sync.worker.celery_app import TASK_APPLY, TASK_APPLY_BATCH, app
+from contact_sync.worker.failures import backoff_seconds, is_transient
+from contact_sync.worker.poison import count_attempt, forget
+from contact_sync.worker.runtime import get_engine
+
+log = logging.getLogger("contact_sync.worker")
+
+
+def _redelivered(task: Task) -> bool:
+    info = task.request.delivery_info or {}
+    headers = task.request.headers or {}
+    return bool(info.get("redelivered") or headers.get("redelivered"))
+
+
+def _park(payloads: Sequence[Any], reason: Reason, message: str) -> list[Outcome]:
+    """Dead-letter every payload of a message in one transaction."""
+    now = utcnow()
+    with get_engine().begin() as conn:
+        for payload in payloads:
+            record(
+                conn,
+                payload=payload,
+                reason=reason,
+                message=message,
+                event_id=event_id_of(payload),
+                team_id=team_id_of(payload),
+                now=now,
+            )
+    return [
+        Outcome("dead_lettered", event_id_of(p), team_id_of(p), reason=reason, message=message)
+        for p in payloads
+    ]
+
+
+def _apply_isolating_failures(payloads: Sequence[Any]) -> list[Outcome]:
+    """Apply the batch; if it fails on something not transient, find the culprit.
+
+    Each payload is then tried alone, so only the one that breaks is parked.
+    """
+    engine = get_engine()
+    min_confidence = get_settings().min_confidence
+    try:
+        return apply_batch(engine, payloads, min_confidence=min_confidence)
+    except Exception as error:
+        if is_transient(error):
+            raise
+        if len(payloads) == 1:
+            log.exception("event cannot be applied", extra={"event_id": event_id_of(payloads[0])})
+            return _park(payloads, "poison_message", f"applying failed: {error!r}"[:2000])
+    outcomes: list[Outcome] = []
+    for payload in payloads:
+        outcomes += _apply_isolating_failures([payload])
+    return outcomes
+
+
+def _run(task: Task, payloads: Sequence[Any]) -> None:
+    started = time.perf_counter()
+    settings = get_settings()
+    key = str(task.request.id)
+    redelivered = _redelivered(task)
+    try:
+        if redelivered and count_attempt(get_engine(), key) > settings.poison_max_attempts:
+            outcomes = _park(
+                payloads,
+                "poison_message",
+                f"message was delivered more than {settings.poison_max_attempts} times "
+                "without finishing (its worker died each time)",
+            )
+        else:
+            outcomes = _apply_isolating_failures(payloads)
+        if redelivered:
+            forget(get_engine(), key)
+    except Exception as error:
+        if not is_transient(error):
+            raise
+        CONFLICT_RETRIES.inc()
+        delay = backoff_seconds(task.request.retries)
+        log.warning(
+            "transient error, retrying",
+            extra={"task_id": key, "retry_in_s": round(delay, 2), "error": repr(error)[:500]},
+        )
+        raise task.retry(exc=error, countdown=delay, max_retries=None) from None
+    elapsed = time.perf_counter() - started
+    APPLY_SECONDS.observe(elapsed)
+    for outcome in outcomes:
+        EVENTS.labels(outcome.outcome).inc()
+        log.info(
+            outcome.outcome,
+            extra={
+                "event_id": outcome.event_id,
+                "contact_id": outcome.contact_id,
+                "team_id": outcome.team_id,
+                "outcome": outcome.outcome,
+                "reason": outcome.reason,
+                "version": outcome.version,
+                "duration_ms": round(elapsed * 1000, 2),
+            },
+        )
+
+
+def _malformed(args: tuple[Any, ...], kwargs: dict[str, Any], expected: str) -> None:
+    _park([{"args": list(args), "kwargs": kwargs}], "invalid_payload", expected)
+    EVENTS.labels("dead_lettered").inc()
+    log.warning("malformed message", extra={"outcome": "dead_lettered", "reason": expected})
+
+
+@app.task(name=TASK_APPLY, bind=True, acks_late=True, reject_on_worker_lost=True)
+def apply_call_completed(self: Task, *args: Any, **kwargs: Any) -> None:
+    """Apply one ``call.completed`` event (the single positional argument)."""
+    if len(args) != 1 or kwargs:
+        _malformed(args, kwargs, "the task takes exactly one positional argument: the event")
+        return
+    _run(self, [args[0]])
+
+
+@app.task(name=TASK_APPLY_BATCH, bind=True, acks_late=True, reject_on_worker_lost=True)
+def apply_call_completed_batch(self: Task, *args: Any, **kwargs: Any) -> None:
+    """Apply a list of up to 500 events, each with every guarantee it has alone."""
+    if len(args) != 1 or kwargs or not isinstance(args[0], list) or len(args[0]) > MAX_BATCH:
+        _malformed(
+            args, kwargs, f"the task takes one positional argument: a list of ≤ {MAX_BATCH} events"
+        )
+        return
+    if args[0]:
+        _run(self, args[0])
