@@ -97,6 +97,24 @@ def cmd_contacts_list(args: argparse.Namespace) -> None:
     print(f"{page.offset + 1 if page.data else 0}-{last} of {page.total}")
 
 
+def cmd_api(args: argparse.Namespace) -> None:
+    """Serve the HTTP API with uvicorn."""
+    import uvicorn
+
+    from contact_sync.api import create_app
+    from contact_sync.settings import Settings
+
+    settings = Settings()
+    if args.database_url:
+        settings = settings.model_copy(update={"database_url": args.database_url})
+    engine = _engine(args)
+    with engine.connect():
+        pass  # fail fast, with one line, when the database is unreachable
+    uvicorn.run(
+        create_app(settings, engine=engine), host=args.host, port=args.port, log_level="info"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = _Parser(prog="contact-sync", description="Contacts core of a voice-AI calling CRM.")
@@ -128,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--offset", type=int)
     listing.add_argument("--json", action="store_true", help="print {data, total, limit, offset}")
     listing.set_defaults(func=cmd_contacts_list)
+
+    api = sub.add_parser("api", help="serve the HTTP API")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.set_defaults(func=cmd_api)
 
     add_event_commands(sub)
     return parser

@@ -131,6 +131,39 @@ class _Merge:
             self.changes.append({"field": name, "old": old, "new": value})
         self.state.provenance[name] = provenance
 
+    def refusal(self, name: str, *, has_value: bool) -> str | None:
+        """Why this call may not replace the value of ``name``, or None when it may.
+
+        People's values (``api``, ``import``) win over calls unless the team
+        opts in; otherwise the newest observation wins (DESIGN §4.1, §4.2).
+        """
+        current = self.state.provenance.get(name)
+        if (
+            has_value
+            and current is not None
+            and current.get("source") in PEOPLE
+            and not self.policy.calls_overwrite_people
+        ):
+            return "set_by_person"
+        if not is_newer(self.event, current):
+            return "older_than_current"
+        return None
+
+    def keep_earliest(self, name: str, entry: dict[str, Any]) -> None:
+        """Record this call as the observation of a value that only ever gets set once.
+
+        Do-not-call, a call's tag, a call's ``do_not_contact`` and the implicit
+        ``contacted`` are set by the first call that says so and never undone
+        by one. In time order that first call is the earliest, so whatever the
+        delivery order the earliest call is the one remembered; a person's
+        observation is never replaced.
+        """
+        current = self.state.provenance.get(name)
+        if current is None or (
+            current.get("source") == "call" and not is_newer(self.event, current)
+        ):
+            self.state.provenance[name] = entry
+
     def custom_fields(self, fields: dict[str, ExtractedValue]) -> None:
         for key, extracted in fields.items():
             name = f"custom_fields.{key}"
@@ -142,9 +175,9 @@ class _Merge:
             ):
                 self.skip(name, extracted.value, "low_confidence")
                 continue
-            current = self.state.provenance.get(name)
-            if not is_newer(self.event, current):
-                self.skip(name, extracted.value, "older_than_current")
+            reason = self.refusal(name, has_value=key in self.state.custom_fields)
+            if reason is not None:
+                self.skip(name, extracted.value, reason)
                 continue
             entry = dict(self.seen)
             if extracted.confidence is not None:
@@ -173,29 +206,23 @@ class _Merge:
             value = getattr(patch, name)
             if value is None:
                 continue
-            current = self.state.provenance.get(name)
-            set_by_person = (
-                current is not None
-                and current.get("source") in PEOPLE
-                and getattr(self.state, name) not in (None, "")
-            )
-            if set_by_person and not self.policy.calls_overwrite_people:
-                self.skip(name, value, "set_by_person")
-            elif not is_newer(self.event, current):
-                self.skip(name, value, "older_than_current")
+            reason = self.refusal(name, has_value=getattr(self.state, name) not in (None, ""))
+            if reason is not None:
+                self.skip(name, value, reason)
             else:
                 self.set(name, value, dict(self.seen))
 
     def lead_status(self) -> None:
         extraction = self.event.extraction
         raw = extraction.lead_status if extraction is not None else None
+        current = self.state.provenance.get("lead_status")
+        implicit = current is not None and current.get("implicit", False)
+        # The implicit move is weaker than any extracted status (DESIGN §4.3):
+        # an extracted status is compared with what the move replaced.
+        basis = current.get("replaces") if current is not None and implicit else current
         if raw is None:
-            if (
-                self.event.outcome == "completed"
-                and self.state.lead_status == IMPLICIT_FROM
-                and not _set_by_person_after(self.state, self.event)
-            ):
-                self.set("lead_status", IMPLICIT_TO, {**self.seen, "implicit": True})
+            if self.event.outcome == "completed":
+                self.implicit_contacted(basis, moved=implicit)
             return
         try:
             status = normalise_lead_status(raw)
@@ -205,29 +232,40 @@ class _Merge:
         if status == "do_not_contact":
             self.do_not_call(True)
         if is_sticky(self.state.lead_status):
-            if status != self.state.lead_status:
+            if status == self.state.lead_status:
+                self.keep_earliest("lead_status", dict(self.seen))
+            else:
                 self.skip("lead_status", status, "sticky_status")
             return
         if status not in SETTABLE_BY_CALLS:
             self.skip("lead_status", status, "not_settable_by_calls")
             return
-        current = self.state.provenance.get("lead_status")
-        # The implicit move is weaker than any extracted status (DESIGN §4.3);
         # do_not_contact is a compliance signal and applies whatever the order.
-        implicit = current is not None and current.get("implicit", False)
-        if status == "do_not_contact" or implicit or is_newer(self.event, current):
+        if status == "do_not_contact" or is_newer(self.event, basis):
             self.set("lead_status", status, dict(self.seen))
         else:
             self.skip("lead_status", status, "older_than_current")
 
+    def implicit_contacted(self, basis: dict[str, Any] | None, *, moved: bool) -> None:
+        """``new`` → ``contacted`` for a completed call that extracted no status."""
+        if basis is not None and basis.get("source") in PEOPLE and not is_newer(self.event, basis):
+            return  # a person set the status after this call
+        entry = {**self.seen, "implicit": True, "replaces": basis}
+        if self.state.lead_status == IMPLICIT_FROM:
+            self.set("lead_status", IMPLICIT_TO, entry)
+        elif moved:
+            self.keep_earliest("lead_status", entry)
+
     def do_not_call(self, value: bool | None) -> None:
         if value is None:
             return
-        if value:
-            if not self.state.do_not_call:
-                self.set("do_not_call", True, dict(self.seen))
+        if not value:
+            if self.state.do_not_call:
+                self.skip("do_not_call", False, "only_people_clear_do_not_call")
         elif self.state.do_not_call:
-            self.skip("do_not_call", False, "only_people_clear_do_not_call")
+            self.keep_earliest("do_not_call", dict(self.seen))
+        else:
+            self.set("do_not_call", True, dict(self.seen))
 
     def tags(self, extracted: list[str]) -> None:
         before = list(self.state.tags)
@@ -235,16 +273,14 @@ class _Merge:
         for raw in extracted:
             tag = raw.strip()
             name = TAG_PREFIX + tag
-            current = self.state.provenance.get(name)
-            if not tag or (tag in tags and current is None):
+            if not tag or (tag in tags and name not in self.state.provenance):
                 continue  # empty, or a person's tag: calls never touch those
             if tag not in tags and len(tags) >= MAX_TAGS:
                 self.skip("tags", tag, "too_many_tags")
                 continue
-            if current is None or not is_newer(self.event, current):
-                # A call tag remembers its earliest observation, which fixes
-                # its place in the list whatever order events arrive in.
-                self.state.provenance[name] = dict(self.seen)
+            # A call tag remembers its earliest observation, which fixes its
+            # place in the list whatever order events arrive in.
+            self.keep_earliest(name, dict(self.seen))
             if tag not in tags:
                 tags.append(tag)
         self.state.tags = _order_tags(tags, self.state.provenance)
@@ -265,11 +301,6 @@ def _order_tags(tags: list[str], provenance: dict[str, dict[str, Any]]) -> list[
         ),
     )
     return people + calls
-
-
-def _set_by_person_after(state: ContactState, event: CallCompleted) -> bool:
-    current = state.provenance.get("lead_status")
-    return current is not None and current.get("source") in PEOPLE and not is_newer(event, current)
 
 
 def merge(state: ContactState, event: CallCompleted, policy: MergePolicy) -> MergeResult:

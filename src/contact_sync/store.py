@@ -246,3 +246,8 @@ def list_history(conn: Connection, *, team_id: str, contact_id: str) -> list[dic
         )
     ).all()
     return [dict(row._mapping) for row in rows]
+
+
+def get_provenance(conn: Connection, *, team_id: str, contact_id: str) -> dict[str, Any]:
+    """The source and observation of each current value of the contact."""
+    return dict(_load(conn, team_id=team_id, contact_id=contact_id, lock=False).provenance)

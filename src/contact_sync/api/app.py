@@ -1,0 +1,65 @@
+"""The ASGI application factory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from sqlalchemy import Engine, text
+
+from contact_sync import __version__
+from contact_sync.api import errors
+from contact_sync.api.limits import BodySizeLimit
+from contact_sync.api.routes import router
+from contact_sync.api.schemas import Health
+from contact_sync.db.engine import make_engine
+from contact_sync.settings import Settings, get_settings
+
+
+def _broker_ok(url: str) -> str:
+    from kombu.connection import Connection
+
+    try:
+        with Connection(url, connect_timeout=2) as conn:  # type: ignore[no-untyped-call]
+            conn.ensure_connection(max_retries=1, timeout=2)
+    except Exception as exc:  # any failure means "not ready"; the reason is reported
+        return f"unreachable: {type(exc).__name__}"
+    return "ok"
+
+
+def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
+    """The HTTP API over the database of ``settings`` (or the given engine)."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="contact_sync",
+        version=__version__,
+        description="Contacts of a voice-AI calling CRM: create, list, update, history, "
+        "and the campaign scheduler's eligible stream.",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.engine = engine or make_engine(settings.database_url)
+    errors.install(app)
+    app.include_router(router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+
+    @app.get("/healthz", response_model=Health, tags=["health"])
+    def healthz() -> dict[str, Any]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", response_model=Health, responses={503: {"model": Health}}, tags=["health"])
+    def readyz() -> Any:
+        """The database and the broker are reachable."""
+        checks = {"database": "ok", "broker": _broker_ok(settings.broker_url)}
+        try:
+            with app.state.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:  # any failure means "not ready"
+            checks["database"] = f"unreachable: {type(exc).__name__}"
+        ready = all(value == "ok" for value in checks.values())
+        body = {"status": "ok" if ready else "unavailable", "checks": checks}
+        return body if ready else JSONResponse(body, status_code=503)
+
+    return app

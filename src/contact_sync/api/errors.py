@@ -1,0 +1,68 @@
+"""The one place that maps domain errors to HTTP answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from contact_sync.errors import ForbiddenTeam, NotFound, StaleVersion, ValidationFailed
+
+
+def error(status: int, message: str, **extra: Any) -> JSONResponse:
+    """``{"error": message, ...}`` with ``status``."""
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def validation_error(details: dict[str, str]) -> JSONResponse:
+    """The 422 answer naming each bad field."""
+    return error(422, "Validation failed", details=details)
+
+
+async def _validation_failed(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ValidationFailed)
+    return validation_error(exc.details)
+
+
+async def _request_invalid(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    details: dict[str, str] = {}
+    for item in exc.errors():
+        loc = [str(p) for p in item.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        details.setdefault(loc[0] if loc else "body", str(item.get("msg", "Invalid value")))
+    return validation_error(details)
+
+
+async def _not_found(_: Request, exc: Exception) -> JSONResponse:
+    return error(404, "Contact not found" if "ontact" in type(exc).__name__ else "Not found")
+
+
+async def _forbidden(_: Request, exc: Exception) -> JSONResponse:
+    return error(403, str(exc) or "Forbidden")
+
+
+async def _stale(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StaleVersion)
+    response = error(412, "Version mismatch", current_version=exc.current_version)
+    response.headers["ETag"] = f'"{exc.current_version}"'
+    return response
+
+
+async def _http(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse(
+        {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+    )
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on ``app``."""
+    app.add_exception_handler(ValidationFailed, _validation_failed)
+    app.add_exception_handler(RequestValidationError, _request_invalid)
+    app.add_exception_handler(NotFound, _not_found)
+    app.add_exception_handler(ForbiddenTeam, _forbidden)
+    app.add_exception_handler(StaleVersion, _stale)
+    app.add_exception_handler(HTTPException, _http)

@@ -1,0 +1,206 @@
+"""The contacts and companies endpoints (DESIGN §7).
+
+Each route translates the request, calls one service in one transaction,
+and translates the result; errors are mapped in ``api.errors``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import JSONResponse
+
+from contact_sync.api.auth import CallerDep, EngineDep
+from contact_sync.api.params import json_body, query_parameters, read_json, read_query
+from contact_sync.api.schemas import (
+    CompanyIn,
+    CompanyList,
+    CompanyOut,
+    ContactList,
+    EligibleList,
+    ErrorBody,
+    HistoryList,
+)
+from contact_sync.companies import create_company, list_companies
+from contact_sync.contacts import Contact, ContactCreate, ContactPatch
+from contact_sync.errors import ValidationFailed
+from contact_sync.query import ContactQuery, EligibleQuery, list_contacts, list_eligible
+from contact_sync.store import (
+    create_contact,
+    delete_contact,
+    get_contact,
+    list_history,
+    update_contact,
+)
+from contact_sync.store import get_provenance as contact_provenance
+
+router = APIRouter(prefix="/api/crm")
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorBody} for code in (401, *codes)}
+
+
+def _team_in(body: Any) -> str | None:
+    if isinstance(body, dict):
+        value = body.get("teamId", body.get("team_id"))
+        return value if isinstance(value, str) else None
+    return None
+
+
+def _contact_response(contact: Contact, status: int = 200) -> JSONResponse:
+    return JSONResponse(
+        contact.model_dump(mode="json"),
+        status_code=status,
+        headers={"ETag": f'"{contact.version}"'},
+    )
+
+
+@router.post(
+    "/contacts",
+    status_code=201,
+    response_model=Contact,
+    responses=_errors(403, 413, 422),
+    openapi_extra=json_body(ContactCreate),
+    summary="Create a contact",
+)
+async def create(request: Request, caller: CallerDep, engine: EngineDep) -> JSONResponse:
+    body = await read_json(request)
+    team_id = caller.team(_team_in(body))
+    with engine.begin() as conn:
+        contact = create_contact(conn, team_id=team_id, data=body, api_key_id=caller.key_id)
+    return _contact_response(contact, 201)
+
+
+@router.get(
+    "/contacts",
+    response_model=ContactList,
+    responses=_errors(403, 422),
+    openapi_extra={"parameters": query_parameters(ContactQuery)},
+    summary="List contacts with filters",
+)
+def list_(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str, Any]:
+    values = read_query(request, ContactQuery)
+    values["team_id"] = caller.team(values.get("team_id"))
+    query = ContactQuery.parse(values)
+    with engine.connect() as conn:
+        return list_contacts(conn, query).to_dict()
+
+
+@router.get(
+    "/contacts/eligible",
+    response_model=EligibleList,
+    responses=_errors(403, 422),
+    openapi_extra={"parameters": query_parameters(EligibleQuery)},
+    summary="Contacts the campaign scheduler may call now",
+)
+def eligible(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str, Any]:
+    values = read_query(request, EligibleQuery)
+    values["team_id"] = caller.team(values.get("team_id"))
+    query = EligibleQuery.parse(values)
+    with engine.connect() as conn:
+        return list_eligible(conn, query).to_dict()
+
+
+@router.get(
+    "/contacts/{contact_id}",
+    response_model=Contact,
+    responses=_errors(404),
+    summary="Get a contact",
+)
+def get(contact_id: str, caller: CallerDep, engine: EngineDep) -> JSONResponse:
+    with engine.connect() as conn:
+        contact = get_contact(conn, team_id=caller.team_id, contact_id=contact_id)
+    return _contact_response(contact)
+
+
+def _version(if_match: str | None) -> int | None:
+    if if_match is None or if_match.strip() == "*":
+        return None
+    text = if_match.strip().removeprefix("W/").strip('"')
+    if not text.isdigit() or len(text) > 9:
+        raise ValidationFailed({"if_match": "If-Match must be a contact version such as 3"})
+    return int(text)
+
+
+@router.patch(
+    "/contacts/{contact_id}",
+    response_model=Contact,
+    responses=_errors(403, 404, 412, 413, 422),
+    openapi_extra=json_body(ContactPatch),
+    summary="Update some fields of a contact",
+)
+async def patch(
+    contact_id: str,
+    request: Request,
+    caller: CallerDep,
+    engine: EngineDep,
+    if_match: Annotated[str | None, Header(alias="If-Match")] = None,
+) -> JSONResponse:
+    expected = _version(if_match)
+    body = await read_json(request)
+    with engine.begin() as conn:
+        contact = update_contact(
+            conn,
+            team_id=caller.team_id,
+            contact_id=contact_id,
+            data=body,
+            expected_version=expected,
+            api_key_id=caller.key_id,
+        )
+    return _contact_response(contact)
+
+
+@router.delete(
+    "/contacts/{contact_id}", status_code=204, responses=_errors(404), summary="Delete a contact"
+)
+def delete(contact_id: str, caller: CallerDep, engine: EngineDep) -> Response:
+    with engine.begin() as conn:
+        delete_contact(conn, team_id=caller.team_id, contact_id=contact_id)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/contacts/{contact_id}/history",
+    response_model=HistoryList,
+    responses=_errors(404),
+    summary="A contact's change history, newest first",
+)
+def history(contact_id: str, caller: CallerDep, engine: EngineDep) -> dict[str, Any]:
+    with engine.connect() as conn:
+        records = list_history(conn, team_id=caller.team_id, contact_id=contact_id)
+        provenance = contact_provenance(conn, team_id=caller.team_id, contact_id=contact_id)
+    return {"data": records, "provenance": provenance}
+
+
+@router.post(
+    "/companies",
+    status_code=201,
+    response_model=CompanyOut,
+    responses=_errors(403, 413, 422),
+    openapi_extra=json_body(CompanyIn),
+    summary="Create a company",
+)
+async def create_company_(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str, Any]:
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise ValidationFailed({"body": "Must be a JSON object"})
+    team_id = caller.team(_team_in(body))
+    with engine.begin() as conn:
+        company = create_company(conn, team_id=team_id, name=body.get("name"))
+    return company.__dict__
+
+
+@router.get(
+    "/companies",
+    response_model=CompanyList,
+    responses=_errors(403, 422),
+    openapi_extra={"parameters": query_parameters(CompanyIn, skip=("name",))},
+    summary="List a team's companies",
+)
+def companies(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str, Any]:
+    requested = request.query_params.get("teamId", request.query_params.get("team_id"))
+    with engine.connect() as conn:
+        found = list_companies(conn, team_id=caller.team(requested))
+    return {"data": [company.__dict__ for company in found]}
