@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -115,6 +116,17 @@ def cmd_api(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_demo(args: argparse.Namespace) -> None:
+    """The whole flow on the embedded default."""
+    from contact_sync.demo import run_demo
+
+    if args.database_url:
+        os.environ["CONTACT_SYNC_DATABASE_URL"] = args.database_url
+    code = run_demo(keep=args.keep)
+    if code:
+        raise SystemExit(code)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = _Parser(prog="contact-sync", description="Contacts core of a voice-AI calling CRM.")
@@ -146,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--offset", type=int)
     listing.add_argument("--json", action="store_true", help="print {data, total, limit, offset}")
     listing.set_defaults(func=cmd_contacts_list)
+
+    demo = sub.add_parser("demo", help="show the whole flow on a fresh machine (no servers)")
+    demo.add_argument("--keep", action="store_true", help="keep the demo data afterwards")
+    demo.set_defaults(func=cmd_demo)
 
     api = sub.add_parser("api", help="serve the HTTP API")
     api.add_argument("--host", default="127.0.0.1")

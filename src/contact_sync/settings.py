@@ -20,6 +20,8 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite:///contact_sync.sqlite3"
     broker_url: str = "redis://127.0.0.1:6379/0"
+    # Where the server-less ``filesystem://`` broker (used by the demo) keeps messages.
+    broker_folder: str = ".contact_sync_broker"
     # Redis redelivers a message left unacknowledged this long; it must exceed
     # the longest a message can sit prefetched or running.
     visibility_timeout_seconds: int = Field(default=3600, ge=60)

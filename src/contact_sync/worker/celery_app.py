@@ -8,6 +8,7 @@ no-ops.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -26,6 +27,20 @@ def create_app(settings: Settings) -> Celery:
     celery = Celery(
         "contact_sync", broker=settings.broker_url, include=["contact_sync.worker.tasks"]
     )
+    # The visibility timeout must exceed the longest a message may sit
+    # prefetched, waiting for a retry countdown, or running: Redis
+    # redelivers it after this.
+    transport_options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout_seconds}
+    if settings.broker_url.startswith("filesystem://"):
+        # The embedded broker of the demo: message files in one folder, no server.
+        folder = Path(settings.broker_folder).resolve()
+        (folder / "control").mkdir(parents=True, exist_ok=True)
+        transport_options.update(
+            data_folder_in=str(folder),
+            data_folder_out=str(folder),
+            control_folder=str(folder / "control"),
+            polling_interval=0.05,
+        )
     celery.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -35,9 +50,7 @@ def create_app(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=settings.worker_prefetch_multiplier,
-        # Must exceed the longest a message may sit prefetched, waiting for
-        # a retry countdown, or running; Redis redelivers it after this.
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},
+        broker_transport_options=transport_options,
         task_default_queue=QUEUE,
         task_routes={TASK_APPLY: {"queue": QUEUE}, TASK_APPLY_BATCH: {"queue": QUEUE}},
         broker_connection_retry_on_startup=True,

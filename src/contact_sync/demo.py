@@ -1,0 +1,391 @@
+"""``contact-sync demo``: the whole flow on a fresh machine, no server needed.
+
+A SQLite file holds the data and kombu's filesystem transport carries the
+messages (a folder of files: nothing to install or start, and a real Celery
+worker consumes it exactly as it would Redis). The demo creates a team and
+contacts, publishes a few hundred realistic call events with duplicates and
+out-of-order deliveries, lets a real worker process apply them, and prints
+what changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, select
+from tqdm import tqdm
+
+from contact_sync.db.engine import make_engine
+from contact_sync.db.migrate import upgrade
+from contact_sync.db.tables import (
+    api_keys,
+    companies,
+    contact_history,
+    contacts,
+    dead_letters,
+    processed_events,
+    teams,
+)
+from contact_sync.settings import Settings
+from contact_sync.store import create_contact, list_history
+from contact_sync.teams import create_team
+
+FIRST = [
+    "Maria",
+    "James",
+    "Aisha",
+    "Wei",
+    "Carlos",
+    "Priya",
+    "Tom",
+    "Fatima",
+    "Lukas",
+    "Sofia",
+    "Daniel",
+    "Amara",
+    "Kenji",
+    "Elena",
+    "Omar",
+    "Grace",
+    "Noah",
+    "Zara",
+]
+LAST = [
+    "Garcia",
+    "Smith",
+    "Okafor",
+    "Chen",
+    "Rossi",
+    "Patel",
+    "Nguyen",
+    "Haddad",
+    "Weber",
+    "Novak",
+    "Brown",
+    "Mensah",
+    "Sato",
+    "Ivanova",
+    "Khan",
+    "Lee",
+    "Miller",
+    "Silva",
+]
+ZONES = ["America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles", None]
+AREAS = ["202", "312", "415", "512", "617", "713", "305", "206"]
+INTEREST = ["solar", "battery", "solar+battery", "ev-charger"]
+ROOF = ["asphalt", "tile", "metal", "flat"]
+DAYS = ["monday", "tuesday", "wednesday", "thursday", "friday"]
+SUMMARIES = [
+    "Interested in a {kw} kW system; asked about financing.",
+    "Wants a quote by {day}; roof is {roof}.",
+    "Not ready yet, call back {day}.",
+    "Comparing offers; budget around {budget}.",
+]
+
+
+def _phone(rng: random.Random) -> str:
+    return f"+1{rng.choice(AREAS)}555{rng.randint(1000, 9999)}"
+
+
+def _event(
+    rng: random.Random, team_id: str, contact: dict[str, Any], n: int, at: datetime
+) -> dict[str, Any]:
+    day, roof, kw = rng.choice(DAYS), rng.choice(ROOF), rng.choice([4, 6, 8, 10])
+    budget = rng.choice([15000, 25000, 40000, 60000])
+    outcome = rng.choices(["completed", "voicemail", "no_answer"], [7, 2, 1])[0]
+    event: dict[str, Any] = {
+        "event_id": f"evt_demo_{n:05d}",
+        "type": "call.completed",
+        "schema_version": 1,
+        "team_id": team_id,
+        "call_id": f"call_demo_{n:05d}",
+        "occurred_at": at.isoformat().replace("+00:00", "Z"),
+        "outcome": outcome,
+        "duration_seconds": rng.randint(20, 600),
+    }
+    if contact.get("id") and rng.random() < 0.7:
+        event["contact_id"] = contact["id"]
+    else:
+        event["phone"] = contact["phone_national"]  # national format: the team's region reads it
+    if outcome != "completed":
+        return event
+    custom: dict[str, Any] = {
+        "budget": {
+            "value": budget,
+            "confidence": round(rng.uniform(0.3, 0.99), 2),
+            "evidence": f"about {budget // 1000} thousand",
+        },
+        "product_interest": rng.choice(INTEREST),
+        "roof_type": rng.choice([roof, None]),
+        "system_size_kw": {"value": kw, "confidence": round(rng.uniform(0.6, 0.99), 2)},
+        "callback_day": rng.choice([day, None]),
+    }
+    extraction: dict[str, Any] = {
+        "extractor_version": "v3",
+        "custom_fields": custom,
+        "summary": rng.choice(SUMMARIES).format(kw=kw, day=day, roof=roof, budget=budget),
+    }
+    if rng.random() < 0.5:
+        extraction["lead_status"] = rng.choice(
+            ["contacted", "qualified", "Qualified", "unqualified"]
+        )
+    if rng.random() < 0.3:
+        extraction["contact"] = rng.choice(
+            [
+                {"job_title": rng.choice(["Homeowner", "Facilities Manager", "Owner"])},
+                {"email": f"{contact['first_name'].lower()}@example.com"},
+                {"timezone": rng.choice(["America/Chicago", "Mars/Olympus"])},  # one is invalid
+            ]
+        )
+    if rng.random() < 0.015:
+        extraction["do_not_call"] = True
+    if rng.random() < 0.3:
+        extraction["tags"] = rng.sample(["hot-lead", "financing", "referral", "callback"], 2)
+    event["extraction"] = extraction
+    return event
+
+
+def _seed(engine: Engine, rng: random.Random, count: int) -> tuple[str, list[dict[str, Any]]]:
+    with engine.begin() as conn:
+        team = create_team(conn, name="Sunny Roofs & Solar (demo)")
+        made = []
+        for i in range(count):
+            phone = _phone(rng)
+            data: dict[str, Any] = {
+                "first_name": FIRST[i % len(FIRST)],
+                "last_name": LAST[(i // len(FIRST) + i * 7) % len(LAST)],
+                "phone": phone,
+                "timezone": rng.choice(ZONES),
+                "source": rng.choice(["website", "trade-show", "referral"]),
+            }
+            if i % 6 == 0:
+                data["job_title"] = "Owner"  # set by a person: calls will not overwrite it
+            contact = create_contact(conn, team_id=team.id, data=data)
+            national = f"({phone[2:5]}) {phone[5:8]}-{phone[8:]}"
+            made.append(
+                {"id": contact.id, "first_name": contact.first_name, "phone_national": national}
+            )
+    return team.id, made
+
+
+def build_events(
+    rng: random.Random, team_id: str, people: list[dict[str, Any]], count: int
+) -> list[dict[str, Any]]:
+    """Realistic events, then duplicates, bad ones and a shuffle (out-of-order delivery)."""
+    start = datetime.now(UTC) - timedelta(days=14)
+    events = []
+    for n in range(count):
+        at = start + timedelta(minutes=rng.randint(0, 14 * 24 * 60 - 30))
+        events.append(_event(rng, team_id, rng.choice(people), n, at))
+    newcomer = {"first_name": "Sam", "phone_national": "(415) 555-0142"}
+    for k in range(3):  # an unknown caller: one contact is created, then updated
+        extra = _event(rng, team_id, newcomer, count + k, start + timedelta(days=3 + k))
+        extra.pop("contact_id", None)
+        extra["phone"] = newcomer["phone_national"]
+        events.append(extra)
+    bad = [
+        {**events[0], "event_id": "evt_demo_bad_1", "contact_id": "no-such-contact"},
+        {**events[1], "event_id": "evt_demo_bad_2", "schema_version": 2},
+        {
+            **events[2],
+            "event_id": "evt_demo_bad_3",
+            "occurred_at": (datetime.now(UTC) + timedelta(days=1)).isoformat(),
+        },
+    ]
+    deliveries = events + bad + rng.sample(events, len(events) // 10)  # 10% delivered twice
+    rng.shuffle(deliveries)
+    return deliveries
+
+
+def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "contact_sync.cli",
+            "worker",
+            "--pool",
+            "solo",
+            "--loglevel",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+    )
+
+
+def _stop(worker: subprocess.Popen[bytes]) -> None:
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+def _print_summary(engine: Engine, team_id: str, deliveries: int, distinct: int) -> None:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(contacts)
+            .where(contacts.c.team_id == team_id)
+            .order_by(contacts.c.version.desc())
+        ).all()
+        outcomes: dict[str, int] = dict(
+            conn.execute(
+                select(processed_events.c.outcome, func.count())
+                .where(processed_events.c.team_id == team_id)
+                .group_by(processed_events.c.outcome)
+            ).all()
+        )
+        letters = conn.execute(select(dead_letters).where(dead_letters.c.team_id == team_id)).all()
+        changed = [r for r in rows if r.version > 1]
+        print(
+            f"\nDelivered {deliveries} messages for {distinct} distinct events: "
+            f"{outcomes.get('applied', 0)} applied, "
+            f"{outcomes.get('no_change', 0)} changed nothing, "
+            f"{deliveries - distinct} duplicates absorbed, {len(letters)} dead-lettered.\n"
+        )
+        print(f"{len(changed)} of {len(rows)} contacts changed. The most updated:")
+        print(f"  {'name':<18} {'version':>7}  {'status':<12} {'dnc':<5} custom fields")
+        for r in changed[:10]:
+            fields = ", ".join(f"{k}={v}" for k, v in sorted(r.custom_fields.items()))
+            print(
+                f"  {r.first_name + ' ' + r.last_name:<18} {r.version:>7}  {r.lead_status:<12} "
+                f"{'yes' if r.do_not_call else 'no':<5} {fields[:70]}"
+            )
+        statuses: dict[str, int] = {}
+        for r in rows:
+            statuses[r.lead_status] = statuses.get(r.lead_status, 0) + 1
+        print("\nLead statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
+        dnc = [f"{r.first_name} {r.last_name}" for r in rows if r.do_not_call]
+        print("Asked not to be called again: " + (", ".join(dnc) if dnc else "nobody"))
+        inbound = [r for r in rows if r.source == "inbound-call"]
+        for r in inbound:
+            print(f"New contact from an unknown caller: {r.first_name} {r.last_name} {r.phone}")
+        print("\nDead letters (parked, replayable with `contact-sync dead-letters replay`):")
+        for letter in letters:
+            print(f"  {letter.event_id}: {letter.reason}: {letter.message[:80]}")
+        if changed:
+            star = changed[0]
+            print(f"\nHistory of {star.first_name} {star.last_name} (newest first):")
+            for record in list_history(conn, team_id=team_id, contact_id=star.id)[:6]:
+                what = (
+                    ", ".join(
+                        f"{c['field']}: {json.dumps(c['old'])} → {json.dumps(c['new'])}"
+                        for c in record["changes"]
+                    )
+                    or "no change"
+                )
+                print(
+                    f"  v{record['version_before']}→v{record['version_after']} "
+                    f"[{record['source']}] {record['occurred_at']:%Y-%m-%d %H:%M} {what[:110]}"
+                )
+                for skip in record["skipped"][:2]:
+                    print(
+                        f"      skipped {skip['field']}={json.dumps(skip['value'])}: "
+                        f"{skip['reason']}"
+                    )
+                if record["summary"]:
+                    print(f"      summary: {record['summary']}")
+
+
+def _cleanup(engine: Engine, team_id: str) -> None:
+    with engine.begin() as conn:
+        for table in (contact_history, processed_events, dead_letters):
+            conn.execute(delete(table).where(table.c.team_id == team_id))
+        conn.execute(delete(contacts).where(contacts.c.team_id == team_id))
+        conn.execute(delete(companies).where(companies.c.team_id == team_id))
+        conn.execute(delete(api_keys).where(api_keys.c.team_id == team_id))
+        conn.execute(delete(teams).where(teams.c.id == team_id))
+
+
+def run_demo(
+    *, keep: bool, contacts_count: int = 36, events_count: int = 300, seed: int = 7
+) -> int:
+    """Run the demo; returns the exit code."""
+    settings = Settings()
+    explicit_broker = "CONTACT_SYNC_BROKER_URL" in os.environ
+    folder = Path(tempfile.mkdtemp(prefix="contact-sync-demo-broker-"))
+    broker_url = settings.broker_url if explicit_broker else "filesystem://"
+    db_file = (
+        settings.database_url.removeprefix("sqlite:///")
+        if settings.database_url.startswith("sqlite:///")
+        else None
+    )
+    created_file = db_file is not None and not Path(db_file).exists()
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    rng = random.Random(seed)
+    team_id, people = _seed(engine, rng, contacts_count)
+    deliveries = build_events(rng, team_id, people, events_count)
+    distinct = len({e["event_id"] for e in deliveries})
+    print(
+        f"Created team {team_id} with {contacts_count} contacts; "
+        f"publishing {len(deliveries)} call events ({distinct} distinct, shuffled) to "
+        f"{'the filesystem broker (no server)' if not explicit_broker else broker_url}."
+    )
+    env = {
+        **os.environ,
+        "CONTACT_SYNC_DATABASE_URL": settings.database_url,
+        "CONTACT_SYNC_BROKER_URL": broker_url,
+        "CONTACT_SYNC_BROKER_FOLDER": str(folder),
+    }
+    log = folder.parent / f"{folder.name}.worker.log"
+    worker = _start_worker(env, log)
+    try:
+        from contact_sync.publisher import EventPublisher
+        from contact_sync.worker.celery_app import create_app
+
+        app = create_app(
+            settings.model_copy(update={"broker_url": broker_url, "broker_folder": str(folder)})
+        )
+        with EventPublisher(app=app, max_batch=20, validate_events=False) as publisher:
+            for event in deliveries:
+                publisher.publish(event)
+        done = 0
+        deadline = time.monotonic() + 180
+        with tqdm(total=distinct, unit="event", desc="applying", file=sys.stderr) as bar:
+            while done < distinct:
+                if worker.poll() is not None or time.monotonic() > deadline:
+                    print(
+                        f"contact-sync: the demo worker failed; its log is {log}", file=sys.stderr
+                    )
+                    return 1
+                with engine.connect() as conn:
+                    now_done = conn.execute(
+                        select(func.count())
+                        .select_from(processed_events)
+                        .where(processed_events.c.team_id == team_id)
+                    ).scalar_one()
+                bar.update(now_done - done)
+                done = now_done
+                time.sleep(0.1)
+        time.sleep(0.5)  # let the last duplicate deliveries be acknowledged
+        log.unlink(missing_ok=True)
+    finally:
+        _stop(worker)
+        shutil.rmtree(folder, ignore_errors=True)
+    _print_summary(engine, team_id, len(deliveries), distinct)
+    if keep:
+        print(f"\nKept the data: try `contact-sync contacts list --team {team_id}`.")
+    else:
+        _cleanup(engine, team_id)
+        engine.dispose()
+        if created_file and db_file is not None:
+            for suffix in ("", "-wal", "-shm"):
+                Path(db_file + suffix).unlink(missing_ok=True)
+        print("\nRemoved the demo data (run with --keep to explore it).")
+    return 0

@@ -1,0 +1,59 @@
+"""The one-command demo on the embedded default: no server, nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.slow
+def test_the_demo_runs_on_a_fresh_directory_with_no_settings_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTACT_SYNC_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "contact_sync.cli", "demo"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "duplicates absorbed" in out
+    assert "unsupported_schema_version" in out
+    assert "contact_not_found" in out
+    assert "occurred_in_future" in out
+    assert "History of" in out
+    assert "New contact from an unknown caller" in out
+    assert list(tmp_path.iterdir()) == []  # the SQLite file it created is gone
+
+
+@pytest.mark.slow
+def test_the_demo_keeps_its_data_for_contacts_list_when_asked(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTACT_SYNC_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "contact_sync.cli", "demo", "--keep"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    team_id = done.stdout.split("contacts list --team ")[1].split("`")[0]
+    listing = subprocess.run(
+        [sys.executable, "-m", "contact_sync.cli", "contacts", "list", "--team", team_id],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listing.returncode == 0, listing.stderr
+    assert "of 37" in listing.stdout  # 36 seeded contacts and one unknown caller
