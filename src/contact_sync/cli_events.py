@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from typing import Any
 
 from contact_sync.db.engine import make_engine, safe_url
@@ -47,9 +48,17 @@ def _check_database() -> None:
 def cmd_worker(args: argparse.Namespace) -> None:
     """Run a Celery worker on the events queue (blocks until stopped)."""
     _apply_overrides(args)
+    if args.metrics_port and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Before prometheus-client is first imported: it picks its storage then.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="contact-sync-metrics-")
     _check_database()
     _check_broker()
     from contact_sync.worker import QUEUE, app
+
+    if args.metrics_port:
+        from contact_sync.worker.metrics_server import serve
+
+        serve(args.metrics_port, app, QUEUE)
 
     argv = [
         "worker",
@@ -178,6 +187,7 @@ def add_event_commands(sub: Any) -> None:
     worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
     worker.add_argument("--hostname", help="Celery node name, e.g. worker1@%%h")
     worker.add_argument("--broker-url", help="overrides CONTACT_SYNC_BROKER_URL")
+    worker.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     worker.set_defaults(func=cmd_worker)
 
     publish = sub.add_parser("publish", help="send events from a JSON-lines file")

@@ -230,7 +230,7 @@ def _all_timezones() -> frozenset[str]:
 
 def _in_window(local: time, start: time, end: time) -> bool:
     if start <= end:
-        return start <= local <= end
+        return start <= local < end
     return local >= start or local < end  # the window spans midnight
 
 

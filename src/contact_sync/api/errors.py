@@ -19,7 +19,10 @@ def error(status: int, message: str, **extra: Any) -> JSONResponse:
 
 def validation_error(details: dict[str, str]) -> JSONResponse:
     """The 422 answer naming each bad field."""
-    return error(422, "Validation failed", details=details)
+    # Validators that raise ValueError get pydantic's "Value error, " prefix:
+    # the client reads the message only.
+    clean = {field: message.removeprefix("Value error, ") for field, message in details.items()}
+    return error(422, "Validation failed", details=clean)
 
 
 async def _validation_failed(_: Request, exc: Exception) -> JSONResponse:

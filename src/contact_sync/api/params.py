@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import Request
 from pydantic import BaseModel
-from pydantic.alias_generators import to_camel
+from pydantic.alias_generators import to_camel, to_snake
 
 from contact_sync.errors import ValidationFailed
 
@@ -39,25 +39,71 @@ def read_query(request: Request, model: type[BaseModel], **fixed: Any) -> dict[s
     return values
 
 
-def query_parameters(model: type[BaseModel], *, skip: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    """OpenAPI parameter objects for a query model (camelCase names)."""
+def _query_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    # A query parameter is absent or a string, never JSON null: drop the
+    # null branch pydantic adds for optional fields.
+    branches = [s for s in schema.get("anyOf", []) if s.get("type") != "null"]
+    rest = {k: v for k, v in schema.items() if k not in ("title", "anyOf")}
+    if len(branches) == 1:
+        return {**branches[0], **rest}
+    return {**({"anyOf": branches} if branches else {}), **rest}
+
+
+def query_parameters(
+    model: type[BaseModel],
+    *,
+    skip: tuple[str, ...] = (),
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """OpenAPI parameter objects for a query model (camelCase names).
+
+    ``overrides`` replaces the schema of a field whose wire format pydantic
+    cannot tell (a time of day read as ``HH:MM``, a slug).
+    """
     properties = model.model_json_schema(by_alias=False)["properties"]
     params = []
     for name, schema in properties.items():
         if name in skip:
             continue
-        schema = {k: v for k, v in schema.items() if k != "title"}
+        schema = (overrides or {}).get(name) or _query_schema(schema)
         params.append({"name": to_camel(name), "in": "query", "required": False, "schema": schema})
     return params
 
 
+def _lone_surrogate(value: Any) -> bool:
+    # JSON's \ud800 escapes decode to text that is not Unicode: no database
+    # can store it and no response can encode it. Iterative: a body may nest
+    # nearly as deep as the JSON parser allows.
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 async def read_json(request: Request) -> Any:
-    """The body as JSON, or a 422 naming ``body``."""
+    """The body as JSON, or a 422 naming ``body`` (or the field holding bad text)."""
     raw = await request.body()
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, RecursionError):
         raise ValidationFailed({"body": "Body must be valid JSON"}) from None
+    if isinstance(body, dict):
+        for key, value in body.items():
+            if _lone_surrogate(value) and not _lone_surrogate(key):
+                raise ValidationFailed({to_snake(key): "Must be valid Unicode text"})
+    if _lone_surrogate(body):
+        raise ValidationFailed({"body": "Must be valid Unicode text"})
+    return body
 
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:

@@ -6,10 +6,12 @@ and translates the result; errors are mapped in ``api.errors``.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from contact_sync.api.auth import CallerDep, EngineDep
 from contact_sync.api.params import json_body, query_parameters, read_json, read_query
@@ -39,14 +41,29 @@ router = APIRouter(prefix="/api/crm")
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorBody} for code in (401, *codes)}
+    # 422 is always listed so that FastAPI's own HTTPValidationError shape,
+    # which this API never sends, does not appear in the document.
+    return {code: {"model": ErrorBody} for code in (401, *codes, 422)}
 
 
 def _team_in(body: Any) -> str | None:
     if isinstance(body, dict):
         value = body.get("teamId", body.get("team_id"))
-        return value if isinstance(value, str) else None
+        if value is not None and not isinstance(value, str):
+            raise ValidationFailed({"team_id": "Must be a string"})
+        return value
     return None
+
+
+# Query parameters whose wire format the models' JSON Schema cannot tell.
+_CLOCK = {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"}
+_ELIGIBLE_OVERRIDES = {
+    "window_start": {**_CLOCK, "default": "09:00"},
+    "window_end": {**_CLOCK, "default": "17:00"},
+}
+# The earliest and latest instants whose local time exists in every zone.
+_FIRST_AT = datetime(1, 1, 2, tzinfo=UTC)
+_LAST_AT = datetime(9999, 12, 30, tzinfo=UTC)
 
 
 def _contact_response(contact: Contact, status: int = 200) -> JSONResponse:
@@ -68,9 +85,13 @@ def _contact_response(contact: Contact, status: int = 200) -> JSONResponse:
 async def create(request: Request, caller: CallerDep, engine: EngineDep) -> JSONResponse:
     body = await read_json(request)
     team_id = caller.team(_team_in(body))
-    with engine.begin() as conn:
-        contact = create_contact(conn, team_id=team_id, data=body, api_key_id=caller.key_id)
-    return _contact_response(contact, 201)
+
+    def write() -> Contact:
+        with engine.begin() as conn:
+            return create_contact(conn, team_id=team_id, data=body, api_key_id=caller.key_id)
+
+    # Database work leaves the event loop, as in the sync routes.
+    return _contact_response(await run_in_threadpool(write), 201)
 
 
 @router.get(
@@ -92,13 +113,21 @@ def list_(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str, A
     "/contacts/eligible",
     response_model=EligibleList,
     responses=_errors(403, 422),
-    openapi_extra={"parameters": query_parameters(EligibleQuery)},
+    openapi_extra={"parameters": query_parameters(EligibleQuery, overrides=_ELIGIBLE_OVERRIDES)},
     summary="Contacts the campaign scheduler may call now",
 )
 def eligible(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str, Any]:
     values = read_query(request, EligibleQuery)
     values["team_id"] = caller.team(values.get("team_id"))
     query = EligibleQuery.parse(values)
+    if query.at is not None:
+        # Zone arithmetic overflows at the ends of the datetime range.
+        try:
+            in_range = _FIRST_AT <= query.at.astimezone(UTC) <= _LAST_AT
+        except OverflowError:
+            in_range = False
+        if not in_range:
+            raise ValidationFailed({"at": "Must be a time between years 0001 and 9999"})
     with engine.connect() as conn:
         return list_eligible(conn, query).to_dict()
 
@@ -140,16 +169,19 @@ async def patch(
 ) -> JSONResponse:
     expected = _version(if_match)
     body = await read_json(request)
-    with engine.begin() as conn:
-        contact = update_contact(
-            conn,
-            team_id=caller.team_id,
-            contact_id=contact_id,
-            data=body,
-            expected_version=expected,
-            api_key_id=caller.key_id,
-        )
-    return _contact_response(contact)
+
+    def write() -> Contact:
+        with engine.begin() as conn:
+            return update_contact(
+                conn,
+                team_id=caller.team_id,
+                contact_id=contact_id,
+                data=body,
+                expected_version=expected,
+                api_key_id=caller.key_id,
+            )
+
+    return _contact_response(await run_in_threadpool(write))
 
 
 @router.delete(
@@ -187,9 +219,12 @@ async def create_company_(request: Request, caller: CallerDep, engine: EngineDep
     if not isinstance(body, dict):
         raise ValidationFailed({"body": "Must be a JSON object"})
     team_id = caller.team(_team_in(body))
-    with engine.begin() as conn:
-        company = create_company(conn, team_id=team_id, name=body.get("name"))
-    return company.__dict__
+
+    def write() -> dict[str, Any]:
+        with engine.begin() as conn:
+            return create_company(conn, team_id=team_id, name=body.get("name")).__dict__
+
+    return await run_in_threadpool(write)
 
 
 @router.get(

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging, worker_process_init
+from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 
 from contact_sync.logs import configure_logging
 from contact_sync.settings import Settings, get_settings
@@ -67,9 +67,10 @@ app = create_app(get_settings())
 @setup_logging.connect
 def _json_logs(loglevel: Any = "INFO", **_: Any) -> None:
     configure_logging(loglevel or "INFO")
-    # Celery's per-task "succeeded" line repeats the whole payload (personal
+    # Celery's per-task "received" and "succeeded" lines repeat the whole payload (personal
     # data, and large for batches); our own line per event replaces it.
     logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
+    logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)
 
 
 @worker_process_init.connect
@@ -78,3 +79,12 @@ def _fresh_connections(**_: Any) -> None:
     from contact_sync.worker.runtime import reset_engine
 
     reset_engine()
+
+
+@worker_process_shutdown.connect
+def _child_gone(pid: int | None = None, **_: Any) -> None:
+    import os
+
+    from contact_sync.worker.metrics_server import mark_dead
+
+    mark_dead(pid or os.getpid())

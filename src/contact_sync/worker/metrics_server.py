@@ -1,0 +1,56 @@
+"""Prometheus metrics of a worker node, served from its main process.
+
+Celery's prefork children count events in their own memory, so the
+counters use prometheus-client's multiprocess mode: each process writes to
+``PROMETHEUS_MULTIPROC_DIR`` and the main process sums them at scrape time.
+The queue depth is read from the broker at scrape time. Importing this
+module imports prometheus-client, so the CLI sets the directory first.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+
+class QueueDepth(Collector):
+    """``contact_sync_queue_depth``: messages waiting in the events queue."""
+
+    def __init__(self, app: Any, queue: str) -> None:
+        self.app = app
+        self.queue = queue
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "contact_sync_queue_depth", "Messages waiting in the events queue.", labels=["queue"]
+        )
+        try:
+            with self.app.connection_for_read() as conn:
+                depth = conn.default_channel.client.llen(self.queue)
+        except Exception:  # a scrape must not fail because the broker is away
+            depth = float("nan")
+        gauge.add_metric([self.queue], float(depth))
+        yield gauge
+
+
+def serve(port: int, app: Any, queue: str) -> None:
+    """Start the metrics HTTP server on ``port`` in a background thread."""
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry.register(QueueDepth(app, queue))
+    start_http_server(port, registry=registry)
+
+
+def mark_dead(pid: int) -> None:
+    """Let a finished child's live gauges go (counters keep their totals)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -1,0 +1,104 @@
+"""The worker's Prometheus endpoint counts what its processes did."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import UTC, datetime
+
+import pytest
+import redis
+from sqlalchemy import Engine
+
+from contact_sync.settings import Settings
+from contact_sync.teams import create_team
+from contact_sync.worker.celery_app import QUEUE, TASK_APPLY, create_app
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+@pytest.mark.slow
+def test_the_worker_serves_event_counters_and_queue_depth(
+    pg_engine: Engine, postgres_url: str, redis_url: str
+) -> None:
+    broker = redis_url.rsplit("/", 1)[0] + "/9"
+    redis.Redis.from_url(broker).flushdb()
+    with pg_engine.begin() as conn:
+        team = create_team(conn, name="Metrics")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "CONTACT_SYNC_DATABASE_URL": postgres_url,
+        "CONTACT_SYNC_BROKER_URL": broker,
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "contact_sync.cli",
+            "worker",
+            "--concurrency",
+            "2",
+            "--metrics-port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        app = create_app(Settings(broker_url=broker))
+        event = {
+            "event_id": "evt_metrics_1",
+            "type": "call.completed",
+            "schema_version": 1,
+            "team_id": team.id,
+            "call_id": "call_1",
+            "phone": "+12025550123",
+            "occurred_at": datetime.now(UTC).isoformat(),
+            "outcome": "completed",
+        }
+        for _ in range(2):  # the second delivery is a duplicate
+            app.send_task(TASK_APPLY, args=[event], queue=QUEUE)
+        app.send_task(TASK_APPLY, args=[{"not": "an event"}], queue=QUEUE)
+        deadline = time.monotonic() + 60
+        text = ""
+        while time.monotonic() < deadline:
+            try:
+                text = _scrape(port)
+            except OSError:
+                text = ""
+            if (
+                'contact_sync_events_total{outcome="applied"} 1.0' in text
+                and 'contact_sync_events_total{outcome="duplicate"} 1.0' in text
+                and 'contact_sync_events_total{outcome="dead_lettered"} 1.0' in text
+            ):
+                break
+            time.sleep(0.2)
+        assert 'contact_sync_events_total{outcome="applied"} 1.0' in text
+        assert 'contact_sync_events_total{outcome="duplicate"} 1.0' in text
+        assert 'contact_sync_events_total{outcome="dead_lettered"} 1.0' in text
+        assert 'contact_sync_queue_depth{queue="contact_sync.events"} 0.0' in text
+        assert "contact_sync_apply_seconds_count" in text
+        assert worker.poll() is None
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()

@@ -1,0 +1,24 @@
+# The contact_sync image: the Celery worker by default; the same image serves the API
+# (`contact-sync api --host 0.0.0.0`) and runs migrations (`contact-sync migrate`).
+# Build: docker build -f worker.Dockerfile -t contact-sync .
+
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1
+RUN useradd --create-home --uid 10001 app
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+USER app
+WORKDIR /home/app
+EXPOSE 8000 9100
+# Healthy while the worker answers a ping over the broker's control channel.
+HEALTHCHECK --interval=30s --timeout=15s --start-period=20s --retries=3 \
+    CMD celery -A contact_sync.worker inspect ping --destination "celery@$(hostname)" --timeout 10 || exit 1
+CMD ["contact-sync", "worker", "--concurrency", "2", "--metrics-port", "9100"]
