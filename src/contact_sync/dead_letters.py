@@ -6,6 +6,7 @@ letter instead of adding another, so the table stays a list of problems.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -40,6 +41,27 @@ class DeadLetter:
         return data
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def storable(payload: Any) -> Any:
+    """The payload as a JSON column can hold it.
+
+    PostgreSQL's JSONB cannot hold U+0000 anywhere; such a payload is kept
+    whole as its JSON text under ``raw_json`` rather than altered.
+    """
+    if _has_nul(payload):
+        return {"raw_json": json.dumps(payload)}
+    return payload
+
+
 def record(
     conn: Connection,
     *,
@@ -69,8 +91,8 @@ def record(
             .where(dead_letters.c.id == existing)
             .values(
                 reason=reason,
-                message=message,
-                payload=payload,
+                message=message[:2000],
+                payload=storable(payload),
                 last_seen_at=now,
                 attempts=dead_letters.c.attempts + 1,
                 replayed_at=None,
@@ -85,7 +107,7 @@ def record(
             team_id=team_id,
             reason=reason,
             message=message[:2000],
-            payload=payload,
+            payload=storable(payload),
             first_seen_at=now,
             last_seen_at=now,
             attempts=1,

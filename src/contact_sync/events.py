@@ -172,10 +172,25 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _has_nul(value: Any, depth: int = 0) -> bool:
+    if depth > 64:
+        return False  # deeper than any valid event; validation rejects it anyway
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k, depth + 1) or _has_nul(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v, depth + 1) for v in value)
+    return False
+
+
 def parse_event(payload: Any, *, now: datetime) -> CallCompleted:
     """Validate a payload as received, or raise ``InvalidEvent`` with its reason."""
     if not isinstance(payload, dict):
         raise InvalidEvent("invalid_payload", "the event must be a JSON object")
+    if _has_nul(payload):
+        # No database text can hold U+0000: say so here rather than fail on write.
+        raise InvalidEvent("invalid_payload", "the event contains a NUL character (U+0000)")
     version = payload.get("schema_version")
     if isinstance(version, int) and not isinstance(version, bool) and version != SCHEMA_VERSION:
         raise InvalidEvent(

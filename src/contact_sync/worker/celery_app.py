@@ -57,6 +57,7 @@ def create_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         task_send_sent_event=False,
+        worker_consumer="contact_sync.worker.consumer:DeadLetteringConsumer",
     )
     return celery
 

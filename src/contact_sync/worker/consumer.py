@@ -1,0 +1,77 @@
+"""A Celery consumer that dead-letters messages Celery would otherwise drop.
+
+Stock Celery logs and acknowledges a message whose body cannot be decoded,
+whose task name is unknown, or whose headers are malformed: the event is
+gone. Here each is parked in ``dead_letters`` as ``invalid_payload`` with
+the body as received, then acknowledged, so the queue keeps moving and
+nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.worker.consumer import Consumer
+
+from contact_sync.clock import utcnow
+from contact_sync.dead_letters import record
+from contact_sync.events import event_id_of, team_id_of
+
+log = logging.getLogger("contact_sync.worker")
+
+
+def _text(body: Any) -> Any:
+    if isinstance(body, bytes | bytearray | memoryview):
+        return bytes(body).decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+    return body
+
+
+def _park(payload: Any, message: str) -> None:
+    from contact_sync.worker.runtime import get_engine
+
+    event = payload.get("event") if isinstance(payload, dict) else None
+    with get_engine().begin() as conn:
+        record(
+            conn,
+            payload=payload,
+            reason="invalid_payload",
+            message=message[:2000],
+            event_id=event_id_of(event),
+            team_id=team_id_of(event),
+            now=utcnow(),
+        )
+    log.warning(message, extra={"outcome": "dead_lettered", "reason": "invalid_payload"})
+
+
+def _first_arg(body: Any) -> Any:
+    if isinstance(body, list | tuple) and body and isinstance(body[0], list | tuple) and body[0]:
+        return body[0][0]
+    return None
+
+
+class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
+    """Celery's consumer, parking undeliverable messages instead of dropping them."""
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        _park({"raw_body": _text(message.body)}, f"message body could not be decoded: {exc}")
+        message.ack()
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        _park({"raw_body": _text(body)}, "message is not a Celery task message")
+        message.ack()
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        name = (message.headers or {}).get("task")
+        _park(
+            {"task": name, "event": _first_arg(body), "body": _text(body)},
+            f"unknown task {name!r}",
+        )
+        message.ack()
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        _park(
+            {"body": _text(body), "headers": _text(str(message.headers))},
+            f"invalid task message: {exc}",
+        )
+        message.ack()
