@@ -22,6 +22,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    model_validator,
 )
 
 from contact_sync.contacts import check_custom_key, check_custom_value
@@ -121,6 +122,19 @@ class ExtractedContact(BaseModel):
     phone_secondary: ShortText | None = None
     timezone: ShortText | None = None
     preferred_contact_method: ShortText | None = None
+
+    @model_validator(mode="after")
+    def _storable_unknown_fields(self) -> ExtractedContact:
+        # An unknown field does not fail the event: the merge names it in the
+        # history record's `skipped`, so it must be JSON a database can store.
+        for name, value in (self.model_extra or {}).items():
+            if len(name) > 64:
+                raise ValueError(f"contact field name {name[:70]!r} is longer than 64 characters")
+            try:
+                check_custom_value(value)
+            except ValueError as exc:
+                raise ValueError(f"contact field {name}: {exc}") from None
+        return self
 
 
 class Extraction(BaseModel):

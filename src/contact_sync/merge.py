@@ -4,7 +4,8 @@ No I/O: a function of (state with provenance, event, policy) that returns the
 new state, the changes and the skipped values. Every rule is written so the
 result does not depend on delivery order: a field keeps the value of its
 newest observation (``occurred_at``, then ``event_id``), and the rules that
-ignore time (do-not-call, sticky statuses, tag union) are monotone.
+ignore time (do-not-call, sticky statuses, tag union, the implicit
+``contacted``) are monotone and remember the earliest call that set them.
 """
 
 from __future__ import annotations
