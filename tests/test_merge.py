@@ -355,12 +355,12 @@ def test_a_call_never_removes_a_tag() -> None:
     assert result.changes == []
 
 
-def test_call_tags_keep_the_order_of_their_calls_whatever_the_delivery_order() -> None:
+def test_call_tags_follow_peoples_tags_in_name_order_whatever_the_delivery_order() -> None:
     first = call(0, event_id="evt_1", tags=["solar"])
     second = call(5, event_id="evt_2", tags=["hot-lead", "solar"])
     in_order = merged(contact(tags=["vip"]), first, second).state
     reversed_ = merged(contact(tags=["vip"]), second, first).state
-    assert in_order.tags == reversed_.tags == ["vip", "solar", "hot-lead"]
+    assert in_order.tags == reversed_.tags == ["vip", "hot-lead", "solar"]
     assert in_order == reversed_
 
 

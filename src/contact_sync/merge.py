@@ -279,8 +279,8 @@ class _Merge:
             if tag not in tags and len(tags) >= MAX_TAGS:
                 self.skip("tags", tag, "too_many_tags")
                 continue
-            # A call tag remembers its earliest observation, which fixes its
-            # place in the list whatever order events arrive in.
+            # The provenance marks it as a call's tag (placed after people's
+            # tags) and keeps its earliest observation, as time order would.
             self.keep_earliest(name, dict(self.seen))
             if tag not in tags:
                 tags.append(tag)
@@ -290,18 +290,10 @@ class _Merge:
 
 
 def _order_tags(tags: list[str], provenance: dict[str, dict[str, Any]]) -> list[str]:
+    # People's tags keep their order; tags from calls follow, sorted by name:
+    # an order no delivery order can change, so a late call never reorders.
     people = [t for t in tags if TAG_PREFIX + t not in provenance]
-    calls = sorted(
-        (t for t in tags if TAG_PREFIX + t in provenance),
-        key=lambda t: (
-            _key(
-                _normalise_iso(provenance[TAG_PREFIX + t]["observed_at"]),
-                provenance[TAG_PREFIX + t].get("event_id"),
-            ),
-            t,
-        ),
-    )
-    return people + calls
+    return people + sorted(t for t in tags if TAG_PREFIX + t in provenance)
 
 
 def merge(state: ContactState, event: CallCompleted, policy: MergePolicy) -> MergeResult:
