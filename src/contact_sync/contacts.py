@@ -59,6 +59,16 @@ def _fail(message: str) -> PydanticCustomError:
     return PydanticCustomError("invalid", message)
 
 
+def is_unicode(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8: JSON's ``\\ud800`` escapes decode to lone
+    surrogates, which no database column (text or JSON) can store."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _text(max_len: int, *, required: bool = False) -> Any:
     def check(value: Any) -> Any:
         if value is None:
@@ -67,6 +77,8 @@ def _text(max_len: int, *, required: bool = False) -> Any:
             raise _fail("Must be a string")
         if "\x00" in value:
             raise _fail("Must not contain NUL characters")
+        if not is_unicode(value):
+            raise _fail("Must be valid Unicode text")
         value = value.strip()
         if required and not value:
             raise _fail("Must not be empty")
@@ -155,9 +167,10 @@ def _json_depth(value: Any, depth: int = 0) -> int:
 
 
 def _has_nul(value: Any) -> bool:
-    # PostgreSQL's JSONB cannot hold U+0000 in any string (key or value).
+    # PostgreSQL's JSONB cannot hold U+0000 in any string (key or value), and
+    # no database stores a lone surrogate.
     if isinstance(value, str):
-        return "\x00" in value
+        return "\x00" in value or not is_unicode(value)
     if isinstance(value, dict):
         return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
     if isinstance(value, list):
@@ -170,7 +183,7 @@ def check_custom_value(value: Any) -> None:
     if _json_depth(value) > MAX_JSON_DEPTH:
         raise ValueError(f"Custom field values must nest at most {MAX_JSON_DEPTH} levels")
     if _has_nul(value):
-        raise ValueError("Custom field values must not contain NUL characters")
+        raise ValueError("Custom field values must be valid Unicode text without NUL characters")
     try:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -215,7 +228,7 @@ def _tags(value: Any) -> list[str] | None:
         raise _fail("Tags must be an array of strings")
     seen: dict[str, None] = {}
     for tag in value:
-        if not isinstance(tag, str) or not tag.strip() or "\x00" in tag:
+        if not isinstance(tag, str) or not tag.strip() or "\x00" in tag or not is_unicode(tag):
             raise _fail("Each tag must be a non-empty string")
         tag = tag.strip()
         if len(tag) > 64:

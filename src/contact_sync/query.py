@@ -26,7 +26,7 @@ from pydantic.alias_generators import to_camel
 from sqlalchemy import Connection, Select, and_, func, literal_column, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
-from contact_sync.contacts import Contact, field_errors, normalise_lead_status
+from contact_sync.contacts import Contact, field_errors, is_unicode, normalise_lead_status
 from contact_sync.db.tables import contacts
 from contact_sync.errors import ValidationFailed
 from contact_sync.phones import search_digits
@@ -40,9 +40,12 @@ def _status(value: str | None) -> str | None:
 
 
 def _no_nul(value: str | None) -> str | None:
-    # PostgreSQL text cannot hold U+0000: reject it as bad input, not a 500.
+    # PostgreSQL text cannot hold U+0000 and no database a lone surrogate:
+    # reject them as bad input, not a 500.
     if value is not None and "\x00" in value:
         raise ValueError("Must not contain NUL characters")
+    if value is not None and not is_unicode(value):
+        raise ValueError("Must be valid Unicode text")
     return value
 
 
@@ -82,6 +85,7 @@ class ContactQuery(_Query):
     def _strip_search(cls, value: str | None) -> str | None:
         if value is not None and "\x00" in value:
             raise ValueError("Search must not contain NUL characters")
+        _no_nul(value)
         return value.strip() or None if value is not None else None
 
     @field_validator("team_id", "company_id")
