@@ -7,6 +7,7 @@ letter instead of adding another, so the table stays a list of problems.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -41,23 +42,31 @@ class DeadLetter:
         return data
 
 
-def _has_nul(value: Any) -> bool:
+def _unstorable(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)  # JSON has no NaN or Infinity
     if isinstance(value, str):
+        try:
+            value.encode("utf-8")  # a lone surrogate (JSON's "\ud800") is not UTF-8
+        except UnicodeEncodeError:
+            return True
         return "\x00" in value
     if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+        return any(_unstorable(k) or _unstorable(v) for k, v in value.items())
     if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
+        return any(_unstorable(v) for v in value)
     return False
 
 
 def storable(payload: Any) -> Any:
     """The payload as a JSON column can hold it.
 
-    PostgreSQL's JSONB cannot hold U+0000 anywhere; such a payload is kept
-    whole as its JSON text under ``raw_json`` rather than altered.
+    PostgreSQL's JSONB cannot hold U+0000, a lone surrogate or a non-finite
+    number anywhere; such a
+    payload is kept whole as its (ASCII-escaped) JSON text under ``raw_json``
+    rather than altered.
     """
-    if _has_nul(payload):
+    if _unstorable(payload):
         return {"raw_json": json.dumps(payload)}
     return payload
 
