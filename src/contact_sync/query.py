@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, available_timezones
 
@@ -30,7 +30,7 @@ from contact_sync.contacts import Contact, field_errors, is_unicode, normalise_l
 from contact_sync.db.tables import contacts
 from contact_sync.errors import ValidationFailed
 from contact_sync.phones import search_digits
-from contact_sync.store import contact_from_row
+from contact_sync.store import CONTACT_COLUMNS, contact_from_row
 
 STICKY_STATUSES = ("converted", "customer", "churned", "do_not_contact")
 
@@ -115,8 +115,12 @@ class ContactPage:
 
 def _search_condition(text: str) -> ColumnElement[bool]:
     needle = text.lower()
-    full_name = func.lower(contacts.c.first_name + " " + contacts.c.last_name)
-    email = func.lower(func.coalesce(contacts.c.email, ""))
+    # Literal ' ' and '' (not bound parameters) keep these expressions equal to
+    # the trigram index's, also under psycopg's generic prepared plans.
+    space: ColumnElement[str] = literal_column("' '")
+    empty: ColumnElement[str] = literal_column("''")
+    full_name = func.lower(contacts.c.first_name + space + contacts.c.last_name)
+    email = func.lower(func.coalesce(contacts.c.email, empty))
     # autoescape makes % and _ in the input literal characters.
     conditions = [
         full_name.contains(needle, autoescape=True),
@@ -125,8 +129,8 @@ def _search_condition(text: str) -> ColumnElement[bool]:
     digits = search_digits(text)
     if digits:
         conditions += [
-            func.coalesce(contacts.c.phone, "").contains(digits, autoescape=True),
-            func.coalesce(contacts.c.phone_secondary, "").contains(digits, autoescape=True),
+            func.coalesce(contacts.c.phone, empty).contains(digits, autoescape=True),
+            func.coalesce(contacts.c.phone_secondary, empty).contains(digits, autoescape=True),
         ]
     return or_(*conditions)
 
@@ -151,13 +155,26 @@ def _filters(query: ContactQuery) -> list[ColumnElement[bool]]:
 def list_contacts(conn: Connection, query: ContactQuery) -> ContactPage:
     """One page of the team's contacts, newest first, with the exact total."""
     where = _filters(query)
-    page: Select[Any] = (
-        select(contacts)
-        .where(*where)
-        .order_by(contacts.c.created_at.desc(), contacts.c.id.desc())
-        .limit(query.limit)
-        .offset(query.offset)
-    )
+    order = (contacts.c.created_at.desc(), contacts.c.id.desc())
+    page: Select[Any]
+    if query.offset > 0:
+        # Deferred join: skip rows in an index-only scan of the keys, then read
+        # only the page's rows (an offset of 5,000 otherwise reads 5,050 rows).
+        keys = (
+            select(contacts.c.id, contacts.c.created_at)
+            .where(*where)
+            .order_by(*order)
+            .limit(query.limit)
+            .offset(query.offset)
+            .subquery("page_keys")
+        )
+        page = (
+            select(*CONTACT_COLUMNS)
+            .join_from(keys, contacts, contacts.c.id == keys.c.id)
+            .order_by(keys.c.created_at.desc(), keys.c.id.desc())
+        )
+    else:
+        page = select(*CONTACT_COLUMNS).where(*where).order_by(*order).limit(query.limit)
     rows = conn.execute(page).all()
     if query.offset == 0 and len(rows) < query.limit:
         total = len(rows)  # the page holds every match: no count needed
@@ -238,18 +255,30 @@ def _in_window(local: time, start: time, end: time) -> bool:
     return local >= start or local < end  # the window spans midnight
 
 
-def zones_in_window(at: datetime, start: time, end: time) -> list[str]:
+@cache
+def _zone_info(name: str) -> ZoneInfo:
+    # ZoneInfo's own cache keeps only a few zones strongly; a window check
+    # walks all of them.
+    return ZoneInfo(name)
+
+
+@lru_cache(maxsize=256)
+def zones_in_window(at: datetime, start: time, end: time) -> tuple[str, ...]:
     """Every IANA zone whose local time at ``at`` lies in the window.
 
-    Deciding per zone in Python (a few hundred zones) and filtering with
-    ``timezone IN (...)`` works on every database and keeps the query on
-    its index, where a per-row conversion in SQL could not.
+    Deciding per zone in Python (a few hundred zones, cached per window) and
+    filtering with ``timezone IN (...)`` works on every database and keeps
+    the query on its index, where a per-row conversion in SQL could not.
     """
     at_utc = at.astimezone(UTC)
-    return sorted(
-        zone
-        for zone in _all_timezones()
-        if _in_window(at_utc.astimezone(ZoneInfo(zone)).time().replace(tzinfo=None), start, end)
+    return tuple(
+        sorted(
+            zone
+            for zone in _all_timezones()
+            if _in_window(
+                at_utc.astimezone(_zone_info(zone)).time().replace(tzinfo=None), start, end
+            )
+        )
     )
 
 
@@ -291,7 +320,7 @@ def list_eligible(conn: Connection, query: EligibleQuery) -> EligiblePage:
         else:
             where.append(and_(contacts.c.timezone.is_not(None), in_zone))
     rows = conn.execute(
-        select(contacts).where(*where).order_by(contacts.c.id).limit(query.limit + 1)
+        select(*CONTACT_COLUMNS).where(*where).order_by(contacts.c.id).limit(query.limit + 1)
     ).all()
     more = len(rows) > query.limit
     rows = rows[: query.limit]
