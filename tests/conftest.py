@@ -6,10 +6,12 @@ SQLite; each test starts from empty tables.
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -117,3 +119,72 @@ def make_contact(engine: Engine, team_id: str, **fields: Any) -> Any:
     data: dict[str, Any] = {"first_name": "Ada", "last_name": "Lovelace", **fields}
     with engine.begin() as conn:
         return create_contact(conn, team_id=team_id, data=data)
+
+
+# --- call events (apply service and worker tests) -------------------------------
+
+# Events happen a day before the test runs: in the past, so never "in the future".
+EVENT_BASE = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+
+
+def call_event(team_id: str, *, minutes: float = 0, **fields: Any) -> dict[str, Any]:
+    """A valid ``call.completed`` payload ``minutes`` after ``EVENT_BASE``; ``fields`` override."""
+    event: dict[str, Any] = {
+        "event_id": f"evt_{uuid.uuid4().hex}",
+        "type": "call.completed",
+        "schema_version": 1,
+        "team_id": team_id,
+        "call_id": f"call_{uuid.uuid4().hex[:16]}",
+        "occurred_at": (EVENT_BASE + timedelta(minutes=minutes)).isoformat(),
+        "outcome": "completed",
+    }
+    event.update(fields)
+    return event
+
+
+def contact_row(engine: Engine, contact_id: str) -> Any:
+    """The stored contact row (with provenance and version)."""
+    from sqlalchemy import select
+
+    from contact_sync.db.tables import contacts
+
+    with engine.connect() as conn:
+        return conn.execute(select(contacts).where(contacts.c.id == contact_id)).one()
+
+
+def merged_in_time_order(row: Any, payloads: list[dict[str, Any]]) -> dict[str, Any]:
+    """The oracle: the contact ``row`` after each distinct event once, in time order.
+
+    Uses the pure merge only; returns the mergeable fields as they should be stored.
+    """
+    from dataclasses import fields as dataclass_fields
+
+    from contact_sync.apply import STATE_FIELDS
+    from contact_sync.events import parse_event
+    from contact_sync.merge import ContactState, MergePolicy, merge
+
+    now = datetime.now(UTC)
+    distinct = {payload["event_id"]: payload for payload in payloads}
+    events = sorted(
+        (parse_event(payload, now=now) for payload in distinct.values()),
+        key=lambda event: (event.occurred_at, event.event_id),
+    )
+    names = [f.name for f in dataclass_fields(ContactState)]
+    state = ContactState(**{name: copy.deepcopy(getattr(row, name)) for name in names})
+    for event in events:
+        state = merge(state, event, MergePolicy()).state
+    return {name: getattr(state, name) for name in STATE_FIELDS}
+
+
+@pytest.fixture
+def pg_team(pg_engine: Engine) -> Team:
+    """A US team on PostgreSQL."""
+    with pg_engine.begin() as conn:
+        return create_team(conn, name="Acme Solar")
+
+
+@pytest.fixture
+def pg_other_team(pg_engine: Engine) -> Team:
+    """A second team on PostgreSQL."""
+    with pg_engine.begin() as conn:
+        return create_team(conn, name="Rival Roofing")

@@ -227,22 +227,27 @@ def parse_event(payload: Any, *, now: datetime) -> CallCompleted:
     return event
 
 
+def _storable_id(payload: Any, key: str, max_length: int) -> str | None:
+    # An id that a database column cannot hold (NUL, a lone surrogate) is
+    # treated as absent, so the payload can still be parked.
+    value = payload.get(key) if isinstance(payload, dict) else None
+    if not isinstance(value, str) or not 0 < len(value) <= max_length or "\x00" in value:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
+
+
 def event_id_of(payload: Any) -> str | None:
     """The event id of a payload that may not validate, for dead letters and the inbox."""
-    if isinstance(payload, dict):
-        value = payload.get("event_id")
-        if isinstance(value, str) and 0 < len(value) <= 200:
-            return value
-    return None
+    return _storable_id(payload, "event_id", 200)
 
 
 def team_id_of(payload: Any) -> str | None:
     """The team id of a payload that may not validate."""
-    if isinstance(payload, dict):
-        value = payload.get("team_id")
-        if isinstance(value, str) and 0 < len(value) <= 36:
-            return value
-    return None
+    return _storable_id(payload, "team_id", 36)
 
 
 def json_schema() -> dict[str, Any]:
