@@ -8,6 +8,7 @@ here and the OpenAPI document is filled from the same models.
 from __future__ import annotations
 
 import json
+from functools import cache
 from typing import Any
 
 from fastapi import Request
@@ -26,9 +27,17 @@ def _from_text(value: str, schema: dict[str, Any]) -> Any:
     return value
 
 
+@cache
+def _properties(model: type[BaseModel]) -> dict[str, Any]:
+    # By field name: the parameters are looked up by snake_case name. Cached:
+    # building a JSON Schema costs more than the rest of reading a query.
+    properties: dict[str, Any] = model.model_json_schema(by_alias=False)["properties"]
+    return properties
+
+
 def read_query(request: Request, model: type[BaseModel], **fixed: Any) -> dict[str, Any]:
     """Known parameters (either spelling) as snake_case keys; unknown ones are ignored."""
-    properties = model.model_json_schema()["properties"]
+    properties = _properties(model)
     values: dict[str, Any] = {}
     for name in model.model_fields:
         for spelling in (to_camel(name), name):
@@ -70,24 +79,29 @@ def query_parameters(
     return params
 
 
-def _lone_surrogate(value: Any) -> bool:
-    # JSON's \ud800 escapes decode to text that is not Unicode: no database
-    # can store it and no response can encode it. Iterative: a body may nest
-    # nearly as deep as the JSON parser allows.
+def _bad_text(value: Any) -> str | None:
+    """Why some string in ``value`` (a key or a value) cannot be stored, if one cannot.
+
+    JSON's ``\\ud800`` escapes decode to text that is not Unicode, which no
+    database stores and no response encodes; PostgreSQL text and JSONB cannot
+    hold U+0000. Iterative: a body may nest nearly as deep as the parser allows.
+    """
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
+            if "\x00" in item:
+                return "Must not contain NUL characters"
             try:
                 item.encode("utf-8")
             except UnicodeEncodeError:
-                return True
+                return "Must be valid Unicode text"
         elif isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-    return False
+    return None
 
 
 async def read_json(request: Request) -> Any:
@@ -99,10 +113,12 @@ async def read_json(request: Request) -> Any:
         raise ValidationFailed({"body": "Body must be valid JSON"}) from None
     if isinstance(body, dict):
         for key, value in body.items():
-            if _lone_surrogate(value) and not _lone_surrogate(key):
-                raise ValidationFailed({to_snake(key): "Must be valid Unicode text"})
-    if _lone_surrogate(body):
-        raise ValidationFailed({"body": "Must be valid Unicode text"})
+            problem = _bad_text(value)
+            if problem and not _bad_text(key):
+                raise ValidationFailed({to_snake(key): problem})
+    problem = _bad_text(body)
+    if problem:
+        raise ValidationFailed({"body": problem})
     return body
 
 

@@ -61,6 +61,14 @@ _ELIGIBLE_OVERRIDES = {
     "window_start": {**_CLOCK, "default": "09:00"},
     "window_end": {**_CLOCK, "default": "17:00"},
 }
+_LIST_OVERRIDES = {
+    "lead_status": {
+        "type": "string",
+        "pattern": "^[A-Za-z0-9][A-Za-z0-9_ -]{0,63}$",
+        "description": "A status slug; case, spaces and hyphens are normalised "
+        "(`Do Not Contact` is `do_not_contact`).",
+    }
+}
 # The earliest and latest instants whose local time exists in every zone.
 _FIRST_AT = datetime(1, 1, 2, tzinfo=UTC)
 _LAST_AT = datetime(9999, 12, 30, tzinfo=UTC)
@@ -98,7 +106,7 @@ async def create(request: Request, caller: CallerDep, engine: EngineDep) -> JSON
     "/contacts",
     response_model=ContactList,
     responses=_errors(403, 422),
-    openapi_extra={"parameters": query_parameters(ContactQuery)},
+    openapi_extra={"parameters": query_parameters(ContactQuery, overrides=_LIST_OVERRIDES)},
     summary="List contacts with filters",
 )
 def list_(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str, Any]:
