@@ -361,7 +361,9 @@ def field_errors(error: ValidationError) -> dict[str, str]:
         elif item["type"] == "extra_forbidden":
             message = "Unknown field"
         else:
-            message = item["msg"]
+            # Validators raising ValueError get pydantic's "Value error, "
+            # prefix; every caller shows the message alone.
+            message = item["msg"].removeprefix("Value error, ")
         details.setdefault(field, message)
     return details
 

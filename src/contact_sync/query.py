@@ -204,6 +204,9 @@ def _zone(value: str) -> str:
 def _aware(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         raise ValueError("Must include a UTC offset, such as 2026-11-20T15:00:00Z")
+    if value is not None and not 1900 <= value.year <= 9000:
+        # Converting a time near year 1 or 9999 to another zone overflows.
+        raise ValueError("Must be a time between the years 1900 and 9000")
     return value
 
 

@@ -19,10 +19,7 @@ def error(status: int, message: str, **extra: Any) -> JSONResponse:
 
 def validation_error(details: dict[str, str]) -> JSONResponse:
     """The 422 answer naming each bad field."""
-    # Validators that raise ValueError get pydantic's "Value error, " prefix:
-    # the client reads the message only.
-    clean = {field: message.removeprefix("Value error, ") for field, message in details.items()}
-    return error(422, "Validation failed", details=clean)
+    return error(422, "Validation failed", details=details)
 
 
 async def _validation_failed(_: Request, exc: Exception) -> JSONResponse:
