@@ -1,30 +1,34 @@
-"""The apply use case: resolve the contact, claim the event, merge, store.
+"""The apply use case: claim events, resolve their contacts, merge, store (DESIGN §3–§5).
 
-A batch of payloads is applied in one transaction with a savepoint per
-event, so each keeps its own idempotency, dead letter and history record,
-and one bad event never fails its batch-mates. The inbox row is claimed
-first (``INSERT … ON CONFLICT``): a second delivery of the same event waits
-for the first transaction and then sees it as a duplicate. The contact row
-is then locked (``FOR NO KEY UPDATE`` on PostgreSQL; SQLite serialises
-writers) for the few statements that follow, so no update is lost.
+A batch is applied with a fixed number of set-based statements, whatever
+its size: one inbox claim, one lookup per kind of resolution, one insert of
+new contacts, one versioned update of changed contacts, one insert of
+history records. Each event keeps every guarantee it has alone: its own
+idempotency (the inbox), its own dead letter, its own history record, and a
+version bump of exactly one when it changed something.
+
+Concurrency: the inbox claim comes first, so a second delivery of an event
+waits for the first transaction and then finds it applied; contacts are
+locked (``FOR NO KEY UPDATE``) in id order for the rest of this short
+transaction, so no update is lost; the ``version`` compare-and-set stays as
+a guard. SQLite serialises writers itself (``BEGIN IMMEDIATE``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, Row, func, insert, or_, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from pydantic import ValidationError
+from sqlalchemy import Connection, Engine, Row, bindparam, func, insert, select, update
 
-from contact_sync import dead_letters
+from contact_sync import dead_letters, inbox
 from contact_sync.clock import utcnow
 from contact_sync.contacts import ContactPatch
-from contact_sync.db.tables import contact_history, contacts, processed_events
-from contact_sync.errors import AmbiguousContact, ContactNotFound, TeamNotFound
+from contact_sync.db.tables import contact_history, contacts, processed_events, teams
+from contact_sync.errors import AmbiguousContact, ContactNotFound
 from contact_sync.events import (
     CallCompleted,
     InvalidEvent,
@@ -35,12 +39,18 @@ from contact_sync.events import (
 )
 from contact_sync.ids import new_id
 from contact_sync.merge import ContactState, MergePolicy, MergeResult, merge, observation
-from contact_sync.phones import normalise_phone
-from contact_sync.teams import Team, get_team
+from contact_sync.resolve import NewContact, resolve
+from contact_sync.teams import Team
 
 OutcomeName = Literal["applied", "no_change", "duplicate", "dead_lettered"]
 PLACEHOLDER_NAME = "Unknown"
 STATE_FIELDS = tuple(f.name for f in fields(ContactState) if f.name != "provenance")
+
+# The one place that maps domain errors to dead-letter reasons.
+_REASONS: dict[type[Exception], Reason] = {
+    ContactNotFound: "contact_not_found",
+    AmbiguousContact: "ambiguous_contact",
+}
 
 
 @dataclass(frozen=True)
@@ -56,83 +66,25 @@ class Outcome:
     version: int | None = None
 
 
+@dataclass
+class _Contact:
+    """One contact's merge in progress: its state, version and new history records."""
+
+    id: str
+    team_id: str
+    state: ContactState
+    version: int
+    row: Row[Any] | None  # None for a contact this batch creates
+    phone: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
 def _state_of(row: Row[Any]) -> ContactState:
     values = {name: getattr(row, name) for name in STATE_FIELDS}
     return ContactState(
         **{**values, "custom_fields": dict(row.custom_fields), "tags": list(row.tags)},
         provenance=dict(row.provenance),
     )
-
-
-def _claim(conn: Connection, event: CallCompleted, now: datetime) -> bool:
-    """Insert the inbox row; False if the event was applied before.
-
-    A row left by a dead-lettered attempt is taken over, so a replay or a
-    corrected redelivery of that event still applies once.
-    """
-    values = {
-        "event_id": event.event_id,
-        "team_id": event.team_id,
-        "contact_id": None,
-        "outcome": "applied",
-        "processed_at": now,
-    }
-    stmt: Any
-    if conn.dialect.name == "postgresql":
-        stmt = pg_insert(processed_events).values(values)
-    else:
-        stmt = sqlite_insert(processed_events).values(values)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[processed_events.c.event_id],
-        set_={"outcome": "applied", "processed_at": now},
-        where=processed_events.c.outcome == "dead_lettered",
-    ).returning(processed_events.c.event_id)
-    return conn.execute(stmt).first() is not None
-
-
-def _find_by_phone(
-    conn: Connection, team: Team, event: CallCompleted
-) -> tuple[str, list[Row[Any]]]:
-    assert event.phone is not None
-    try:
-        phone = normalise_phone(event.phone, team.default_region)
-    except ValueError as exc:
-        raise InvalidEvent("invalid_payload", f"phone: {exc}") from None
-    if conn.dialect.name == "postgresql":
-        # Serialise resolution of one number within a team, so two workers
-        # seeing the same unknown number create one contact, not two.
-        conn.execute(
-            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-            {"key": f"{team.id}:{phone}"},
-        )
-    rows = conn.execute(
-        select(contacts)
-        .where(
-            contacts.c.team_id == team.id,
-            or_(contacts.c.phone == phone, contacts.c.phone_secondary == phone),
-        )
-        .order_by(contacts.c.id)
-        .limit(2)
-        .with_for_update(key_share=True)
-    ).all()
-    return phone, list(rows)
-
-
-def _resolve(conn: Connection, team: Team, event: CallCompleted) -> Row[Any] | str:
-    """The locked contact row, or the E.164 number of a contact to create."""
-    if event.contact_id is not None:
-        row = conn.execute(
-            select(contacts)
-            .where(contacts.c.id == event.contact_id, contacts.c.team_id == team.id)
-            .with_for_update(key_share=True)
-        ).one_or_none()
-        if row is None:
-            raise ContactNotFound(f"no contact {event.contact_id} in this team")
-        return row
-    phone, rows = _find_by_phone(conn, team, event)
-    if len(rows) > 1:
-        raise AmbiguousContact(f"several contacts of this team have {phone}")
-    return rows[0] if rows else phone
 
 
 def _placeholder_name(event: CallCompleted, name: str) -> str:
@@ -142,27 +94,21 @@ def _placeholder_name(event: CallCompleted, name: str) -> str:
         return PLACEHOLDER_NAME
     try:
         value = getattr(ContactPatch.model_validate({name: raw}), name)
-    except ValueError:
+    except ValidationError:
         return PLACEHOLDER_NAME
     return value if isinstance(value, str) else PLACEHOLDER_NAME
 
 
 def _history(
-    *,
-    contact_id: str,
-    event: CallCompleted,
-    result: MergeResult,
-    before: int | None,
-    after: int,
-    now: datetime,
+    target: _Contact, event: CallCompleted, result: MergeResult, before: int | None, now: datetime
 ) -> dict[str, Any]:
     extraction = event.extraction
     return {
         "id": new_id(),
-        "contact_id": contact_id,
+        "contact_id": target.id,
         "team_id": event.team_id,
         "version_before": before,
-        "version_after": after,
+        "version_after": target.version,
         "source": "call",
         "event_id": event.event_id,
         "call_id": event.call_id,
@@ -175,127 +121,102 @@ def _history(
     }
 
 
-def _create(
-    conn: Connection,
-    team: Team,
-    event: CallCompleted,
-    phone: str,
-    policy: MergePolicy,
-    now: datetime,
-) -> Outcome:
-    # Placeholder names carry no provenance, so any call may fill them.
-    start = ContactState(
-        first_name=_placeholder_name(event, "first_name"),
-        last_name=_placeholder_name(event, "last_name"),
-        provenance={"phone": observation(event), "source": observation(event)},
-    )
-    result = merge(start, event, policy)
+def _created(target: _Contact, result: MergeResult) -> MergeResult:
+    """The creating event's record lists every value the new contact holds."""
     state = result.state
-    contact_id = new_id()
-    row = {name: getattr(state, name) for name in STATE_FIELDS}
-    conn.execute(
-        insert(contacts).values(
-            **row,
-            id=contact_id,
-            team_id=team.id,
-            phone=phone,
-            source="inbound-call",
-            provenance=state.provenance,
-            version=1,
-            created_at=now,
-            updated_at=now,
-        )
-    )
-    # The creating event's record lists every value the new contact holds.
-    final = {**row, "phone": phone, "source": "inbound-call"}
+    values = {name: getattr(state, name) for name in STATE_FIELDS if name != "custom_fields"}
+    values.update(phone=target.phone, source="inbound-call")
     changes = [
         {"field": name, "old": None, "new": value}
-        for name, value in final.items()
-        if name != "custom_fields" and value not in (None, False, [])
+        for name, value in values.items()
+        if value not in (None, False, [])
     ] + [
         {"field": f"custom_fields.{key}", "old": None, "new": value}
         for key, value in state.custom_fields.items()
     ]
-    record = MergeResult(state, changes, result.skipped)
-    conn.execute(
-        insert(contact_history).values(
-            _history(
-                contact_id=contact_id, event=event, result=record, before=None, after=1, now=now
-            )
+    return MergeResult(state, changes, result.skipped)
+
+
+def _merge_all(
+    target: _Contact, events: list[CallCompleted], policy: MergePolicy, now: datetime
+) -> list[tuple[CallCompleted, OutcomeName, int]]:
+    """Merge a contact's events one by one (time order: the history reads naturally).
+
+    Returns each event's outcome and the version it left.
+    """
+    done: list[tuple[CallCompleted, OutcomeName, int]] = []
+    for event in sorted(events, key=lambda e: (e.occurred_at, e.event_id)):
+        creating = target.row is None and target.version == 0
+        result = merge(target.state, event, policy)
+        if creating:
+            result = _created(target, result)
+        before = None if creating else target.version
+        if result.changes or creating:
+            target.version += 1
+        target.state = result.state
+        target.history.append(_history(target, event, result, before, now))
+        done.append(
+            (event, "applied" if result.changes or creating else "no_change", target.version)
         )
-    )
-    return Outcome("applied", event.event_id, team.id, contact_id, version=1)
+    return done
 
 
-def _apply_valid(
-    conn: Connection,
-    event: CallCompleted,
-    teams: dict[str, Team],
-    settings_policy: _Policy,
-    now: datetime,
-) -> Outcome:
-    team = teams.get(event.team_id)
-    if team is None:
-        try:
-            team = teams[event.team_id] = get_team(conn, team_id=event.team_id)
-        except TeamNotFound:
-            raise ContactNotFound(f"no team {event.team_id}") from None
-    policy = settings_policy.for_team(team)
-    if not _claim(conn, event, now):
-        return Outcome("duplicate", event.event_id, team.id)
-    resolved = _resolve(conn, team, event)
-    if isinstance(resolved, str):
-        outcome = _create(conn, team, event, resolved, policy, now)
-    else:
-        outcome = _update(conn, resolved, event, policy, now)
-    conn.execute(
-        update(processed_events)
-        .where(processed_events.c.event_id == event.event_id)
-        .values(contact_id=outcome.contact_id, outcome=outcome.outcome)
-    )
-    return outcome
-
-
-def _update(
-    conn: Connection, row: Row[Any], event: CallCompleted, policy: MergePolicy, now: datetime
-) -> Outcome:
-    state = _state_of(row)
-    result = merge(state, event, policy)
-    new = result.state
-    changed = {
-        name: getattr(new, name)
-        for name in STATE_FIELDS
-        if getattr(new, name) != getattr(row, name)
+def _new_contact_row(target: _Contact, now: datetime) -> dict[str, Any]:
+    return {
+        **{name: getattr(target.state, name) for name in STATE_FIELDS},
+        "id": target.id,
+        "team_id": target.team_id,
+        "company_id": None,
+        "phone": target.phone,
+        "source": "inbound-call",
+        "provenance": target.state.provenance,
+        "version": target.version,
+        "created_at": now,
+        "updated_at": now,
     }
-    version = row.version
-    if changed:
-        version = row.version + 1
+
+
+def _write(conn: Connection, targets: list[_Contact], now: datetime) -> None:
+    """Store the batch's contacts and history: a fixed number of statements."""
+    created = [_new_contact_row(t, now) for t in targets if t.row is None]
+    if created:
+        conn.execute(insert(contacts), created)
+    updates = []
+    for target in targets:
+        row = target.row
+        if row is None:
+            continue
+        changed = target.version != row.version
+        if not changed and target.state.provenance == row.provenance:
+            continue  # nothing new, not even a newer observation of a value
+        updates.append(
+            {
+                **{f"b_{name}": getattr(target.state, name) for name in STATE_FIELDS},
+                "b_provenance": target.state.provenance,
+                "b_id": target.id,
+                "b_read": row.version,
+                "b_version": target.version,
+                "b_updated_at": now if changed else row.updated_at,
+            }
+        )
+    if updates:
         written = conn.execute(
             update(contacts)
-            .where(contacts.c.id == row.id, contacts.c.version == row.version)
-            .values(**changed, provenance=new.provenance, version=version, updated_at=now)
+            .where(contacts.c.id == bindparam("b_id"), contacts.c.version == bindparam("b_read"))
+            .values(
+                {
+                    **{name: bindparam(f"b_{name}") for name in (*STATE_FIELDS, "provenance")},
+                    "version": bindparam("b_version"),
+                    "updated_at": bindparam("b_updated_at"),
+                }
+            ),
+            updates,
         ).rowcount
-        if written != 1:  # the row lock makes this unreachable; the CAS stays as a guard
-            raise RuntimeError(f"contact {row.id} changed under its row lock")
-    elif new.provenance != row.provenance:
-        # A newer observation of the same value: remember it, no version bump.
-        conn.execute(
-            update(contacts).where(contacts.c.id == row.id).values(provenance=new.provenance)
-        )
-    conn.execute(
-        insert(contact_history).values(
-            _history(
-                contact_id=row.id,
-                event=event,
-                result=result,
-                before=row.version,
-                after=version,
-                now=now,
-            )
-        )
-    )
-    name: OutcomeName = "applied" if changed else "no_change"
-    return Outcome(name, event.event_id, row.team_id, row.id, version=version)
+        if written not in (len(updates), -1):  # the row locks make this unreachable
+            raise RuntimeError("a locked contact changed under its lock")
+    records = [record for target in targets for record in target.history]
+    if records:
+        conn.execute(insert(contact_history), records)
 
 
 @dataclass(frozen=True)
@@ -312,6 +233,16 @@ class _Policy:
         )
 
 
+def _load_teams(conn: Connection, team_ids: set[str]) -> dict[str, Team]:
+    if not team_ids:
+        return {}
+    rows = conn.execute(select(teams).where(teams.c.id.in_(sorted(team_ids))))
+    return {
+        r.id: Team(r.id, r.name, r.default_region, r.calls_overwrite_people, r.min_confidence)
+        for r in rows
+    }
+
+
 def _dead_letter(
     conn: Connection,
     payload: Any,
@@ -320,8 +251,7 @@ def _dead_letter(
     now: datetime,
     dead_letter_id: str | None,
 ) -> Outcome:
-    event_id = event_id_of(payload)
-    team_id = team_id_of(payload)
+    event_id, team_id = event_id_of(payload), team_id_of(payload)
     dead_letters.record(
         conn,
         payload=payload,
@@ -333,39 +263,8 @@ def _dead_letter(
         dead_letter_id=dead_letter_id,
     )
     if event_id is not None:
-        values = {
-            "event_id": event_id,
-            "team_id": team_id,
-            "contact_id": None,
-            "outcome": "dead_lettered",
-            "processed_at": now,
-        }
-        stmt: Any = (
-            pg_insert(processed_events)
-            if conn.dialect.name == "postgresql"
-            else sqlite_insert(processed_events)
-        ).values(values)
-        conn.execute(stmt.on_conflict_do_nothing(index_elements=[processed_events.c.event_id]))
+        inbox.mark_dead_lettered(conn, event_id=event_id, team_id=team_id, now=now)
     return Outcome("dead_lettered", event_id, team_id, reason=reason, message=message)
-
-
-# The one place that maps domain errors to dead-letter reasons.
-_REASONS: dict[type[Exception], Reason] = {
-    ContactNotFound: "contact_not_found",
-    AmbiguousContact: "ambiguous_contact",
-}
-
-
-def _sort_key(payload: Any) -> tuple[str, str, str]:
-    # Lock contacts in one order across concurrent batches to avoid deadlocks;
-    # the merge is order-independent, so reordering a batch changes nothing.
-    if isinstance(payload, dict):
-        return (
-            str(payload.get("team_id", "")),
-            str(payload.get("contact_id") or payload.get("phone") or ""),
-            str(payload.get("event_id", "")),
-        )
-    return ("", "", "")
 
 
 def apply_payloads(
@@ -382,25 +281,82 @@ def apply_payloads(
     propagate so the caller retries the whole transaction.
     """
     now = now or utcnow()
-    teams: dict[str, Team] = {}
-    policy = _Policy(min_confidence)
-    outcomes: dict[int, Outcome] = {}
-    order = sorted(range(len(payloads)), key=lambda i: _sort_key(payloads[i]))
-    for index in order:
-        payload = payloads[index]
+    outcomes: list[Outcome | None] = [None] * len(payloads)
+    first: dict[str, int] = {}
+    events: dict[int, CallCompleted] = {}
+    for index, payload in enumerate(payloads):
         try:
             event = parse_event(payload, now=now)
-            with conn.begin_nested():
-                outcomes[index] = _apply_valid(conn, event, teams, policy, now)
         except InvalidEvent as exc:
             outcomes[index] = _dead_letter(
                 conn, payload, exc.reason, exc.message, now, dead_letter_id
             )
-        except (ContactNotFound, AmbiguousContact) as exc:
+            continue
+        if event.event_id in first:  # delivered twice in one batch
+            outcomes[index] = Outcome("duplicate", event.event_id, event.team_id)
+        else:
+            first[event.event_id] = index
+            events[index] = event
+
+    known_teams = _load_teams(conn, {e.team_id for e in events.values()})
+    for index, event in list(events.items()):
+        if event.team_id not in known_teams:
+            del events[index]
             outcomes[index] = _dead_letter(
-                conn, payload, _REASONS[type(exc)], str(exc), now, dead_letter_id
+                conn,
+                payloads[index],
+                "contact_not_found",
+                f"no team {event.team_id}",
+                now,
+                dead_letter_id,
             )
-    return [outcomes[i] for i in range(len(payloads))]
+
+    claimed = inbox.claim(conn, list(events.values()), now)
+    for index, event in list(events.items()):
+        if event.event_id not in claimed:
+            del events[index]
+            outcomes[index] = Outcome("duplicate", event.event_id, event.team_id)
+
+    resolutions = resolve(conn, list(events.values()), known_teams)
+    targets: dict[Any, _Contact] = {}
+    grouped: dict[Any, list[CallCompleted]] = {}
+    for index, event in events.items():
+        found = resolutions[event.event_id]
+        if isinstance(found, InvalidEvent | ContactNotFound | AmbiguousContact):
+            reason = found.reason if isinstance(found, InvalidEvent) else _REASONS[type(found)]
+            outcomes[index] = _dead_letter(
+                conn, payloads[index], reason, str(found), now, dead_letter_id
+            )
+            continue
+        if isinstance(found, NewContact):
+            key: Any = found
+            if key not in targets:
+                # Placeholder names carry no provenance, so any call may fill them.
+                start = ContactState(
+                    first_name=_placeholder_name(event, "first_name"),
+                    last_name=_placeholder_name(event, "last_name"),
+                    provenance={"phone": observation(event), "source": observation(event)},
+                )
+                targets[key] = _Contact(new_id(), found.team_id, start, 0, None, found.phone)
+        else:
+            key = found.id
+            if key not in targets:
+                targets[key] = _Contact(
+                    found.id, found.team_id, _state_of(found), found.version, found
+                )
+        grouped.setdefault(key, []).append(event)
+
+    applied: list[tuple[str, str | None, str]] = []
+    for key, target in targets.items():
+        policy = _Policy(min_confidence).for_team(known_teams[target.team_id])
+        for event, name, version in _merge_all(target, grouped[key], policy, now):
+            outcomes[first[event.event_id]] = Outcome(
+                name, event.event_id, event.team_id, target.id, version=version
+            )
+            applied.append((event.event_id, target.id, name))
+    _write(conn, list(targets.values()), now)
+    inbox.record_outcomes(conn, applied)
+    return [o for o in outcomes if o is not None]
 
 
 def apply_batch(

@@ -29,7 +29,9 @@ class Settings(BaseSettings):
     worker_prefetch_multiplier: int = Field(default=4, ge=1)
     # A message that killed its worker this many times is dead-lettered.
     poison_max_attempts: int = Field(default=3, ge=1)
-    max_transient_retries: int = Field(default=10, ge=0)
+    # How long a message keeps retrying a transient error (database down,
+    # conflict) inside its task before it is requeued for later.
+    transient_retry_seconds: float = Field(default=120, ge=0)
     api_max_body_bytes: int = Field(default=1_048_576, ge=1024)
 
 

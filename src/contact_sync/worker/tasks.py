@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from celery import Task
+from celery.exceptions import Reject
 
 from contact_sync.apply import Outcome, apply_batch
 from contact_sync.clock import utcnow
@@ -21,6 +22,7 @@ from contact_sync.worker.poison import count_attempt, forget
 from contact_sync.worker.runtime import get_engine
 
 log = logging.getLogger("contact_sync.worker")
+_T = TypeVar("_T")
 
 
 def _redelivered(task: Task) -> bool:
@@ -70,33 +72,59 @@ def _apply_isolating_failures(payloads: Sequence[Any]) -> list[Outcome]:
     return outcomes
 
 
+def _retrying_transient(work: Callable[[], _T], key: str) -> _T:
+    """Run ``work``, retrying transient errors in place with jittered backoff.
+
+    Retrying here rather than with ``Task.retry`` keeps the message on its
+    original delivery: ``Task.retry`` republishes it with an ETA, and ETA
+    messages on Redis can be lost (we saw batch messages vanish that way).
+    If the error outlasts ``transient_retry_seconds`` the message is
+    requeued, never dropped and never dead-lettered.
+    """
+    deadline = time.monotonic() + get_settings().transient_retry_seconds
+    attempt = 0
+    while True:
+        try:
+            return work()
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            CONFLICT_RETRIES.inc()
+            delay = backoff_seconds(attempt, cap=10.0)
+            if time.monotonic() + delay > deadline:
+                log.warning("transient error persists, requeueing", extra={"task_id": key})
+                raise Reject(repr(error)[:500], requeue=True) from None
+            log.warning(
+                "transient error, retrying",
+                extra={"task_id": key, "retry_in_s": round(delay, 2), "error": repr(error)[:500]},
+            )
+            time.sleep(delay)
+            attempt += 1
+
+
+def _deliver(task: Task, payloads: Sequence[Any]) -> list[Outcome]:
+    """Apply a message's payloads once, or park them if the message is poison."""
+    key = str(task.request.id)
+    if not _redelivered(task):
+        return _retrying_transient(lambda: _apply_isolating_failures(payloads), key)
+    # Counted once per delivery (not per retry inside it): only deliveries
+    # that never finished, because their worker died, make a message poison.
+    limit = get_settings().poison_max_attempts
+    if _retrying_transient(lambda: count_attempt(get_engine(), key), key) > limit:
+        message = (
+            f"message was delivered more than {limit} times without finishing "
+            "(its worker died each time)"
+        )
+        outcomes = _retrying_transient(lambda: _park(payloads, "poison_message", message), key)
+    else:
+        outcomes = _retrying_transient(lambda: _apply_isolating_failures(payloads), key)
+    _retrying_transient(lambda: forget(get_engine(), key), key)
+    return outcomes
+
+
 def _run(task: Task, payloads: Sequence[Any]) -> None:
     started = time.perf_counter()
-    settings = get_settings()
-    key = str(task.request.id)
-    redelivered = _redelivered(task)
-    try:
-        if redelivered and count_attempt(get_engine(), key) > settings.poison_max_attempts:
-            outcomes = _park(
-                payloads,
-                "poison_message",
-                f"message was delivered more than {settings.poison_max_attempts} times "
-                "without finishing (its worker died each time)",
-            )
-        else:
-            outcomes = _apply_isolating_failures(payloads)
-        if redelivered:
-            forget(get_engine(), key)
-    except Exception as error:
-        if not is_transient(error):
-            raise
-        CONFLICT_RETRIES.inc()
-        delay = backoff_seconds(task.request.retries)
-        log.warning(
-            "transient error, retrying",
-            extra={"task_id": key, "retry_in_s": round(delay, 2), "error": repr(error)[:500]},
-        )
-        raise task.retry(exc=error, countdown=delay, max_retries=None) from None
+    outcomes = _deliver(task, payloads)
     elapsed = time.perf_counter() - started
     APPLY_SECONDS.observe(elapsed)
     for outcome in outcomes:
