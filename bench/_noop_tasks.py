@@ -1,0 +1,37 @@
+"""The ceiling of ``worker_throughput.py``: a Celery app whose one task does nothing.
+
+Started by the benchmark as ``celery -A _noop_tasks worker ...`` with ``bench/`` on
+``PYTHONPATH``. It is configured like the project's worker (JSON only, ``acks_late``, no
+results, no events) so the two differ only by what the task does. ``BENCH_BROKER_URL`` names
+the broker; ``BENCH_PREFETCH`` the prefetch multiplier.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Celery
+
+QUEUE = "contact_sync.events"
+TASK_NOOP = "bench.noop"
+
+app = Celery("bench_noop", broker=os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/11"))
+app.conf.update(
+    task_serializer="json",
+    accept_content=["json"],
+    task_ignore_result=True,
+    result_backend=None,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=int(os.environ.get("BENCH_PREFETCH", "4")),
+    task_default_queue=QUEUE,
+    broker_connection_retry_on_startup=True,
+    worker_send_task_events=False,
+    task_send_sent_event=False,
+)
+
+
+@app.task(name=TASK_NOOP)  # type: ignore[untyped-decorator]  # Celery ships no types
+def noop(*_args: Any, **_kwargs: Any) -> None:
+    """Take the message and do nothing: what remains is Celery's own cost."""

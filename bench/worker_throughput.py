@@ -1,0 +1,1033 @@
+"""Throughput of the event worker, against its ceilings, measured side by side in one run.
+
+The reference benchmark of issue 7 (targets: ours/ceiling >= 0.8, ours/naive >= 4,
+batch/ceiling >= 5, batch/db >= 0.5, p99 <= 500 ms at 50 % of peak, RSS <= 200 MB a process).
+
+Run from the repository root (PostgreSQL on 127.0.0.1:5432, Redis on 127.0.0.1:6379)::
+
+    /work/venv/bin/python bench/worker_throughput.py                  # 20,000 events, all modes
+    /work/venv/bin/python bench/worker_throughput.py --events 2000    # a quick check
+    /work/venv/bin/python bench/worker_throughput.py --modes ceiling,ours --events 5000
+
+It creates the database ``contact_sync_bench_worker`` (dropped and re-created from a seeded
+template before every mode, so each mode starts from the same state), migrates it with the
+project's migrations, seeds 10 teams and 2,000 contacts with phones by ``COPY``, flushes Redis
+database 11 before every mode, and generates ``--events`` deliveries over those contacts: 10 %
+are duplicate deliveries of an earlier event, 10 % of the distinct events are older than an
+event of the same contact delivered before them; each carries 5-15 custom fields (some with a
+confidence, some below the threshold, some null), 1-3 standard fields, and some lead statuses,
+tags and do-not-call requests. 20 % name the contact only by its phone.
+
+Modes (``--modes``, default all), each with 2 worker processes:
+
+- ``ceiling``: a Celery no-op task (``bench/_noop_tasks.py``) draining the same messages; a
+  few pool/prefetch configurations are tried on a sample and the best one drains them all;
+- ``ours``: the real ``contact_sync.apply_call_completed``, one event per message, worker
+  ``python -m contact_sync.cli worker --concurrency 2``;
+- ``batch``: the real ``contact_sync.apply_call_completed_batch`` fed by the project's
+  ``EventPublisher`` (batches of up to 500), same worker;
+- ``naive``: one ORM transaction per event (``bench/_naive_tasks.py``), same Celery settings;
+- ``db``: the events applied by raw psycopg from 2 threads, 100 events per transaction, five
+  set-based statements each (lock/resolve, inbox insert, versioned update, history insert,
+  inbox outcome), no Celery: a rough database limit.
+
+Throughput method: every message is published before the worker starts; the clock starts
+when the worker takes its first message off the Redis list (so process start-up is not
+counted) and stops when the last delivery is done (the inbox holds every distinct event and
+Redis holds no queued or unacknowledged message; for the ceiling, the latter only).
+events/s counts deliveries, duplicates included (they are work the worker must do).
+
+Latency (``ours`` and ``batch``): with the worker still running, fresh events are published at
+50 % of the peak just measured for ``--latency-seconds``; a bench-only trigger on the inbox
+sends ``pg_notify`` per inserted row, and PostgreSQL delivers notifications at commit, so the
+listener sees each event when its transaction commits. Latency = notification receipt minus
+the wall-clock time just before the publish call (the batch figure includes the publisher's
+50 ms linger). The figure from ``processed_events.processed_at`` is printed too, but that
+column is stamped at transaction start, so it understates the latency.
+
+RSS: ``VmHWM`` (peak resident set) of each worker process (main and forked children) from
+``/proc``, read just before the worker is stopped. Correctness after ``ours`` and ``batch``:
+inbox rows = distinct events, no dead letters, one history record per distinct event,
+contiguous versions, and the final contact state of ``ours`` equals that of ``batch``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+from psycopg import sql
+
+from contact_sync.db.engine import make_engine
+from contact_sync.db.migrate import upgrade
+from contact_sync.publisher import EventPublisher, publish_event
+from contact_sync.settings import Settings
+from contact_sync.worker.celery_app import QUEUE, TASK_APPLY, create_app
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+
+from _naive_tasks import TASK_NAIVE, simple_merge  # noqa: E402
+from _noop_tasks import TASK_NOOP  # noqa: E402
+
+PG = "postgresql://postgres@127.0.0.1:5432"
+DATABASE = "contact_sync_bench_worker"
+TEMPLATE = f"{DATABASE}_tpl"
+REDIS_URL = "redis://127.0.0.1:6379/11"
+ALL_MODES = ("ceiling", "ours", "batch", "naive", "db")
+TEAMS = 10
+CONTACTS = 2_000
+WORKERS = 2
+DB_BATCH = 100
+CALIBRATION_MESSAGES = 4_000
+STALL_SECONDS = 30.0
+# (label, pool, processes, concurrency per process, prefetch multiplier)
+CEILING_CONFIGS: tuple[tuple[str, str, int, int, int], ...] = (
+    ("prefork c2 prefetch 4", "prefork", 1, 2, 4),
+    ("prefork c2 prefetch 64", "prefork", 1, 2, 64),
+    ("2 x solo prefetch 16", "solo", 2, 1, 16),
+)
+CUSTOM_KEYS = tuple(
+    ["budget", "product_interest", "callback_day", "roof_type", "monthly_bill", "decision_maker"]
+    + [f"field_{i:02d}" for i in range(24)]
+)
+JOB_TITLES = ("Owner", "CFO", "Facilities Manager", "Homeowner", "Buyer", "Office Manager")
+TIMEZONES = ("America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles")
+METHODS = ("phone", "email", "sms")
+STATUSES = ("contacted", "qualified", "unqualified")
+TAGS = ("hot-lead", "solar", "callback", "price-sensitive", "referral", "spanish")
+NAMES = ("Ana", "Ben", "Chloe", "Dev", "Elif", "Farid", "Grace", "Hugo", "Ines", "Jon")
+
+
+# ---------------------------------------------------------------- processes and clean-up
+
+
+class Processes:
+    """Every subprocess this run starts; ``stop_all`` kills each process group."""
+
+    def __init__(self) -> None:
+        self.running: list[subprocess.Popen[bytes]] = []
+        self.logdir = Path(tempfile.mkdtemp(prefix="bench_worker_"))
+
+    def start(self, argv: Sequence[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
+        log = (self.logdir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            list(argv), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        self.running.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+            if proc.poll() is not None:
+                break
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                continue
+        with contextlib.suppress(ProcessLookupError):  # children left by a killed parent
+            os.killpg(proc.pid, signal.SIGKILL)
+        if proc in self.running:
+            self.running.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in list(self.running):
+            self.stop(proc)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def peak_rss_mb(pids: Sequence[int]) -> dict[str, float]:
+    """VmHWM in MB of each given process and of its children (labels ``main:PID``/``child``)."""
+    result: dict[str, float] = {}
+    for pid in pids:
+        for label, each in [("main", pid)] + [("child", c) for c in _children(pid)]:
+            try:
+                status = Path(f"/proc/{each}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    result[f"{label}:{each}"] = int(line.split()[1]) / 1024
+    return result
+
+
+# ---------------------------------------------------------------- database
+
+
+def admin() -> psycopg.Connection[Any]:
+    return psycopg.connect(f"{PG}/postgres", autocommit=True)
+
+
+def db_url(sqlalchemy: bool = True) -> str:
+    return f"postgresql{'+psycopg' if sqlalchemy else ''}://postgres@127.0.0.1:5432/{DATABASE}"
+
+
+def build_template(rng: random.Random) -> list[tuple[str, str, str]]:
+    """Create, migrate and seed the template database; returns (contact id, team id, phone)."""
+    with admin() as conn:
+        for name in (DATABASE, TEMPLATE):
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{TEMPLATE}"
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    now = datetime.now(UTC) - timedelta(days=30)
+    teams = [f"team_bench_{i:02d}" for i in range(TEAMS)]
+    contacts = []
+    with psycopg.connect(f"{PG}/{TEMPLATE}") as conn:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO teams (id, name, default_region, calls_overwrite_people, created_at)"
+                " VALUES (%s, %s, 'US', false, %s)",
+                [(t, f"Bench {t}", now) for t in teams],
+            )
+            with cur.copy(
+                "COPY contacts (id, team_id, first_name, last_name, email, phone, lead_status,"
+                " source, do_not_call, custom_fields, tags, provenance, version, created_at,"
+                " updated_at) FROM STDIN"
+            ) as copy:
+                for i in range(CONTACTS):
+                    cid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+                    team = teams[i % TEAMS]
+                    phone = f"+1212{2_000_000 + i * 37:07d}"
+                    contacts.append((cid, team, phone))
+                    copy.write_row(
+                        (cid, team, rng.choice(NAMES), "Seed", f"seed{i}@acme-solar.com", phone,
+                         "new", "import", False, "{}", "[]", "{}", 1, now, now)
+                    )  # fmt: skip
+        conn.commit()
+    return contacts
+
+
+def reset_database() -> None:
+    """A fresh copy of the seeded template, so every mode starts from the same state."""
+    with admin() as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DATABASE))
+        )
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(DATABASE), sql.Identifier(TEMPLATE)
+            )
+        )
+
+
+def drop_databases() -> None:
+    with admin() as conn:
+        for name in (DATABASE, TEMPLATE):
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+# ---------------------------------------------------------------- events
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _event(
+    rng: random.Random, event_id: str, contact: tuple[str, str, str], occurred: datetime
+) -> dict[str, Any]:
+    cid, team, phone = contact
+    custom: dict[str, Any] = {}
+    for key in rng.sample(CUSTOM_KEYS, rng.randint(5, 15)):
+        kind = rng.random()
+        if kind < 0.1:
+            custom[key] = None
+        elif kind < 0.5:
+            custom[key] = {
+                "value": rng.randint(1_000, 90_000),
+                "confidence": round(rng.uniform(0.3, 1.0), 2),
+                "evidence": "about that much",
+            }
+        elif kind < 0.8:
+            custom[key] = rng.choice(("solar", "heat pump", "battery", "tuesday", "yes", "no"))
+        else:
+            custom[key] = rng.randint(0, 500)
+    standard: dict[str, Any] = {}
+    for name in rng.sample(
+        ("email", "job_title", "first_name", "timezone", "method"), rng.randint(1, 3)
+    ):
+        if name == "email":
+            standard["email"] = f"{rng.choice(NAMES).lower()}{rng.randint(1, 99)}@acme-solar.com"
+        elif name == "job_title":
+            standard["job_title"] = rng.choice(JOB_TITLES)
+        elif name == "first_name":
+            standard["first_name"] = rng.choice(NAMES)
+        elif name == "timezone":
+            standard["timezone"] = rng.choice(TIMEZONES)
+        else:
+            standard["preferred_contact_method"] = rng.choice(METHODS)
+    extraction: dict[str, Any] = {
+        "extractor_version": "v3",
+        "custom_fields": custom,
+        "contact": standard,
+        "summary": "Interested; asked for a call back next week.",
+    }
+    roll = rng.random()
+    if roll < 0.3:
+        extraction["lead_status"] = rng.choice(STATUSES)
+    elif roll < 0.302:
+        extraction["lead_status"] = "do_not_contact"
+    if rng.random() < 0.2:
+        extraction["tags"] = rng.sample(TAGS, rng.randint(1, 2))
+    if rng.random() < 0.005:
+        extraction["do_not_call"] = True
+    event: dict[str, Any] = {
+        "event_id": event_id,
+        "type": "call.completed",
+        "schema_version": 1,
+        "team_id": team,
+        "call_id": f"call_{event_id}",
+        "phone": phone,
+        "occurred_at": _iso(occurred),
+        "outcome": rng.choice(("completed",) * 8 + ("voicemail", "no_answer")),
+        "duration_seconds": rng.randint(5, 900),
+        "extraction": extraction,
+    }
+    if rng.random() < 0.8:
+        event["contact_id"] = cid
+    return event
+
+
+@dataclass
+class Workload:
+    """What a mode is fed: deliveries in order, and how many distinct events they hold."""
+
+    deliveries: list[dict[str, Any]]
+    distinct: int
+    out_of_order: int
+
+
+def generate(
+    rng: random.Random, contacts: Sequence[tuple[str, str, str]], total: int, prefix: str
+) -> Workload:
+    """``total`` deliveries: 10 % duplicates, 10 % of distinct events older than a predecessor."""
+    duplicates = total // 10
+    distinct = total - duplicates
+    start = datetime.now(UTC) - timedelta(days=1)
+    step = timedelta(seconds=min(1.0, 80_000 / max(distinct, 1)))
+    last: dict[str, datetime] = {}
+    ordered: list[tuple[float, dict[str, Any]]] = []
+    late = 0
+    for i in range(distinct):
+        contact = rng.choice(contacts)
+        occurred = start + step * i
+        if contact[0] in last and rng.random() < 0.1:
+            # Delivered after a newer event of the same contact.
+            occurred = last[contact[0]] - timedelta(seconds=rng.uniform(1, 3600))
+            late += 1
+        else:
+            last[contact[0]] = occurred
+        ordered.append((float(i), _event(rng, f"{prefix}_{i:07d}", contact, occurred)))
+    for _ in range(duplicates):
+        index = rng.randrange(distinct)
+        ordered.append((index + rng.uniform(1, 500), ordered[index][1]))
+    ordered.sort(key=lambda pair: pair[0])
+    return Workload([event for _, event in ordered], distinct, late)
+
+
+def fresh_events(
+    rng: random.Random, contacts: Sequence[tuple[str, str, str]], count: int, prefix: str
+) -> list[dict[str, Any]]:
+    """Distinct events of the last minutes, for the latency phase."""
+    now = datetime.now(UTC) - timedelta(minutes=5)
+    return [
+        _event(rng, f"{prefix}_{i:07d}", rng.choice(contacts), now + timedelta(milliseconds=i))
+        for i in range(count)
+    ]
+
+
+# ---------------------------------------------------------------- Redis
+
+
+def raw_message(task: str, args: list[Any]) -> bytes:
+    """A Celery protocol-2 message as kombu's Redis transport stores it (DESIGN §3)."""
+    task_id = str(uuid.uuid4())
+    body = json.dumps(
+        [args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    )
+    return json.dumps(
+        {
+            "body": base64.b64encode(body.encode()).decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {
+                "lang": "py",
+                "task": task,
+                "id": task_id,
+                "root_id": task_id,
+                "parent_id": None,
+                "group": None,
+                "retries": 0,
+                "eta": None,
+                "expires": None,
+                "timelimit": [None, None],
+                "argsrepr": "(...)",
+                "kwargsrepr": "{}",
+                "origin": "bench",
+                "ignore_result": True,
+            },
+            "properties": {
+                "correlation_id": task_id,
+                "reply_to": "",
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": QUEUE},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+    ).encode()
+
+
+def push_all(client: redis.Redis, task: str, payloads: Sequence[Any]) -> None:
+    """LPUSH one message per payload in pipelined chunks (BRPOP takes the oldest first)."""
+    for start in range(0, len(payloads), 1_000):
+        pipe = client.pipeline(transaction=False)
+        for payload in payloads[start : start + 1_000]:
+            pipe.lpush(QUEUE, raw_message(task, [payload]))
+        pipe.execute()
+
+
+def broker_idle(client: redis.Redis) -> bool:
+    return int(client.llen(QUEUE)) == 0 and int(client.hlen("unacked")) == 0
+
+
+# ---------------------------------------------------------------- measuring a drain
+
+
+def inbox_count(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT count(*) FROM processed_events").fetchone()
+    return int(row[0]) if row else 0
+
+
+def drain(
+    client: redis.Redis,
+    procs: Sequence[subprocess.Popen[bytes]],
+    messages: int,
+    done: Callable[[], bool],
+    timeout: float,
+    progress: Callable[[], int] | None = None,
+) -> tuple[float, str]:
+    """Seconds from the worker's first message taken to ``done()``, and a problem if any.
+
+    If Redis holds nothing (queued or unacknowledged) and ``progress()`` has not moved for
+    ``STALL_SECONDS``, messages were lost: the time to the last progress is returned with
+    the problem, instead of waiting forever.
+    """
+    deadline = time.monotonic() + timeout
+    while int(client.llen(QUEUE)) >= messages:
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            raise RuntimeError("the worker never took a message (see its log)")
+        time.sleep(0.001)
+    started = time.perf_counter()
+    last_value, last_change = -1, started
+    while not done():
+        now = time.perf_counter()
+        if progress is not None:
+            value = progress()
+            if value != last_value:
+                last_value, last_change = value, now
+            elif broker_idle(client) and now - last_change > STALL_SECONDS:
+                return last_change - started, (
+                    f"STALLED: Redis empty and no commit for {STALL_SECONDS:.0f} s;"
+                    f" {value} inbox rows (messages lost?)"
+                )
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            raise RuntimeError("the worker did not finish in time (see its log)")
+        time.sleep(0.01)
+    return time.perf_counter() - started, ""
+
+
+def worker_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        CONTACT_SYNC_DATABASE_URL=db_url(),
+        CONTACT_SYNC_BROKER_URL=REDIS_URL,
+        BENCH_DATABASE_URL=db_url(),
+        BENCH_BROKER_URL=REDIS_URL,
+        PYTHONPATH=os.pathsep.join([str(BENCH_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    )
+    env.update(extra)
+    return env
+
+
+def celery_worker(
+    runner: Processes, module: str, pool: str, concurrency: int, prefetch: int, name: str
+) -> subprocess.Popen[bytes]:
+    argv = [
+        sys.executable, "-m", "celery", "-A", module, "worker", "--queues", QUEUE,
+        "--pool", pool, "--concurrency", str(concurrency), "--prefetch-multiplier", str(prefetch),
+        "--loglevel", "warning", "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "--hostname", f"{name}@%h",
+    ]  # fmt: skip
+    return runner.start(argv, worker_env(BENCH_PREFETCH=str(prefetch)), name)
+
+
+def ours_worker(runner: Processes, name: str) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "contact_sync.cli", "worker", "--concurrency", str(WORKERS)]
+    return runner.start(argv, worker_env(), name)
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass
+class ModeResult:
+    """What one mode measured."""
+
+    mode: str
+    events: int
+    seconds: float
+    note: str = ""
+    latency: dict[str, float] = field(default_factory=dict)
+    rss_mb: dict[str, float] = field(default_factory=dict)
+    checks: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+# ---------------------------------------------------------------- ceiling
+
+
+def run_ceiling(runner: Processes, client: redis.Redis, workload: Workload) -> ModeResult:
+    payloads = workload.deliveries
+
+    def once(config: tuple[str, str, int, int, int], count: int) -> float:
+        _label, pool, processes, concurrency, prefetch = config
+        client.flushdb()
+        push_all(client, TASK_NOOP, payloads[:count])
+        procs = [
+            celery_worker(runner, "_noop_tasks", pool, concurrency, prefetch, f"noop{i}")
+            for i in range(processes)
+        ]
+        try:
+            return count / drain(client, procs, count, lambda: broker_idle(client), 600)[0]
+        finally:
+            for proc in procs:
+                runner.stop(proc)
+
+    sample = min(len(payloads), CALIBRATION_MESSAGES)
+    tried = {config[0]: once(config, sample) for config in CEILING_CONFIGS}
+    best = max(CEILING_CONFIGS, key=lambda config: tried[config[0]])
+    note = "; ".join(f"{label}: {rate:,.0f}/s" for label, rate in tried.items())
+    rate = tried[best[0]] if sample == len(payloads) else once(best, len(payloads))
+    return ModeResult(
+        "ceiling",
+        len(payloads),
+        len(payloads) / rate,
+        f"best {best[0]} (sample of {sample}: {note})",
+    )
+
+
+# ---------------------------------------------------------------- ours and batch
+
+
+def install_notify_trigger(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(
+        "CREATE OR REPLACE FUNCTION bench_notify() RETURNS trigger LANGUAGE plpgsql AS $$"
+        " BEGIN PERFORM pg_notify('bench_commit', NEW.event_id); RETURN NULL; END $$"
+    )
+    conn.execute(
+        "CREATE TRIGGER bench_notify AFTER INSERT ON processed_events"
+        " FOR EACH ROW EXECUTE FUNCTION bench_notify()"
+    )
+
+
+@contextmanager
+def commit_listener() -> Iterator[dict[str, float]]:
+    """Event id -> wall-clock time its commit was seen (NOTIFY is delivered at commit)."""
+    seen: dict[str, float] = {}
+    stop = threading.Event()
+    conn = psycopg.connect(db_url(False), autocommit=True)
+    conn.execute("LISTEN bench_commit")
+
+    def listen() -> None:
+        while not stop.is_set():
+            for note in conn.notifies(timeout=0.2):
+                seen[note.payload] = time.time()
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join(5)
+        conn.close()
+
+
+def check_correctness(conn: psycopg.Connection[Any], distinct: int) -> tuple[list[str], str]:
+    """Problems found (empty: all good) and a digest of the final contact state."""
+    problems = []
+    inbox = inbox_count(conn)
+    if inbox != distinct:
+        problems.append(f"inbox rows {inbox} != distinct events {distinct}")
+    row = conn.execute("SELECT count(*) FROM dead_letters").fetchone()
+    if row and row[0]:
+        problems.append(f"{row[0]} dead letters")
+    row = conn.execute("SELECT count(*) FROM contact_history").fetchone()
+    if row and row[0] != distinct:
+        problems.append(f"history records {row[0]} != distinct events {distinct}")
+    row = conn.execute(
+        """
+        SELECT count(*) FROM (
+            SELECT c.id, c.version,
+                   count(h.id) FILTER (WHERE h.version_after = h.version_before + 1) AS bumps,
+                   count(DISTINCT h.version_after)
+                       FILTER (WHERE h.version_after = h.version_before + 1) AS distinct_bumps,
+                   count(h.id) FILTER (WHERE h.version_after NOT IN (h.version_before,
+                                                                     h.version_before + 1))
+                       AS bad
+            FROM contacts c LEFT JOIN contact_history h ON h.contact_id = c.id
+            GROUP BY c.id, c.version
+        ) s WHERE version <> 1 + bumps OR bumps <> distinct_bumps OR bad > 0
+        """
+    ).fetchone()
+    if row and row[0]:
+        problems.append(f"{row[0]} contacts with version gaps or repeats")
+    row = conn.execute(
+        "SELECT md5(string_agg(concat_ws('|', id, first_name, last_name, email, job_title,"
+        " timezone, preferred_contact_method, lead_status, do_not_call, custom_fields::text,"
+        " tags::text), ',' ORDER BY id)) FROM contacts"
+    ).fetchone()
+    return problems, str(row[0]) if row else ""
+
+
+def run_ours(
+    runner: Processes,
+    client: redis.Redis,
+    workload: Workload,
+    contacts: Sequence[tuple[str, str, str]],
+    *,
+    batch: bool,
+    latency_seconds: float,
+    rng: random.Random,
+) -> tuple[ModeResult, str]:
+    mode = "batch" if batch else "ours"
+    app = create_app(Settings(database_url=db_url(), broker_url=REDIS_URL))
+    if batch:
+        with EventPublisher(app=app) as publisher:
+            for event in workload.deliveries:
+                publisher.publish(event)
+        messages = publisher.messages_sent
+    else:
+        push_all(client, TASK_APPLY, workload.deliveries)
+        messages = len(workload.deliveries)
+    proc = ours_worker(runner, mode)
+    with psycopg.connect(db_url(False), autocommit=True) as conn:
+        seconds, stalled = drain(
+            client,
+            [proc],
+            messages,
+            lambda: inbox_count(conn) >= workload.distinct and broker_idle(client),
+            900,
+            lambda: inbox_count(conn),
+        )
+        result = ModeResult(mode, len(workload.deliveries), seconds, f"{messages} messages")
+        problems, digest = check_correctness(conn, workload.distinct)
+        retries = sum(
+            "transient error, retrying" in line
+            for line in (runner.logdir / f"{mode}.log").read_text(errors="replace").splitlines()
+        )
+        result.checks = [p for p in [stalled, *problems] if p] or ["ok"]
+        result.checks.append(f"{retries} transient-error retries in the worker log")
+
+        # Latency at half the peak just measured, the worker still running.
+        rate = result.rate / 2
+        count = max(50, min(len(workload.deliveries), int(rate * latency_seconds)))
+        events = fresh_events(rng, contacts, count, f"lat_{mode}")
+        install_notify_trigger(conn)
+        published: dict[str, float] = {}
+        with commit_listener() as committed:
+            started = time.perf_counter()
+            if batch:
+                with EventPublisher(app=app) as publisher:
+                    for i, event in enumerate(events):
+                        _pace(started, i, rate)
+                        published[event["event_id"]] = time.time()
+                        publisher.publish(event)
+            else:
+                for i, event in enumerate(events):
+                    _pace(started, i, rate)
+                    published[event["event_id"]] = time.time()
+                    publish_event(event, app=app)
+            deadline = time.monotonic() + 120
+            while len(committed) < count and time.monotonic() < deadline:
+                time.sleep(0.05)
+            achieved = count / (time.perf_counter() - started)
+        waits = [(committed[k] - t) * 1000 for k, t in published.items() if k in committed]
+        stamped = {
+            str(r[0]): r[1].timestamp()
+            for r in conn.execute(
+                "SELECT event_id, processed_at FROM processed_events WHERE event_id LIKE %s",
+                (f"lat_{mode}_%",),
+            )
+        }
+        starts = [(stamped[k] - t) * 1000 for k, t in published.items() if k in stamped]
+        result.latency = {
+            "rate": rate,
+            "achieved": achieved,
+            "events": count,
+            "seen": len(waits),
+            "p50": percentile(waits, 0.5),
+            "p99": percentile(waits, 0.99),
+            "max": max(waits, default=float("nan")),
+            "start_p50": percentile(starts, 0.5),
+            "start_p99": percentile(starts, 0.99),
+        }
+    result.rss_mb = peak_rss_mb([proc.pid])
+    runner.stop(proc)
+    return result, digest
+
+
+def _pace(started: float, index: int, rate: float) -> None:
+    delay = started + index / rate - time.perf_counter()
+    if delay > 0:
+        time.sleep(delay)
+
+
+# ---------------------------------------------------------------- naive
+
+
+def run_naive(runner: Processes, client: redis.Redis, workload: Workload) -> ModeResult:
+    push_all(client, TASK_NAIVE, workload.deliveries)
+    proc = celery_worker(runner, "_naive_tasks", "prefork", WORKERS, 4, "naive")
+    try:
+        with psycopg.connect(db_url(False), autocommit=True) as conn:
+            seconds, stalled = drain(
+                client,
+                [proc],
+                len(workload.deliveries),
+                lambda: inbox_count(conn) >= workload.distinct and broker_idle(client),
+                3600,
+                lambda: inbox_count(conn),
+            )
+        result = ModeResult("naive", len(workload.deliveries), seconds, "ORM, 1 txn/event")
+        result.checks = [stalled] if stalled else []
+        result.rss_mb = peak_rss_mb([proc.pid])
+        return result
+    finally:
+        runner.stop(proc)
+
+
+# ---------------------------------------------------------------- database limit
+
+STATE_COLUMNS = (
+    "first_name", "last_name", "email", "phone_secondary", "job_title", "timezone",
+    "preferred_contact_method", "lead_status", "do_not_call",
+)  # fmt: skip
+
+
+def _apply_db_batch(conn: psycopg.Connection[Any], events: Sequence[dict[str, Any]]) -> None:
+    now = datetime.now(UTC)
+    with conn.transaction():
+        by_id = [e["contact_id"] for e in events if e.get("contact_id")]
+        by_phone = [e for e in events if not e.get("contact_id")]
+        rows = conn.execute(
+            f"SELECT id, team_id, phone, version, custom_fields, tags, provenance,"
+            f" {', '.join(STATE_COLUMNS)} FROM contacts"
+            " WHERE id = ANY(%s) OR (team_id, phone) IN"
+            " (SELECT * FROM unnest(%s::text[], %s::text[])) ORDER BY id FOR NO KEY UPDATE",
+            (by_id, [e["team_id"] for e in by_phone], [e["phone"] for e in by_phone]),
+        ).fetchall()
+        names = ["id", "team_id", "phone", "version", "custom_fields", "tags", "provenance"]
+        states = {r[0]: dict(zip([*names, *STATE_COLUMNS], r, strict=True)) for r in rows}
+        by_phone_key = {(s["team_id"], s["phone"]): cid for cid, s in states.items()}
+        target: dict[str, str] = {}
+        for e in events:
+            cid = e.get("contact_id") or by_phone_key.get((e["team_id"], e["phone"]))
+            if cid is not None and cid in states and states[cid]["team_id"] == e["team_id"]:
+                target[e["event_id"]] = cid
+        unique = {e["event_id"]: e for e in events if e["event_id"] in target}
+        claimed = {
+            str(r[0])
+            for r in conn.execute(
+                "INSERT INTO processed_events"
+                " (event_id, team_id, contact_id, outcome, processed_at)"
+                " SELECT e, t, c, 'applied', %s FROM unnest(%s::text[], %s::text[], %s::text[])"
+                " AS u(e, t, c) ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+                (
+                    now,
+                    list(unique),
+                    [e["team_id"] for e in unique.values()],
+                    [target[k] for k in unique],
+                ),
+            )
+        }
+        history: list[tuple[Any, ...]] = []
+        quiet: list[str] = []
+        touched: dict[str, int] = {}
+        for event in sorted(
+            (unique[k] for k in claimed), key=lambda e: (target[e["event_id"]], e["event_id"])
+        ):
+            cid = target[event["event_id"]]
+            state = states[cid]
+            touched.setdefault(cid, state["version"])
+            changes = simple_merge(state, event)
+            before = state["version"]
+            if changes:
+                state["version"] += 1
+            else:
+                quiet.append(event["event_id"])
+            history.append(
+                (str(uuid.uuid4()), cid, event["team_id"], before, state["version"],
+                 event["event_id"], event["call_id"], event["occurred_at"], json.dumps(changes),
+                 (event.get("extraction") or {}).get("summary"))
+            )  # fmt: skip
+        changed = [cid for cid, version in touched.items() if states[cid]["version"] != version]
+        if changed:
+            columns = [[states[c][name] for c in changed] for name in STATE_COLUMNS]
+            conn.execute(
+                "UPDATE contacts AS c SET first_name = u.fn, last_name = u.ln, email = u.em,"
+                " phone_secondary = u.ps, job_title = u.jt, timezone = u.tz,"
+                " preferred_contact_method = u.pm, lead_status = u.ls, do_not_call = u.dnc,"
+                " custom_fields = u.cf::jsonb, tags = u.tg::jsonb, provenance = u.pv::jsonb,"
+                " version = u.v, updated_at = %s"
+                " FROM unnest(%s::text[], %s::int[], %s::int[], %s::text[], %s::text[], %s::text[],"
+                " %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bool[],"
+                " %s::text[], %s::text[], %s::text[])"
+                " AS u(id, expected, v, fn, ln, em, ps, jt, tz, pm, ls, dnc, cf, tg, pv)"
+                " WHERE c.id = u.id AND c.version = u.expected",
+                (
+                    now,
+                    changed,
+                    [touched[c] for c in changed],
+                    [states[c]["version"] for c in changed],
+                    *columns,
+                    [json.dumps(states[c]["custom_fields"]) for c in changed],
+                    [json.dumps(states[c]["tags"]) for c in changed],
+                    [json.dumps(states[c]["provenance"]) for c in changed],
+                ),
+            )
+        if history:
+            conn.execute(
+                "INSERT INTO contact_history (id, contact_id, team_id, version_before,"
+                " version_after, source, event_id, call_id, occurred_at, recorded_at, changes,"
+                " skipped, summary) SELECT i, c, t, vb, va, 'call', e, k, o, %s, ch::jsonb,"
+                " '[]'::jsonb, s FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[],"
+                " %s::int[], %s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[])"
+                " AS u(i, c, t, vb, va, e, k, o, ch, s)",
+                (now, *[list(column) for column in zip(*history, strict=True)]),
+            )
+        if quiet:
+            conn.execute(
+                "UPDATE processed_events SET outcome = 'no_change' WHERE event_id = ANY(%s)",
+                (quiet,),
+            )
+
+
+def run_db(workload: Workload) -> ModeResult:
+    parts: list[list[dict[str, Any]]] = [[] for _ in range(WORKERS)]
+    for event in workload.deliveries:
+        parts[hash(event["phone"]) % WORKERS].append(event)
+    errors: list[BaseException] = []
+
+    def work(events: list[dict[str, Any]]) -> None:
+        try:
+            with psycopg.connect(db_url(False)) as conn:
+                for start in range(0, len(events), DB_BATCH):
+                    _apply_db_batch(conn, events[start : start + DB_BATCH])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(part,)) for part in parts]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    result = ModeResult("db", len(workload.deliveries), seconds, "psycopg, 2 threads, 100/txn")
+    with psycopg.connect(db_url(False), autocommit=True) as conn:
+        if inbox_count(conn) != workload.distinct:
+            result.checks.append(f"inbox rows {inbox_count(conn)} != {workload.distinct}")
+    return result
+
+
+# ---------------------------------------------------------------- report
+
+
+def report(results: dict[str, ModeResult], digests: dict[str, str], workload: Workload) -> None:
+    print()
+    print(
+        f"{len(workload.deliveries):,} deliveries = {workload.distinct:,} distinct events"
+        f" + {len(workload.deliveries) - workload.distinct:,} duplicates;"
+        f" {workload.out_of_order:,} delivered after a newer event of their contact;"
+        f" {CONTACTS:,} contacts in {TEAMS} teams; {WORKERS} worker processes"
+    )
+    print()
+    print(f"{'mode':<8} {'events/s':>10} {'seconds':>8}  notes")
+    for mode in ALL_MODES:
+        if mode in results:
+            r = results[mode]
+            print(f"{mode:<8} {r.rate:>10,.0f} {r.seconds:>8.2f}  {r.note}")
+
+    def ratio(a: str, b: str) -> float:
+        if a in results and b in results and results[b].rate:
+            return results[a].rate / results[b].rate
+        return float("nan")
+
+    ratios = {
+        "ours/ceiling": ratio("ours", "ceiling"),
+        "ours/naive": ratio("ours", "naive"),
+        "batch/ceiling": ratio("batch", "ceiling"),
+        "batch/db": ratio("batch", "db"),
+    }
+    targets = {"ours/ceiling": 0.8, "ours/naive": 4.0, "batch/ceiling": 5.0, "batch/db": 0.5}
+    print()
+    for name, value in ratios.items():
+        verdict = "" if value != value else ("  ok" if value >= targets[name] else "  MISSED")
+        print(f"{name:<14} {value:6.2f}   (target >= {targets[name]}){verdict}")
+    print()
+    p99s: list[float] = []
+    for mode in ("ours", "batch"):
+        if mode not in results:
+            continue
+        lat = results[mode].latency
+        p99s.append(lat["p99"])
+        print(
+            f"latency {mode:<6} at {lat['rate']:,.0f}/s offered ({lat['achieved']:,.0f}/s"
+            f" achieved, {int(lat['seen'])}/{int(lat['events'])} seen):"
+            f" publish->commit p50 {lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms"
+            f" max {lat['max']:.1f} ms | publish->txn start (processed_at)"
+            f" p50 {lat['start_p50']:.1f} ms p99 {lat['start_p99']:.1f} ms"
+        )
+    rss_all: list[float] = []
+    for mode in ("ours", "batch", "naive"):
+        if mode in results and results[mode].rss_mb:
+            rss = results[mode].rss_mb
+            rss_all += [v for k, v in rss.items() if mode != "naive"]
+            shown = ", ".join(f"{k} {v:.0f}" for k, v in sorted(rss.items()))
+            print(f"peak RSS MB {mode:<6} {shown}")
+    for mode in ("ours", "batch", "naive", "db"):
+        if mode in results and results[mode].checks:
+            print(f"correctness {mode:<6} {'; '.join(results[mode].checks)}")
+    if "ours" in digests and "batch" in digests:
+        same = digests["ours"] == digests["batch"]
+        print(f"final state ours == batch: {'yes' if same else 'NO'}")
+    print()
+    p99 = max(p99s) if p99s else float("nan")
+    rss_mb = max(rss_all) if rss_all else float("nan")
+    print(
+        f"ours/ceiling={ratios['ours/ceiling']:.2f} ours/naive={ratios['ours/naive']:.2f}"
+        f" batch/ceiling={ratios['batch/ceiling']:.2f} batch/db={ratios['batch/db']:.2f}"
+        f" p99_ms={p99:.0f} rss_mb={rss_mb:.0f}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--events", type=int, default=20_000, help="deliveries (default 20000)")
+    parser.add_argument("--modes", default=",".join(ALL_MODES), help="comma-separated subset")
+    parser.add_argument("--latency-seconds", type=float, default=15.0)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--keep-db", action="store_true", help="keep the databases at the end")
+    args = parser.parse_args(argv)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = set(modes) - set(ALL_MODES)
+    if unknown:
+        parser.error(f"unknown modes: {', '.join(sorted(unknown))}")
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up below
+    rng = random.Random(args.seed)
+    contacts = build_template(rng)
+    workload = generate(rng, contacts, args.events, "evt")
+    client = redis.Redis.from_url(REDIS_URL)
+    runner = Processes()
+    results: dict[str, ModeResult] = {}
+    digests: dict[str, str] = {}
+    try:
+        for mode in modes:
+            print(f"[{time.strftime('%H:%M:%S')}] {mode} ...", file=sys.stderr, flush=True)
+            reset_database()
+            client.flushdb()
+            if mode == "ceiling":
+                results[mode] = run_ceiling(runner, client, workload)
+            elif mode in ("ours", "batch"):
+                results[mode], digests[mode] = run_ours(
+                    runner,
+                    client,
+                    workload,
+                    contacts,
+                    batch=mode == "batch",
+                    latency_seconds=args.latency_seconds,
+                    rng=rng,
+                )
+            elif mode == "naive":
+                results[mode] = run_naive(runner, client, workload)
+            else:
+                results[mode] = run_db(workload)
+            load = os.getloadavg()[0]
+            results[mode].note += f" [load {load:.1f}]"
+            print(
+                f"[{time.strftime('%H:%M:%S')}] {mode}: {results[mode].rate:,.0f} events/s",
+                file=sys.stderr,
+                flush=True,
+            )
+    finally:
+        runner.stop_all()
+        client.flushdb()
+        if not args.keep_db:
+            drop_databases()
+    print(f"(worker logs in {runner.logdir})", file=sys.stderr)
+    report(results, digests, workload)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
