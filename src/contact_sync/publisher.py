@@ -9,6 +9,7 @@ second.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from types import TracebackType
@@ -19,6 +20,8 @@ from celery import Celery
 from contact_sync.clock import utcnow
 from contact_sync.events import MAX_BATCH, parse_event
 from contact_sync.worker.celery_app import QUEUE, TASK_APPLY, TASK_APPLY_BATCH
+
+log = logging.getLogger("contact_sync.publisher")
 
 
 def _default_app() -> Celery:
@@ -44,6 +47,11 @@ class EventPublisher:
 
     Thread-safe: a timer flushes a partial batch ``linger_seconds`` after its
     first event, so a quiet pipeline never holds events back for long.
+
+    Events stay in the buffer until the broker took them: when a send fails
+    (Redis restarting, say), ``publish``/``flush``/``close`` raise and keep
+    every event for the next flush (do not publish them again), and a failed
+    timer flush tries again a moment later.
     """
 
     def __init__(
@@ -76,27 +84,46 @@ class EventPublisher:
             self._buffer.append(event)
             if len(self._buffer) >= self._max_batch:
                 self._flush_locked()
-            elif len(self._buffer) == 1 and self._linger > 0:
-                self._timer = threading.Timer(self._linger, self.flush)
-                self._timer.daemon = True
-                self._timer.start()
+            elif self._timer is None and self._linger > 0:
+                self._arm(self._linger)
 
     def flush(self) -> int:
         """Send what is buffered now; returns the number of events sent."""
         with self._lock:
             return self._flush_locked()
 
+    def _arm(self, delay: float) -> None:
+        self._timer = threading.Timer(delay, self._flush_on_timer)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _flush_on_timer(self) -> None:
+        with self._lock:
+            if self._timer is not threading.current_thread():
+                return  # cancelled, or superseded by a flush that ran meanwhile
+            try:
+                self._flush_locked()
+            except Exception as error:  # the broker refused: the events wait for the next try
+                log.warning("publishing a batch failed; retrying", extra={"error": repr(error)})
+                self._arm(max(self._linger, 0.5))
+
     def _flush_locked(self) -> int:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self._buffer:
-            return 0
-        batch, self._buffer = self._buffer, []
-        self._app.send_task(TASK_APPLY_BATCH, args=[batch], queue=QUEUE, producer=self._producer)
-        self.messages_sent += 1
-        self.events_sent += len(batch)
-        return len(batch)
+        sent = 0
+        while self._buffer:
+            # Removed from the buffer only once the broker took it: a failed send
+            # raises with every event still buffered.
+            batch = self._buffer[: self._max_batch]
+            self._app.send_task(
+                TASK_APPLY_BATCH, args=[batch], queue=QUEUE, producer=self._producer
+            )
+            del self._buffer[: len(batch)]
+            self.messages_sent += 1
+            self.events_sent += len(batch)
+            sent += len(batch)
+        return sent
 
     def close(self) -> None:
         """Flush and release the connection."""

@@ -33,8 +33,13 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_engine(url: str, *, pool_size: int = 5) -> Engine:
-    """An engine for ``url`` with the settings each backend needs."""
+def make_engine(url: str, *, pool_size: int = 5, pre_ping: bool = True) -> Engine:
+    """An engine for ``url`` with the settings each backend needs.
+
+    ``pre_ping`` tests a pooled connection before use; the worker turns it
+    off (a round trip per transaction) because it retries a dropped
+    connection as a transient error anyway.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(
@@ -46,7 +51,7 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     return create_engine(
-        parsed, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size, future=True
+        parsed, pool_pre_ping=pre_ping, pool_size=pool_size, max_overflow=pool_size, future=True
     )
 
 

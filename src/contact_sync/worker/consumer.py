@@ -44,6 +44,16 @@ def _park(payload: Any, message: str) -> None:
     log.warning(message, extra={"outcome": "dead_lettered", "reason": "invalid_payload"})
 
 
+def _body(body: Any, message: Any) -> Any:
+    """The message body as received: Celery passes ``None`` for protocol-2 messages."""
+    if body is not None:
+        return _text(body)
+    try:
+        return message.decode()  # JSON is all this worker accepts
+    except Exception:  # undecodable or another content type: keep the text
+        return _text(message.body)
+
+
 def _first_arg(body: Any) -> Any:
     if isinstance(body, list | tuple) and body and isinstance(body[0], list | tuple) and body[0]:
         return body[0][0]
@@ -58,20 +68,21 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         message.ack()
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
-        _park({"raw_body": _text(body)}, "message is not a Celery task message")
+        _park({"raw_body": _body(body, message)}, "message is not a Celery task message")
         message.ack()
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
         name = (message.headers or {}).get("task")
+        body = _body(body, message)
         _park(
-            {"task": name, "event": _first_arg(body), "body": _text(body)},
+            {"task": name, "event": _first_arg(body), "body": body},
             f"unknown task {name!r}",
         )
         message.ack()
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
         _park(
-            {"body": _text(body), "headers": _text(str(message.headers))},
+            {"body": _body(body, message), "headers": _text(str(message.headers))},
             f"invalid task message: {exc}",
         )
         message.ack()

@@ -14,7 +14,7 @@ def get_engine() -> Engine:
     """This process's engine, made on first use."""
     global _engine
     if _engine is None:
-        _engine = make_engine(get_settings().database_url, pool_size=2)
+        _engine = make_engine(get_settings().database_url, pool_size=2, pre_ping=False)
     return _engine
 
 

@@ -25,10 +25,9 @@ log = logging.getLogger("contact_sync.worker")
 _T = TypeVar("_T")
 
 
-def _redelivered(task: Task) -> bool:
-    info = task.request.delivery_info or {}
-    headers = task.request.headers or {}
-    return bool(info.get("redelivered") or headers.get("redelivered"))
+def redelivered(delivery_info: Any, headers: Any) -> bool:
+    """Whether the broker handed this message out before (kombu marks restored messages)."""
+    return bool((delivery_info or {}).get("redelivered") or (headers or {}).get("redelivered"))
 
 
 def _park(payloads: Sequence[Any], reason: Reason, message: str) -> list[Outcome]:
@@ -102,10 +101,9 @@ def _retrying_transient(work: Callable[[], _T], key: str) -> _T:
             attempt += 1
 
 
-def _deliver(task: Task, payloads: Sequence[Any]) -> list[Outcome]:
+def _deliver(key: str, again: bool, payloads: Sequence[Any]) -> list[Outcome]:
     """Apply a message's payloads once, or park them if the message is poison."""
-    key = str(task.request.id)
-    if not _redelivered(task):
+    if not again:
         return _retrying_transient(lambda: _apply_isolating_failures(payloads), key)
     # Counted once per delivery (not per retry inside it): only deliveries
     # that never finished, because their worker died, make a message poison.
@@ -122,9 +120,10 @@ def _deliver(task: Task, payloads: Sequence[Any]) -> list[Outcome]:
     return outcomes
 
 
-def _run(task: Task, payloads: Sequence[Any]) -> None:
+def run_message(key: str, again: bool, payloads: Sequence[Any]) -> None:
+    """Apply one message's payloads (``again``: it was delivered before) and log each outcome."""
     started = time.perf_counter()
-    outcomes = _deliver(task, payloads)
+    outcomes = _deliver(key, again, payloads)
     elapsed = time.perf_counter() - started
     APPLY_SECONDS.observe(elapsed)
     for outcome in outcomes:
@@ -143,28 +142,44 @@ def _run(task: Task, payloads: Sequence[Any]) -> None:
         )
 
 
-def _malformed(args: tuple[Any, ...], kwargs: dict[str, Any], expected: str) -> None:
-    _park([{"args": list(args), "kwargs": kwargs}], "invalid_payload", expected)
+def _task_run(task: Task, payloads: Sequence[Any]) -> None:
+    request = task.request
+    run_message(str(request.id), redelivered(request.delivery_info, request.headers), payloads)
+
+
+def malformed(args: Any, kwargs: Any, expected: str) -> None:
+    """Park a message whose arguments are not what the task takes."""
+    _park([{"args": args, "kwargs": kwargs}], "invalid_payload", expected)
     EVENTS.labels("dead_lettered").inc()
     log.warning("malformed message", extra={"outcome": "dead_lettered", "reason": expected})
 
 
-@app.task(name=TASK_APPLY, bind=True, acks_late=True, reject_on_worker_lost=True)
+# Messages of this task are grouped in the worker (see worker/grouping.py);
+# the function body still serves direct calls and eager runs.
+@app.task(
+    name=TASK_APPLY,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    Strategy="contact_sync.worker.grouping:strategy",
+)
 def apply_call_completed(self: Task, *args: Any, **kwargs: Any) -> None:
     """Apply one ``call.completed`` event (the single positional argument)."""
     if len(args) != 1 or kwargs:
-        _malformed(args, kwargs, "the task takes exactly one positional argument: the event")
+        malformed(list(args), kwargs, "the task takes exactly one positional argument: the event")
         return
-    _run(self, [args[0]])
+    _task_run(self, [args[0]])
 
 
 @app.task(name=TASK_APPLY_BATCH, bind=True, acks_late=True, reject_on_worker_lost=True)
 def apply_call_completed_batch(self: Task, *args: Any, **kwargs: Any) -> None:
     """Apply a list of up to 500 events, each with every guarantee it has alone."""
     if len(args) != 1 or kwargs or not isinstance(args[0], list) or len(args[0]) > MAX_BATCH:
-        _malformed(
-            args, kwargs, f"the task takes one positional argument: a list of ≤ {MAX_BATCH} events"
+        malformed(
+            list(args),
+            kwargs,
+            f"the task takes one positional argument: a list of ≤ {MAX_BATCH} events",
         )
         return
     if args[0]:
-        _run(self, args[0])
+        _task_run(self, args[0])
