@@ -8,10 +8,10 @@ from datetime import datetime
 from sqlalchemy import Connection, insert, select
 
 from contact_sync.clock import utcnow
-from contact_sync.contacts import is_unicode
 from contact_sync.db.tables import companies
 from contact_sync.errors import ForbiddenTeam, ValidationFailed
 from contact_sync.ids import new_id
+from contact_sync.storable import is_storable_text
 from contact_sync.teams import get_team
 
 
@@ -30,7 +30,7 @@ def create_company(conn: Connection, *, team_id: str, name: object) -> Company:
     """Create a company in the team."""
     if not isinstance(name, str) or not name.strip() or len(name.strip()) > 200:
         raise ValidationFailed({"name": "Name must be 1 to 200 characters"})
-    if "\x00" in name or not is_unicode(name):
+    if not is_storable_text(name):
         raise ValidationFailed({"name": "Name must be valid Unicode text without NUL characters"})
     get_team(conn, team_id=team_id)
     now = utcnow()

@@ -33,6 +33,7 @@ from pydantic_core import PydanticCustomError
 
 from contact_sync.errors import ValidationFailed
 from contact_sync.phones import normalise_phone
+from contact_sync.storable import has_unstorable, is_storable_text, is_unicode
 
 KNOWN_LEAD_STATUSES = (
     "new",
@@ -57,16 +58,6 @@ def _fail(message: str) -> PydanticCustomError:
     # PydanticCustomError keeps our message verbatim (a ValueError would be
     # prefixed with "Value error, "), so the API can return it as-is.
     return PydanticCustomError("invalid", message)
-
-
-def is_unicode(text: str) -> bool:
-    """Whether ``text`` encodes as UTF-8: JSON's ``\\ud800`` escapes decode to lone
-    surrogates, which no database column (text or JSON) can store."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _text(max_len: int, *, required: bool = False) -> Any:
@@ -166,23 +157,11 @@ def _json_depth(value: Any, depth: int = 0) -> int:
     return depth
 
 
-def _has_nul(value: Any) -> bool:
-    # PostgreSQL's JSONB cannot hold U+0000 in any string (key or value), and
-    # no database stores a lone surrogate.
-    if isinstance(value, str):
-        return "\x00" in value or not is_unicode(value)
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
-
-
 def check_custom_value(value: Any) -> None:
     """Raise ValueError unless ``value`` is plain, finite JSON of bounded depth."""
     if _json_depth(value) > MAX_JSON_DEPTH:
         raise ValueError(f"Custom field values must nest at most {MAX_JSON_DEPTH} levels")
-    if _has_nul(value):
+    if has_unstorable(value):
         raise ValueError("Custom field values must be valid Unicode text without NUL characters")
     try:
         json.dumps(value, allow_nan=False)
@@ -228,7 +207,7 @@ def _tags(value: Any) -> list[str] | None:
         raise _fail("Tags must be an array of strings")
     seen: dict[str, None] = {}
     for tag in value:
-        if not isinstance(tag, str) or not tag.strip() or "\x00" in tag or not is_unicode(tag):
+        if not isinstance(tag, str) or not tag.strip() or not is_storable_text(tag):
             raise _fail("Each tag must be a non-empty string")
         tag = tag.strip()
         if len(tag) > 64:
@@ -260,12 +239,10 @@ class _Input(BaseModel):
     )
 
 
-class ContactPatch(_Input):
-    """A partial update: only the fields present are written; ``null`` clears."""
+class _ContactFields(_Input):
+    """The optional fields that create and patch share."""
 
     company_id: Identifier = None
-    first_name: Name | None = None
-    last_name: Name | None = None
     email: Email = None
     phone: Phone = None
     phone_secondary: Phone = None
@@ -274,10 +251,17 @@ class ContactPatch(_Input):
     source: OptionalText100 = None
     timezone: TimeZoneName = None
     preferred_contact_method: ContactMethod = None
-    do_not_call: StrictBool | None = None
     notes: Notes = None
     custom_fields: CustomFields = None
     tags: Tags = None
+
+
+class ContactPatch(_ContactFields):
+    """A partial update: only the fields present are written; ``null`` clears."""
+
+    first_name: Name | None = None
+    last_name: Name | None = None
+    do_not_call: StrictBool | None = None
     version: StrictInt | None = Field(default=None, ge=1)
 
     def changes(self) -> dict[str, Any]:
@@ -295,25 +279,13 @@ class ContactPatch(_Input):
         return values
 
 
-class ContactCreate(_Input):
+class ContactCreate(_ContactFields):
     """The body of a create: names required, everything else optional."""
 
     team_id: Identifier = None
-    company_id: Identifier = None
     first_name: Name
     last_name: Name
-    email: Email = None
-    phone: Phone = None
-    phone_secondary: Phone = None
-    job_title: Annotated[str | None, _text(200)] = None
-    lead_status: LeadStatus = None
-    source: OptionalText100 = None
-    timezone: TimeZoneName = None
-    preferred_contact_method: ContactMethod = None
     do_not_call: StrictBool = False
-    notes: Notes = None
-    custom_fields: CustomFields = None
-    tags: Tags = None
 
 
 class Contact(BaseModel):
@@ -340,8 +312,6 @@ class Contact(BaseModel):
     created_at: datetime
     updated_at: datetime
 
-
-STANDARD_FIELDS = tuple(name for name in ContactPatch.model_fields if name != "version")
 
 _ALIASES = {
     (info.alias or name): name

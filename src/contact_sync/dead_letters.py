@@ -7,7 +7,6 @@ letter instead of adding another, so the table stays a list of problems.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,6 +16,7 @@ from sqlalchemy import Connection, insert, select, update
 from contact_sync.db.tables import dead_letters
 from contact_sync.events import Reason
 from contact_sync.ids import new_id
+from contact_sync.storable import has_unstorable
 
 
 @dataclass(frozen=True)
@@ -42,22 +42,6 @@ class DeadLetter:
         return data
 
 
-def _unstorable(value: Any) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)  # JSON has no NaN or Infinity
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")  # a lone surrogate (JSON's "\ud800") is not UTF-8
-        except UnicodeEncodeError:
-            return True
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_unstorable(k) or _unstorable(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_unstorable(v) for v in value)
-    return False
-
-
 def storable(payload: Any) -> Any:
     """The payload as a JSON column can hold it.
 
@@ -66,7 +50,7 @@ def storable(payload: Any) -> Any:
     payload is kept whole as its (ASCII-escaped) JSON text under ``raw_json``
     rather than altered.
     """
-    if _unstorable(payload):
+    if has_unstorable(payload, numbers=True):
         return {"raw_json": json.dumps(payload)}
     return payload
 

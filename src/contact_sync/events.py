@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from contact_sync.contacts import check_custom_key, check_custom_value
+from contact_sync.storable import has_unstorable, is_storable_text
 
 SCHEMA_VERSION = 1
 FUTURE_TOLERANCE = timedelta(minutes=10)
@@ -186,25 +187,15 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _has_nul(value: Any, depth: int = 0) -> bool:
-    if depth > 64:
-        return False  # deeper than any valid event; validation rejects it anyway
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k, depth + 1) or _has_nul(v, depth + 1) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v, depth + 1) for v in value)
-    return False
-
-
 def parse_event(payload: Any, *, now: datetime) -> CallCompleted:
     """Validate a payload as received, or raise ``InvalidEvent`` with its reason."""
     if not isinstance(payload, dict):
         raise InvalidEvent("invalid_payload", "the event must be a JSON object")
-    if _has_nul(payload):
-        # No database text can hold U+0000: say so here rather than fail on write.
-        raise InvalidEvent("invalid_payload", "the event contains a NUL character (U+0000)")
+    if has_unstorable(payload):
+        # No database can hold these: say so here rather than fail on write.
+        raise InvalidEvent(
+            "invalid_payload", "the event contains a NUL character or invalid Unicode text"
+        )
     version = payload.get("schema_version")
     if isinstance(version, int) and not isinstance(version, bool) and version != SCHEMA_VERSION:
         raise InvalidEvent(
@@ -228,16 +219,12 @@ def parse_event(payload: Any, *, now: datetime) -> CallCompleted:
 
 
 def _storable_id(payload: Any, key: str, max_length: int) -> str | None:
-    # An id that a database column cannot hold (NUL, a lone surrogate) is
-    # treated as absent, so the payload can still be parked.
+    # An id that a database column cannot hold is treated as absent, so the
+    # payload can still be parked.
     value = payload.get(key) if isinstance(payload, dict) else None
-    if not isinstance(value, str) or not 0 < len(value) <= max_length or "\x00" in value:
+    if not isinstance(value, str) or not 0 < len(value) <= max_length:
         return None
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return None
-    return value
+    return value if is_storable_text(value) else None
 
 
 def event_id_of(payload: Any) -> str | None:

@@ -26,10 +26,11 @@ from pydantic.alias_generators import to_camel
 from sqlalchemy import Connection, Select, and_, func, literal_column, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
-from contact_sync.contacts import Contact, field_errors, is_unicode, normalise_lead_status
+from contact_sync.contacts import Contact, field_errors, normalise_lead_status
 from contact_sync.db.tables import contacts
 from contact_sync.errors import ValidationFailed
 from contact_sync.phones import search_digits
+from contact_sync.storable import is_unicode
 from contact_sync.store import CONTACT_COLUMNS, contact_from_row
 
 STICKY_STATUSES = ("converted", "customer", "churned", "do_not_contact")
