@@ -157,11 +157,15 @@ def _json_depth(value: Any, depth: int = 0) -> int:
     return depth
 
 
-def check_custom_value(value: Any) -> None:
-    """Raise ValueError unless ``value`` is plain, finite JSON of bounded depth."""
+def check_custom_value(value: Any, *, text_checked: bool = False) -> None:
+    """Raise ValueError unless ``value`` is plain, finite JSON of bounded depth.
+
+    ``text_checked``: the caller already checked every string in it (an
+    event checks its whole payload once).
+    """
     if _json_depth(value) > MAX_JSON_DEPTH:
         raise ValueError(f"Custom field values must nest at most {MAX_JSON_DEPTH} levels")
-    if has_unstorable(value):
+    if not text_checked and has_unstorable(value):
         raise ValueError("Custom field values must be valid Unicode text without NUL characters")
     try:
         json.dumps(value, allow_nan=False)

@@ -104,7 +104,7 @@ def _wrap_custom_fields(value: Any) -> Any:
         )
         candidate = item["value"] if is_wrapped else item
         try:
-            check_custom_value(candidate)
+            check_custom_value(candidate, text_checked=True)
         except ValueError as exc:
             raise ValueError(f"custom field {key}: {exc}") from None
         wrapped[key] = item if is_wrapped else {"value": item}

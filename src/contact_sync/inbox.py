@@ -32,18 +32,13 @@ def claim(conn: Connection, events: Sequence[CallCompleted], now: datetime) -> s
     if not events:
         return set()
     rows = [
-        {
-            "event_id": e.event_id,
-            "team_id": e.team_id,
-            "contact_id": None,
-            "outcome": "applied",
-            "processed_at": now,
-        }
+        {"event_id": e.event_id, "team_id": e.team_id, "outcome": "applied", "processed_at": now}
         for e in sorted(events, key=lambda e: e.event_id)  # one lock order for every worker
     ]
+    # Executed with a list of rows: SQLAlchemy sends them as multi-row
+    # statements ("insertmanyvalues") from one cached compiled form.
     stmt = (
         _insert(conn)(processed_events)
-        .values(rows)
         .on_conflict_do_update(
             index_elements=[processed_events.c.event_id],
             set_={"outcome": "applied", "processed_at": now},
@@ -51,7 +46,7 @@ def claim(conn: Connection, events: Sequence[CallCompleted], now: datetime) -> s
         )
         .returning(processed_events.c.event_id)
     )
-    return {row.event_id for row in conn.execute(stmt)}
+    return {row.event_id for row in conn.execute(stmt, rows)}
 
 
 def record_outcomes(conn: Connection, outcomes: Iterable[tuple[str, str | None, str]]) -> None:

@@ -10,9 +10,9 @@ ignore time (do-not-call, sticky statuses, tag union, the implicit
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from pydantic import ValidationError
@@ -65,8 +65,18 @@ class ContactState:
     provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def copy(self) -> ContactState:
-        """A deep copy, so the merge never mutates its input."""
-        return copy.deepcopy(self)
+        """A copy with new containers, so the merge never mutates its input.
+
+        The merge replaces values and provenance entries but never changes
+        one in place, so they may be shared (a deep copy was a quarter of
+        the cost of applying a batch).
+        """
+        return replace(
+            self,
+            custom_fields=dict(self.custom_fields),
+            tags=list(self.tags),
+            provenance=dict(self.provenance),
+        )
 
 
 @dataclass(frozen=True)
@@ -86,9 +96,10 @@ def _utc_iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+@lru_cache(maxsize=65536)
 def _normalise_iso(value: str) -> str:
     # Recorded times are compared as text: normalise any stored form to the
-    # fixed-width UTC form the merge writes.
+    # fixed-width UTC form the merge writes. Cached: the same few times recur.
     return _utc_iso(datetime.fromisoformat(value))
 
 
