@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     min_confidence: float = Field(default=0.5, ge=0.0, le=1.0)
     # Messages a worker process reserves ahead; one-event messages are grouped
     # into one transaction from these (worker/grouping.py), so it is generous.
-    worker_prefetch_multiplier: int = Field(default=32, ge=1)
+    worker_prefetch_multiplier: int = Field(default=16, ge=1)
     # A message that killed its worker this many times is dead-lettered.
     poison_max_attempts: int = Field(default=3, ge=1)
     # How long a message keeps retrying a transient error (database down,
