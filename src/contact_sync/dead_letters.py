@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, insert, select, text, update
 
 from contact_sync.db.tables import dead_letters
 from contact_sync.events import Reason
@@ -72,6 +72,13 @@ def record(
     updated rather than duplicated.
     """
     existing = dead_letter_id
+    if existing is None and event_id is not None and conn.dialect.name == "postgresql":
+        # Two deliveries of the same bad event, parked at the same moment by two
+        # workers, would both find no open letter and add one each: take turns.
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+            {"key": f"dead_letter:{event_id}"},
+        )
     if existing is None and event_id is not None:
         existing = conn.execute(
             select(dead_letters.c.id)

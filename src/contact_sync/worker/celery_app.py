@@ -38,6 +38,10 @@ def create_app(settings: Settings) -> Celery:
         # 100 s late. One scan is one ZRANGE: scan every time.
         "unacked_restore_throttle": 1,
     }
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        # kombu's Redis transport, with messages taken into an in-transit list
+        # instead of popped: a worker killed while taking one cannot lose it.
+        celery.conf.broker_transport = "contact_sync.worker.transport:Transport"
     if settings.broker_url.startswith("filesystem://"):
         # The embedded broker of the demo: message files in one folder, no server.
         folder = Path(settings.broker_folder).resolve()

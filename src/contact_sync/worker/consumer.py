@@ -17,6 +17,7 @@ from celery.worker.consumer import Consumer
 from contact_sync.clock import utcnow
 from contact_sync.dead_letters import record
 from contact_sync.events import event_id_of, team_id_of
+from contact_sync.worker.failures import is_transient
 
 log = logging.getLogger("contact_sync.worker")
 
@@ -27,21 +28,43 @@ def _text(body: Any) -> Any:
     return body
 
 
-def _park(payload: Any, message: str) -> None:
+def _park(payload: Any, text: str, message: Any) -> None:
+    """Park ``payload`` and acknowledge ``message``.
+
+    This runs in the worker's main process, inside Celery's consumer: an
+    exception here stops the whole worker. When the database cannot take
+    the dead letter (restarting, say), the message is left unacknowledged
+    instead: Redis hands it out again after the visibility timeout (at once
+    if this worker stops), and it is parked then.
+    """
     from contact_sync.worker.runtime import get_engine
 
     event = payload.get("event") if isinstance(payload, dict) else None
-    with get_engine().begin() as conn:
-        record(
-            conn,
-            payload=payload,
-            reason="invalid_payload",
-            message=message[:2000],
-            event_id=event_id_of(event),
-            team_id=team_id_of(event),
-            now=utcnow(),
-        )
-    log.warning(message, extra={"outcome": "dead_lettered", "reason": "invalid_payload"})
+    for attempt in (1, 2):
+        try:
+            with get_engine().begin() as conn:
+                record(
+                    conn,
+                    payload=payload,
+                    reason="invalid_payload",
+                    message=text[:2000],
+                    event_id=event_id_of(event),
+                    team_id=team_id_of(event),
+                    now=utcnow(),
+                )
+            break
+        except Exception as error:
+            # Once more at once: the first failure is often a pooled connection that
+            # a database restart closed, and a fresh one works.
+            if attempt == 1 and is_transient(error):
+                continue
+            log.warning(
+                "could not park an undeliverable message; left unacknowledged for redelivery",
+                extra={"reason": "invalid_payload", "error": repr(error)[:500]},
+            )
+            return
+    log.warning(text, extra={"outcome": "dead_lettered", "reason": "invalid_payload"})
+    message.ack()
 
 
 def _body(body: Any, message: Any) -> Any:
@@ -64,12 +87,14 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
     """Celery's consumer, parking undeliverable messages instead of dropping them."""
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
-        _park({"raw_body": _text(message.body)}, f"message body could not be decoded: {exc}")
-        message.ack()
+        _park(
+            {"raw_body": _text(message.body)},
+            f"message body could not be decoded: {exc}",
+            message,
+        )
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
-        _park({"raw_body": _body(body, message)}, "message is not a Celery task message")
-        message.ack()
+        _park({"raw_body": _body(body, message)}, "message is not a Celery task message", message)
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
         name = (message.headers or {}).get("task")
@@ -77,12 +102,12 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         _park(
             {"task": name, "event": _first_arg(body), "body": body},
             f"unknown task {name!r}",
+            message,
         )
-        message.ack()
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
         _park(
             {"body": _body(body, message), "headers": _text(str(message.headers))},
             f"invalid task message: {exc}",
+            message,
         )
-        message.ack()

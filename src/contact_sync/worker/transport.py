@@ -1,0 +1,194 @@
+"""kombu's Redis transport, without the window in which a taken message can vanish.
+
+Stock kombu takes a message with ``BRPOP`` (the message leaves Redis) and
+only then records it in the ``unacked`` hash. A worker that dies in between
+loses it, and the window is wide: a worker killed with SIGKILL keeps its
+socket open for the 10-30 ms its exit takes, and Redis answers the ``BRPOP``
+it left waiting with the next message published, to a dead process. The
+fault-injection harness (``bench/chaos.py``) lost events that way.
+
+Here a consumer of a single queue takes messages with ``BLMOVE`` into an
+in-transit list of its own (one per channel), and removes a message from
+it in the same ``MULTI`` that records it as unacknowledged. Each channel
+keeps a heartbeat key alive while it runs; any worker's periodic scan (the
+one that restores messages past their visibility timeout) moves the
+in-transit messages of a channel whose heartbeat expired back to the queue.
+A message is thus always in the queue, in transit, or unacknowledged: at
+worst it is delivered twice, which the inbox makes harmless.
+
+Only priority 0 is read (the one list named after the queue), as
+``docs/celery-message.md`` says; any other case falls back to stock kombu.
+"""
+
+# kombu's annotations are partial: its calls are untyped, its attributes narrower than used.
+# mypy: disable-error-code="no-untyped-call,assignment"
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from queue import Empty
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
+
+log = logging.getLogger("contact_sync.worker")
+
+TRANSIT = "{queue}.transit.{channel}"
+ALIVE_SUFFIX = ".alive"
+# A channel's in-transit list is taken back this long after its last heartbeat.
+TRANSIT_TTL_SECONDS = 30
+
+
+class QoS(kombu_redis.QoS):
+    """Records a taken message as unacknowledged and takes it out of transit, atomically."""
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        channel: Channel = self.channel
+        item, queue = channel._transit_item, channel._transit_queue
+        if item is None or queue is None:
+            super().append(message, delivery_tag)
+            return
+        delivery = message.delivery_info
+        raw = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
+            pipe.hset(self.unacked_key, delivery_tag, raw)
+            pipe.lrem(channel.transit_key(queue), 1, item)
+            pipe.execute()
+        channel._transit_item = None
+        virtual.QoS.append(self, message, delivery_tag)
+
+    def restore_visible(self, *args: Any, **kwargs: Any) -> None:
+        super().restore_visible(*args, **kwargs)
+        self.channel.reclaim_orphans()
+
+
+class Channel(kombu_redis.Channel):
+    """A Redis channel that takes messages into an in-transit list of its own."""
+
+    QoS = QoS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._transit_id = uuid.uuid4().hex
+        self._transit_item: bytes | None = None
+        self._transit_queue: str | None = None
+        self._heartbeat_at = 0.0
+        super().__init__(*args, **kwargs)
+
+    def transit_key(self, queue: str) -> str:
+        return TRANSIT.format(queue=queue, channel=self._transit_id)
+
+    def _single_queue(self) -> str | None:
+        queues = list(self.active_queues)
+        if len(queues) != 1 or self.global_keyprefix:
+            return None
+        return str(queues[0])
+
+    def _heartbeat(self, queue: str, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._heartbeat_at < TRANSIT_TTL_SECONDS / 3:
+            return
+        with self.conn_or_acquire() as client:
+            client.set(self.transit_key(queue) + ALIVE_SUFFIX, 1, ex=TRANSIT_TTL_SECONDS)
+        self._heartbeat_at = now
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        queue = self._single_queue()
+        self._transit_queue = queue
+        if queue is None:
+            super()._brpop_start(timeout)
+            return
+        if timeout is None:
+            timeout = self.brpop_timeout
+        self._heartbeat(queue)
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()
+        self.client.connection.send_command(
+            "BLMOVE", queue, self.transit_key(queue), "RIGHT", "LEFT", timeout or 0
+        )
+
+    def _brpop_read(self, **options: Any) -> bool:
+        queue = self._transit_queue
+        if queue is None:
+            return bool(super()._brpop_read(**options))
+        try:
+            try:
+                item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            if not item:
+                raise Empty()
+            try:
+                payload = loads(bytes_to_str(item))
+            except Exception:
+                self._drop_transit(queue, item)  # as stock kombu: an unreadable envelope
+                raise
+            self._transit_item = item
+            try:
+                self.connection._deliver(payload, queue)
+            except Exception as error:
+                if self._transit_item is not None and not isinstance(error, self.connection_errors):
+                    # Not recorded, and not for want of the broker: give it up as stock kombu
+                    # does, rather than take it back and fail on it for ever. (For want of the
+                    # broker it stays in transit: taken back once this channel is gone.)
+                    with contextlib.suppress(Exception):
+                        self._drop_transit(queue, item)
+                raise
+            finally:
+                pending, self._transit_item = self._transit_item, None
+            if pending is not None:  # taken by a consumer that does not acknowledge
+                self._drop_transit(queue, item)
+            return True
+        finally:
+            self._in_poll = None
+            flush = getattr(self, "_flush_brpop_reauth", None)
+            if flush is not None:
+                flush()
+
+    def _poll_error(self, type: str, **options: Any) -> Any:
+        if type == "BRPOP" and self._transit_queue is not None:
+            return self.client.parse_response(self.client.connection, "BLMOVE")
+        return super()._poll_error(type, **options)
+
+    def _drop_transit(self, queue: str, item: bytes) -> None:
+        with self.conn_or_acquire() as client:
+            client.lrem(self.transit_key(queue), 1, item)
+
+    def reclaim_orphans(self) -> int:
+        """Move messages left in transit by dead channels back to the queue; returns how many."""
+        queue = self._single_queue()
+        if queue is None:
+            return 0
+        moved = 0
+        try:
+            self._heartbeat(queue, force=True)
+            with self.conn_or_acquire() as client:
+                pattern = TRANSIT.format(queue=queue, channel="*")
+                for raw_key in client.scan_iter(match=pattern, count=200):
+                    key = bytes_to_str(raw_key)
+                    if key.endswith(ALIVE_SUFFIX) or client.exists(key + ALIVE_SUFFIX):
+                        continue
+                    # Back to the end that consumers take from: these go next.
+                    while client.lmove(key, queue, "RIGHT", "RIGHT") is not None:
+                        moved += 1
+        except self.connection_errors:
+            return moved  # the broker is away; the next scan does it
+        if moved:
+            log.warning(
+                "messages a dead consumer had taken went back to the queue",
+                extra={"queue": queue, "messages": moved},
+            )
+        return moved
+
+
+class Transport(kombu_redis.Transport):
+    """``redis://`` with :class:`Channel`."""
+
+    Channel = Channel
