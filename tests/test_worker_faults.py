@@ -35,28 +35,10 @@ from contact_sync.worker import runtime
 from contact_sync.worker.celery_app import create_app
 from contact_sync.worker.consumer import DeadLetteringConsumer
 from tests.conftest import call_event
+from tests.workers import start_worker, stop_worker, task_envelope
 
 QUEUE = "contact_sync.events"
 BROKER_DB = 10
-
-
-def _envelope(args: list[Any], task: str) -> str:
-    body = [args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
-    return json.dumps(
-        {
-            "body": base64.b64encode(json.dumps(body).encode()).decode(),
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": {"lang": "py", "task": task, "id": str(uuid.uuid4())},
-            "properties": {
-                "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
-                "delivery_info": {"exchange": "", "routing_key": QUEUE},
-                "delivery_mode": 2,
-                "priority": 0,
-            },
-        }
-    )
 
 
 @pytest.fixture
@@ -66,43 +48,11 @@ def broker(redis_url: str) -> str:
     return url
 
 
-def _start_worker(
-    postgres_url: str, broker: str, log_path: Path, **env: str
-) -> subprocess.Popen[bytes]:
-    environment = {
-        **os.environ,
-        "CONTACT_SYNC_DATABASE_URL": postgres_url,
-        "CONTACT_SYNC_BROKER_URL": broker,
-        **env,
-    }
-    with log_path.open("ab") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "contact_sync.cli", "worker", "--concurrency", "1"],
-            env=environment,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 60
-    while b' ready."' not in log_path.read_bytes():
-        assert process.poll() is None, log_path.read_text()
-        assert time.monotonic() < deadline, log_path.read_text()
-        time.sleep(0.05)
-    return process
-
-
-def _stop_worker(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
 @pytest.fixture
 def worker(pg_engine: Engine, postgres_url: str, broker: str, tmp_path: Path) -> Iterator[None]:
-    process = _start_worker(postgres_url, broker, tmp_path / "worker.log")
+    process = start_worker(postgres_url, broker, tmp_path / "worker.log")
     yield
-    _stop_worker(process)
+    stop_worker(process)
 
 
 def _wait_for_row(engine: Engine, stmt: Any, timeout: float) -> Any:
@@ -127,7 +77,7 @@ def test_a_message_for_an_unknown_task_is_parked_with_its_event(
         team = create_team(conn, name="Typo in the task name")
     event = call_event(team.id, phone="+12025550123")
     redis.Redis.from_url(broker).lpush(
-        QUEUE, _envelope([event], "contact_sync.apply_call_complete")
+        QUEUE, task_envelope([event], "contact_sync.apply_call_complete")
     )
 
     letter = _wait_for_row(pg_engine, select(dead_letters), timeout=60)
@@ -153,7 +103,7 @@ def test_a_message_stranded_past_the_visibility_timeout_comes_back_within_second
     with pg_engine.begin() as conn:
         team = create_team(conn, name="Stranded")
     event = call_event(team.id, phone="+12025550124")
-    process = _start_worker(
+    process = start_worker(
         postgres_url,
         broker,
         tmp_path / "worker.log",
@@ -162,7 +112,7 @@ def test_a_message_stranded_past_the_visibility_timeout_comes_back_within_second
     try:
         # As a worker leaves a message it took and never acknowledged: past its visibility
         # timeout 5 s from now, after the new worker's start-up scan.
-        envelope = json.loads(_envelope([event], "contact_sync.apply_call_completed"))
+        envelope = json.loads(task_envelope([event], "contact_sync.apply_call_completed"))
         tag = envelope["properties"]["delivery_tag"]
         client = redis.Redis.from_url(broker)
         client.hset("unacked", tag, json.dumps([envelope, "", QUEUE]))
@@ -178,7 +128,7 @@ def test_a_message_stranded_past_the_visibility_timeout_comes_back_within_second
         assert applied.outcome == "applied"
         assert client.hlen("unacked") == 0
     finally:
-        _stop_worker(process)
+        stop_worker(process)
 
 
 # --- a worker killed while it waits for a message ------------------------------------------
@@ -211,7 +161,7 @@ def test_messages_published_as_a_waiting_worker_is_killed_are_not_lost(
         assert doomed.poll() is None
         time.sleep(0.05)
     client = redis.Redis.from_url(broker)
-    envelopes = [_envelope([event], "contact_sync.apply_call_completed") for event in events]
+    envelopes = [task_envelope([event], "contact_sync.apply_call_completed") for event in events]
 
     def waiting() -> bool:  # the worker's blocking take is outstanding in Redis
         return any(
@@ -230,7 +180,7 @@ def test_messages_published_as_a_waiting_worker_is_killed_are_not_lost(
     with contextlib.suppress(ProcessLookupError):
         os.killpg(doomed.pid, signal.SIGKILL)  # its orphaned pool child
 
-    survivor = _start_worker(postgres_url, broker, tmp_path / "survivor.log")
+    survivor = start_worker(postgres_url, broker, tmp_path / "survivor.log")
     try:
         ids = [event["event_id"] for event in events]
         stmt = select(func.count()).select_from(processed_events)
@@ -242,7 +192,7 @@ def test_messages_published_as_a_waiting_worker_is_killed_are_not_lost(
             time.sleep(0.2)
         assert applied == len(ids), (tmp_path / "survivor.log").read_text()[-3000:]
     finally:
-        _stop_worker(survivor)
+        stop_worker(survivor)
 
 
 # --- the consumer while PostgreSQL restarts ---------------------------------------------

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -17,11 +14,12 @@ from contact_sync.settings import Settings
 from contact_sync.teams import create_team
 from contact_sync.worker.celery_app import QUEUE, TASK_APPLY, create_app
 from tests.conftest import call_event
+from tests.workers import start_worker, stop_worker
 
 
 @pytest.mark.slow
 def test_queued_one_event_messages_share_transactions_and_each_applies_once(
-    pg_engine: Engine, postgres_url: str, redis_url: str
+    pg_engine: Engine, postgres_url: str, redis_url: str, tmp_path: Path
 ) -> None:
     broker = redis_url.rsplit("/", 1)[0] + "/10"
     client = redis.Redis.from_url(broker)
@@ -34,17 +32,7 @@ def test_queued_one_event_messages_share_transactions_and_each_applies_once(
         for event in events:
             app.send_task(TASK_APPLY, args=[event], queue=QUEUE, producer=producer)
         app.send_task(TASK_APPLY, args=[events[0]], queue=QUEUE, producer=producer)  # again
-    env = {
-        **os.environ,
-        "CONTACT_SYNC_DATABASE_URL": postgres_url,
-        "CONTACT_SYNC_BROKER_URL": broker,
-    }
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "contact_sync.cli", "worker", "--concurrency", "1"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    worker = start_worker(postgres_url, broker, tmp_path / "worker.log", wait_ready=False)
     try:
         deadline = time.monotonic() + 60
         done = 0
@@ -67,8 +55,4 @@ def test_queued_one_event_messages_share_transactions_and_each_applies_once(
         assert records == len(events)  # and still one history record per event
         assert worker.poll() is None
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop_worker(worker)

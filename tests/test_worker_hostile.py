@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,26 +16,9 @@ from sqlalchemy import Engine, func, select
 
 from contact_sync.db.tables import dead_letters, processed_events
 from contact_sync.teams import create_team
+from tests.workers import envelope, start_worker, stop_worker
 
 QUEUE = "contact_sync.events"
-
-
-def _envelope(body: bytes, task: str, content_type: str = "application/json") -> str:
-    return json.dumps(
-        {
-            "body": base64.b64encode(body).decode(),
-            "content-encoding": "utf-8",
-            "content-type": content_type,
-            "headers": {"lang": "py", "task": task, "id": str(uuid.uuid4())},
-            "properties": {
-                "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
-                "delivery_info": {"exchange": "", "routing_key": QUEUE},
-                "delivery_mode": 2,
-                "priority": 0,
-            },
-        }
-    )
 
 
 def _wait_for(engine: Engine, stmt: Any, expected: int, timeout: float = 30) -> int:
@@ -62,24 +41,12 @@ def broker(redis_url: str) -> str:
 
 
 @pytest.fixture
-def worker(pg_engine: Engine, postgres_url: str, broker: str) -> Iterator[subprocess.Popen[bytes]]:
-    env = {
-        **os.environ,
-        "CONTACT_SYNC_DATABASE_URL": postgres_url,
-        "CONTACT_SYNC_BROKER_URL": broker,
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "contact_sync.cli", "worker", "--concurrency", "1"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def worker(
+    pg_engine: Engine, postgres_url: str, broker: str, tmp_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    process = start_worker(postgres_url, broker, tmp_path / "worker.log", wait_ready=False)
     yield process
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    stop_worker(process)
 
 
 @pytest.mark.slow
@@ -101,14 +68,14 @@ def test_undecodable_unknown_and_nul_messages_are_dead_lettered_and_the_worker_s
     }
     nul_event = {**good, "event_id": "evt_nul", "call_id": "call\x00nul"}
     args = [[nul_event], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
-    client.lpush(QUEUE, _envelope(b"{this is not json", "contact_sync.apply_call_completed"))
+    client.lpush(QUEUE, envelope(b"{this is not json", "contact_sync.apply_call_completed"))
     client.lpush(
-        QUEUE, _envelope(json.dumps([[good], {}, {}]).encode(), "contact_sync.no_such_task")
+        QUEUE, envelope(json.dumps([[good], {}, {}]).encode(), "contact_sync.no_such_task")
     )
-    client.lpush(QUEUE, _envelope(json.dumps(args).encode(), "contact_sync.apply_call_completed"))
+    client.lpush(QUEUE, envelope(json.dumps(args).encode(), "contact_sync.apply_call_completed"))
     client.lpush(
         QUEUE,
-        _envelope(
+        envelope(
             json.dumps(
                 [[good], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
             ).encode(),

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import redis
@@ -18,6 +15,7 @@ from sqlalchemy import Engine
 from contact_sync.settings import Settings
 from contact_sync.teams import create_team
 from contact_sync.worker.celery_app import QUEUE, TASK_APPLY, create_app
+from tests.workers import start_worker, stop_worker
 
 
 def _free_port() -> int:
@@ -33,33 +31,20 @@ def _scrape(port: int) -> str:
 
 @pytest.mark.slow
 def test_the_worker_serves_event_counters_and_queue_depth(
-    pg_engine: Engine, postgres_url: str, redis_url: str
+    pg_engine: Engine, postgres_url: str, redis_url: str, tmp_path: Path
 ) -> None:
     broker = redis_url.rsplit("/", 1)[0] + "/9"
     redis.Redis.from_url(broker).flushdb()
     with pg_engine.begin() as conn:
         team = create_team(conn, name="Metrics")
     port = _free_port()
-    env = {
-        **os.environ,
-        "CONTACT_SYNC_DATABASE_URL": postgres_url,
-        "CONTACT_SYNC_BROKER_URL": broker,
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "contact_sync.cli",
-            "worker",
-            "--concurrency",
-            "2",
-            "--metrics-port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    worker = start_worker(
+        postgres_url,
+        broker,
+        tmp_path / "worker.log",
+        concurrency=2,
+        wait_ready=False,
+        extra_args=("--metrics-port", str(port)),
     )
     try:
         app = create_app(Settings(broker_url=broker))
@@ -97,8 +82,4 @@ def test_the_worker_serves_event_counters_and_queue_depth(
         assert "contact_sync_apply_seconds_count" in text
         assert worker.poll() is None
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop_worker(worker)

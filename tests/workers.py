@@ -1,0 +1,98 @@
+"""Real worker processes and hand-built broker messages, shared by the worker tests."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+QUEUE = "contact_sync.events"
+EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+def envelope(
+    body: bytes,
+    task: str = "contact_sync.apply_call_completed",
+    *,
+    content_type: str = "application/json",
+) -> str:
+    """A Celery protocol-2 message as docs/celery-message.md describes, around ``body``."""
+    return json.dumps(
+        {
+            "body": base64.b64encode(body).decode(),
+            "content-encoding": "utf-8",
+            "content-type": content_type,
+            "headers": {"lang": "py", "task": task, "id": str(uuid.uuid4())},
+            "properties": {
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+                "delivery_info": {"exchange": "", "routing_key": QUEUE},
+                "delivery_mode": 2,
+                "priority": 0,
+            },
+        }
+    )
+
+
+def task_envelope(args: list[Any], task: str = "contact_sync.apply_call_completed") -> str:
+    """The message of a task call with positional ``args``."""
+    return envelope(json.dumps([args, {}, EMBED]).encode(), task)
+
+
+def start_worker(
+    database_url: str,
+    broker_url: str,
+    log_path: Path,
+    *,
+    concurrency: int = 1,
+    wait_ready: bool = True,
+    extra_args: tuple[str, ...] = (),
+    **env: str,
+) -> subprocess.Popen[bytes]:
+    """``contact-sync worker`` as a process logging to ``log_path``; waits until it is ready."""
+    environment = {
+        **os.environ,
+        "CONTACT_SYNC_DATABASE_URL": database_url,
+        "CONTACT_SYNC_BROKER_URL": broker_url,
+        **env,
+    }
+    # A file, not a pipe: nobody reads a pipe while tests run, and a full one blocks the worker.
+    with log_path.open("ab") as handle:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "contact_sync.cli",
+                "worker",
+                "--concurrency",
+                str(concurrency),
+                *extra_args,
+            ],
+            env=environment,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 60
+    while wait_ready and b' ready."' not in log_path.read_bytes():
+        assert process.poll() is None, log_path.read_text()
+        assert time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.05)
+    return process
+
+
+def stop_worker(process: subprocess.Popen[bytes]) -> None:
+    """A warm shutdown, then a kill if it does not come."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
