@@ -3,7 +3,9 @@
 Started by the benchmark as ``celery -A _noop_tasks worker ...`` with ``bench/`` on
 ``PYTHONPATH``. It is configured like the project's worker (JSON only, ``acks_late``, no
 results, no events) so the two differ only by what the task does. ``BENCH_BROKER_URL`` names
-the broker; ``BENCH_PREFETCH`` the prefetch multiplier.
+the broker; ``BENCH_PREFETCH`` the prefetch multiplier; ``BENCH_TRANSPORT=project`` swaps in the
+project's Redis transport (bulk take and acknowledgement), so the ceiling can be measured with
+whichever transport drains faster.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ app.conf.update(
     worker_send_task_events=False,
     task_send_sent_event=False,
 )
+if os.environ.get("BENCH_TRANSPORT") == "project":
+    app.conf.broker_transport = "contact_sync.worker.transport:Transport"
 
 
 @app.task(name=TASK_NOOP)  # type: ignore[untyped-decorator]  # Celery ships no types

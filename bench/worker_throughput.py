@@ -100,11 +100,13 @@ WORKERS = 2
 DB_BATCH = 100
 CALIBRATION_MESSAGES = 4_000
 STALL_SECONDS = 30.0
-# (label, pool, processes, concurrency per process, prefetch multiplier)
-CEILING_CONFIGS: tuple[tuple[str, str, int, int, int], ...] = (
-    ("prefork c2 prefetch 4", "prefork", 1, 2, 4),
-    ("prefork c2 prefetch 64", "prefork", 1, 2, 64),
-    ("2 x solo prefetch 16", "solo", 2, 1, 16),
+# (label, pool, processes, concurrency per process, prefetch multiplier, transport)
+CEILING_CONFIGS: tuple[tuple[str, str, int, int, int, str], ...] = (
+    ("prefork c2 prefetch 4", "prefork", 1, 2, 4, "kombu"),
+    ("prefork c2 prefetch 64", "prefork", 1, 2, 64, "kombu"),
+    ("2 x solo prefetch 16", "solo", 2, 1, 16, "kombu"),
+    ("prefork c2 prefetch 16, project transport", "prefork", 1, 2, 16, "project"),
+    ("2 x solo prefetch 16, project transport", "solo", 2, 1, 16, "project"),
 )
 CUSTOM_KEYS = tuple(
     ["budget", "product_interest", "callback_day", "roof_type", "monthly_bill", "decision_maker"]
@@ -496,7 +498,13 @@ def worker_env(**extra: str) -> dict[str, str]:
 
 
 def celery_worker(
-    runner: Processes, module: str, pool: str, concurrency: int, prefetch: int, name: str
+    runner: Processes,
+    module: str,
+    pool: str,
+    concurrency: int,
+    prefetch: int,
+    name: str,
+    transport: str = "kombu",
 ) -> subprocess.Popen[bytes]:
     argv = [
         sys.executable, "-m", "celery", "-A", module, "worker", "--queues", QUEUE,
@@ -504,7 +512,8 @@ def celery_worker(
         "--loglevel", "warning", "--without-gossip", "--without-mingle", "--without-heartbeat",
         "--hostname", f"{name}@%h",
     ]  # fmt: skip
-    return runner.start(argv, worker_env(BENCH_PREFETCH=str(prefetch)), name)
+    env = worker_env(BENCH_PREFETCH=str(prefetch), BENCH_TRANSPORT=transport)
+    return runner.start(argv, env, name)
 
 
 def ours_worker(runner: Processes, name: str) -> subprocess.Popen[bytes]:
@@ -545,12 +554,12 @@ def percentile(values: Sequence[float], q: float) -> float:
 def run_ceiling(runner: Processes, client: redis.Redis, workload: Workload) -> ModeResult:
     payloads = workload.deliveries
 
-    def once(config: tuple[str, str, int, int, int], count: int) -> float:
-        _label, pool, processes, concurrency, prefetch = config
+    def once(config: tuple[str, str, int, int, int, str], count: int) -> float:
+        _label, pool, processes, concurrency, prefetch, transport = config
         client.flushdb()
         push_all(client, TASK_NOOP, payloads[:count])
         procs = [
-            celery_worker(runner, "_noop_tasks", pool, concurrency, prefetch, f"noop{i}")
+            celery_worker(runner, "_noop_tasks", pool, concurrency, prefetch, f"noop{i}", transport)
             for i in range(processes)
         ]
         try:
@@ -686,7 +695,7 @@ def run_ours(
         result.checks.append(f"{retries} transient-error retries in the worker log")
 
         # Latency at half the peak just measured, the worker still running.
-        rate = result.rate / 2
+        rate = float(os.environ.get("BENCH_LATENCY_RATE") or result.rate / 2)
         count = max(50, min(len(workload.deliveries), int(rate * latency_seconds)))
         events = fresh_events(rng, contacts, count, f"lat_{mode}")
         install_notify_trigger(conn)

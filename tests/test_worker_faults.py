@@ -412,16 +412,21 @@ def test_only_messages_of_dead_consumers_are_taken_back_from_transit(
         app.close()
 
 
+def _where(client: Any) -> tuple[int, int, int]:
+    """(queued, unacknowledged, in transit) message counts."""
+    transit = [k for k in client.keys(f"{QUEUE}.transit.*") if not k.endswith(b".alive")]
+    return client.llen(QUEUE), client.hlen("unacked"), sum(client.llen(k) for k in transit)
+
+
 def test_a_message_taken_is_in_transit_until_recorded_as_unacknowledged(
     private_redis: _Redis,
 ) -> None:
     app = create_app(Settings(broker_url=f"redis://127.0.0.1:{private_redis.port}/0"))
     client = private_redis.client
-    seen: list[tuple[int, int, list[Any]]] = []
+    seen: list[tuple[int, int, int]] = []
 
     def received(body: Any, message: Any) -> None:
-        transit = [k for k in client.keys(f"{QUEUE}.transit.*") if not k.endswith(b".alive")]
-        seen.append((client.llen(QUEUE), client.hlen("unacked"), transit))
+        seen.append(_where(client))
         message.ack()
 
     try:
@@ -430,8 +435,43 @@ def test_a_message_taken_is_in_transit_until_recorded_as_unacknowledged(
             queue = app.amqp.queues[QUEUE]
             with conn.Consumer([queue], callbacks=[received], accept=["json"]):
                 conn.drain_events(timeout=10)
-        assert seen == [(0, 1, [])]  # recorded, and out of transit, before the task sees it
-        assert client.hlen("unacked") == 0
+        # Out of the queue, never nowhere: in transit (or already recorded) while the
+        # consumer works on it, and gone from Redis once acknowledged.
+        [(queued, unacked, in_transit)] = seen
+        assert queued == 0
+        assert unacked + in_transit == 1
+        assert _where(client) == (0, 0, 0)
+    finally:
+        app.close()
+
+
+def test_messages_are_taken_in_bulk_up_to_the_free_prefetch_and_always_somewhere(
+    private_redis: _Redis,
+) -> None:
+    app = create_app(Settings(broker_url=f"redis://127.0.0.1:{private_redis.port}/0"))
+    client = private_redis.client
+    seen: list[tuple[int, int, int]] = []
+    messages: list[Any] = []
+
+    def received(body: Any, message: Any) -> None:
+        seen.append(_where(client))
+        messages.append(message)
+
+    try:
+        for n in range(12):
+            app.send_task("contact_sync.apply_call_completed", args=[{"event_id": f"evt_{n}"}])
+        with app.connection_for_read() as conn:
+            queue = app.amqp.queues[QUEUE]
+            with conn.Consumer([queue], callbacks=[received], accept=["json"]) as consumer:
+                consumer.qos(prefetch_count=5)
+                conn.drain_events(timeout=10)
+                # One read took five (the free prefetch): none is lost if we die now.
+                assert len(messages) == 5
+                assert all(sum(where) == 12 for where in seen)
+                assert _where(client) == (7, 5, 0)
+                for message in messages:
+                    message.ack()
+                assert _where(client) == (7, 0, 0)
     finally:
         app.close()
 
