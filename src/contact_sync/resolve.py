@@ -65,10 +65,11 @@ def resolve(
 
     rows: dict[str, Row[Any]] = {}
     if by_id:
-        ids = sorted({e.contact_id for e in by_id if e.contact_id is not None})
+        # Looked up (and locked) within the event's team: another team's row is never touched.
+        pairs = sorted({(e.team_id, e.contact_id) for e in by_id if e.contact_id is not None})
         for row in conn.execute(
             select(contacts)
-            .where(contacts.c.id.in_(ids))
+            .where(tuple_(contacts.c.team_id, contacts.c.id).in_(pairs))
             .order_by(contacts.c.id)
             .with_for_update(key_share=True)
         ):
