@@ -80,12 +80,14 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
 def cmd_publish(args: argparse.Namespace) -> None:
     """Send a JSON-lines file of events; invalid lines are reported and skipped."""
+    # First: importing the publisher creates the Celery app from the settings,
+    # so a --broker-url applied later would be checked but not published to.
+    _apply_overrides(args)
     from tqdm import tqdm
 
     from contact_sync.events import InvalidEvent
     from contact_sync.publisher import EventPublisher, validate
 
-    _apply_overrides(args)
     _check_broker()
     with open(args.file, encoding="utf-8") as handle:
         lines = handle.readlines()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, text, update
+from sqlalchemy import ColumnElement, Connection, func, insert, or_, select, text, update
 
 from contact_sync.db.tables import dead_letters
 from contact_sync.events import Reason
@@ -80,9 +80,15 @@ def record(
             {"key": f"dead_letter:{event_id}"},
         )
     if existing is None and event_id is not None:
+        # The same event is the same id from the same team (or from a payload
+        # whose team could not be read): another team's event that carries
+        # the id must not rewrite this team's letter.
+        team: ColumnElement[bool] = dead_letters.c.team_id.is_(None)
+        if team_id is not None:
+            team = or_(team, dead_letters.c.team_id == team_id)
         existing = conn.execute(
             select(dead_letters.c.id)
-            .where(dead_letters.c.event_id == event_id, dead_letters.c.replayed_at.is_(None))
+            .where(dead_letters.c.event_id == event_id, dead_letters.c.replayed_at.is_(None), team)
             .limit(1)
         ).scalar_one_or_none()
     if existing is not None:
@@ -90,6 +96,7 @@ def record(
             update(dead_letters)
             .where(dead_letters.c.id == existing)
             .values(
+                team_id=func.coalesce(dead_letters.c.team_id, team_id),
                 reason=reason,
                 message=message[:2000],
                 payload=storable(payload),

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, update
+from sqlalchemy import Connection, bindparam, or_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -22,6 +22,11 @@ from contact_sync.events import CallCompleted
 
 def _insert(conn: Connection) -> Any:
     return pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+
+
+def _same_team(stored: Any, incoming: Any) -> Any:
+    """The stored row is the incoming event's team's, or has no team to say otherwise."""
+    return or_(stored.is_(None), stored == incoming)
 
 
 def claim(conn: Connection, events: Sequence[CallCompleted], now: datetime) -> set[str]:
@@ -37,15 +42,16 @@ def claim(conn: Connection, events: Sequence[CallCompleted], now: datetime) -> s
     ]
     # Executed with a list of rows: SQLAlchemy sends them as multi-row
     # statements ("insertmanyvalues") from one cached compiled form.
-    stmt = (
-        _insert(conn)(processed_events)
-        .on_conflict_do_update(
-            index_elements=[processed_events.c.event_id],
-            set_={"outcome": "applied", "processed_at": now},
-            where=processed_events.c.outcome == "dead_lettered",
-        )
-        .returning(processed_events.c.event_id)
-    )
+    new = _insert(conn)(processed_events)
+    stmt = new.on_conflict_do_update(
+        index_elements=[processed_events.c.event_id],
+        set_={"outcome": "applied", "processed_at": now, "team_id": new.excluded.team_id},
+        # Only a dead-lettered attempt of this team's event (or of a payload whose
+        # team could not be read) is taken over: another team's event that
+        # carries the same id must not swallow that team's replay.
+        where=(processed_events.c.outcome == "dead_lettered")
+        & _same_team(processed_events.c.team_id, new.excluded.team_id),
+    ).returning(processed_events.c.event_id)
     return {row.event_id for row in conn.execute(stmt, rows)}
 
 
@@ -72,14 +78,15 @@ def mark_dead_lettered(
         "outcome": "dead_lettered",
         "processed_at": now,
     }
+    new = _insert(conn)(processed_events).values(values)
     conn.execute(
-        _insert(conn)(processed_events)
-        .values(values)
-        .on_conflict_do_update(
+        new.on_conflict_do_update(
             index_elements=[processed_events.c.event_id],
             set_={"outcome": "dead_lettered", "processed_at": now},
             # Only a claim this transaction made (still "applied", no contact)
-            # is turned back; a row of an earlier success is never touched.
-            where=processed_events.c.contact_id.is_(None),
+            # is turned back; a row of an earlier success, or another team's
+            # row for the same id, is never touched.
+            where=processed_events.c.contact_id.is_(None)
+            & _same_team(processed_events.c.team_id, new.excluded.team_id),
         )
     )
