@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import redis
@@ -13,6 +15,7 @@ from contact_sync.db.tables import contact_history, processed_events
 from contact_sync.settings import Settings
 from contact_sync.teams import create_team
 from contact_sync.worker.celery_app import QUEUE, TASK_APPLY, create_app
+from contact_sync.worker.grouping import GROUP_MAX, strategy
 from tests.conftest import call_event
 from tests.workers import start_worker, stop_worker
 
@@ -56,3 +59,85 @@ def test_queued_one_event_messages_share_transactions_and_each_applies_once(
         assert worker.poll() is None
     finally:
         stop_worker(worker)
+
+
+class _Pool:
+    """A pool of ``limit`` processes that only records what it is given."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.jobs: list[tuple[list[Any], Any, Any]] = []
+
+    def apply_async(self, _fn: Any, args: Any, callback: Any, error_callback: Any) -> None:
+        self.jobs.append((args[0], callback, error_callback))
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.due: list[Any] = []
+
+    def call_after(self, _seconds: float, fn: Any) -> None:
+        self.due.append(fn)
+
+    def fire(self) -> None:
+        due, self.due = self.due, []
+        for fn in due:
+            fn()
+
+
+class _Message:
+    def __init__(self, n: int) -> None:
+        self.headers = {"id": f"task-{n}"}
+        self.delivery_info: dict[str, Any] = {}
+        self.n = n
+
+    def decode(self) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+        return [{"event_id": f"evt_{self.n}"}], {}, {}
+
+
+def test_groups_grow_while_every_pool_process_is_busy_and_go_when_one_is_free() -> None:
+    pool, timer = _Pool(limit=1), _Timer()
+    consumer = SimpleNamespace(pool=pool, timer=timer, connection_errors=())
+    handle = strategy(None, None, consumer)
+    acked: list[int] = []
+    requeued: list[int] = []
+
+    def deliver(n: int) -> None:
+        handle(
+            _Message(n),
+            None,
+            lambda *_: acked.append(n),
+            lambda *_: requeued.append(n),
+            None,
+        )
+
+    deliver(0)
+    deliver(1)  # same loop turn: one group
+    timer.fire()
+    assert [[e["event_id"] for (_, _, (e,), _) in job[0]] for job in pool.jobs] == [
+        ["evt_0", "evt_1"]
+    ]
+    for n in range(2, 7):  # the only process is busy: they wait, no flush is scheduled
+        deliver(n)
+    timer.fire()
+    assert len(pool.jobs) == 1
+    _, committed, _ = pool.jobs[0]
+    committed(None)  # the group committed: acked, and the waiting ones go together at once
+    assert acked == [0, 1]
+    assert [len(job[0]) for job in pool.jobs] == [2, 5]
+    _, _, failed = pool.jobs[1]
+    failed(None)  # that process died: every message of the group goes back
+    assert requeued == [2, 3, 4, 5, 6]
+    deliver(7)  # free again: the linger applies
+    timer.fire()
+    assert [len(job[0]) for job in pool.jobs] == [2, 5, 1]
+
+
+def test_a_full_group_goes_even_when_every_process_is_busy() -> None:
+    pool, timer = _Pool(limit=1), _Timer()
+    handle = strategy(None, None, SimpleNamespace(pool=pool, timer=timer, connection_errors=()))
+    handle(_Message(0), None, lambda *_: None, lambda *_: None, None)
+    timer.fire()  # the only process is busy from now on
+    for n in range(1, 1 + GROUP_MAX):
+        handle(_Message(n), None, lambda *_: None, lambda *_: None, None)
+    assert [len(job[0]) for job in pool.jobs] == [1, GROUP_MAX]
