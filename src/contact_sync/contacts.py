@@ -33,7 +33,13 @@ from pydantic_core import PydanticCustomError
 
 from contact_sync.errors import ValidationFailed
 from contact_sync.phones import normalise_phone
-from contact_sync.storable import has_unstorable, is_storable_text, is_unicode
+from contact_sync.storable import (
+    MAX_INTEGER,
+    MIN_INTEGER,
+    has_unstorable,
+    is_storable_text,
+    is_unicode,
+)
 
 KNOWN_LEAD_STATUSES = (
     "new",
@@ -109,14 +115,19 @@ def _email(value: str | None) -> str | None:
 
 
 @lru_cache(maxsize=1)
-def _timezones() -> frozenset[str]:
-    return frozenset(available_timezones())
+def iana_timezones() -> frozenset[str]:
+    """The IANA zone names of this machine's tz database.
+
+    Without ``localtime``: a link to the machine's own zone, not an IANA name,
+    so a contact's call window would follow whichever server read it.
+    """
+    return frozenset(available_timezones() - {"localtime"})
 
 
 def _timezone(value: str | None) -> str | None:
     if value is None:
         return None
-    if value not in _timezones():
+    if value not in iana_timezones():
         raise _fail("Timezone must be a valid IANA name such as America/Chicago")
     return value
 
@@ -173,6 +184,8 @@ def check_custom_value(value: Any, *, text_checked: bool = False) -> None:
         raise ValueError("Custom field values must be finite JSON values") from exc
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("Custom field values must be finite JSON values")
+    if has_unstorable(value, numbers=True):  # text and floats passed: an integer is too large
+        raise ValueError(f"Custom field integers must lie between {MIN_INTEGER} and {MAX_INTEGER}")
 
 
 def check_custom_key(key: str) -> None:
@@ -266,7 +279,8 @@ class ContactPatch(_ContactFields):
     first_name: Name | None = None
     last_name: Name | None = None
     do_not_call: StrictBool | None = None
-    version: StrictInt | None = Field(default=None, ge=1)
+    # At most 9 digits, as in If-Match (api/routes.py): no contact gets near it.
+    version: StrictInt | None = Field(default=None, ge=1, le=999_999_999)
 
     def changes(self) -> dict[str, Any]:
         """The fields the client sent, by snake_case name (``version`` excluded)."""

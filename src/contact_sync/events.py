@@ -6,6 +6,7 @@ worker can park a bad event with a code a person can act on.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -25,7 +26,12 @@ from pydantic import (
     model_validator,
 )
 
-from contact_sync.contacts import check_custom_key, check_custom_value
+from contact_sync.contacts import (
+    MAX_CUSTOM_FIELDS_BYTES,
+    check_custom_fields_size,
+    check_custom_key,
+    check_custom_value,
+)
 from contact_sync.storable import has_unstorable, is_storable_text
 
 SCHEMA_VERSION = 1
@@ -108,6 +114,11 @@ def _wrap_custom_fields(value: Any) -> Any:
         except ValueError as exc:
             raise ValueError(f"custom field {key}: {exc}") from None
         wrapped[key] = item if is_wrapped else {"value": item}
+    # The values land in the contact's custom fields: the contact's limits hold for them.
+    try:
+        check_custom_fields_size({key: item["value"] for key, item in wrapped.items()})
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
     return wrapped
 
 
@@ -135,6 +146,8 @@ class ExtractedContact(BaseModel):
                 check_custom_value(value)
             except ValueError as exc:
                 raise ValueError(f"contact field {name}: {exc}") from None
+        if self.model_extra and len(json.dumps(self.model_extra)) > MAX_CUSTOM_FIELDS_BYTES:
+            raise ValueError("unknown contact fields must be at most 64 KiB in all")
         return self
 
 

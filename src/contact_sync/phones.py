@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 import phonenumbers
 
 E164_MESSAGE = "Phone must be in E.164 format"
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _PHONE_SEARCH = re.compile(r"^[\d\s()+.\-]+$")
+
+
+def _typed_like_a_number(text: str) -> bool:
+    """Digits and punctuation, with at most a leading ``+``.
+
+    phonenumbers reads more: letters as a keypad (``202-555-ABCD``), an
+    extension it then drops (``x12``), ``tel:``, ``++1…``. Each is a number
+    someone may not have meant, so it is rejected rather than guessed.
+    """
+    folded = unicodedata.normalize("NFKC", text)  # full-width digits and plus, as typed in Asia
+    return not any(char.isalpha() for char in folded) and "+" not in folded[1:]
 
 
 def normalise_phone(raw: str, region: str = "US") -> str:
@@ -18,7 +30,7 @@ def normalise_phone(raw: str, region: str = "US") -> str:
     be a real one: we would rather reject than store a number that never rings.
     """
     text = raw.strip()
-    if not text or len(text) > 40:
+    if not text or len(text) > 40 or not _typed_like_a_number(text):
         raise ValueError(E164_MESSAGE)
     try:
         parsed = phonenumbers.parse(text, region.upper())

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time
 from functools import cache, lru_cache
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo, available_timezones
+from zoneinfo import ZoneInfo
 
 from pydantic import (
     AfterValidator,
@@ -26,7 +26,7 @@ from pydantic.alias_generators import to_camel
 from sqlalchemy import Connection, Select, and_, func, literal_column, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
-from contact_sync.contacts import Contact, field_errors, normalise_lead_status
+from contact_sync.contacts import Contact, field_errors, iana_timezones, normalise_lead_status
 from contact_sync.db.tables import contacts
 from contact_sync.errors import ValidationFailed
 from contact_sync.phones import search_digits
@@ -248,9 +248,8 @@ class EligiblePage:
         }
 
 
-@lru_cache(maxsize=1)
 def _all_timezones() -> frozenset[str]:
-    return frozenset(available_timezones())
+    return iana_timezones()
 
 
 def _in_window(local: time, start: time, end: time) -> bool:

@@ -2,13 +2,28 @@
 
 PostgreSQL's text and JSONB cannot hold U+0000; no database stores a lone
 surrogate (what JSON's ``"\\ud800"`` decodes to); JSON has no NaN or
-Infinity. Input is checked against these before it reaches a write.
+Infinity; JSON columns are read back with orjson (db/engine.py), which holds
+64-bit integers only (a larger one comes back as a float, or, past a double's
+range, makes its whole row unreadable). Input is checked against these before
+it reaches a write.
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+MIN_INTEGER = -(2**63)
+MAX_INTEGER = 2**63 - 1
+
+
+def is_storable_number(value: Any) -> bool:
+    """Whether a JSON number reads back as itself: finite, and an integer within 64 bits."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return MIN_INTEGER <= value <= MAX_INTEGER
+    return True
 
 
 def is_unicode(text: str) -> bool:
@@ -28,7 +43,7 @@ def is_storable_text(text: str) -> bool:
 def has_unstorable(value: Any, *, numbers: bool = False) -> bool:
     """Whether any string (key or value) in a JSON value is unstorable.
 
-    With ``numbers``, a non-finite float counts too. Iterative, so that a
+    With ``numbers``, a number that is not storable counts too. Iterative, so that a
     value nested as deep as the JSON parser allows cannot exhaust the stack.
     """
     stack = [value]
@@ -42,6 +57,6 @@ def has_unstorable(value: Any, *, numbers: bool = False) -> bool:
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-        elif numbers and isinstance(item, float) and not math.isfinite(item):
+        elif numbers and not is_storable_number(item):
             return True
     return False

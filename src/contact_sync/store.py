@@ -14,9 +14,14 @@ from sqlalchemy import Connection, Row, delete, insert, select, update
 
 from contact_sync.clock import utcnow
 from contact_sync.companies import check_company
-from contact_sync.contacts import Contact, parse_create, parse_patch
+from contact_sync.contacts import (
+    Contact,
+    check_custom_fields_size,
+    parse_create,
+    parse_patch,
+)
 from contact_sync.db.tables import contact_history, contacts
-from contact_sync.errors import ContactNotFound, ForbiddenTeam, StaleVersion
+from contact_sync.errors import ContactNotFound, ForbiddenTeam, StaleVersion, ValidationFailed
 from contact_sync.ids import new_id
 from contact_sync.teams import get_team
 
@@ -207,6 +212,12 @@ def update_contact(
     new_values, changes = _diff(row, updates)
     if not changes:
         return contact_from_row(row)
+    if "custom_fields" in new_values:
+        # Each patch is checked alone; the keys it adds to the stored ones must fit too.
+        try:
+            check_custom_fields_size(new_values["custom_fields"])
+        except ValueError as exc:
+            raise ValidationFailed({"custom_fields": str(exc)}) from exc
     now = utcnow()
     provenance = dict(row.provenance)
     for change in changes:

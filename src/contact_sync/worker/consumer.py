@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from celery.exceptions import InvalidTaskError
 from celery.worker.consumer import Consumer
 
 from contact_sync.clock import utcnow
@@ -83,8 +84,46 @@ def _first_arg(body: Any) -> Any:
     return None
 
 
+def _is_task_body(body: Any) -> bool:
+    """Whether ``body`` is protocol 2's ``[args, kwargs, embed]``."""
+    return (
+        isinstance(body, list | tuple)
+        and len(body) == 3
+        and isinstance(body[0], list | tuple)
+        and isinstance(body[1], dict)
+        and (body[2] is None or isinstance(body[2], dict))
+    )
+
+
 class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
     """Celery's consumer, parking undeliverable messages instead of dropping them."""
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's handler of task messages, behind a check of the body's shape.
+
+        Task strategies, Celery's own and ours (worker/grouping.py), unpack a
+        protocol-2 body as ``[args, kwargs, embed]`` in this process: any other
+        JSON (``[]``, ``{}``, ``null``, ``""``) raised there and stopped the
+        whole worker, then every worker the message went to next; other shapes
+        failed in the task and were acknowledged with no dead letter. Such a
+        message is parked instead. kombu keeps the decoded body, so the
+        strategy does not decode it again.
+        """
+        handle = super().create_task_handler(*args, **kwargs)
+
+        def on_task_received(message: Any) -> Any:
+            headers = message.headers
+            if isinstance(headers, dict) and "task" in headers:  # protocol 2
+                try:
+                    body = message.decode()
+                except Exception:  # Celery parks it as undecodable, as before
+                    return handle(message)
+                if not _is_task_body(body):
+                    error = InvalidTaskError("the body must be [args, kwargs, embed]")
+                    return self.on_invalid_task(body, message, error)
+            return handle(message)
+
+        return on_task_received
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         _park(
