@@ -8,6 +8,7 @@ names PostgreSQL (true concurrency needs row locks between two connections).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Iterator
@@ -1069,6 +1070,24 @@ def test_a_malformed_if_match_is_422_naming_if_match(api: Api, if_match: str) ->
     created = api.create()
     response = api.patch(created["id"], {"firstName": "X"}, if_match=if_match)
     assert_validation_error(response, "if_match")
+    assert api.get(f"{CONTACTS}/{created['id']}").json()["version"] == 1
+
+
+def test_an_if_match_of_digits_that_are_not_ascii_is_422_not_500(api: Api) -> None:
+    # "²" is a digit to str.isdigit() but not to int(). A server passes such a byte
+    # (obs-text, read as latin-1) to the app as it came; TestClient would re-encode
+    # it as UTF-8, so this request goes through httpx's ASGI transport instead.
+    created = api.create()
+
+    async def patch(if_match: bytes) -> httpx.Response:
+        transport = httpx.ASGITransport(app=api.client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            headers = {**api.json_headers(), "If-Match": if_match}
+            url = f"{CONTACTS}/{created['id']}"
+            return await client.patch(url, content=b'{"firstName": "X"}', headers=headers)
+
+    for if_match in (b"\xb2", b'"\xb9"', b'W/"\xb3"'):
+        assert_validation_error(asyncio.run(patch(if_match)), "if_match")
     assert api.get(f"{CONTACTS}/{created['id']}").json()["version"] == 1
 
 

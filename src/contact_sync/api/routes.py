@@ -45,6 +45,91 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody} for code in (401, *codes, 422)}
 
 
+def _operation(method: str, path: str) -> str:
+    """An ``operationRef`` to an operation of this document (a JSON pointer, as in the spec)."""
+    return f"#/paths/{path.replace('~', '~0').replace('/', '~1')}/{method}"
+
+
+# OpenAPI links: what a client can do next with the ids an answer gives it.
+# They document the API's flows and drive Schemathesis' stateful tests
+# (tests/test_api_stateful.py), which chain real ids instead of guessing them.
+_ONE_CONTACT = f"{router.prefix}/contacts/{{contact_id}}"
+_THIS_CONTACT = {"contact_id": "$response.body#/id"}
+_CONTACT_LINKS: dict[str, Any] = {
+    "GetContact": {
+        "operationRef": _operation("get", _ONE_CONTACT),
+        "parameters": _THIS_CONTACT,
+        "description": "Read this contact again.",
+    },
+    "UpdateContact": {
+        "operationRef": _operation("patch", _ONE_CONTACT),
+        "parameters": {**_THIS_CONTACT, "header.If-Match": "$response.header.ETag"},
+        "description": "Update this contact, only if it is still at the version this answer's "
+        "`ETag` names.",
+    },
+    "DeleteContact": {
+        "operationRef": _operation("delete", _ONE_CONTACT),
+        "parameters": _THIS_CONTACT,
+        "description": "Delete this contact.",
+    },
+    "GetContactHistory": {
+        "operationRef": _operation("get", f"{_ONE_CONTACT}/history"),
+        "parameters": _THIS_CONTACT,
+        "description": "This contact's change history.",
+    },
+    "ListTeamContacts": {
+        "operationRef": _operation("get", f"{router.prefix}/contacts"),
+        "parameters": {"teamId": "$response.body#/team_id"},
+        "description": "The contacts of this contact's team.",
+    },
+    "ListCompanyContacts": {
+        "operationRef": _operation("get", f"{router.prefix}/contacts"),
+        "parameters": {"companyId": "$response.body#/company_id"},
+        "description": "The contacts of this contact's company, if it has one.",
+    },
+}
+_COMPANY_LINKS: dict[str, Any] = {
+    "ListCompanyContacts": {
+        "operationRef": _operation("get", f"{router.prefix}/contacts"),
+        "parameters": {"companyId": "$response.body#/id"},
+        "description": "The contacts of this company.",
+    },
+    "ListTeamCompanies": {
+        "operationRef": _operation("get", f"{router.prefix}/companies"),
+        "parameters": {"teamId": "$response.body#/team_id"},
+        "description": "The companies of this company's team.",
+    },
+    "CreateContactInCompany": {
+        "operationRef": _operation("post", f"{router.prefix}/contacts"),
+        "requestBody": {"companyId": "$response.body#/id"},
+        "description": "Create a contact of this company (its id as the body's `companyId`).",
+    },
+}
+# The next slice of the eligible stream: the same query, from the cursor on.
+_ELIGIBLE_LINKS: dict[str, Any] = {
+    "NextEligiblePage": {
+        "operationRef": _operation("get", f"{router.prefix}/contacts/eligible"),
+        "parameters": {
+            "cursor": "$response.body#/next_cursor",
+            **{
+                name: f"$request.query.{name}"
+                for name in ("teamId", "at", "windowStart", "windowEnd", "defaultTimezone", "limit")
+            },
+        },
+        "description": "The next slice (absent at the end, when `next_cursor` is null).",
+    }
+}
+_ETAG = {
+    "ETag": {
+        "description": "The contact's version, quoted: the `If-Match` of a later update.",
+        "required": True,
+        "schema": {"type": "string", "pattern": '^"[0-9]+"$'},
+    }
+}
+# The answers that carry one contact: its links and its ETag.
+_A_CONTACT = {"links": _CONTACT_LINKS, "headers": _ETAG}
+
+
 def _team_in(body: Any) -> str | None:
     if isinstance(body, dict):
         value = body.get("teamId", body.get("team_id"))
@@ -82,7 +167,7 @@ def _contact_response(contact: Contact, status: int = 200) -> JSONResponse:
     "/contacts",
     status_code=201,
     response_model=Contact,
-    responses=_errors(403, 413, 422),
+    responses=_errors(403, 413, 422) | {201: _A_CONTACT},
     openapi_extra=json_body(ContactCreate),
     summary="Create a contact",
 )
@@ -116,7 +201,7 @@ def list_(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str, A
 @router.get(
     "/contacts/eligible",
     response_model=EligibleList,
-    responses=_errors(403, 422),
+    responses=_errors(403, 422) | {200: {"links": _ELIGIBLE_LINKS}},
     openapi_extra={"parameters": query_parameters(EligibleQuery, overrides=_ELIGIBLE_OVERRIDES)},
     summary="Contacts the campaign scheduler may call now",
 )
@@ -131,7 +216,7 @@ def eligible(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str
 @router.get(
     "/contacts/{contact_id}",
     response_model=Contact,
-    responses=_errors(404),
+    responses=_errors(404) | {200: _A_CONTACT},
     summary="Get a contact",
 )
 def get(contact_id: str, caller: CallerDep, engine: EngineDep) -> JSONResponse:
@@ -144,7 +229,8 @@ def _version(if_match: str | None) -> int | None:
     if if_match is None or if_match.strip() == "*":
         return None
     text = if_match.strip().removeprefix("W/").strip('"')
-    if not text.isdigit() or len(text) > 9:
+    # ASCII only: "²" is a digit to isdigit() but not to int().
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:
         raise ValidationFailed({"if_match": "If-Match must be a contact version such as 3"})
     return int(text)
 
@@ -152,7 +238,7 @@ def _version(if_match: str | None) -> int | None:
 @router.patch(
     "/contacts/{contact_id}",
     response_model=Contact,
-    responses=_errors(403, 404, 412, 413, 422),
+    responses=_errors(403, 404, 412, 413, 422) | {200: _A_CONTACT},
     openapi_extra=json_body(ContactPatch),
     summary="Update some fields of a contact",
 )
@@ -206,7 +292,7 @@ def history(contact_id: str, caller: CallerDep, engine: EngineDep) -> dict[str, 
     "/companies",
     status_code=201,
     response_model=CompanyOut,
-    responses=_errors(403, 413, 422),
+    responses=_errors(403, 413, 422) | {201: {"links": _COMPANY_LINKS}},
     openapi_extra=json_body(CompanyIn),
     summary="Create a company",
 )
