@@ -15,7 +15,7 @@ from contact_sync.db.tables import contact_history, processed_events
 from contact_sync.settings import Settings
 from contact_sync.teams import create_team
 from contact_sync.worker.celery_app import QUEUE, TASK_APPLY, create_app
-from contact_sync.worker.grouping import GROUP_MAX, strategy
+from contact_sync.worker.grouping import GROUP_MAX, group_size, strategy
 from tests.conftest import call_event
 from tests.workers import start_worker, stop_worker
 
@@ -141,3 +141,18 @@ def test_a_full_group_goes_even_when_every_process_is_busy() -> None:
     for n in range(1, 1 + GROUP_MAX):
         handle(_Message(n), None, lambda *_: None, lambda *_: None, None)
     assert [len(job[0]) for job in pool.jobs] == [1, GROUP_MAX]
+
+
+def test_groups_are_sized_so_one_more_than_the_processes_fits_the_prefetch_window() -> None:
+    assert group_size(prefetch=128, processes=2) == 42
+    assert group_size(prefetch=3, processes=2) == 1
+    assert group_size(prefetch=10_000, processes=1) == GROUP_MAX
+    pool, timer = _Pool(limit=2), _Timer()
+    app = SimpleNamespace(conf=SimpleNamespace(worker_prefetch_multiplier=6))  # window 12
+    handle = strategy(None, app, SimpleNamespace(pool=pool, timer=timer, connection_errors=()))
+    for n in range(10):  # one bulk take
+        handle(_Message(n), None, lambda *_: None, lambda *_: None, None)
+    timer.fire()
+    assert [len(job[0]) for job in pool.jobs] == [4, 4]  # both processes busy at once
+    pool.jobs[0][1](None)
+    assert [len(job[0]) for job in pool.jobs] == [4, 4, 2]

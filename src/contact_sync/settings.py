@@ -27,8 +27,9 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: int = Field(default=3600, ge=60)
     min_confidence: float = Field(default=0.5, ge=0.0, le=1.0)
     # Messages a worker process reserves ahead; one-event messages are grouped
-    # into one transaction from these (worker/grouping.py), so it is generous.
-    worker_prefetch_multiplier: int = Field(default=16, ge=1)
+    # into one transaction from these (worker/grouping.py), so it is generous:
+    # the window holds one group more than there are processes.
+    worker_prefetch_multiplier: int = Field(default=64, ge=1)
     # A message that killed its worker this many times is dead-lettered.
     poison_max_attempts: int = Field(default=3, ge=1)
     # How long a message keeps retrying a transient error (database down,

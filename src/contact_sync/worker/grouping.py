@@ -58,33 +58,53 @@ def apply_group(items: list[tuple[str, bool, Any, Any]]) -> None:
         run_message(f"group:{items[0][0]}", False, fresh)
 
 
+def group_size(prefetch: int, processes: int) -> int:
+    """The most messages a group takes.
+
+    Every message of a running group holds a prefetch slot until its commit,
+    so groups are sized for one more group than there are pool processes to
+    fit in the prefetch window: the next group is ready whenever a process
+    frees up. (Groups as large as the window ran one at a time, leaving the
+    other processes idle.)
+    """
+    return max(1, min(GROUP_MAX, prefetch // (processes + 1)))
+
+
 def strategy(task: Any, app: Any, consumer: Any, **_: Any) -> Any:
     """Celery's strategy hook for ``contact_sync.apply_call_completed``."""
     pool = consumer.pool
     timer = consumer.timer
     connection_errors = consumer.connection_errors
     processes = max(1, int(getattr(pool, "limit", None) or 1))
+    multiplier = int(getattr(getattr(app, "conf", None), "worker_prefetch_multiplier", 0) or 0)
+    most = group_size(multiplier * processes, processes) if multiplier > 0 else GROUP_MAX
     lock = threading.Lock()
     held: list[_Held] = []
     flush_scheduled = False
     running = 0  # groups handed to the pool and not finished
+    log.info("group commit", extra={"pool_processes": processes, "group_max": most})
 
     def flush() -> None:
         nonlocal flush_scheduled, running
+        groups: list[list[_Held]] = []
         with lock:
             flush_scheduled = False
-            if not held or (running >= processes and len(held) < GROUP_MAX):
-                return  # every process is busy: the next to finish takes them
-            group = held[:]
-            held.clear()
-            running += 1
+            # A full group goes even when every process is busy: the pool hands
+            # it to the first one that frees up.
+            while held and (running < processes or len(held) >= most):
+                groups.append(held[:most])
+                del held[:most]
+                running += 1
+        for group in groups:
+            _dispatch(group)
 
-        def finished() -> None:
-            nonlocal running
-            with lock:
-                running -= 1
-            flush()
+    def finished() -> None:
+        nonlocal running
+        with lock:
+            running -= 1
+        flush()
 
+    def _dispatch(group: list[_Held]) -> None:
         def committed(_: Any) -> None:
             for item in group:
                 item.ack(log, connection_errors)
@@ -118,7 +138,7 @@ def strategy(task: Any, app: Any, consumer: Any, **_: Any) -> Any:
         )
         with lock:
             held.append(item)
-            full = len(held) >= GROUP_MAX
+            full = len(held) >= most
             schedule = not full and not flush_scheduled and running < processes
             if schedule:
                 flush_scheduled = True
