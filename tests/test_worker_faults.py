@@ -514,3 +514,32 @@ def test_two_deliveries_of_a_bad_event_parked_at_once_leave_one_dead_letter(
 def _in_transaction(engine: Engine, work: Any) -> None:
     with engine.begin() as conn:
         work(conn)
+
+
+def test_prefetch_is_bounded_in_bytes_as_well_as_in_messages(private_redis: _Redis) -> None:
+    settings = Settings(
+        broker_url=f"redis://127.0.0.1:{private_redis.port}/0", worker_prefetch_bytes=64 * 1024
+    )
+    app = create_app(settings)
+    client = private_redis.client
+    messages: list[Any] = []
+    try:
+        big = {"event_id": "evt_big", "notes": "x" * 20_000}  # about 27 KB once encoded
+        for _ in range(6):
+            app.send_task("contact_sync.apply_call_completed", args=[big])
+        with app.connection_for_read() as conn:
+            queue = app.amqp.queues[QUEUE]
+            with conn.Consumer([queue], callbacks=[lambda _b, m: messages.append(m)]) as consumer:
+                consumer.qos(prefetch_count=100)
+                conn.drain_events(timeout=10)
+                # 100 slots are free, but one take stops at what fits 64 KB ...
+                assert len(messages) == 2
+                conn.drain_events(timeout=10)
+                # ... and the next message, taken while under it, is the last until an ack.
+                assert len(messages) == 3
+                assert not consumer.channel.qos.can_consume()
+                messages.pop().ack()
+                assert consumer.channel.qos.can_consume()
+                assert _where(client) == (3, 2, 0)
+    finally:
+        app.close()

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     # into one transaction from these (worker/grouping.py), so it is generous:
     # the window holds one group more than there are processes.
     worker_prefetch_multiplier: int = Field(default=64, ge=1)
+    # ... and at most this many bytes of messages a worker reserves ahead (Redis), so
+    # that the window does not fill the main process with 500-event batches.
+    worker_prefetch_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
     # A message that killed its worker this many times is dead-lettered.
     poison_max_attempts: int = Field(default=3, ge=1)
     # How long a message keeps retrying a transient error (database down,

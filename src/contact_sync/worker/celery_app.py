@@ -42,6 +42,7 @@ def create_app(settings: Settings) -> Celery:
         # kombu's Redis transport, with messages taken into an in-transit list
         # instead of popped: a worker killed while taking one cannot lose it.
         celery.conf.broker_transport = "contact_sync.worker.transport:Transport"
+        transport_options["prefetch_bytes"] = settings.worker_prefetch_bytes
     if settings.broker_url.startswith("filesystem://"):
         # The embedded broker of the demo: message files in one folder, no server.
         folder = Path(settings.broker_folder).resolve()
