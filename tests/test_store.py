@@ -24,6 +24,9 @@ from contact_sync.errors import (
     ValidationFailed,
 )
 from contact_sync.store import (
+    CONTACT_COLUMNS,
+    contact_from_row,
+    contacts_from_rows,
     create_contact,
     delete_contact,
     get_contact,
@@ -623,3 +626,20 @@ def test_text_no_database_can_store_is_a_validation_error_not_a_crash(
         update(engine, team.id, contact.id, {"notes": "\ud800"})
     assert get(engine, team.id, contact.id) == contact
     assert count(engine, contacts) == 1
+
+
+def test_contacts_built_from_rows_equal_validated_ones(engine: Engine, team: Team) -> None:
+    # contact_from_row and contacts_from_rows skip pydantic's validation and
+    # model_construct: what they build must be a contact like any other.
+    assert not Contact.__private_attributes__
+    assert not Contact.__pydantic_post_init__
+    assert Contact.model_config.get("extra") != "allow"
+    created = make_contact(engine, team.id, custom_fields={"budget": 5}, tags=["vip"])
+    with engine.connect() as conn:
+        rows = conn.execute(select(*CONTACT_COLUMNS).where(contacts.c.id == created.id)).all()
+        full = conn.execute(select(contacts).where(contacts.c.id == created.id)).one()
+    for built in (*contacts_from_rows(rows), contact_from_row(full), contact_from_row(rows[0])):
+        validated = Contact.model_validate(built.model_dump())
+        assert built == validated
+        assert built.model_dump_json() == validated.model_dump_json()
+        assert built.model_fields_set == validated.model_fields_set

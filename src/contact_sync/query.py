@@ -31,7 +31,7 @@ from contact_sync.db.tables import contacts
 from contact_sync.errors import ValidationFailed
 from contact_sync.phones import search_digits
 from contact_sync.storable import is_unicode
-from contact_sync.store import CONTACT_COLUMNS, contact_from_row
+from contact_sync.store import CONTACT_COLUMNS, contacts_from_rows
 
 STICKY_STATUSES = ("converted", "customer", "churned", "do_not_contact")
 
@@ -181,7 +181,7 @@ def list_contacts(conn: Connection, query: ContactQuery) -> ContactPage:
         total = len(rows)  # the page holds every match: no count needed
     else:
         total = conn.execute(select(func.count()).select_from(contacts).where(*where)).scalar_one()
-    return ContactPage([contact_from_row(r) for r in rows], total, query.limit, query.offset)
+    return ContactPage(contacts_from_rows(rows), total, query.limit, query.offset)
 
 
 def _clock(value: Any) -> Any:
@@ -328,7 +328,7 @@ def list_eligible(conn: Connection, query: EligibleQuery) -> EligiblePage:
     more = len(rows) > query.limit
     rows = rows[: query.limit]
     cursor = _encode_cursor(rows[-1].id) if more and rows else None
-    return EligiblePage([contact_from_row(r) for r in rows], cursor)
+    return EligiblePage(contacts_from_rows(rows), cursor)
 
 
 _SNAKE = {
