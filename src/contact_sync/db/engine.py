@@ -35,6 +35,13 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _session_in_utc(dbapi_connection: Any, _record: Any) -> None:
+    # Timestamps then arrive already in UTC, and reading them costs no
+    # conversion (db/types.py). A SET, not a startup option: poolers refuse those.
+    dbapi_connection.execute("SET TIME ZONE 'UTC'")
+    dbapi_connection.commit()
+
+
 def _json_dumps(value: Any) -> bytes | str:
     """orjson for JSON parameters (several times faster), the json module where it refuses.
 
@@ -65,7 +72,7 @@ def make_engine(url: str, *, pool_size: int = 5, pre_ping: bool = True) -> Engin
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
-    return create_engine(
+    engine = create_engine(
         parsed,
         pool_pre_ping=pre_ping,
         pool_size=pool_size,
@@ -75,6 +82,9 @@ def make_engine(url: str, *, pool_size: int = 5, pre_ping: bool = True) -> Engin
         json_deserializer=orjson.loads,
         json_serializer=_json_dumps,
     )
+    if parsed.get_backend_name() == "postgresql":
+        event.listen(engine, "connect", _session_in_utc)
+    return engine
 
 
 def safe_url(url: str) -> str:
