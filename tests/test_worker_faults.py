@@ -543,3 +543,51 @@ def test_prefetch_is_bounded_in_bytes_as_well_as_in_messages(private_redis: _Red
                 assert _where(client) == (3, 2, 0)
     finally:
         app.close()
+
+
+def test_closing_a_channel_while_redis_is_down_keeps_its_messages_and_does_not_raise(
+    private_redis: _Redis,
+) -> None:
+    # In the fault harness, kombu's close dropped the channel's pools before restoring its
+    # unacknowledged messages and failed with AttributeError ('NoneType' ... 'hostname'):
+    # Celery stopped the worker. Closing now restores first and never raises for want of
+    # Redis; what it could not restore stays in Redis for the visibility timeout.
+    app = create_app(Settings(broker_url=f"redis://127.0.0.1:{private_redis.port}/0"))
+    client = private_redis.client
+    messages: list[Any] = []
+    try:
+        for n in range(3):
+            app.send_task("contact_sync.apply_call_completed", args=[{"event_id": f"evt_{n}"}])
+        conn = app.connection_for_read()
+        queue = app.amqp.queues[QUEUE]
+        consumer = conn.Consumer([queue], callbacks=[lambda _b, m: messages.append(m)])
+        consumer.consume()
+        conn.drain_events(timeout=10)
+        assert len(messages) == 3
+        assert _where(client) == (0, 3, 0)
+        private_redis.stop()
+        # What Celery does on a lost connection (consumer.on_connection_error_after_connected).
+        with contextlib.suppress(Exception):
+            conn.collect(socket_timeout=1)
+        conn.close()  # no exception
+        private_redis.start()
+        assert _where(client) == (0, 3, 0)  # kept, for the visibility timeout to bring back
+    finally:
+        app.close()
+
+
+def test_closing_a_channel_puts_its_unacknowledged_messages_back(private_redis: _Redis) -> None:
+    app = create_app(Settings(broker_url=f"redis://127.0.0.1:{private_redis.port}/0"))
+    client = private_redis.client
+    messages: list[Any] = []
+    try:
+        for n in range(3):
+            app.send_task("contact_sync.apply_call_completed", args=[{"event_id": f"evt_{n}"}])
+        with app.connection_for_read() as conn:
+            queue = app.amqp.queues[QUEUE]
+            with conn.Consumer([queue], callbacks=[lambda _b, m: messages.append(m)]):
+                conn.drain_events(timeout=10)
+                messages[0].ack()
+        assert _where(client) == (2, 0, 0)
+    finally:
+        app.close()

@@ -150,10 +150,26 @@ class QoS(kombu_redis.QoS):
         super().reject(delivery_tag, requeue)
 
     def restore_unacked(self, client: Any = None) -> None:
-        self.record_taken()
-        super().restore_unacked(client)
-        self._sizes.clear()
-        self._bytes = 0
+        """Put this channel's unacknowledged messages back in the queue (kombu, at close).
+
+        When Redis is gone this cannot be done here: the messages stay in
+        the unacked hash, or in transit, and come back after the visibility
+        timeout or the transit heartbeat. kombu let that failure escape from
+        ``close`` (an ``AttributeError`` once its pools were dropped), and
+        Celery then stopped the worker on Redis restarts.
+        """
+        try:
+            self.record_taken()
+            super().restore_unacked(client)
+        except (*self.channel.connection_errors, AttributeError):
+            log.warning(
+                "unacknowledged messages not restored at close; Redis redelivers them later",
+                extra={"messages": len(self._delivered)},
+            )
+            self._delivered.clear()
+        finally:
+            self._sizes.clear()
+            self._bytes = 0
 
     def restore_visible(self, *args: Any, **kwargs: Any) -> None:
         super().restore_visible(*args, **kwargs)
@@ -289,6 +305,9 @@ class Channel(kombu_redis.Channel):
         with contextlib.suppress(Exception):
             self.qos.flush_acks()
             self.qos.record_taken()
+        # Restored now, while this channel still has its connection pool:
+        # stock kombu drops the pools first and then cannot reach Redis.
+        self.qos.restore_unacked_once()
         super().close()
 
     def _poll_error(self, type: str, **options: Any) -> Any:
