@@ -412,6 +412,14 @@ def test_only_messages_of_dead_consumers_are_taken_back_from_transit(
         app.close()
 
 
+def _app_sending(server: _Redis, events: int, **settings: Any) -> Celery:
+    """An app on ``server`` that has queued ``events`` one-event messages."""
+    app = create_app(Settings(broker_url=f"redis://127.0.0.1:{server.port}/0", **settings))
+    for n in range(events):
+        app.send_task("contact_sync.apply_call_completed", args=[{"event_id": f"evt_{n}"}])
+    return app
+
+
 def _where(client: Any) -> tuple[int, int, int]:
     """(queued, unacknowledged, in transit) message counts."""
     transit = [k for k in client.keys(f"{QUEUE}.transit.*") if not k.endswith(b".alive")]
@@ -448,7 +456,7 @@ def test_a_message_taken_is_in_transit_until_recorded_as_unacknowledged(
 def test_messages_are_taken_in_bulk_up_to_the_free_prefetch_and_always_somewhere(
     private_redis: _Redis,
 ) -> None:
-    app = create_app(Settings(broker_url=f"redis://127.0.0.1:{private_redis.port}/0"))
+    app = _app_sending(private_redis, 12)
     client = private_redis.client
     seen: list[tuple[int, int, int]] = []
     messages: list[Any] = []
@@ -458,8 +466,6 @@ def test_messages_are_taken_in_bulk_up_to_the_free_prefetch_and_always_somewhere
         messages.append(message)
 
     try:
-        for n in range(12):
-            app.send_task("contact_sync.apply_call_completed", args=[{"event_id": f"evt_{n}"}])
         with app.connection_for_read() as conn:
             queue = app.amqp.queues[QUEUE]
             with conn.Consumer([queue], callbacks=[received], accept=["json"]) as consumer:
@@ -552,12 +558,10 @@ def test_closing_a_channel_while_redis_is_down_keeps_its_messages_and_does_not_r
     # unacknowledged messages and failed with AttributeError ('NoneType' ... 'hostname'):
     # Celery stopped the worker. Closing now restores first and never raises for want of
     # Redis; what it could not restore stays in Redis for the visibility timeout.
-    app = create_app(Settings(broker_url=f"redis://127.0.0.1:{private_redis.port}/0"))
+    app = _app_sending(private_redis, 3)
     client = private_redis.client
     messages: list[Any] = []
     try:
-        for n in range(3):
-            app.send_task("contact_sync.apply_call_completed", args=[{"event_id": f"evt_{n}"}])
         conn = app.connection_for_read()
         queue = app.amqp.queues[QUEUE]
         consumer = conn.Consumer([queue], callbacks=[lambda _b, m: messages.append(m)])
@@ -577,12 +581,10 @@ def test_closing_a_channel_while_redis_is_down_keeps_its_messages_and_does_not_r
 
 
 def test_closing_a_channel_puts_its_unacknowledged_messages_back(private_redis: _Redis) -> None:
-    app = create_app(Settings(broker_url=f"redis://127.0.0.1:{private_redis.port}/0"))
+    app = _app_sending(private_redis, 3)
     client = private_redis.client
     messages: list[Any] = []
     try:
-        for n in range(3):
-            app.send_task("contact_sync.apply_call_completed", args=[{"event_id": f"evt_{n}"}])
         with app.connection_for_read() as conn:
             queue = app.amqp.queues[QUEUE]
             with conn.Consumer([queue], callbacks=[lambda _b, m: messages.append(m)]):
