@@ -8,7 +8,6 @@ deadline, never a fixed sleep.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import random
@@ -37,6 +36,7 @@ from contact_sync.settings import Settings
 from contact_sync.teams import Team
 from contact_sync.worker.celery_app import QUEUE, TASK_APPLY, TASK_APPLY_BATCH, create_app
 from tests.conftest import call_event, contact_row, make_contact, merged_in_time_order
+from tests.workers import task_envelope
 
 pytestmark = pytest.mark.slow
 
@@ -480,31 +480,13 @@ def test_a_batch_message_applies_each_event_with_its_own_guarantees(
         )
 
 
-def celery_envelope(event: dict[str, Any]) -> dict[str, Any]:
-    """The Celery protocol-2 message of docs/celery-message.md, built by hand."""
-    body = [[event], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
-    return {
-        "body": base64.b64encode(json.dumps(body).encode()).decode(),
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": {"lang": "py", "task": TASK_APPLY, "id": str(uuid.uuid4())},
-        "properties": {
-            "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
-            "delivery_info": {"exchange": "", "routing_key": QUEUE},
-            "delivery_mode": 2,
-            "priority": 0,
-        },
-    }
-
-
 def test_a_message_pushed_by_a_raw_redis_client_is_applied(
     worker: Worker, pg_engine: Engine, pg_team: Team
 ) -> None:
     contact = make_contact(pg_engine, pg_team.id, phone="+12025551234")
     event = call_event(pg_team.id, phone="+12025551234", extraction=EXTRACTION)
 
-    worker.redis.lpush("contact_sync.events", json.dumps(celery_envelope(event)))
+    worker.redis.lpush(QUEUE, task_envelope([event]))
 
     claimed = wait_processed(worker, pg_engine, event["event_id"])
     assert (claimed.outcome, claimed.contact_id) == ("applied", contact.id)
