@@ -57,7 +57,7 @@ def sqlite_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """A reachable Redis (the running one or a throwaway server)."""
+    """Database 0 of a Redis server private to this run (its databases may be flushed)."""
     with redis_server() as url:
         yield url
 

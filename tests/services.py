@@ -1,9 +1,19 @@
-"""Real PostgreSQL and Redis for the tests: the running ones, or throwaway local servers.
+"""Real PostgreSQL, Redis and RabbitMQ for the tests, never shared with another run.
 
-The suite never mocks them. When the configured server is not reachable and
-the server binaries are installed, a private server is started in a temporary
-directory; when neither works the run stops with a message naming what to
-install.
+The suite never mocks them, and two runs on one machine never see each other:
+
+* PostgreSQL: the configured server's maintenance database (``postgres``) is
+  used only to create this run's own database (``conftest.postgres_url``);
+  when no server answers and the binaries are installed (as a non-root
+  user), a private server is started in a temporary directory.
+* Redis: a private ``redis-server`` on a free port, started for this run and
+  stopped after it, so that the tests may flush any of its databases.
+  ``CONTACT_SYNC_TEST_REDIS_URL`` names a server handed over to the tests
+  instead (they flush its databases).
+* RabbitMQ: the configured server, with a virtual host made for this run and
+  deleted after it (``rabbitmq_vhost``).
+
+Each failure stops the run with one line naming what is actually wrong.
 """
 
 from __future__ import annotations
@@ -15,13 +25,14 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import psycopg
 import pytest
-import redis
+from psycopg import errors as pg_errors
 
-DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+# The maintenance database every PostgreSQL server has: the tests create their own from it.
+DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 def _free_port() -> int:
@@ -30,12 +41,28 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _pg_reachable(url: str) -> bool:
+def _pg_problem(url: str) -> str | None:
+    """Why ``url`` cannot serve as the maintenance database, or None when it can."""
+    dsn = url.replace("+psycopg", "")
     try:
-        with psycopg.connect(url.replace("+psycopg", ""), connect_timeout=3):
-            return True
-    except psycopg.OperationalError:
-        return False
+        with psycopg.connect(dsn, connect_timeout=3, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user"
+            ).fetchone()
+            if not (row and row[0]):
+                return f"the role connecting to {url} may not create databases (CREATEDB)"
+            return None
+    except pg_errors.InvalidCatalogName:
+        return f"the server answers but the database in {url} does not exist"
+    except pg_errors.InvalidAuthorizationSpecification as error:
+        return f"the server refused the role in {url}: {str(error).strip()}"
+    except psycopg.OperationalError as error:
+        text = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        if "does not exist" in text:
+            return f"the server answers but the database in {url} does not exist"
+        if "password" in text or "authentication" in text:
+            return f"the server refused to authenticate the role in {url}: {text}"
+        return f"no PostgreSQL server answers at {url}: {text}"
 
 
 def _pg_ctl() -> str | None:
@@ -48,18 +75,22 @@ def _pg_ctl() -> str | None:
 
 @contextmanager
 def postgres_server() -> Iterator[str]:
-    """A server URL (``postgresql+psycopg://…/dbname``) for a maintenance database."""
+    """A server URL (``postgresql+psycopg://…/postgres``) of its maintenance database."""
     url = os.environ.get("CONTACT_SYNC_TEST_DATABASE_URL", DEFAULT_PG)
-    if _pg_reachable(url):
+    problem = _pg_problem(url)
+    if problem is None:
         yield url
         return
     pg_ctl = _pg_ctl()
-    if pg_ctl is None or os.geteuid() == 0:
+    if not problem.startswith("no PostgreSQL server") or pg_ctl is None or os.geteuid() == 0:
+        hint = (
+            "start it, install PostgreSQL (`apt-get install postgresql`) and run as a non-root "
+            "user for a private server,"
+            if problem.startswith("no PostgreSQL server")
+            else "fix that,"
+        )
         pytest.exit(
-            f"PostgreSQL is not reachable at {url} and no server can be started here "
-            "(install PostgreSQL, e.g. `apt-get install postgresql`, and run as a non-root "
-            "user, or set CONTACT_SYNC_TEST_DATABASE_URL)",
-            returncode=3,
+            f"{problem}; {hint} or set CONTACT_SYNC_TEST_DATABASE_URL", returncode=3
         )
     from pytest_postgresql.executors.proc import PostgreSQLExecutor
 
@@ -73,39 +104,28 @@ def postgres_server() -> Iterator[str]:
         unixsocketdir=tmp,
         logfile=os.path.join(tmp, "pg.log"),
         startparams="-w",
-        dbname="test",
+        dbname="postgres",
         user="postgres",
     )
     with executor:
         executor.wait_for_postgres()
-        with psycopg.connect(
-            f"postgresql://postgres@127.0.0.1:{port}/postgres", autocommit=True
-        ) as conn:
-            conn.execute("CREATE DATABASE test")
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/test"
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
     shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _redis_reachable(url: str) -> bool:
-    try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=2).ping())
-    except redis.RedisError:
-        return False
 
 
 @contextmanager
 def redis_server() -> Iterator[str]:
-    """A Redis URL: the configured server, or a private one from ``redis-server``."""
-    url = os.environ.get("CONTACT_SYNC_TEST_REDIS_URL", DEFAULT_REDIS)
-    if _redis_reachable(url):
-        yield url
+    """The URL of database 0 of a Redis server that belongs to this run alone."""
+    given = os.environ.get("CONTACT_SYNC_TEST_REDIS_URL")
+    if given:
+        yield given
         return
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.exit(
-            f"Redis is not reachable at {url} and redis-server is not installed "
-            "(install it, e.g. `apt-get install redis-server`, or set "
-            "CONTACT_SYNC_TEST_REDIS_URL)",
+            "redis-server is not installed: the tests start a private Redis for each run "
+            "(`apt-get install redis-server`), or set CONTACT_SYNC_TEST_REDIS_URL to a server "
+            "whose databases the tests may flush",
             returncode=3,
         )
     from pytest_redis.executor.process import RedisExecutor
@@ -119,7 +139,7 @@ def redis_server() -> Iterator[str]:
         loglevel="warning",
         host="127.0.0.1",
         port=port,
-        datadir=__import__("pathlib").Path(tmp),
+        datadir=Path(tmp),
     )
     with executor:
         yield f"redis://127.0.0.1:{port}/0"
