@@ -12,11 +12,15 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import venv
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +68,59 @@ def test_the_image_is_multi_stage_non_root_and_health_checked() -> None:
     assert "HEALTHCHECK" in text
     assert "inspect ping" in text
     assert "pip wheel" in text
-    assert "pip install --no-cache-dir /wheels/*.whl" in text
+    assert "pip install --no-cache-dir --no-index /wheels/*.whl" in text
+    assert "-c constraints.txt" in text  # the image runs the versions CI tested
+
+
+# What the worker reaches into: a tested minor version of each, never "whatever is newest".
+REACHED_INTO = ("celery", "kombu", "redis", "amqp")
+
+
+def _pins() -> dict[str, SpecifierSet]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins: dict[str, SpecifierSet] = {}
+    for line in project["dependencies"]:
+        requirement = Requirement(line)
+        if requirement.name in REACHED_INTO:
+            pins[requirement.name] = requirement.specifier
+    return pins
+
+
+def _locked(path: Path) -> dict[str, Version]:
+    locked: dict[str, Version] = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            locked[name.strip().lower()] = Version(version.strip())
+    return locked
+
+
+def test_what_the_worker_reaches_into_is_pinned_below_the_next_minor_release() -> None:
+    pins = _pins()
+    assert set(pins) == set(REACHED_INTO)
+    for name, specifier in pins.items():
+        uppers = [spec for spec in specifier if spec.operator == "<"]
+        assert uppers, f"{name} has no upper bound: the next release would install itself"
+        assert any(spec.operator == ">=" for spec in specifier), name
+
+
+def test_the_lock_satisfies_the_pins_and_the_lowest_file_names_their_lower_bounds() -> None:
+    pins = _pins()
+    locked = _locked(ROOT / "constraints.txt")
+    lowest = _locked(ROOT / "constraints-lowest.txt")
+    assert set(lowest) == set(REACHED_INTO)
+    for name, specifier in pins.items():
+        assert locked[name] in specifier, f"constraints.txt locks {name} {locked[name]}"
+        [floor] = [spec for spec in specifier if spec.operator == ">="]
+        assert lowest[name] == Version(floor.version), name
+
+
+def test_ci_installs_the_lock_and_reruns_the_worker_tests_on_the_lowest_versions() -> None:
+    text = (ROOT / ".ci" / "run").read_text()
+    assert "pip install -q -c constraints.txt -e '.[dev]'" in text
+    assert "-r constraints-lowest.txt" in text
+    assert text.index("-r constraints-lowest.txt") > text.index("\npytest\n")
 
 
 @pytest.mark.slow
@@ -89,7 +145,11 @@ def test_the_dockerfile_install_steps_work_in_a_fresh_virtualenv(tmp_path: Path)
     venv.EnvBuilder(with_pip=True).create(env_dir)
     pip = env_dir / "bin" / "pip"
     [wheel] = wheels.glob("*.whl")
-    subprocess.run([str(pip), "install", "-q", str(wheel)], check=True, timeout=600)
+    subprocess.run(
+        [str(pip), "install", "-q", "-c", str(ROOT / "constraints.txt"), str(wheel)],
+        check=True,
+        timeout=600,
+    )
     cli = env_dir / "bin" / "contact-sync"
     assert subprocess.run([str(cli), "--help"], capture_output=True).returncode == 0
     db = tmp_path / "fresh.sqlite3"
