@@ -159,7 +159,8 @@ def post_until(
     headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
     with httpx.Client(base_url=base_url, timeout=60) as client:
         while not stop.is_set():
-            statuses[client.post("/api/crm/contacts", content=body, headers=headers).status_code] += 1
+            response = client.post("/api/crm/contacts", content=body, headers=headers)
+            statuses[response.status_code] += 1
 
 
 def summary(latencies: list[float]) -> str:
