@@ -140,7 +140,14 @@ class Api:
 
 
 def _client(engine: Engine, redis_url: str, **settings: Any) -> TestClient:
-    settings = {"database_url": _url(engine), "broker_url": redis_url, **settings}
+    # No rate limit: these tests send many requests a second with one key
+    # (test_fair_share.py tests the limit).
+    settings = {
+        "database_url": _url(engine),
+        "broker_url": redis_url,
+        "api_rate_limit_per_second": 0,
+        **settings,
+    }
     return TestClient(create_app(Settings(**settings), engine=engine))
 
 

@@ -328,7 +328,8 @@ def world(engine: Engine, team: Team, other_team: Team) -> World:
 def http(world: World, redis_url: str) -> Iterator[Api]:
     """The real app; ``key`` is A's, ``other_key`` is B's."""
     url = world.engine.url.render_as_string(hide_password=False)
-    app = create_app(Settings(database_url=url, broker_url=redis_url), engine=world.engine)
+    settings = Settings(database_url=url, broker_url=redis_url, api_rate_limit_per_second=0)
+    app = create_app(settings, engine=world.engine)
     with TestClient(app) as client:
         yield Api(
             client,

@@ -19,6 +19,7 @@ from contact_sync.cli_events import BrokerUnreachable, add_event_commands
 from contact_sync.db.engine import make_engine, safe_url
 from contact_sync.db.migrate import upgrade
 from contact_sync.errors import ContactSyncError, NotFound, ValidationFailed
+from contact_sync.logs import api_log_config
 from contact_sync.query import ContactQuery, list_contacts
 from contact_sync.settings import get_settings
 from contact_sync.teams import create_team, issue_api_key
@@ -111,8 +112,16 @@ def cmd_api(args: argparse.Namespace) -> None:
     engine = _engine(args)
     with engine.connect():
         pass  # fail fast, with one line, when the database is unreachable
+    # Bodies are parsed in worker threads; each time the event loop needs the GIL
+    # back from one of them it waited up to the default 5 ms, several times per
+    # request: /healthz p50 went from ~21 ms to ~11 ms under 1 MiB bodies with 1 ms.
+    sys.setswitchinterval(0.001)
     uvicorn.run(
-        create_app(settings, engine=engine), host=args.host, port=args.port, log_level="info"
+        create_app(settings, engine=engine),
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        log_config=api_log_config(),
     )
 
 

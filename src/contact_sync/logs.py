@@ -6,6 +6,7 @@ standard library's logging does the rest.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import sys
@@ -38,3 +39,33 @@ def configure_logging(level: str | int = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level if isinstance(level, int) else level.upper())
+
+
+class PathOnlyAccessLog(logging.Filter):
+    """Drops the query string from uvicorn's access lines.
+
+    Searches carry names, phone numbers and emails; the path alone (contact ids)
+    is what an access log needs (DESIGN §16: no PII in logs).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        # uvicorn.access: (client_addr, method, path with query string, http_version, status)
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            record.args = (args[0], args[1], args[2].split("?", 1)[0], args[3], args[4])
+        return True
+
+
+def api_log_config() -> dict[str, Any]:
+    """uvicorn's logging, with paths only in access lines and this package's loggers shown."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {"path_only": {"()": PathOnlyAccessLog}}
+    config["loggers"]["uvicorn.access"]["filters"] = ["path_only"]
+    config["loggers"]["contact_sync"] = {
+        "handlers": ["default"],
+        "level": "INFO",
+        "propagate": False,
+    }
+    return config

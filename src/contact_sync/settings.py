@@ -9,8 +9,15 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RateLimit(BaseModel):
+    """A team's limit per API key: ``per_second`` refills a bucket of ``burst``; 0 is none."""
+
+    per_second: float = Field(ge=0)
+    burst: int = Field(ge=1)
 
 
 class Settings(BaseSettings):
@@ -39,6 +46,12 @@ class Settings(BaseSettings):
     # conflict) inside its task before it is requeued for later.
     transient_retry_seconds: float = Field(default=120, ge=0)
     api_max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # Each API key may send this many requests a second on average, and this many at
+    # once after a pause (a token bucket, api/rate_limit.py); 0 requests a second: no limit.
+    api_rate_limit_per_second: float = Field(default=20, ge=0)
+    api_rate_limit_burst: int = Field(default=40, ge=1)
+    # Per-team limits instead, as JSON: {"<team id>": {"per_second": 100, "burst": 200}}.
+    api_rate_limit_teams: dict[str, RateLimit] = Field(default_factory=dict)
 
 
 @lru_cache(maxsize=1)

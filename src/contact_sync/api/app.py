@@ -11,6 +11,7 @@ from sqlalchemy import Engine, text
 from contact_sync import __version__
 from contact_sync.api import errors
 from contact_sync.api.limits import BodySizeLimit
+from contact_sync.api.rate_limit import rate_limiter_for
 from contact_sync.api.routes import router
 from contact_sync.api.schemas import Health
 from contact_sync.db.engine import make_engine
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         redoc_url=None,
     )
     app.state.engine = engine or make_engine(settings.database_url)
+    app.state.rate_limiter = rate_limiter_for(settings)
     errors.install(app)
     app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)

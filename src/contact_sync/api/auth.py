@@ -9,6 +9,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 
+from contact_sync.api.rate_limit import RateLimited, RateLimiter
 from contact_sync.errors import ForbiddenTeam
 from contact_sync.teams import authenticate
 
@@ -41,7 +42,10 @@ def caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
-    """Authenticate the bearer key, or answer 401."""
+    """Authenticate the bearer key (or answer 401), and take a token from its bucket (or 429).
+
+    Before the route runs, so a limited request costs no body read and no parsing.
+    """
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise HTTPException(401, "Missing API key", headers={"WWW-Authenticate": "Bearer"})
     token = credentials.credentials
@@ -51,6 +55,14 @@ def caller(
         found = authenticate(conn, api_key=token)
     if found is None:
         raise HTTPException(401, "Invalid API key", headers={"WWW-Authenticate": "Bearer"})
+    limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
+    if limiter is not None:
+        try:
+            limiter.check(team_id=found[0], key_id=found[1])
+        except RateLimited as exc:
+            raise HTTPException(
+                429, "Rate limit exceeded", headers={"Retry-After": str(exc.retry_after)}
+            ) from None
     return Caller(team_id=found[0], key_id=found[1])
 
 

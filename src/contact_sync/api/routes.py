@@ -12,7 +12,7 @@ from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from contact_sync.api.auth import CallerDep, EngineDep
+from contact_sync.api.auth import Caller, CallerDep, EngineDep
 from contact_sync.api.params import json_body, query_parameters, read_json, read_query
 from contact_sync.api.schemas import (
     CompanyIn,
@@ -39,10 +39,26 @@ from contact_sync.store import get_provenance as contact_provenance
 router = APIRouter(prefix="/api/crm")
 
 
+_RATE_LIMITED = {
+    "model": ErrorBody,
+    "description": "This API key's rate limit is exceeded.",
+    "headers": {
+        "Retry-After": {
+            "description": "Seconds to wait before the next request is accepted.",
+            "required": True,
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    },
+}
+
+
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     # 422 is always listed so that FastAPI's own HTTPValidationError shape,
     # which this API never sends, does not appear in the document.
-    return {code: {"model": ErrorBody} for code in (401, *codes, 422)}
+    answers: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorBody} for code in (401, *codes, 422)
+    }
+    return answers | {429: _RATE_LIMITED}
 
 
 def _operation(method: str, path: str) -> str:
@@ -130,13 +146,19 @@ _ETAG = {
 _A_CONTACT = {"links": _CONTACT_LINKS, "headers": _ETAG}
 
 
-def _team_in(body: Any) -> str | None:
+def _body_team(caller: Caller, body: Any) -> str:
+    """The key's team; a body naming another in either spelling is 403.
+
+    Both spellings are checked: ``{"teamId": null, "team_id": "<other>"}`` must not
+    pass because the first one it looked at was empty.
+    """
     if isinstance(body, dict):
-        value = body.get("teamId", body.get("team_id"))
-        if value is not None and not isinstance(value, str):
-            raise ValidationFailed({"team_id": "Must be a string"})
-        return value
-    return None
+        for name in ("teamId", "team_id"):
+            value = body.get(name)
+            if value is not None and not isinstance(value, str):
+                raise ValidationFailed({"team_id": "Must be a string"})
+            caller.team(value)
+    return caller.team_id
 
 
 # Query parameters whose wire format the models' JSON Schema cannot tell.
@@ -145,6 +167,7 @@ _ELIGIBLE_OVERRIDES = {
     "window_start": {**_CLOCK, "default": "09:00"},
     "window_end": {**_CLOCK, "default": "17:00"},
 }
+_ELIGIBLE_MESSAGES = dict.fromkeys(_ELIGIBLE_OVERRIDES, "Must be a time of day as HH:MM")
 _LIST_OVERRIDES = {
     "lead_status": {
         "type": "string",
@@ -153,6 +176,7 @@ _LIST_OVERRIDES = {
         "(`Do Not Contact` is `do_not_contact`).",
     }
 }
+_LIST_MESSAGES = {"lead_status": "Lead status must be a slug such as qualified"}
 
 
 def _contact_response(contact: Contact, status: int = 200) -> JSONResponse:
@@ -172,15 +196,16 @@ def _contact_response(contact: Contact, status: int = 200) -> JSONResponse:
     summary="Create a contact",
 )
 async def create(request: Request, caller: CallerDep, engine: EngineDep) -> JSONResponse:
-    body = await read_json(request)
-    team_id = caller.team(_team_in(body))
+    body = await read_json(request, ContactCreate)
+    team_id = _body_team(caller, body)
 
-    def write() -> Contact:
+    def write() -> JSONResponse:
         with engine.begin() as conn:
-            return create_contact(conn, team_id=team_id, data=body, api_key_id=caller.key_id)
+            contact = create_contact(conn, team_id=team_id, data=body, api_key_id=caller.key_id)
+        return _contact_response(contact, 201)
 
-    # Database work leaves the event loop, as in the sync routes.
-    return _contact_response(await run_in_threadpool(write), 201)
+    # Validation, database work and rendering leave the event loop, as in the sync routes.
+    return await run_in_threadpool(write)
 
 
 @router.get(
@@ -191,7 +216,7 @@ async def create(request: Request, caller: CallerDep, engine: EngineDep) -> JSON
     summary="List contacts with filters",
 )
 def list_(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str, Any]:
-    values = read_query(request, ContactQuery)
+    values = read_query(request, ContactQuery, overrides=_LIST_OVERRIDES, messages=_LIST_MESSAGES)
     values["team_id"] = caller.team(values.get("team_id"))
     query = ContactQuery.parse(values)
     with engine.connect() as conn:
@@ -206,7 +231,9 @@ def list_(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str, A
     summary="Contacts the campaign scheduler may call now",
 )
 def eligible(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str, Any]:
-    values = read_query(request, EligibleQuery)
+    values = read_query(
+        request, EligibleQuery, overrides=_ELIGIBLE_OVERRIDES, messages=_ELIGIBLE_MESSAGES
+    )
     values["team_id"] = caller.team(values.get("team_id"))
     query = EligibleQuery.parse(values)
     with engine.connect() as conn:
@@ -250,11 +277,11 @@ async def patch(
     if_match: Annotated[str | None, Header(alias="If-Match")] = None,
 ) -> JSONResponse:
     expected = _version(if_match)
-    body = await read_json(request)
+    body = await read_json(request, ContactPatch)
 
-    def write() -> Contact:
+    def write() -> JSONResponse:
         with engine.begin() as conn:
-            return update_contact(
+            contact = update_contact(
                 conn,
                 team_id=caller.team_id,
                 contact_id=contact_id,
@@ -262,8 +289,9 @@ async def patch(
                 expected_version=expected,
                 api_key_id=caller.key_id,
             )
+        return _contact_response(contact)
 
-    return _contact_response(await run_in_threadpool(write))
+    return await run_in_threadpool(write)
 
 
 @router.delete(
@@ -300,7 +328,7 @@ async def create_company_(request: Request, caller: CallerDep, engine: EngineDep
     body = await read_json(request)
     if not isinstance(body, dict):
         raise ValidationFailed({"body": "Must be a JSON object"})
-    team_id = caller.team(_team_in(body))
+    team_id = _body_team(caller, body)
 
     def write() -> dict[str, Any]:
         with engine.begin() as conn:

@@ -15,7 +15,12 @@ class ErrorBody(BaseModel):
     """Every error: a message, and per-field details for validation errors."""
 
     error: str
-    details: dict[str, str] | None = None
+    details: dict[str, str] | None = Field(
+        default=None, description="Bad fields and why, at most 50 of them."
+    )
+    details_omitted: int | None = Field(
+        default=None, description="How many more bad fields there were than `details` lists."
+    )
     current_version: int | None = None
 
 
