@@ -179,15 +179,6 @@ def test_delete_turns_the_teams_dead_letters_that_name_the_contact_into_tombston
         assert (untouched.payload, untouched.erased_at) == (payload, None), name
 
 
-def test_delete_without_dead_letters_naming_the_contact_erases_none(api: Api) -> None:
-    ada = api.create(**{**ADA, "doNotCall": False})
-    other_letter = park(api.engine, bad(api.team.id, phone=OTHER_PHONE))
-
-    assert api.delete(ada["id"]).status_code == 204
-
-    assert letter(api.engine, other_letter).erased_at is None
-
-
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     try:
         code = main(argv)
@@ -382,15 +373,23 @@ def test_creating_a_contact_with_a_suppressed_number_sets_do_not_call(api: Api) 
     assert (cleared.status_code, cleared.json()["do_not_call"]) == (200, False)
 
 
-def test_a_deleted_contact_that_was_not_do_not_call_leaves_no_suppression(api: Api) -> None:
-    ada = api.create(**{**ADA, "doNotCall": False})
-    assert api.delete(ada["id"]).status_code == 204
+def test_only_a_do_not_call_contact_leaves_its_numbers_suppressed(api: Api) -> None:
+    callable_ = api.create(**{**ADA, "doNotCall": False})
+    blocked = api.create(firstName="Bo", lastName="Quiet", phone=OTHER_PHONE, doNotCall=True)
+    assert api.delete(callable_["id"]).status_code == 204
+    assert api.delete(blocked["id"]).status_code == 204
 
-    [outcome] = apply_batch(api.engine, [call_event(api.team.id, phone=PHONE)])
+    outcomes = apply_batch(
+        api.engine,
+        [call_event(api.team.id, phone=PHONE), call_event(api.team.id, phone=OTHER_PHONE)],
+    )
 
-    assert suppression_rows(api.engine) == []
-    assert contact_row(api.engine, outcome.contact_id or "").do_not_call is False
-    assert api.create(firstName="Ada", lastName="Again", phone=PHONE)["do_not_call"] is False
+    assert len(suppression_rows(api.engine)) == 1
+    flags = [contact_row(api.engine, o.contact_id or "").do_not_call for o in outcomes]
+    assert flags == [False, True]
+    with api.engine.connect() as conn:
+        assert not is_suppressed(conn, api.team.id, PHONE)
+        assert not is_suppressed(conn, api.team.id, SECOND)
 
 
 def test_another_teams_contacts_with_a_suppressed_number_are_not_affected(api: Api) -> None:
