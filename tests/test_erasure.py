@@ -125,6 +125,18 @@ def park_letters(api: Api, ada: dict[str, Any], grace: dict[str, Any]) -> Letter
             engine,
             bad(team, phone=OTHER_PHONE, extraction={"summary": f"call back on {PHONE_NATIONAL}"}),
         ),
+        "by number with its country code, in prose": park(
+            engine,
+            bad(team, phone=OTHER_PHONE, extraction={"summary": "ring 1-202-555-0178 please"}),
+        ),
+        "by full-width digits": park(
+            engine,
+            bad(
+                team,
+                phone=OTHER_PHONE,
+                extraction={"custom_fields": {"alt": "２０２ ５５５ ０１４３"}},
+            ),
+        ),
         "without a readable team, by id": park(
             engine, {**bad(team, contact_id=ada["id"]), "team_id": ["not", "a", "team"]}
         ),

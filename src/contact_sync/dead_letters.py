@@ -268,28 +268,54 @@ def _numbers_in(text: str, region: str) -> Iterator[str]:
     whole = _number_or_none(text, region) if len(text) <= 40 else None
     if whole is not None:
         yield whole
-    if any(char.isdigit() for char in text):
-        for match in phonenumbers.PhoneNumberMatcher(text, region):
-            yield phonenumbers.format_number(match.number, phonenumbers.PhoneNumberFormat.E164)
+    for match in phonenumbers.PhoneNumberMatcher(text, region):
+        yield phonenumbers.format_number(match.number, phonenumbers.PhoneNumberFormat.E164)
 
 
-def names(payload: Any, subject: Subject) -> bool:
-    """Whether the payload names the contact: its id, one of its numbers, or its email.
+_NOT_DIGITS = re.compile(r"\D")
 
-    Anywhere in the payload, in any field (a summary quoting the number counts):
-    erasure would rather redact a letter too many of the team than keep one.
+
+def _digits(text: str) -> str:
+    """The text's decimal digits, in order, as ASCII."""
+    found = _NOT_DIGITS.sub("", text)
+    return found if found.isascii() else "".join(str(int(char)) for char in found)
+
+
+class Naming:
+    """Whether a payload names a subject: its id, one of its numbers, or its email.
+
+    Anywhere in the payload, in any field (a summary quoting the number
+    counts): erasure would rather redact one more letter of the team than
+    keep one that names the person. Built once per erasure.
     """
-    email = _email_pattern(subject.email)
-    for text_ in _strings(payload):
-        if subject.contact_id in text_:
-            return True
-        if email is not None and email.search(text_):
-            return True
-        if subject.numbers and any(
-            number in subject.numbers for number in _numbers_in(text_, subject.region)
-        ):
-            return True
-    return False
+
+    def __init__(self, subject: Subject) -> None:
+        self.subject = subject
+        self.email = _email_pattern(subject.email)
+        # However a number is written, its national digits appear in order with
+        # only non-digits between them: a text whose digits do not contain them
+        # cannot hold it. That test is cheap; phonenumbers' matcher, which reads
+        # the formats, costs milliseconds on a summary, so it runs only after it.
+        self.national = {
+            str(phonenumbers.parse(number).national_number) for number in subject.numbers
+        }
+
+    def _has_number(self, text_: str) -> bool:
+        digits = _digits(text_)
+        if not any(national in digits for national in self.national):
+            return False
+        found = _numbers_in(text_, self.subject.region)
+        return any(number in self.subject.numbers for number in found)
+
+    def __call__(self, payload: Any) -> bool:
+        for text_ in _strings(payload):
+            if self.subject.contact_id in text_:
+                return True
+            if self.email is not None and self.email.search(text_):
+                return True
+            if self.national and self._has_number(text_):
+                return True
+        return False
 
 
 def _tombstone(event_id: str | None, reason: str, now: datetime) -> dict[str, Any]:
@@ -311,6 +337,7 @@ def erase_naming(conn: Connection, *, team_id: str, subject: Subject, now: datet
         dead_letters.c.team_id == team_id,
         dead_letters.c.team_id.is_(None),
     )
+    names = Naming(subject)
     erased: list[dict[str, Any]] = []
     after = ""
     while True:
@@ -329,7 +356,7 @@ def erase_naming(conn: Connection, *, team_id: str, subject: Subject, now: datet
         for row in rows:
             mine = row.team_id == team_id
             named = (
-                names(row.payload, subject)
+                names(row.payload)
                 if mine
                 else any(subject.contact_id in s for s in _strings(row.payload))
             )
