@@ -20,19 +20,24 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from alembic import command
 from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.engine import make_url
 
 from contact_sync.apply import apply_batch
 from contact_sync.db.engine import make_engine
-from contact_sync.db.migrate import upgrade
+from contact_sync.db.migrate import alembic_config, upgrade
 from contact_sync.db.tables import dead_letters, processed_events
-from contact_sync.teams import Team
+from contact_sync.teams import Team, create_team
 from tests.conftest import call_event, contact_row, make_contact
 from tests.services import redis_server
 from tests.workers import QUEUE, start_worker, stop_worker, task_envelope
 
 SHARED_ID = "evt-shared"
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    command.downgrade(alembic_config(engine), revision)
 
 
 def budget(team_id: str, contact_id: str, value: int, **fields: Any) -> dict[str, Any]:
@@ -363,5 +368,41 @@ def test_the_migration_rekeys_a_round_one_inbox_and_its_rows_keep_working(
         assert [o.outcome for o in outcomes] == ["duplicate", "duplicate", "applied"]
         assert contact_row(engine, theirs).custom_fields == {"budget": 3}
         upgrade(engine)  # running it again changes nothing
+    finally:
+        engine.dispose()
+
+
+def test_the_migration_goes_back_only_while_no_event_id_is_in_two_teams_inboxes(
+    blank_url: str,
+) -> None:
+    engine = make_engine(blank_url)
+    try:
+        upgrade(engine)
+        with engine.begin() as conn:
+            a, b = create_team(conn, name="Acme Solar"), create_team(conn, name="Rival")
+        mine = make_contact(engine, a.id)
+        theirs = make_contact(engine, b.id, first_name="Grace")
+        apply_batch(
+            engine,
+            [
+                budget(a.id, mine.id, 1, event_id=SHARED_ID),
+                budget(b.id, theirs.id, 2, event_id=SHARED_ID),
+            ],
+        )
+        with pytest.raises(RuntimeError, match=f"event id '{SHARED_ID}' is in the inbox"):
+            downgrade(engine, "0002")
+        with engine.begin() as conn:
+            conn.execute(processed_events.delete().where(processed_events.c.team_id == b.id))
+
+        downgrade(engine, "0002")
+
+        key = inspect(engine).get_pk_constraint("processed_events")["constrained_columns"]
+        assert key == ["event_id"]
+        assert "suppressions" not in inspect(engine).get_table_names()
+        with engine.connect() as conn:
+            [row] = conn.execute(text("SELECT team_id, contact_id FROM processed_events")).all()
+        assert tuple(row) == (a.id, mine.id)
+        upgrade(engine)
+        assert set(inbox_rows(engine, SHARED_ID)) == {a.id}
     finally:
         engine.dispose()
