@@ -124,8 +124,8 @@ class ProcessedEvent(Base):
     """A row of the inbox, ``processed_events``."""
 
     __tablename__ = "processed_events"
+    team_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     event_id: Mapped[str] = mapped_column(String(200), primary_key=True)
-    team_id: Mapped[str | None] = mapped_column(String(36))
     contact_id: Mapped[str | None] = mapped_column(String(36))
     outcome: Mapped[str] = mapped_column(String(16))
     processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -180,7 +180,7 @@ def naive_apply(event: dict[str, Any]) -> str:
     """Apply one event the straightforward ORM way; returns the outcome."""
     now = datetime.now(UTC)
     with Session(_get_engine()) as session:
-        if session.get(ProcessedEvent, event["event_id"]) is not None:
+        if session.get(ProcessedEvent, (event["team_id"], event["event_id"])) is not None:
             return "duplicate"
         if event.get("contact_id"):
             contact = session.get(Contact, event["contact_id"], with_for_update=True)

@@ -816,7 +816,7 @@ def _apply_db_batch(conn: psycopg.Connection[Any], events: Sequence[dict[str, An
                 "INSERT INTO processed_events"
                 " (event_id, team_id, contact_id, outcome, processed_at)"
                 " SELECT e, t, c, 'applied', %s FROM unnest(%s::text[], %s::text[], %s::text[])"
-                " AS u(e, t, c) ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+                " AS u(e, t, c) ON CONFLICT (team_id, event_id) DO NOTHING RETURNING event_id",
                 (
                     now,
                     list(unique),

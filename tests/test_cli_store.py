@@ -37,6 +37,7 @@ SCHEMA_TABLES = {
     "contact_history",
     "processed_events",
     "dead_letters",
+    "suppressions",
     "alembic_version",
 }
 

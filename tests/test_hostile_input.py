@@ -42,6 +42,7 @@ from contact_sync.db.tables import (
     dead_letters,
     delivery_attempts,
     processed_events,
+    suppressions,
     teams,
 )
 from contact_sync.store import create_contact, update_contact
@@ -80,6 +81,7 @@ DATA_TABLES = (
     contact_history,
     processed_events,
     delivery_attempts,
+    suppressions,
 )
 
 

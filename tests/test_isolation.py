@@ -197,7 +197,6 @@ def snapshot(engine: Engine, side: Side) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table that belongs to, or names, the team or its contacts."""
     team_id = side.team.id
     ids = side.contact_ids
-    events = [side.applied_event["event_id"], side.letter_event["event_id"]]
     where = {
         teams: teams.c.id == team_id,
         api_keys: api_keys.c.team_id == team_id,
@@ -206,10 +205,10 @@ def snapshot(engine: Engine, side: Side) -> dict[str, list[tuple[Any, ...]]]:
         contact_history: or_(
             contact_history.c.team_id == team_id, contact_history.c.contact_id.in_(ids)
         ),
+        # The inbox is keyed by team (README): another team's row with one of this
+        # team's event ids is that team's own event.
         processed_events: or_(
-            processed_events.c.team_id == team_id,
-            processed_events.c.contact_id.in_(ids),
-            processed_events.c.event_id.in_(events),
+            processed_events.c.team_id == team_id, processed_events.c.contact_id.in_(ids)
         ),
         dead_letters: or_(dead_letters.c.team_id == team_id, dead_letters.c.id == side.letter_id),
     }
@@ -1290,21 +1289,23 @@ def test_cli_replay_all_applies_each_letter_within_its_own_team(
 # --------------------------------------------------------------------------- event ids
 
 
-def test_an_event_of_a_reusing_b_event_id_is_a_duplicate_and_changes_nothing(
+def test_an_event_of_a_reusing_b_event_id_applies_in_a_and_leaves_b_alone(
     world: World,
 ) -> None:
-    """The event id is the pipeline's idempotency key across teams (DESIGN §2: the
-    inbox's primary key), so A's event with B's id is absorbed, and B keeps its row."""
+    """The inbox is keyed by ``(team_id, event_id)`` (README): A's event that carries
+    B's id is A's own event. It applies to A's contact; B keeps its row and contact."""
     event = call_event(
         world.a.team.id,
         event_id=world.b.applied_event["event_id"],
         contact_id=world.a.star,
+        minutes=30,
         extraction={"custom_fields": {"budget": 1}},
     )
     with world.engine.begin() as conn:
         [outcome] = apply_payloads(conn, [event])
-    assert outcome.outcome == "duplicate"
-    world.assert_untouched("a", "b")
+    assert (outcome.outcome, outcome.contact_id) == ("applied", world.a.star)
+    assert contact_row(world.engine, world.a.star).custom_fields["budget"] == 1
+    world.assert_untouched("b")
 
 
 def test_an_invalid_event_of_a_reusing_b_dead_letter_event_id_leaves_b_letter_alone(
@@ -1341,12 +1342,16 @@ def test_a_valid_event_of_a_reusing_b_dead_letter_event_id_cannot_swallow_b_repl
     with world.engine.begin() as conn:
         [parked] = apply_payloads(conn, [b_event])
     assert parked.reason == "ambiguous_contact"
-    # A's event with the same id, valid in A.
-    a_event = call_event(world.a.team.id, event_id=b_event["event_id"], contact_id=world.a.star)
+    # A's event with the same id, valid in A: A's own event, applied in A.
+    a_event = call_event(
+        world.a.team.id,
+        event_id=b_event["event_id"],
+        contact_id=world.a.star,
+        extraction={"tags": ["a-own"]},
+    )
     with world.engine.begin() as conn:
         [outcome] = apply_payloads(conn, [a_event])
-    assert outcome.outcome == "duplicate"
-    world.assert_untouched("a")
+    assert (outcome.outcome, outcome.contact_id) == ("applied", world.a.star)
     # B fixes its data and replays its letter: it applies to B's contact.
     with world.engine.begin() as conn:
         update_contact(conn, team_id=world.b.team.id, contact_id=twin.id, data={"phone": None})
@@ -1543,16 +1548,32 @@ EVENT_CASES: dict[str, EventCase] = {
         lambda w: [_naming_b(w)], [APPLIED], _kept_a_company
     ),
     "B's applied event id": EventCase(
-        lambda w: [_a(w, event_id=w.b.applied_event["event_id"], contact_id=w.a.star)],
-        [("duplicate", None)],
+        lambda w: [
+            _a(
+                w,
+                event_id=w.b.applied_event["event_id"],
+                contact_id=w.a.star,
+                extraction={"tags": ["a-own"]},
+            )
+        ],
+        [APPLIED],
+        _is("a.star"),
     ),
     "B's dead-lettered event id, invalid": EventCase(
         lambda w: [{**w.b.letter_event, "team_id": w.a.team.id, "occurred_at": "2026-01-01"}],
         [("dead_lettered", "invalid_payload")],
     ),
     "B's dead-lettered event id, valid": EventCase(
-        lambda w: [_a(w, event_id=w.b.letter_event["event_id"], contact_id=w.a.star)],
-        [("duplicate", None)],
+        lambda w: [
+            _a(
+                w,
+                event_id=w.b.letter_event["event_id"],
+                contact_id=w.a.star,
+                extraction={"tags": ["a-own"]},
+            )
+        ],
+        [APPLIED],
+        _is("a.star"),
     ),
     "a batch of all of them": EventCase(
         lambda w: [
@@ -1608,7 +1629,10 @@ def test_events_of_a_naming_b_never_touch_b(
         for event, (outcome, _) in zip(events, case.expect, strict=True):
             if outcome == "applied":
                 row = conn.execute(
-                    select(processed_events).where(processed_events.c.event_id == event["event_id"])
+                    select(processed_events).where(
+                        processed_events.c.event_id == event["event_id"],
+                        processed_events.c.team_id == world.a.team.id,
+                    )
                 ).one()
                 assert row.team_id == world.a.team.id
                 assert row.contact_id not in world.b.contact_ids

@@ -1,11 +1,13 @@
 """The apply use case: claim events, resolve their contacts, merge, store (DESIGN §3–§5).
 
 A batch is applied with a fixed number of set-based statements, whatever
-its size: one inbox claim, one lookup per kind of resolution, one insert of
-new contacts, one versioned update of changed contacts, one insert of
-history records. Each event keeps every guarantee it has alone: its own
+its size: one inbox claim, one lookup per kind of resolution, a look at
+the suppression list for new contacts' numbers, one insert of new
+contacts, one versioned update of changed contacts, one insert of history
+records. Each event keeps every guarantee it has alone: its own
 idempotency (the inbox), its own dead letter, its own history record, and a
-version bump of exactly one when it changed something.
+version bump of exactly one when it changed something. Events are keyed by
+``(team_id, event_id)``: two teams' events with one id are two events.
 
 Concurrency: the inbox claim comes first, so a second delivery of an event
 waits for the first transaction and then finds it applied; contacts are
@@ -24,7 +26,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, Row, bindparam, func, insert, select, update
 
-from contact_sync import dead_letters, inbox
+from contact_sync import dead_letters, inbox, suppression
 from contact_sync.clock import utcnow
 from contact_sync.contacts import ContactPatch
 from contact_sync.db.tables import contact_history, contacts, processed_events, teams
@@ -38,8 +40,10 @@ from contact_sync.events import (
     team_id_of,
 )
 from contact_sync.ids import new_id
+from contact_sync.inbox import EventKey, key_of
 from contact_sync.merge import ContactState, MergePolicy, MergeResult, merge, observation
 from contact_sync.resolve import NewContact, resolve
+from contact_sync.suppression import SUPPRESSED
 from contact_sync.teams import Team
 
 OutcomeName = Literal["applied", "no_change", "duplicate", "dead_lettered"]
@@ -76,6 +80,7 @@ class _Contact:
     version: int
     row: Row[Any] | None  # None for a contact this batch creates
     phone: str | None = None
+    suppressed: bool = False  # a new contact whose number is on the suppression list
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -122,12 +127,17 @@ def _history(
 
 
 def _created(target: _Contact, result: MergeResult) -> MergeResult:
-    """The creating event's record lists every value the new contact holds."""
+    """The creating event's record lists every value the new contact holds.
+
+    A do-not-call that comes from the suppression list says so: the reason
+    is the number's earlier erased contact, not this call.
+    """
     state = result.state
     values = {name: getattr(state, name) for name in STATE_FIELDS if name != "custom_fields"}
     values.update(phone=target.phone, source="inbound-call")
     changes = [
         {"field": name, "old": None, "new": value}
+        | ({"reason": SUPPRESSED} if name == "do_not_call" and target.suppressed else {})
         for name, value in values.items()
         if value not in (None, False, [])
     ] + [
@@ -282,7 +292,7 @@ def apply_payloads(
     """
     now = now or utcnow()
     outcomes: list[Outcome | None] = [None] * len(payloads)
-    first: dict[str, int] = {}
+    first: dict[EventKey, int] = {}
     events: dict[int, CallCompleted] = {}
     for index, payload in enumerate(payloads):
         try:
@@ -292,10 +302,10 @@ def apply_payloads(
                 conn, payload, exc.reason, exc.message, now, dead_letter_id
             )
             continue
-        if event.event_id in first:  # delivered twice in one batch
+        if key_of(event) in first:  # delivered twice in one batch
             outcomes[index] = Outcome("duplicate", event.event_id, event.team_id)
         else:
-            first[event.event_id] = index
+            first[key_of(event)] = index
             events[index] = event
 
     known_teams = _load_teams(conn, {e.team_id for e in events.values()})
@@ -313,15 +323,17 @@ def apply_payloads(
 
     claimed = inbox.claim(conn, list(events.values()), now)
     for index, event in list(events.items()):
-        if event.event_id not in claimed:
+        if key_of(event) not in claimed:
             del events[index]
             outcomes[index] = Outcome("duplicate", event.event_id, event.team_id)
 
     resolutions = resolve(conn, list(events.values()), known_teams)
+    new_numbers = {(f.team_id, f.phone) for f in resolutions.values() if isinstance(f, NewContact)}
+    suppressed = suppression.suppressed_numbers(conn, new_numbers) if new_numbers else set()
     targets: dict[Any, _Contact] = {}
     grouped: dict[Any, list[CallCompleted]] = {}
     for index, event in events.items():
-        found = resolutions[event.event_id]
+        found = resolutions[key_of(event)]
         if isinstance(found, InvalidEvent | ContactNotFound | AmbiguousContact):
             reason = found.reason if isinstance(found, InvalidEvent) else _REASONS[type(found)]
             outcomes[index] = _dead_letter(
@@ -332,12 +344,23 @@ def apply_payloads(
             key: Any = found
             if key not in targets:
                 # Placeholder names carry no provenance, so any call may fill them.
+                provenance = {"phone": observation(event), "source": observation(event)}
+                blocked = (found.team_id, found.phone) in suppressed
+                if blocked:
+                    # Not a call's observation: no call's do_not_call may replace it.
+                    provenance["do_not_call"] = {
+                        "source": "suppression",
+                        "observed_at": now.isoformat(),
+                    }
                 start = ContactState(
                     first_name=_placeholder_name(event, "first_name"),
                     last_name=_placeholder_name(event, "last_name"),
-                    provenance={"phone": observation(event), "source": observation(event)},
+                    do_not_call=blocked,
+                    provenance=provenance,
                 )
-                targets[key] = _Contact(new_id(), found.team_id, start, 0, None, found.phone)
+                targets[key] = _Contact(
+                    new_id(), found.team_id, start, 0, None, found.phone, suppressed=blocked
+                )
         else:
             key = found.id
             if key not in targets:
@@ -346,14 +369,14 @@ def apply_payloads(
                 )
         grouped.setdefault(key, []).append(event)
 
-    applied: list[tuple[str, str | None, str]] = []
+    applied: list[tuple[EventKey, str | None, str]] = []
     for key, target in targets.items():
         policy = _Policy(min_confidence).for_team(known_teams[target.team_id])
         for event, name, version in _merge_all(target, grouped[key], policy, now):
-            outcomes[first[event.event_id]] = Outcome(
+            outcomes[first[key_of(event)]] = Outcome(
                 name, event.event_id, event.team_id, target.id, version=version
             )
-            applied.append((event.event_id, target.id, name))
+            applied.append((key_of(event), target.id, name))
     _write(conn, list(targets.values()), now)
     inbox.record_outcomes(conn, applied)
     return [o for o in outcomes if o is not None]

@@ -133,7 +133,7 @@ def cmd_dead_letters_list(args: argparse.Namespace) -> None:
         print("no dead letters")
         return
     for letter in letters:
-        state = "replayed" if letter.replayed_at else "open"
+        state = "erased" if letter.erased_at else "replayed" if letter.replayed_at else "open"
         print(
             f"{letter.id}  {letter.reason:<26} {state:<8} attempts={letter.attempts}  "
             f"event={letter.event_id or '-'}  {letter.message[:100]}"
@@ -141,10 +141,20 @@ def cmd_dead_letters_list(args: argparse.Namespace) -> None:
 
 
 def cmd_dead_letters_replay(args: argparse.Namespace) -> None:
-    """Send dead letters through the apply path again; closes those that now go through."""
+    """Send dead letters through the apply path again; closes those that now go through.
+
+    An erased letter (its contact was deleted) is refused: its payload is a
+    tombstone, and the event it was must not come back. ``--all`` skips them.
+    """
     from contact_sync.apply import apply_payloads
     from contact_sync.clock import utcnow
-    from contact_sync.dead_letters import get_dead_letter, list_dead_letters, mark_replayed
+    from contact_sync.dead_letters import (
+        ErasedLetter,
+        get_dead_letter,
+        list_dead_letters,
+        mark_replayed,
+        take_for_replay,
+    )
 
     _apply_overrides(args)
     engine = make_engine(get_settings().database_url)
@@ -156,10 +166,22 @@ def cmd_dead_letters_replay(args: argparse.Namespace) -> None:
             if found is None:
                 raise SystemExit(_fail(f"no dead letter {args.id}", 3))
             letters = [found]
+    # A single letter that was erased is refused below, under its lock.
+    erased = sum(1 for letter in letters if args.all and letter.erased_at is not None)
+    letters = [letter for letter in letters if not (args.all and letter.erased_at is not None)]
     results: list[dict[str, Any]] = []
-    for letter in letters:
+    for listed in letters:
         now = utcnow()
         with engine.begin() as conn:
+            try:
+                letter = take_for_replay(conn, dead_letter_id=listed.id)
+            except ErasedLetter as exc:
+                if not args.all:
+                    raise SystemExit(_fail(str(exc), 3)) from None
+                erased += 1
+                continue
+            if letter is None:
+                continue  # gone since it was listed: nothing to replay
             [outcome] = apply_payloads(
                 conn,
                 [letter.payload],
@@ -172,6 +194,8 @@ def cmd_dead_letters_replay(args: argparse.Namespace) -> None:
         results.append({"id": letter.id, "outcome": outcome.outcome, "reason": outcome.reason})
         detail = f" ({outcome.reason}: {outcome.message})" if outcome.reason else ""
         print(f"{letter.id}: {outcome.outcome}{detail}")
+    if erased:
+        print(f"skipped {erased} erased dead letters (their contacts were deleted)")
     if any(r["outcome"] == "dead_lettered" for r in results):
         raise SystemExit(1)
 

@@ -1,22 +1,44 @@
 """Dead letters: events parked with their reason and raw payload, never dropped.
 
-A redelivery of the same bad event bumps ``attempts`` on its open dead
-letter instead of adding another, so the table stays a list of problems.
+A redelivery of the same bad event (the same event id from the same team)
+bumps ``attempts`` on its open dead letter instead of adding another, so
+the table stays a list of problems.
+
+Deleting a contact erases the team's letters that name it (``erase_naming``):
+the payload, which holds what the call heard about the person, becomes a
+tombstone, and such a letter is never replayed (README, "Erasure").
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, func, insert, or_, select, text, update
+import phonenumbers
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 
 from contact_sync.db.tables import dead_letters
 from contact_sync.events import Reason
 from contact_sync.ids import new_id
+from contact_sync.phones import normalise_phone
 from contact_sync.storable import has_unstorable
+
+ERASED_MESSAGE = "erased: the contact this event named was deleted"
+_ERASE_PAGE = 500
 
 
 @dataclass(frozen=True)
@@ -33,13 +55,48 @@ class DeadLetter:
     last_seen_at: datetime
     attempts: int
     replayed_at: datetime | None
+    erased_at: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         data = dict(self.__dict__)
-        for key in ("first_seen_at", "last_seen_at", "replayed_at"):
+        for key in ("first_seen_at", "last_seen_at", "replayed_at", "erased_at"):
             data[key] = data[key].isoformat() if data[key] is not None else None
         return data
+
+
+class ErasedLetter(Exception):
+    """A dead letter whose contact was deleted: its event is gone and cannot be replayed."""
+
+    def __init__(self, letter: DeadLetter) -> None:
+        erased = letter.erased_at.date().isoformat() if letter.erased_at else "?"
+        super().__init__(
+            f"dead letter {letter.id} was erased on {erased} (its contact was deleted); "
+            "it cannot be replayed"
+        )
+
+
+def check_replayable(letter: DeadLetter) -> None:
+    """Raise ``ErasedLetter`` for a letter that must not go through the apply path again."""
+    if letter.erased_at is not None:
+        raise ErasedLetter(letter)
+
+
+def take_for_replay(conn: Connection, *, dead_letter_id: str) -> DeadLetter | None:
+    """The letter, locked for the replay's transaction; ``ErasedLetter`` if it was erased.
+
+    Read again under the lock: a delete that erased it since it was listed
+    has committed (or waits for this transaction), so an erased payload is
+    never replayed from a copy read before.
+    """
+    row = conn.execute(
+        select(dead_letters).where(dead_letters.c.id == dead_letter_id).with_for_update()
+    ).one_or_none()
+    if row is None:
+        return None
+    letter = DeadLetter(**row._mapping)
+    check_replayable(letter)
+    return letter
 
 
 def storable(payload: Any) -> Any:
@@ -68,8 +125,10 @@ def record(
 ) -> str:
     """Park ``payload``; returns the dead letter's id.
 
-    ``dead_letter_id`` (a replay) or an open dead letter of the same event is
-    updated rather than duplicated.
+    ``dead_letter_id`` (a replay) or an open dead letter of the same event
+    (the same event id from the same team, or both without a team) is updated
+    rather than duplicated. An erased letter is never written again: a later
+    delivery of its event is new data and gets a letter of its own.
     """
     existing = dead_letter_id
     if existing is None and event_id is not None and conn.dialect.name == "postgresql":
@@ -77,24 +136,30 @@ def record(
         # workers, would both find no open letter and add one each: take turns.
         conn.execute(
             text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-            {"key": f"dead_letter:{event_id}"},
+            {"key": f"dead_letter:{team_id or ''}:{event_id}"},
         )
     if existing is None and event_id is not None:
-        # The same event is the same id from the same team (or from a payload
-        # whose team could not be read): another team's event that carries
-        # the id must not rewrite this team's letter.
-        team: ColumnElement[bool] = dead_letters.c.team_id.is_(None)
-        if team_id is not None:
-            team = or_(team, dead_letters.c.team_id == team_id)
+        # The event's key is its team and its id (as in the inbox): another
+        # team's event that carries the id is another event.
+        team: ColumnElement[bool] = (
+            dead_letters.c.team_id.is_(None)
+            if team_id is None
+            else dead_letters.c.team_id == team_id
+        )
         existing = conn.execute(
             select(dead_letters.c.id)
-            .where(dead_letters.c.event_id == event_id, dead_letters.c.replayed_at.is_(None), team)
+            .where(
+                dead_letters.c.event_id == event_id,
+                dead_letters.c.replayed_at.is_(None),
+                dead_letters.c.erased_at.is_(None),
+                team,
+            )
             .limit(1)
         ).scalar_one_or_none()
     if existing is not None:
-        conn.execute(
+        updated = conn.execute(
             update(dead_letters)
-            .where(dead_letters.c.id == existing)
+            .where(dead_letters.c.id == existing, dead_letters.c.erased_at.is_(None))
             .values(
                 team_id=func.coalesce(dead_letters.c.team_id, team_id),
                 reason=reason,
@@ -104,8 +169,9 @@ def record(
                 attempts=dead_letters.c.attempts + 1,
                 replayed_at=None,
             )
-        )
-        return existing
+        ).rowcount
+        if updated:
+            return existing
     new = new_id()
     conn.execute(
         insert(dead_letters).values(
@@ -145,3 +211,170 @@ def get_dead_letter(conn: Connection, *, dead_letter_id: str) -> DeadLetter | No
         select(dead_letters).where(dead_letters.c.id == dead_letter_id)
     ).one_or_none()
     return DeadLetter(**row._mapping) if row is not None else None
+
+
+# --- erasure ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What identifies a contact in a payload: its id, its numbers (E.164), its email."""
+
+    contact_id: str
+    numbers: frozenset[str]
+    email: str | None
+    region: str  # the team's, to read national formats in payloads
+
+
+def _email_pattern(email: str | None) -> re.Pattern[str] | None:
+    if not email:
+        return None
+    # The whole address, not part of a longer one (a@b.co is not in xa@b.com).
+    return re.compile(r"(?<![\w.%+-])" + re.escape(email) + r"(?![\w-]|\.\w)", re.IGNORECASE)
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every text in a payload, keys included; a ``raw_json`` payload is read as JSON too."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield str(key)
+            yield from _strings(item)
+        raw = value.get("raw_json")
+        if isinstance(raw, str):
+            yield from _strings(_json_or_none(raw))
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def _json_or_none(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _number_or_none(text: str, region: str) -> str | None:
+    try:
+        return normalise_phone(text, region)
+    except ValueError:
+        return None
+
+
+def _numbers_in(text: str, region: str) -> Iterator[str]:
+    """The phone numbers written in ``text``, as E.164: the whole text, or within prose."""
+    whole = _number_or_none(text, region) if len(text) <= 40 else None
+    if whole is not None:
+        yield whole
+    for match in phonenumbers.PhoneNumberMatcher(text, region):
+        yield phonenumbers.format_number(match.number, phonenumbers.PhoneNumberFormat.E164)
+
+
+_NOT_DIGITS = re.compile(r"\D")
+
+
+def _digits(text: str) -> str:
+    """The text's decimal digits, in order, as ASCII."""
+    found = _NOT_DIGITS.sub("", text)
+    return found if found.isascii() else "".join(str(int(char)) for char in found)
+
+
+class Naming:
+    """Whether a payload names a subject: its id, one of its numbers, or its email.
+
+    Anywhere in the payload, in any field (a summary quoting the number
+    counts): erasure would rather redact one more letter of the team than
+    keep one that names the person. Built once per erasure.
+    """
+
+    def __init__(self, subject: Subject) -> None:
+        self.subject = subject
+        self.email = _email_pattern(subject.email)
+        # However a number is written, its national digits appear in order with
+        # only non-digits between them: a text whose digits do not contain them
+        # cannot hold it. That test is cheap; phonenumbers' matcher, which reads
+        # the formats, costs milliseconds on a summary, so it runs only after it.
+        self.national = {
+            str(phonenumbers.parse(number).national_number) for number in subject.numbers
+        }
+
+    def _has_number(self, text_: str) -> bool:
+        digits = _digits(text_)
+        if not any(national in digits for national in self.national):
+            return False
+        found = _numbers_in(text_, self.subject.region)
+        return any(number in self.subject.numbers for number in found)
+
+    def __call__(self, payload: Any) -> bool:
+        for text_ in _strings(payload):
+            if self.subject.contact_id in text_:
+                return True
+            if self.email is not None and self.email.search(text_):
+                return True
+            if self.national and self._has_number(text_):
+                return True
+        return False
+
+
+def _tombstone(event_id: str | None, reason: str, now: datetime) -> dict[str, Any]:
+    return {"event_id": event_id, "reason": reason, "erased": True, "erased_at": now.isoformat()}
+
+
+def erase_naming(conn: Connection, *, team_id: str, subject: Subject, now: datetime) -> int:
+    """Erase the dead letters that name a contact being deleted; returns how many.
+
+    The team's letters are read page by page (by id, on their team index)
+    and matched here, because a payload writes a number in any format; a
+    letter without a team (its payload's team was unreadable) is erased
+    when it holds the contact's id, which no other contact has. Each
+    match keeps its ``event_id``, reason, times and attempts; its payload
+    becomes a tombstone and its message (which can quote the payload) a
+    fixed text.
+    """
+    scope = or_(
+        dead_letters.c.team_id == team_id,
+        dead_letters.c.team_id.is_(None),
+    )
+    names = Naming(subject)
+    erased: list[dict[str, Any]] = []
+    after = ""
+    while True:
+        rows = conn.execute(
+            select(
+                dead_letters.c.id,
+                dead_letters.c.team_id,
+                dead_letters.c.event_id,
+                dead_letters.c.reason,
+                dead_letters.c.payload,
+            )
+            .where(scope, dead_letters.c.erased_at.is_(None), dead_letters.c.id > after)
+            .order_by(dead_letters.c.id)
+            .limit(_ERASE_PAGE)
+        ).all()
+        for row in rows:
+            mine = row.team_id == team_id
+            named = (
+                names(row.payload)
+                if mine
+                else any(subject.contact_id in s for s in _strings(row.payload))
+            )
+            if named:
+                erased.append(
+                    {
+                        "b_id": row.id,
+                        "b_payload": _tombstone(row.event_id, row.reason, now),
+                    }
+                )
+        if len(rows) < _ERASE_PAGE:
+            break
+        after = rows[-1].id
+    if erased:
+        conn.execute(
+            update(dead_letters)
+            .where(dead_letters.c.id == bindparam("b_id"))
+            .values(payload=bindparam("b_payload"), message=ERASED_MESSAGE, erased_at=now),
+            erased,
+        )
+    return len(erased)

@@ -1,9 +1,12 @@
 """The inbox of processed events: what makes at-least-once delivery exactly-once in effect.
 
-An event claims its ``event_id`` before anything else in its transaction;
-a second delivery's claim waits for the first transaction and then finds
-the row. A row left by a dead-lettered attempt is taken over, so a replay,
-or a corrected redelivery with the same id, still applies once.
+An event claims its ``(team_id, event_id)`` key before anything else in its
+transaction; a second delivery's claim waits for the first transaction and
+then finds the row. The key holds the team (DESIGN §2 as amended; README,
+"The event path"): event ids are unique within a team's pipeline, so the
+same id in another team is another event and applies on its own. A row
+left by a dead-lettered attempt is taken over, so a replay, or a corrected
+redelivery with the same id, still applies once.
 """
 
 from __future__ import annotations
@@ -12,56 +15,66 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, or_, update
+from sqlalchemy import Connection, bindparam, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contact_sync.db.tables import processed_events
 from contact_sync.events import CallCompleted
 
+EventKey = tuple[str, str]
+"""``(team_id, event_id)``: what identifies an event."""
+
+_KEY = [processed_events.c.team_id, processed_events.c.event_id]
+
+
+def key_of(event: CallCompleted) -> EventKey:
+    """The event's inbox key."""
+    return (event.team_id, event.event_id)
+
 
 def _insert(conn: Connection) -> Any:
     return pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
 
 
-def _same_team(stored: Any, incoming: Any) -> Any:
-    """The stored row is the incoming event's team's, or has no team to say otherwise."""
-    return or_(stored.is_(None), stored == incoming)
+def claim(conn: Connection, events: Sequence[CallCompleted], now: datetime) -> set[EventKey]:
+    """Claim distinct events in one statement; returns the keys claimed now.
 
-
-def claim(conn: Connection, events: Sequence[CallCompleted], now: datetime) -> set[str]:
-    """Claim distinct events in one statement; returns the ids claimed now.
-
-    The ids not returned were applied (or found no change) before.
+    The keys not returned were applied (or found no change) before.
     """
     if not events:
         return set()
     rows = [
-        {"event_id": e.event_id, "team_id": e.team_id, "outcome": "applied", "processed_at": now}
-        for e in sorted(events, key=lambda e: e.event_id)  # one lock order for every worker
+        {"team_id": e.team_id, "event_id": e.event_id, "outcome": "applied", "processed_at": now}
+        for e in sorted(events, key=key_of)  # one lock order for every worker
     ]
     # Executed with a list of rows: SQLAlchemy sends them as multi-row
     # statements ("insertmanyvalues") from one cached compiled form.
-    new = _insert(conn)(processed_events)
-    stmt = new.on_conflict_do_update(
-        index_elements=[processed_events.c.event_id],
-        set_={"outcome": "applied", "processed_at": now, "team_id": new.excluded.team_id},
-        # Only a dead-lettered attempt of this team's event (or of a payload whose
-        # team could not be read) is taken over: another team's event that
-        # carries the same id must not swallow that team's replay.
-        where=(processed_events.c.outcome == "dead_lettered")
-        & _same_team(processed_events.c.team_id, new.excluded.team_id),
-    ).returning(processed_events.c.event_id)
-    return {row.event_id for row in conn.execute(stmt, rows)}
+    stmt = (
+        _insert(conn)(processed_events)
+        .on_conflict_do_update(
+            index_elements=_KEY,
+            set_={"outcome": "applied", "processed_at": now},
+            where=processed_events.c.outcome == "dead_lettered",
+        )
+        .returning(*_KEY)
+    )
+    return {(row.team_id, row.event_id) for row in conn.execute(stmt, rows)}
 
 
-def record_outcomes(conn: Connection, outcomes: Iterable[tuple[str, str | None, str]]) -> None:
-    """Set ``(event_id, contact_id, outcome)`` on claimed rows, in one round trip."""
-    params = [{"b_event": e, "b_contact": c, "b_outcome": o} for e, c, o in outcomes]
+def record_outcomes(conn: Connection, outcomes: Iterable[tuple[EventKey, str | None, str]]) -> None:
+    """Set ``(key, contact_id, outcome)`` on claimed rows, in one round trip."""
+    params = [
+        {"b_team": team, "b_event": event, "b_contact": contact, "b_outcome": outcome}
+        for (team, event), contact, outcome in outcomes
+    ]
     if params:
         conn.execute(
             update(processed_events)
-            .where(processed_events.c.event_id == bindparam("b_event"))
+            .where(
+                processed_events.c.team_id == bindparam("b_team"),
+                processed_events.c.event_id == bindparam("b_event"),
+            )
             .values(contact_id=bindparam("b_contact"), outcome=bindparam("b_outcome")),
             params,
         )
@@ -70,23 +83,28 @@ def record_outcomes(conn: Connection, outcomes: Iterable[tuple[str, str | None, 
 def mark_dead_lettered(
     conn: Connection, *, event_id: str, team_id: str | None, now: datetime
 ) -> None:
-    """Record that the event was parked; an existing row is left alone."""
+    """Record that the event was parked; an existing row is left alone.
+
+    A payload whose team cannot be read has no key: its dead letter is the
+    only record, and no claim of any team's event could have matched it.
+    """
+    if team_id is None:
+        return
     values = {
-        "event_id": event_id,
         "team_id": team_id,
+        "event_id": event_id,
         "contact_id": None,
         "outcome": "dead_lettered",
         "processed_at": now,
     }
-    new = _insert(conn)(processed_events).values(values)
     conn.execute(
-        new.on_conflict_do_update(
-            index_elements=[processed_events.c.event_id],
+        _insert(conn)(processed_events)
+        .values(values)
+        .on_conflict_do_update(
+            index_elements=_KEY,
             set_={"outcome": "dead_lettered", "processed_at": now},
             # Only a claim this transaction made (still "applied", no contact)
-            # is turned back; a row of an earlier success, or another team's
-            # row for the same id, is never touched.
-            where=processed_events.c.contact_id.is_(None)
-            & _same_team(processed_events.c.team_id, new.excluded.team_id),
+            # is turned back; a row of an earlier success is never touched.
+            where=processed_events.c.contact_id.is_(None),
         )
     )

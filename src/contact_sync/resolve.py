@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Row, or_, select, text, tuple_
 from contact_sync.db.tables import contacts
 from contact_sync.errors import AmbiguousContact, ContactNotFound
 from contact_sync.events import CallCompleted, InvalidEvent
+from contact_sync.inbox import EventKey, key_of
 from contact_sync.phones import normalise_phone
 from contact_sync.teams import Team
 
@@ -47,9 +48,12 @@ def _lock_numbers(conn: Connection, keys: list[str]) -> None:
 
 def resolve(
     conn: Connection, events: Sequence[CallCompleted], teams: dict[str, Team]
-) -> dict[str, Resolution]:
-    """A resolution for every event, by event id (events must have distinct ids)."""
-    found: dict[str, Resolution] = {}
+) -> dict[EventKey, Resolution]:
+    """A resolution for every event, by ``(team_id, event_id)`` (events must have distinct keys).
+
+    Two teams may send the same event id: each is its own team's event.
+    """
+    found: dict[EventKey, Resolution] = {}
     by_id = [e for e in events if e.contact_id is not None]
     by_phone: list[tuple[CallCompleted, str]] = []
     for event in events:
@@ -61,7 +65,7 @@ def resolve(
                 (event, normalise_phone(event.phone, teams[event.team_id].default_region))
             )
         except ValueError as exc:
-            found[event.event_id] = InvalidEvent("invalid_payload", f"phone: {exc}")
+            found[key_of(event)] = InvalidEvent("invalid_payload", f"phone: {exc}")
 
     rows: dict[str, Row[Any]] = {}
     if by_id:
@@ -76,7 +80,7 @@ def resolve(
             rows[row.id] = row
     for event in by_id:
         hit = rows.get(event.contact_id or "")
-        found[event.event_id] = (
+        found[key_of(event)] = (
             hit
             if hit is not None and hit.team_id == event.team_id
             else ContactNotFound(f"no contact {event.contact_id} in this team")
@@ -103,11 +107,11 @@ def resolve(
         for event, phone in by_phone:
             hits = matches[(event.team_id, phone)]
             if len(hits) > 1:
-                found[event.event_id] = AmbiguousContact(
+                found[key_of(event)] = AmbiguousContact(
                     f"several contacts of this team have {phone}"
                 )
             elif hits:
-                found[event.event_id] = next(iter(hits.values()))
+                found[key_of(event)] = next(iter(hits.values()))
             else:
-                found[event.event_id] = NewContact(event.team_id, phone)
+                found[key_of(event)] = NewContact(event.team_id, phone)
     return found

@@ -8,6 +8,7 @@ Call events are applied by ``contact_sync.apply``, not here.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -22,8 +23,10 @@ from contact_sync.contacts import (
     parse_patch,
 )
 from contact_sync.db.tables import contact_history, contacts
+from contact_sync.dead_letters import Subject, erase_naming
 from contact_sync.errors import ContactNotFound, ForbiddenTeam, StaleVersion, ValidationFailed
 from contact_sync.ids import new_id
+from contact_sync.suppression import SUPPRESSED, is_suppressed, suppress
 from contact_sync.teams import get_team
 
 # Read paths never load provenance: the public contact does not show it, and
@@ -132,17 +135,29 @@ def create_contact(
     set_fields = {
         k: v for k, v in fields.items() if k in body.model_fields_set and v not in (None, {}, [])
     }
+    provenance = _provenance(set_fields, source=source, at=now)
+    numbers = [number for number in (body.phone, body.phone_secondary) if number]
+    blocked = any(is_suppressed(conn, team_id, number) for number in numbers)
+    if blocked:
+        # A number of an erased do-not-call contact: do-not-call, whatever the
+        # body says; a person may clear it later with a PATCH, on the record.
+        fields["do_not_call"] = set_fields["do_not_call"] = True
+        provenance["do_not_call"] = {"source": "suppression", "observed_at": now.isoformat()}
     row = {
         **fields,
         "id": new_id(),
         "team_id": team_id,
-        "provenance": _provenance(set_fields, source=source, at=now),
+        "provenance": provenance,
         "version": 1,
         "created_at": now,
         "updated_at": now,
     }
     conn.execute(insert(contacts).values(**row))
-    changes = [{"field": name, "old": None, "new": value} for name, value in set_fields.items()]
+    changes = [
+        {"field": name, "old": None, "new": value}
+        | ({"reason": SUPPRESSED} if blocked and name == "do_not_call" else {})
+        for name, value in set_fields.items()
+    ]
     conn.execute(
         insert(contact_history).values(
             **_history_row(
@@ -272,16 +287,69 @@ def update_contact(
     return contact_from_row(result)
 
 
-def delete_contact(conn: Connection, *, team_id: str, contact_id: str) -> None:
-    """Delete the contact and its history; ``ContactNotFound`` if not in the team."""
+@dataclass(frozen=True)
+class Deletion:
+    """What deleting a contact erased (counts only: the record of a delete holds no PII)."""
+
+    dead_letters_erased: int
+    numbers_suppressed: int
+
+
+def delete_contact(
+    conn: Connection,
+    *,
+    team_id: str,
+    contact_id: str,
+    api_key_id: str | None = None,
+    source: str = "api",
+) -> Deletion:
+    """Delete the contact and erase what the service kept about it, in the caller's transaction.
+
+    ``ContactNotFound`` if it is not the team's. Erasure (README, "Erasure"):
+    the contact's history records go (their changes hold its values), the
+    team's dead letters that name it become tombstones, and a do-not-call
+    contact leaves its numbers, hashed, on the suppression list so that it
+    stays do-not-call when it comes back. One history record of the delete
+    stays: who (the API key's id) and when, and counts, no field values; the
+    history route no longer shows it (the contact is gone), audits read it.
+    """
     if "\x00" in contact_id:  # PostgreSQL text cannot hold it; no id contains it
         raise ContactNotFound(contact_id)
-    deleted = conn.execute(
-        delete(contacts).where(contacts.c.id == contact_id, contacts.c.team_id == team_id)
-    ).rowcount
-    if not deleted:
+    row = conn.execute(
+        select(contacts)
+        .where(contacts.c.id == contact_id, contacts.c.team_id == team_id)
+        .with_for_update()
+    ).one_or_none()
+    if row is None:
         raise ContactNotFound(contact_id)
+    team = get_team(conn, team_id=team_id)
+    now = utcnow()
+    conn.execute(delete(contacts).where(contacts.c.id == contact_id))
     conn.execute(delete(contact_history).where(contact_history.c.contact_id == contact_id))
+    numbers = [number for number in (row.phone, row.phone_secondary) if number]
+    erased = erase_naming(
+        conn,
+        team_id=team_id,
+        subject=Subject(contact_id, frozenset(numbers), row.email, team.default_region),
+        now=now,
+    )
+    suppressed = suppress(conn, team_id=team_id, phones=numbers, now=now) if row.do_not_call else 0
+    record = _history_row(
+        contact_id=contact_id,
+        team_id=team_id,
+        version_before=row.version,
+        version_after=row.version + 1,
+        changes=[],
+        at=now,
+        api_key_id=api_key_id,
+        source=source,
+    )
+    record["summary"] = (
+        f"contact deleted; {erased} dead letters erased; "
+        f"{suppressed} numbers added to the suppression list"
+    )
+    conn.execute(insert(contact_history).values(**record))
+    return Deletion(dead_letters_erased=erased, numbers_suppressed=suppressed)
 
 
 def list_history(conn: Connection, *, team_id: str, contact_id: str) -> list[dict[str, Any]]:

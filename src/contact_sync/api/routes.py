@@ -295,11 +295,20 @@ async def patch(
 
 
 @router.delete(
-    "/contacts/{contact_id}", status_code=204, responses=_errors(404), summary="Delete a contact"
+    "/contacts/{contact_id}",
+    status_code=204,
+    responses=_errors(404),
+    summary="Delete a contact",
+    description="Deletes and erases the contact: its history, and the team's dead letters "
+    "that name it (by id, phone or email), which become tombstones that cannot be replayed. "
+    "A do-not-call contact's numbers stay on the team's suppression list (as keyed hashes): "
+    "a contact created later with one of them is do-not-call from the start.",
 )
 def delete(contact_id: str, caller: CallerDep, engine: EngineDep) -> Response:
     with engine.begin() as conn:
-        delete_contact(conn, team_id=caller.team_id, contact_id=contact_id)
+        delete_contact(
+            conn, team_id=caller.team_id, contact_id=contact_id, api_key_id=caller.key_id
+        )
     return Response(status_code=204)
 
 

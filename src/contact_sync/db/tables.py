@@ -31,6 +31,8 @@ teams = Table(
     Column("calls_overwrite_people", Boolean, nullable=False),
     Column("min_confidence", Float, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
+    # The team's secret for suppression hashes (suppression.py); made on first use.
+    Column("suppression_key", String(64), nullable=True),
 )
 
 api_keys = Table(
@@ -98,11 +100,12 @@ contact_history = Table(
     Column("summary", Text),
 )
 
+# Keyed by team and event id: one team's id never swallows another team's event.
 processed_events = Table(
     "processed_events",
     metadata,
+    Column("team_id", String(36), primary_key=True),
     Column("event_id", String(200), primary_key=True),
-    Column("team_id", String(36)),
     Column("contact_id", String(36)),
     Column("outcome", String(16), nullable=False),
     Column("processed_at", UTCDateTime, nullable=False),
@@ -121,6 +124,22 @@ dead_letters = Table(
     Column("last_seen_at", UTCDateTime, nullable=False),
     Column("attempts", Integer, nullable=False),
     Column("replayed_at", UTCDateTime),
+    # Set when the contact the letter named was deleted: the payload is a tombstone.
+    Column("erased_at", UTCDateTime),
+)
+
+# Numbers of deleted do-not-call contacts, as keyed hashes only (suppression.py).
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column(
+        "team_id",
+        String(36),
+        ForeignKey("teams.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("phone_hash", String(64), primary_key=True),
+    Column("created_at", UTCDateTime, nullable=False),
 )
 
 # Redis keeps no delivery count, so the count of deliveries that never
