@@ -8,6 +8,7 @@ still held), each answered the broker's own way.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -127,15 +128,24 @@ class Broker:
         return urlsplit(self.url).path.lstrip("/")
 
     def flush(self) -> None:
-        """Nothing of an earlier test left: the database emptied, or the queues deleted."""
+        """Nothing of an earlier test left: the database emptied, or the queues purged.
+
+        RabbitMQ's queues are purged, not deleted: kombu shares a producer per
+        broker URL across Celery apps in a process and remembers what it
+        declared, so it would not declare a deleted queue again, and what it
+        published next would be unroutable (acknowledged by the broker, then
+        dropped).
+        """
         if self.kind == "redis":
             self.redis.flushdb()
             return
         with Connection(self.url) as conn:
             for name in (QUEUE, POISON_QUEUE):
                 channel = conn.channel()
-                channel.queue_delete(name)
-                channel.close()
+                with contextlib.suppress(*conn.channel_errors):  # not declared yet
+                    channel.queue_purge(name)
+                with contextlib.suppress(*conn.channel_errors, *conn.connection_errors):
+                    channel.close()
 
     def close(self) -> None:
         if self._redis is not None:

@@ -95,9 +95,7 @@ def postgres_server() -> Iterator[str]:
             if problem.startswith("no PostgreSQL server")
             else "fix that,"
         )
-        pytest.exit(
-            f"{problem}; {hint} or set CONTACT_SYNC_TEST_DATABASE_URL", returncode=3
-        )
+        pytest.exit(f"{problem}; {hint} or set CONTACT_SYNC_TEST_DATABASE_URL", returncode=3)
     from pytest_postgresql.executors.proc import PostgreSQLExecutor
 
     tmp = tempfile.mkdtemp(prefix="contact-sync-pg-")
