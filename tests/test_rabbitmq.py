@@ -101,6 +101,8 @@ def test_the_worker_declares_quorum_queues_and_every_publisher_declares_the_same
         }
         assert queues[POISON_QUEUE]["type"] == "quorum"
         assert (queues[QUEUE]["consumers"], queues[POISON_QUEUE]["consumers"]) == (1, 1)
+        # Celery's native delayed delivery (its celery_delayed_* quorum queues) is left out.
+        assert not [name for name in queues if name.startswith("celery_delayed")]
 
         # Each publisher declares the queue on its own connection; a declaration
         # that differed would be refused (PRECONDITION_FAILED) and nothing sent.
