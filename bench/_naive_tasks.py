@@ -24,6 +24,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from contact_sync.worker.celery_app import event_queues, uses_amqp
+
 QUEUE = "contact_sync.events"
 TASK_NAIVE = "bench.naive_apply"
 STICKY = frozenset({"converted", "customer", "churned", "do_not_contact"})
@@ -164,6 +166,9 @@ app.conf.update(
     worker_send_task_events=False,
     task_send_sent_event=False,
 )
+if uses_amqp(app.conf.broker_url):
+    # The project's quorum queue, declared exactly as its worker and publishers declare it.
+    app.conf.update(task_queues=event_queues())
 _engine: Engine | None = None
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from celery import Celery
 
+from contact_sync.worker.celery_app import event_queues, uses_amqp
+
 QUEUE = "contact_sync.events"
 TASK_NOOP = "bench.noop"
 
@@ -32,6 +34,9 @@ app.conf.update(
     worker_send_task_events=False,
     task_send_sent_event=False,
 )
+if uses_amqp(app.conf.broker_url):
+    # The project's quorum queue, declared exactly as its worker and publishers declare it.
+    app.conf.update(task_queues=event_queues())
 if os.environ.get("BENCH_TRANSPORT") == "project":
     app.conf.broker_transport = "contact_sync.worker.transport:Transport"
 

@@ -8,6 +8,11 @@ Run from the repository root (PostgreSQL on 127.0.0.1:5432, Redis on 127.0.0.1:6
     /work/venv/bin/python bench/worker_throughput.py                  # 20,000 events, all modes
     /work/venv/bin/python bench/worker_throughput.py --events 2000    # a quick check
     /work/venv/bin/python bench/worker_throughput.py --modes ceiling,ours --events 5000
+    /work/venv/bin/python bench/worker_throughput.py --broker amqp://guest:guest@127.0.0.1:5672//
+
+``--broker`` (default Redis database 11 of 127.0.0.1:6379) names the broker; on RabbitMQ the
+queue is the project's quorum queue, purged before every mode (the ceiling then tries
+kombu's transport only: the project's transport is Redis's).
 
 It creates the database ``contact_sync_bench_worker`` (dropped and re-created from a seeded
 template before every mode, so each mode starts from the same state), migrates it with the
@@ -59,6 +64,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -72,16 +78,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import redis
+from kombu.connection import Connection
 from psycopg import sql
 
 from contact_sync.db.engine import make_engine
 from contact_sync.db.migrate import upgrade
 from contact_sync.publisher import EventPublisher, publish_event
 from contact_sync.settings import Settings
-from contact_sync.worker.celery_app import QUEUE, TASK_APPLY, create_app
+from contact_sync.worker.celery_app import (
+    QUEUE,
+    TASK_APPLY,
+    create_app,
+    event_queues,
+    queue_depth,
+    uses_amqp,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
@@ -90,9 +105,11 @@ from _naive_tasks import TASK_NAIVE, simple_merge  # noqa: E402
 from _noop_tasks import TASK_NOOP  # noqa: E402
 
 PG = "postgresql://postgres@127.0.0.1:5432"
-DATABASE = "contact_sync_bench_worker"
+# BENCH_WORKER_DATABASE names another database, for runs side by side on one server.
+DATABASE = os.environ.get("BENCH_WORKER_DATABASE", "contact_sync_bench_worker")
 TEMPLATE = f"{DATABASE}_tpl"
 REDIS_URL = "redis://127.0.0.1:6379/11"
+BROKER_URL = REDIS_URL  # --broker
 ALL_MODES = ("ceiling", "ours", "batch", "naive", "db")
 TEAMS = 10
 CONTACTS = 2_000
@@ -425,17 +442,70 @@ def raw_message(task: str, args: list[Any]) -> bytes:
     ).encode()
 
 
-def push_all(client: redis.Redis, task: str, payloads: Sequence[Any]) -> None:
-    """LPUSH one message per payload in pipelined chunks (BRPOP takes the oldest first)."""
-    for start in range(0, len(payloads), 1_000):
-        pipe = client.pipeline(transaction=False)
-        for payload in payloads[start : start + 1_000]:
-            pipe.lpush(QUEUE, raw_message(task, [payload]))
-        pipe.execute()
+class Broker:
+    """The benchmark's broker: Redis (a list and kombu's unacked hash) or RabbitMQ."""
 
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.amqp = uses_amqp(url)
+        self.redis = None if self.amqp else redis.Redis.from_url(url)
+        self.ctl = shutil.which("rabbitmqctl") if self.amqp else None
 
-def broker_idle(client: redis.Redis) -> bool:
-    return int(client.llen(QUEUE)) == 0 and int(client.hlen("unacked")) == 0
+    def flush(self) -> None:
+        """Nothing queued (Redis: the database flushed; RabbitMQ: the queue purged)."""
+        if self.redis is not None:
+            self.redis.flushdb()
+            return
+        with Connection(self.url) as conn:
+            channel = conn.channel()
+            queue, _poison = event_queues()
+            queue(channel).declare()
+            channel.queue_purge(QUEUE)
+
+    def push_all(self, task: str, payloads: Sequence[Any]) -> None:
+        """One raw message per payload, oldest taken first."""
+        if self.redis is not None:  # LPUSH in pipelined chunks (the worker takes from the right)
+            for start in range(0, len(payloads), 1_000):
+                pipe = self.redis.pipeline(transaction=False)
+                for payload in payloads[start : start + 1_000]:
+                    pipe.lpush(QUEUE, raw_message(task, [payload]))
+                pipe.execute()
+            return
+        with Connection(self.url, transport_options={"confirm_publish": True}) as conn:
+            channel = conn.channel()
+            for payload in payloads:
+                envelope = json.loads(raw_message(task, [payload]))
+                message = channel.prepare_message(
+                    base64.b64decode(envelope["body"]),
+                    content_type="application/json",
+                    content_encoding="utf-8",
+                    headers=envelope["headers"],
+                    properties={"delivery_mode": 2},
+                )
+                channel.basic_publish(message, exchange="", routing_key=QUEUE)
+
+    def queued(self) -> int:
+        """Messages waiting (not taken by a worker)."""
+        if self.redis is not None:
+            return int(self.redis.llen(QUEUE))
+        with Connection(self.url) as conn:
+            return queue_depth(conn)
+
+    def idle(self) -> bool:
+        """Nothing queued and nothing taken but unacknowledged."""
+        if self.redis is not None:
+            return self.queued() == 0 and int(self.redis.hlen("unacked")) == 0
+        if self.ctl is None:  # AMQP itself counts only the waiting messages
+            return self.queued() == 0
+        vhost = urlsplit(self.url).path[1:] or "/"
+        out = subprocess.run(
+            [self.ctl, "list_queues", "-q", "-p", vhost, "name", "messages"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        counts = dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+        return counts.get(QUEUE, "0").strip() == "0"
 
 
 # ---------------------------------------------------------------- measuring a drain
@@ -447,7 +517,7 @@ def inbox_count(conn: psycopg.Connection[Any]) -> int:
 
 
 def drain(
-    client: redis.Redis,
+    client: Broker,
     procs: Sequence[subprocess.Popen[bytes]],
     messages: int,
     done: Callable[[], bool],
@@ -456,12 +526,12 @@ def drain(
 ) -> tuple[float, str]:
     """Seconds from the worker's first message taken to ``done()``, and a problem if any.
 
-    If Redis holds nothing (queued or unacknowledged) and ``progress()`` has not moved for
+    If the broker holds nothing (queued or unacknowledged) and ``progress()`` has not moved for
     ``STALL_SECONDS``, messages were lost: the time to the last progress is returned with
     the problem, instead of waiting forever.
     """
     deadline = time.monotonic() + timeout
-    while int(client.llen(QUEUE)) >= messages:
+    while client.queued() >= messages:
         if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
             raise RuntimeError("the worker never took a message (see its log)")
         time.sleep(0.001)
@@ -473,9 +543,9 @@ def drain(
             value = progress()
             if value != last_value:
                 last_value, last_change = value, now
-            elif broker_idle(client) and now - last_change > STALL_SECONDS:
+            elif client.idle() and now - last_change > STALL_SECONDS:
                 return last_change - started, (
-                    f"STALLED: Redis empty and no commit for {STALL_SECONDS:.0f} s;"
+                    f"STALLED: broker empty and no commit for {STALL_SECONDS:.0f} s;"
                     f" {value} inbox rows (messages lost?)"
                 )
         if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
@@ -488,9 +558,9 @@ def worker_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         CONTACT_SYNC_DATABASE_URL=db_url(),
-        CONTACT_SYNC_BROKER_URL=REDIS_URL,
+        CONTACT_SYNC_BROKER_URL=BROKER_URL,
         BENCH_DATABASE_URL=db_url(),
-        BENCH_BROKER_URL=REDIS_URL,
+        BENCH_BROKER_URL=BROKER_URL,
         PYTHONPATH=os.pathsep.join([str(BENCH_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]),
     )
     env.update(extra)
@@ -552,32 +622,32 @@ def percentile(values: Sequence[float], q: float) -> float:
 # ---------------------------------------------------------------- ceiling
 
 
-def run_ceiling(runner: Processes, client: redis.Redis, workload: Workload) -> ModeResult:
+def run_ceiling(runner: Processes, client: Broker, workload: Workload) -> ModeResult:
     payloads = workload.deliveries
+    # The project's transport is a Redis transport.
+    configs = tuple(c for c in CEILING_CONFIGS if not (client.amqp and c[5] == "project"))
 
     def once(config: tuple[str, str, int, int, int, str], count: int) -> float:
         _label, pool, processes, concurrency, prefetch, transport = config
-        client.flushdb()
-        push_all(client, TASK_NOOP, payloads[:count])
+        client.flush()
+        client.push_all(TASK_NOOP, payloads[:count])
         procs = [
             celery_worker(runner, "_noop_tasks", pool, concurrency, prefetch, f"noop{i}", transport)
             for i in range(processes)
         ]
         try:
-            return count / drain(client, procs, count, lambda: broker_idle(client), 600)[0]
+            return count / drain(client, procs, count, client.idle, 600)[0]
         finally:
             for proc in procs:
                 runner.stop(proc)
 
     sample = min(len(payloads), CALIBRATION_MESSAGES)
-    tried = {config[0]: once(config, sample) for config in CEILING_CONFIGS}
-    best = max(CEILING_CONFIGS, key=lambda config: tried[config[0]])
+    tried = {config[0]: once(config, sample) for config in configs}
+    best = max(configs, key=lambda config: tried[config[0]])
     note = "; ".join(f"{label}: {rate:,.0f}/s" for label, rate in tried.items())
     rate = tried[best[0]] if sample == len(payloads) else once(best, len(payloads))
     # Stock kombu's best too: Celery's own per-message cost, which the issue's figures measured.
-    stock = max(
-        (c for c in CEILING_CONFIGS if c[5] == "kombu"), key=lambda config: tried[config[0]]
-    )
+    stock = max((c for c in configs if c[5] == "kombu"), key=lambda config: tried[config[0]])
     stock_rate = rate if stock == best else once(stock, len(payloads))
     result = ModeResult(
         "ceiling",
@@ -666,7 +736,7 @@ def check_correctness(conn: psycopg.Connection[Any], distinct: int) -> tuple[lis
 
 def run_ours(
     runner: Processes,
-    client: redis.Redis,
+    client: Broker,
     workload: Workload,
     contacts: Sequence[tuple[str, str, str]],
     *,
@@ -675,14 +745,14 @@ def run_ours(
     rng: random.Random,
 ) -> tuple[ModeResult, str]:
     mode = "batch" if batch else "ours"
-    app = create_app(Settings(database_url=db_url(), broker_url=REDIS_URL))
+    app = create_app(Settings(database_url=db_url(), broker_url=BROKER_URL))
     if batch:
         with EventPublisher(app=app) as publisher:
             for event in workload.deliveries:
                 publisher.publish(event)
         messages = publisher.messages_sent
     else:
-        push_all(client, TASK_APPLY, workload.deliveries)
+        client.push_all(TASK_APPLY, workload.deliveries)
         messages = len(workload.deliveries)
     proc = ours_worker(runner, mode)
     with psycopg.connect(db_url(False), autocommit=True) as conn:
@@ -690,7 +760,7 @@ def run_ours(
             client,
             [proc],
             messages,
-            lambda: inbox_count(conn) >= workload.distinct and broker_idle(client),
+            lambda: inbox_count(conn) >= workload.distinct and client.idle(),
             900,
             lambda: inbox_count(conn),
         )
@@ -760,8 +830,8 @@ def _pace(started: float, index: int, rate: float) -> None:
 # ---------------------------------------------------------------- naive
 
 
-def run_naive(runner: Processes, client: redis.Redis, workload: Workload) -> ModeResult:
-    push_all(client, TASK_NAIVE, workload.deliveries)
+def run_naive(runner: Processes, client: Broker, workload: Workload) -> ModeResult:
+    client.push_all(TASK_NAIVE, workload.deliveries)
     proc = celery_worker(runner, "_naive_tasks", "prefork", WORKERS, 4, "naive")
     try:
         with psycopg.connect(db_url(False), autocommit=True) as conn:
@@ -769,7 +839,7 @@ def run_naive(runner: Processes, client: redis.Redis, workload: Workload) -> Mod
                 client,
                 [proc],
                 len(workload.deliveries),
-                lambda: inbox_count(conn) >= workload.distinct and broker_idle(client),
+                lambda: inbox_count(conn) >= workload.distinct and client.idle(),
                 3600,
                 lambda: inbox_count(conn),
             )
@@ -1000,7 +1070,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latency-seconds", type=float, default=15.0)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep-db", action="store_true", help="keep the databases at the end")
+    parser.add_argument(
+        "--broker", default=REDIS_URL, help=f"redis://… or amqp://… (default {REDIS_URL})"
+    )
     args = parser.parse_args(argv)
+    global BROKER_URL
+    BROKER_URL = args.broker
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = set(modes) - set(ALL_MODES)
     if unknown:
@@ -1010,7 +1085,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rng = random.Random(args.seed)
     contacts = build_template(rng)
     workload = generate(rng, contacts, args.events, "evt")
-    client = redis.Redis.from_url(REDIS_URL)
+    client = Broker(BROKER_URL)
     runner = Processes()
     results: dict[str, ModeResult] = {}
     digests: dict[str, str] = {}
@@ -1018,7 +1093,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for mode in modes:
             print(f"[{time.strftime('%H:%M:%S')}] {mode} ...", file=sys.stderr, flush=True)
             reset_database()
-            client.flushdb()
+            client.flush()
             if mode == "ceiling":
                 results[mode] = run_ceiling(runner, client, workload)
             elif mode in ("ours", "batch"):
@@ -1044,7 +1119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     finally:
         runner.stop_all()
-        client.flushdb()
+        client.flush()
         if not args.keep_db:
             drop_databases()
     print(f"(worker logs in {runner.logdir})", file=sys.stderr)

@@ -23,7 +23,7 @@ from contact_sync.db.engine import make_engine
 from contact_sync.db.migrate import upgrade
 from contact_sync.db.tables import metadata
 from contact_sync.teams import Team, create_team
-from tests.services import postgres_server, redis_server
+from tests.services import postgres_server, rabbitmq_vhost, redis_server
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +59,13 @@ def sqlite_url() -> Iterator[str]:
 def redis_url() -> Iterator[str]:
     """Database 0 of a Redis server private to this run (its databases may be flushed)."""
     with redis_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    """A RabbitMQ virtual host of this run alone (``amqp://…/vhost``); deleted afterwards."""
+    with rabbitmq_vhost() as url:
         yield url
 
 

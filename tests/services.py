@@ -10,8 +10,9 @@ The suite never mocks them, and two runs on one machine never see each other:
   stopped after it, so that the tests may flush any of its databases.
   ``CONTACT_SYNC_TEST_REDIS_URL`` names a server handed over to the tests
   instead (they flush its databases).
-* RabbitMQ: the configured server, with a virtual host made for this run and
-  deleted after it (``rabbitmq_vhost``).
+* RabbitMQ: the server of ``CONTACT_SYNC_TEST_AMQP_URL`` (default
+  ``amqp://guest:guest@127.0.0.1:5672/``), with a virtual host made for this
+  run by ``rabbitmqctl`` and deleted after it (``rabbitmq_vhost``).
 
 Each failure stops the run with one line naming what is actually wrong.
 """
@@ -22,10 +23,13 @@ import glob
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -33,6 +37,8 @@ from psycopg import errors as pg_errors
 
 # The maintenance database every PostgreSQL server has: the tests create their own from it.
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+# A RabbitMQ server (its default virtual host); each run makes a virtual host of its own there.
+DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 def _free_port() -> int:
@@ -142,3 +148,60 @@ def redis_server() -> Iterator[str]:
     with executor:
         yield f"redis://127.0.0.1:{port}/0"
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def rabbitmqctl(*args: str) -> str:
+    """Run ``rabbitmqctl`` (it manages the server of ``CONTACT_SYNC_TEST_AMQP_URL``)."""
+    binary = shutil.which("rabbitmqctl")
+    if binary is None:
+        pytest.exit(
+            "rabbitmqctl is not installed: the tests make a RabbitMQ virtual host for each run "
+            "with it (`apt-get install rabbitmq-server`, and run them as a user allowed to use "
+            "rabbitmqctl, such as root)",
+            returncode=3,
+        )
+    result = subprocess.run(
+        [binary, *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
+        pytest.exit(
+            f"`rabbitmqctl {' '.join(args)}` failed ({result.returncode}): {lines[0]}; the "
+            "tests need a running RabbitMQ they may add virtual hosts to",
+            returncode=3,
+        )
+    return result.stdout
+
+
+def _amqp_problem(url: str) -> str | None:
+    from kombu.connection import Connection
+    from kombu.utils.url import maybe_sanitize_url
+
+    try:
+        with Connection(url, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1, timeout=3)
+    except Exception as error:
+        text = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        return f"no RabbitMQ server lets us in at {maybe_sanitize_url(url)}: {text}"
+    return None
+
+
+@contextmanager
+def rabbitmq_vhost() -> Iterator[str]:
+    """The URL of a RabbitMQ virtual host made for this run alone, deleted after it."""
+    server = os.environ.get("CONTACT_SYNC_TEST_AMQP_URL", DEFAULT_AMQP)
+    problem = _amqp_problem(server)
+    if problem is not None:
+        pytest.exit(
+            f"{problem}; start RabbitMQ (`rabbitmq-server -detached`) or set "
+            "CONTACT_SYNC_TEST_AMQP_URL",
+            returncode=3,
+        )
+    parts = urlsplit(server)
+    vhost = f"contact_sync_test_{uuid.uuid4().hex[:12]}"
+    rabbitmqctl("add_vhost", vhost)
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost, parts.username or "guest", ".*", ".*", ".*")
+        yield parts._replace(path=f"/{vhost}").geturl()
+    finally:
+        rabbitmqctl("delete_vhost", vhost)

@@ -717,7 +717,11 @@ def test_healthz_and_readyz_need_no_key(api: Api) -> None:
     assert health.json()["status"] == "ok"
     ready = api.client.get("/readyz")
     assert ready.status_code == 200, ready.text
-    assert ready.json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
+    assert ready.json() == {
+        "status": "ok",
+        "checks": {"database": "ok", "broker": "ok"},
+        "queue_depth": 0,
+    }
 
 
 def test_readyz_is_503_naming_an_unreachable_broker(engine: Engine, redis_url: str) -> None:

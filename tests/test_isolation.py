@@ -34,7 +34,6 @@ from typing import Any
 import fastapi.routing
 import httpx
 import pytest
-import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection, Engine, Text, cast, delete, or_, select, update
 from sqlalchemy.sql.elements import ColumnElement
@@ -57,9 +56,10 @@ from contact_sync.query import ContactQuery, EligibleQuery, list_eligible
 from contact_sync.settings import Settings, get_settings
 from contact_sync.store import create_contact, update_contact
 from contact_sync.teams import Team, create_team, hash_key, issue_api_key
+from tests.brokers import BROKERS, Broker, broker_for
 from tests.conftest import call_event, contact_row
 from tests.test_api import COMPANIES, CONTACTS, ELIGIBLE, Api, assert_error
-from tests.workers import QUEUE, start_worker, stop_worker, task_envelope
+from tests.workers import start_worker, stop_worker
 
 CONTACT = f"{CONTACTS}/{{contact_id}}"
 HISTORY = f"{CONTACTS}/{{contact_id}}/history"
@@ -1369,7 +1369,7 @@ def test_a_valid_event_of_a_reusing_b_dead_letter_event_id_cannot_swallow_b_repl
 # --------------------------------------------------------------------------- events (worker)
 
 # A Redis database no other test module uses (7: test_worker, 8: hostile, 9: metrics,
-# 10: grouping and faults, 11: bench).
+# 10: grouping and faults, 11: bench); on RabbitMQ, the run's virtual host.
 BROKER_DB = 13
 TASK_BATCH = "contact_sync.apply_call_completed_batch"
 
@@ -1378,7 +1378,7 @@ TASK_BATCH = "contact_sync.apply_call_completed_batch"
 class Worker:
     process: subprocess.Popen[bytes]
     log_path: Path
-    redis: redis.Redis
+    broker: Broker
     broker_url: str
 
     def outcomes(self) -> dict[str, tuple[str, str | None]]:
@@ -1407,22 +1407,20 @@ class Worker:
             time.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=BROKERS)
 def worker(
-    postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, postgres_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Worker]:
-    """One real ``contact-sync worker`` for every event case of this module."""
-    broker_url = redis_url.rsplit("/", 1)[0] + f"/{BROKER_DB}"
-    client = redis.Redis.from_url(broker_url)
-    client.flushdb()
+    """One real ``contact-sync worker`` for every event case of this module, on each broker."""
+    broker = broker_for(request, request.param, BROKER_DB)
     log_path = tmp_path_factory.mktemp("isolation-worker") / "worker.log"
-    process = start_worker(postgres_url, broker_url, log_path)
+    process = start_worker(postgres_url, broker.url, log_path)
     try:
-        yield Worker(process, log_path, client, broker_url)
+        yield Worker(process, log_path, broker, broker.url)
     finally:
         stop_worker(process)
-        client.flushdb()
-        client.close()
+        broker.flush()
+        broker.close()
 
 
 @pytest.fixture
@@ -1617,10 +1615,10 @@ def test_events_of_a_naming_b_never_touch_b(
     if case.cli:
         _publish_with_cli(worker, events, tmp_path)
     elif case.batch:
-        worker.redis.lpush(QUEUE, task_envelope([events], TASK_BATCH))
+        worker.broker.push_task([events], TASK_BATCH)
     else:
         for event in events:
-            worker.redis.lpush(QUEUE, task_envelope([event]))
+            worker.broker.push_task([event])
     got = worker.wait_for([event["event_id"] for event in events])
     assert list(got.values()) == case.expect
 

@@ -41,7 +41,14 @@ def test_the_compose_file_defines_the_whole_stack() -> None:
         env = services[name]["environment"]
         assert env["CONTACT_SYNC_DATABASE_URL"].startswith("postgresql+psycopg://")
         assert env["CONTACT_SYNC_BROKER_URL"].startswith("redis://")
-    assert set(compose["volumes"]) == {"postgres-data", "redis-data"}
+    assert set(compose["volumes"]) == {"postgres-data", "redis-data", "rabbitmq-data"}
+    # RabbitMQ instead of Redis, on request: its own worker, on a quorum queue.
+    assert services["rabbitmq"]["profiles"] == services["worker-rabbitmq"]["profiles"]
+    assert services["rabbitmq"]["profiles"] == ["rabbitmq"]
+    assert "healthcheck" in services["rabbitmq"]
+    rabbit_env = services["worker-rabbitmq"]["environment"]
+    assert rabbit_env["CONTACT_SYNC_BROKER_URL"].startswith("amqp://")
+    assert services["worker-rabbitmq"]["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
 
 
 def test_the_compose_file_parses_with_docker_compose_where_available() -> None:

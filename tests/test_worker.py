@@ -1,8 +1,9 @@
-"""Events through Redis to a real ``contact-sync worker`` process, checked in PostgreSQL.
+"""Events through a broker to a real ``contact-sync worker`` process, checked in PostgreSQL.
 
-One worker (prefork, concurrency 2) serves the whole module on a Redis database
-of its own; each test starts from empty tables and ends with the queue drained
-and the worker alive. Waits poll the database or the worker's JSON log with a
+Every test runs on both brokers: Redis and RabbitMQ. One worker (prefork,
+concurrency 2) serves the whole module on each, on a Redis database or the
+run's RabbitMQ virtual host; each test starts from empty tables and ends with
+the queue drained and the worker alive. Waits poll the database or the worker's JSON log with a
 deadline, never a fixed sleep.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-import redis
 from celery import Celery
 from sqlalchemy import Engine, func, select
 
@@ -35,8 +34,8 @@ from contact_sync.publisher import EventPublisher, publish_event
 from contact_sync.settings import Settings
 from contact_sync.teams import Team
 from contact_sync.worker.celery_app import QUEUE, TASK_APPLY, TASK_APPLY_BATCH, create_app
+from tests.brokers import BROKERS, Broker, broker_for
 from tests.conftest import call_event, contact_row, make_contact, merged_in_time_order
-from tests.workers import task_envelope
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +54,7 @@ class Worker:
     process: subprocess.Popen[bytes]
     log_path: Path
     app: Celery
-    redis: redis.Redis
+    broker: Broker
 
     def log(self) -> list[dict[str, Any]]:
         """The worker's structured log lines so far (Celery's banner is skipped)."""
@@ -94,23 +93,9 @@ class Worker:
                 pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}:\n{self.tail()}")
             time.sleep(0.05)
 
-    def drained(self) -> bool:
-        """Nothing queued and nothing delivered but unacknowledged (acks are late: after commit)."""
-        return self.redis.llen(QUEUE) == 0 and self.redis.hlen("unacked") == 0
-
     def wait_drained(self) -> None:
-        # Checked twice a moment apart: a message is briefly in neither place
-        # between its BRPOP and its entry in the unacked hash.
-        self.wait("the queue to drain", lambda: self.drained() and _pause() and self.drained())
-
-
-def _pause() -> bool:
-    time.sleep(0.1)
-    return True
-
-
-def _broker_url(redis_url: str) -> str:
-    return re.sub(r"(/\d+)?$", f"/{BROKER_DB}", redis_url.rstrip("/"), count=1)
+        """Nothing queued and nothing delivered but unacknowledged (acks are late: after commit)."""
+        self.wait("the queue to drain", self.broker.drained)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -124,13 +109,12 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=BROKERS)
 def worker(
-    postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, postgres_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Worker]:
-    broker_url = _broker_url(redis_url)
-    client = redis.Redis.from_url(broker_url)
-    client.flushdb()
+    broker = broker_for(request, request.param, BROKER_DB)
+    broker_url = broker.url
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     env = {
         **os.environ,
@@ -147,7 +131,7 @@ def worker(
             start_new_session=True,
         )
     app = create_app(Settings(broker_url=broker_url, database_url=postgres_url))
-    running = Worker(process, log_path, app, client)
+    running = Worker(process, log_path, app, broker)
     try:
         running.wait(
             "the worker to be ready",
@@ -158,8 +142,8 @@ def worker(
     finally:
         _stop(process)
         app.close()
-        client.flushdb()
-        client.close()
+        broker.flush()
+        broker.close()
 
 
 @pytest.fixture(autouse=True)
@@ -480,13 +464,13 @@ def test_a_batch_message_applies_each_event_with_its_own_guarantees(
         )
 
 
-def test_a_message_pushed_by_a_raw_redis_client_is_applied(
+def test_a_message_pushed_by_a_raw_broker_client_is_applied(
     worker: Worker, pg_engine: Engine, pg_team: Team
 ) -> None:
     contact = make_contact(pg_engine, pg_team.id, phone="+12025551234")
     event = call_event(pg_team.id, phone="+12025551234", extraction=EXTRACTION)
 
-    worker.redis.lpush(QUEUE, task_envelope([event]))
+    worker.broker.push_task([event])
 
     claimed = wait_processed(worker, pg_engine, event["event_id"])
     assert (claimed.outcome, claimed.contact_id) == ("applied", contact.id)

@@ -1,4 +1,7 @@
-"""Messages Celery itself cannot deliver are parked, not dropped, and the worker keeps serving."""
+"""Messages Celery itself cannot deliver are parked, not dropped, and the worker keeps serving.
+
+On both brokers: Redis and RabbitMQ.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from sqlalchemy import Engine, func, select
 
 from contact_sync.db.tables import dead_letters, processed_events
 from contact_sync.teams import create_team
-from tests.workers import envelope, start_worker, stop_worker
-
-QUEUE = "contact_sync.events"
+from tests.brokers import BROKERS, Broker, broker_for
+from tests.workers import start_worker, stop_worker
 
 
 def _wait_for(engine: Engine, stmt: Any, expected: int, timeout: float = 30) -> int:
@@ -33,29 +34,28 @@ def _wait_for(engine: Engine, stmt: Any, expected: int, timeout: float = 30) -> 
     return value
 
 
-@pytest.fixture
-def broker(redis_url: str) -> str:
-    url = redis_url.rsplit("/", 1)[0] + "/8"
-    redis.Redis.from_url(url).flushdb()
-    return url
+@pytest.fixture(params=BROKERS)
+def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
+    broker = broker_for(request, request.param, redis_db=8)
+    yield broker
+    broker.close()
 
 
 @pytest.fixture
 def worker(
-    pg_engine: Engine, postgres_url: str, broker: str, tmp_path: Path
+    pg_engine: Engine, postgres_url: str, broker: Broker, tmp_path: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
-    process = start_worker(postgres_url, broker, tmp_path / "worker.log", wait_ready=False)
+    process = start_worker(postgres_url, broker.url, tmp_path / "worker.log", wait_ready=False)
     yield process
     stop_worker(process)
 
 
 @pytest.mark.slow
 def test_undecodable_unknown_and_nul_messages_are_dead_lettered_and_the_worker_serves_on(
-    pg_engine: Engine, broker: str, worker: subprocess.Popen[bytes]
+    pg_engine: Engine, broker: Broker, worker: subprocess.Popen[bytes]
 ) -> None:
     with pg_engine.begin() as conn:
         team = create_team(conn, name="Hostile")
-    client = redis.Redis.from_url(broker)
     good = {
         "event_id": "evt_after_the_storm",
         "type": "call.completed",
@@ -68,19 +68,14 @@ def test_undecodable_unknown_and_nul_messages_are_dead_lettered_and_the_worker_s
     }
     nul_event = {**good, "event_id": "evt_nul", "call_id": "call\x00nul"}
     args = [[nul_event], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
-    client.lpush(QUEUE, envelope(b"{this is not json", "contact_sync.apply_call_completed"))
-    client.lpush(
-        QUEUE, envelope(json.dumps([[good], {}, {}]).encode(), "contact_sync.no_such_task")
-    )
-    client.lpush(QUEUE, envelope(json.dumps(args).encode(), "contact_sync.apply_call_completed"))
-    client.lpush(
-        QUEUE,
-        envelope(
-            json.dumps(
-                [[good], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
-            ).encode(),
-            "contact_sync.apply_call_completed",
-        ),
+    broker.push(b"{this is not json", "contact_sync.apply_call_completed")
+    broker.push(json.dumps([[good], {}, {}]).encode(), "contact_sync.no_such_task")
+    broker.push(json.dumps(args).encode(), "contact_sync.apply_call_completed")
+    broker.push(
+        json.dumps(
+            [[good], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+        ).encode(),
+        "contact_sync.apply_call_completed",
     )
     count = select(func.count()).select_from(dead_letters)
     assert _wait_for(pg_engine, count, 3) == 3

@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import redis
 from sqlalchemy import Engine
 
 from contact_sync.settings import Settings
 from contact_sync.teams import create_team
 from contact_sync.worker.celery_app import QUEUE, TASK_APPLY, create_app
+from tests.brokers import BROKERS, broker_for
 from tests.workers import start_worker, stop_worker
 
 
@@ -30,11 +30,11 @@ def _scrape(port: int) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", BROKERS)
 def test_the_worker_serves_event_counters_and_queue_depth(
-    pg_engine: Engine, postgres_url: str, redis_url: str, tmp_path: Path
+    request: pytest.FixtureRequest, kind: str, pg_engine: Engine, postgres_url: str, tmp_path: Path
 ) -> None:
-    broker = redis_url.rsplit("/", 1)[0] + "/9"
-    redis.Redis.from_url(broker).flushdb()
+    broker = broker_for(request, kind, redis_db=9).url
     with pg_engine.begin() as conn:
         team = create_team(conn, name="Metrics")
     port = _free_port()

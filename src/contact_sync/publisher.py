@@ -5,6 +5,10 @@ events into batch messages (up to 500 events, or whatever arrived within a
 short time limit) over one producer connection: Celery's cost is per
 message, so batching is what lets one worker apply thousands of events a
 second.
+
+On RabbitMQ every message is sent with publisher confirms and declares the
+events queue with the worker's arguments (``worker/celery_app.py``): a send
+returns once the quorum queue holds the message, and raises if it refused it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from celery import Celery
 
 from contact_sync.clock import utcnow
 from contact_sync.events import MAX_BATCH, parse_event
-from contact_sync.worker.celery_app import QUEUE, TASK_APPLY, TASK_APPLY_BATCH
+from contact_sync.worker.celery_app import QUEUE, TASK_APPLY, TASK_APPLY_BATCH, queue_depth
 
 log = logging.getLogger("contact_sync.publisher")
 
@@ -144,12 +148,11 @@ class EventPublisher:
 
 
 def wait_for_drain(app: Celery, timeout: float = 60.0) -> bool:
-    """Wait until the queue is empty (for tools and tests); False on timeout."""
+    """Wait until no message waits in the queue (for tools and tests); False on timeout."""
     deadline = time.monotonic() + timeout
     with app.connection_for_read() as conn:
-        client = conn.default_channel.client
         while time.monotonic() < deadline:
-            if client.llen(QUEUE) == 0:
+            if queue_depth(conn) == 0:
                 return True
             time.sleep(0.05)
     return False

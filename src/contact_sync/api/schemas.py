@@ -95,3 +95,6 @@ class Health(BaseModel):
 
     status: str
     checks: dict[str, str] | None = None
+    queue_depth: int | None = Field(
+        default=None, description="readiness: messages waiting in the events queue"
+    )

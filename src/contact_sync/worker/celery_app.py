@@ -3,6 +3,11 @@
 At-least-once delivery is assumed: ``acks_late`` acknowledges a message only
 after its transaction committed, and the inbox turns redeliveries into
 no-ops.
+
+Two brokers are supported. Redis (the default) keeps the queue as a list and
+redelivers after a visibility timeout; RabbitMQ (``amqp://``) keeps it as a
+quorum queue: replicated, acknowledged by the broker itself, counting each
+message's deliveries (see ``worker/amqp.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
+from kombu.connection import Connection
+from kombu.entity import Exchange, Queue
 
 from contact_sync.logs import configure_logging
 from contact_sync.settings import Settings, get_settings
@@ -21,28 +28,115 @@ QUEUE = "contact_sync.events"
 TASK_APPLY = "contact_sync.apply_call_completed"
 TASK_APPLY_BATCH = "contact_sync.apply_call_completed_batch"
 
+# RabbitMQ only: where the broker itself dead-letters a message returned more than
+# DELIVERY_LIMIT times; the worker consumes it and parks each message as poison.
+POISON_QUEUE = "contact_sync.events.poison"
+# Our own count parks a message that killed its worker ``poison_max_attempts`` times
+# (3 by default) first; the broker's limit lies well above it and catches only what
+# never reached our count (a message returned by many restarts while prefetched), and
+# what it catches is dead-lettered into POISON_QUEUE, never dropped. A queue's
+# arguments cannot change once it exists, so this is a constant, not a setting.
+DELIVERY_LIMIT = 20
+QUEUE_ARGUMENTS: dict[str, Any] = {
+    "x-queue-type": "quorum",
+    "x-delivery-limit": DELIVERY_LIMIT,
+    "x-dead-letter-exchange": "",  # the default exchange: routes to the queue named below
+    "x-dead-letter-routing-key": POISON_QUEUE,
+    # at-least-once dead-lettering keeps the message in this queue until the poison
+    # queue confirmed it (at-most-once, the default, may lose it on the way); RabbitMQ
+    # requires reject-publish overflow for it (no length limit is set, so no publish is
+    # ever refused for that).
+    "x-dead-letter-strategy": "at-least-once",
+    "x-overflow": "reject-publish",
+}
+_AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
+
+
+def uses_amqp(broker_url: str) -> bool:
+    """Whether ``broker_url`` is RabbitMQ's (AMQP 0.9.1)."""
+    return broker_url.startswith(_AMQP_SCHEMES)
+
+
+def event_queues() -> tuple[Queue, Queue]:
+    """The RabbitMQ declarations of the events queue and its poison queue.
+
+    The worker and every publisher declare the queue with exactly these
+    arguments: RabbitMQ refuses a declaration that differs from the existing
+    queue (PRECONDITION_FAILED), so they live in one place.
+    """
+    exchange = Exchange(QUEUE, type="direct", durable=True)  # type: ignore[no-untyped-call]
+    return (
+        Queue(  # type: ignore[no-untyped-call]
+            QUEUE, exchange, routing_key=QUEUE, durable=True, queue_arguments=QUEUE_ARGUMENTS
+        ),
+        Queue(  # type: ignore[no-untyped-call]
+            POISON_QUEUE,
+            exchange,
+            routing_key=POISON_QUEUE,
+            durable=True,
+            queue_arguments={"x-queue-type": "quorum"},
+        ),
+    )
+
+
+def queue_depth(connection: Connection, queue: str = QUEUE) -> int:
+    """Messages waiting in ``queue`` (not those delivered and unacknowledged).
+
+    Redis: the list's length. RabbitMQ: a passive declaration's message
+    count, which neither creates the queue nor needs its arguments; a queue
+    nobody has declared yet holds nothing.
+    """
+    channel: Any = connection.channel()  # type: ignore[no-untyped-call]
+    try:
+        if connection.transport.driver_type != "amqp":
+            return int(channel.client.llen(queue))
+        try:
+            return int(channel.queue_declare(queue=queue, passive=True).message_count)
+        except connection.channel_errors:  # NOT_FOUND: the broker closed this channel
+            return 0
+    finally:
+        channel.close()
+
 
 def create_app(settings: Settings) -> Celery:
     """A Celery app for ``settings``; tasks live in ``contact_sync.worker.tasks``."""
     celery = Celery(
         "contact_sync", broker=settings.broker_url, include=["contact_sync.worker.tasks"]
     )
-    # The visibility timeout must exceed the longest a message may sit
-    # prefetched, waiting for a retry countdown, or running: Redis
-    # redelivers it after this.
-    transport_options: dict[str, Any] = {
-        "visibility_timeout": settings.visibility_timeout_seconds,
-        # Each worker looks for messages past their visibility timeout (left by a
-        # worker that died, or stranded by a broker restart) every 10 s; kombu
-        # 5.7 scans only on every 10th look by default, so they came back up to
-        # 100 s late. One scan is one ZRANGE: scan every time.
-        "unacked_restore_throttle": 1,
-    }
+    transport_options: dict[str, Any] = {}
+    consumer = "contact_sync.worker.consumer:DeadLetteringConsumer"
     if settings.broker_url.startswith(("redis://", "rediss://")):
         # kombu's Redis transport, with messages taken into an in-transit list
         # instead of popped: a worker killed while taking one cannot lose it.
         celery.conf.broker_transport = "contact_sync.worker.transport:Transport"
-        transport_options["prefetch_bytes"] = settings.worker_prefetch_bytes
+        transport_options.update(
+            # The visibility timeout must exceed the longest a message may sit
+            # prefetched, waiting for a retry countdown, or running: Redis
+            # redelivers it after this.
+            visibility_timeout=settings.visibility_timeout_seconds,
+            # Each worker looks for messages past their visibility timeout (left by
+            # a worker that died, or stranded by a broker restart) every 10 s; kombu
+            # 5.7 scans only on every 10th look by default, so they came back up to
+            # 100 s late. One scan is one ZRANGE: scan every time.
+            unacked_restore_throttle=1,
+            prefetch_bytes=settings.worker_prefetch_bytes,
+        )
+    if uses_amqp(settings.broker_url):
+        # Every publish waits for the broker's confirmation that the queue took
+        # it (replicated, for a quorum queue): a refused or lost publish raises
+        # instead of vanishing. RabbitMQ needs no visibility timeout (it
+        # redelivers when the consumer's channel closes) and bounds prefetch per
+        # consumer, so the Redis options above do not apply.
+        transport_options["confirm_publish"] = True
+        celery.conf.update(
+            task_queues=event_queues(),
+            # Quorum queues refuse global QoS; Celery sees the quorum queue and
+            # sets the prefetch per consumer (the default, kept explicit).
+            worker_detect_quorum_queues=True,
+        )
+        # The same consumer, with the broker's delivery count for poison
+        # messages and the poison queue consumed (worker/amqp.py).
+        consumer = "contact_sync.worker.amqp:Consumer"
     if settings.broker_url.startswith("filesystem://"):
         # The embedded broker of the demo: message files in one folder, no server.
         folder = Path(settings.broker_folder).resolve()
@@ -69,7 +163,7 @@ def create_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         task_send_sent_event=False,
-        worker_consumer="contact_sync.worker.consumer:DeadLetteringConsumer",
+        worker_consumer=consumer,
     )
     return celery
 

@@ -3,7 +3,8 @@
 Celery's prefork children count events in their own memory, so the
 counters use prometheus-client's multiprocess mode: each process writes to
 ``PROMETHEUS_MULTIPROC_DIR`` and the main process sums them at scrape time.
-The queue depth is read from the broker at scrape time. Importing this
+The queue depth is read from the broker at scrape time (Redis: the list's
+length; RabbitMQ: a passive declaration's message count). Importing this
 module imports prometheus-client, so the CLI sets the directory first.
 """
 
@@ -28,9 +29,11 @@ class QueueDepth(Collector):
         gauge = GaugeMetricFamily(
             "contact_sync_queue_depth", "Messages waiting in the events queue.", labels=["queue"]
         )
+        from contact_sync.worker.celery_app import queue_depth
+
         try:
             with self.app.connection_for_read() as conn:
-                depth = conn.default_channel.client.llen(self.queue)
+                depth = float(queue_depth(conn, self.queue))
         except Exception:  # a scrape must not fail because the broker is away
             depth = float("nan")
         gauge.add_metric([self.queue], float(depth))

@@ -16,9 +16,9 @@ from contact_sync.dead_letters import record
 from contact_sync.events import MAX_BATCH, Reason, event_id_of, team_id_of
 from contact_sync.metrics import APPLY_SECONDS, CONFLICT_RETRIES, EVENTS
 from contact_sync.settings import get_settings
-from contact_sync.worker.celery_app import TASK_APPLY, TASK_APPLY_BATCH, app
+from contact_sync.worker.celery_app import TASK_APPLY, TASK_APPLY_BATCH, app, uses_amqp
 from contact_sync.worker.failures import backoff_seconds, is_transient
-from contact_sync.worker.poison import count_attempt, forget
+from contact_sync.worker.poison import count_attempt, forget, poison_text
 from contact_sync.worker.runtime import get_engine
 
 log = logging.getLogger("contact_sync.worker")
@@ -103,16 +103,15 @@ def _retrying_transient(work: Callable[[], _T], key: str) -> _T:
 
 def _deliver(key: str, again: bool, payloads: Sequence[Any]) -> list[Outcome]:
     """Apply a message's payloads once, or park them if the message is poison."""
-    if not again:
+    if not again or uses_amqp(app.conf.broker_url):
+        # RabbitMQ counts deliveries itself: its poison messages were parked
+        # before reaching a pool process (worker/amqp.py).
         return _retrying_transient(lambda: _apply_isolating_failures(payloads), key)
     # Counted once per delivery (not per retry inside it): only deliveries
     # that never finished, because their worker died, make a message poison.
     limit = get_settings().poison_max_attempts
     if _retrying_transient(lambda: count_attempt(get_engine(), key), key) > limit:
-        message = (
-            f"message was delivered more than {limit} times without finishing "
-            "(its worker died each time)"
-        )
+        message = poison_text(limit)
         outcomes = _retrying_transient(lambda: _park(payloads, "poison_message", message), key)
     else:
         outcomes = _retrying_transient(lambda: _apply_isolating_failures(payloads), key)
@@ -120,11 +119,7 @@ def _deliver(key: str, again: bool, payloads: Sequence[Any]) -> list[Outcome]:
     return outcomes
 
 
-def run_message(key: str, again: bool, payloads: Sequence[Any]) -> None:
-    """Apply one message's payloads (``again``: it was delivered before) and log each outcome."""
-    started = time.perf_counter()
-    outcomes = _deliver(key, again, payloads)
-    elapsed = time.perf_counter() - started
+def _report(outcomes: Sequence[Outcome], elapsed: float) -> None:
     APPLY_SECONDS.observe(elapsed)
     for outcome in outcomes:
         EVENTS.labels(outcome.outcome).inc()
@@ -140,6 +135,33 @@ def run_message(key: str, again: bool, payloads: Sequence[Any]) -> None:
                 "duration_ms": round(elapsed * 1000, 2),
             },
         )
+
+
+def run_message(key: str, again: bool, payloads: Sequence[Any]) -> None:
+    """Apply one message's payloads (``again``: it was delivered before) and log each outcome."""
+    started = time.perf_counter()
+    outcomes = _deliver(key, again, payloads)
+    _report(outcomes, time.perf_counter() - started)
+
+
+def park_poison(key: str, task: str, args: Any, kwargs: Any, why: str) -> None:
+    """Run in a pool process: park a poison message's events unapplied (RabbitMQ).
+
+    The events are kept as they are; one that is not an event, or arguments
+    not shaped as the task takes them, is kept as ``{"args", "kwargs"}``.
+    """
+    started = time.perf_counter()
+    single = isinstance(args, list) and len(args) == 1 and not kwargs
+    if single and task == TASK_APPLY:
+        payloads = [args[0]]
+    elif single and task == TASK_APPLY_BATCH and isinstance(args[0], list):
+        payloads = args[0]
+    else:
+        payloads = [{"args": args, "kwargs": kwargs}]
+    outcomes = (
+        _retrying_transient(lambda: _park(payloads, "poison_message", why), key) if payloads else []
+    )
+    _report(outcomes, time.perf_counter() - started)
 
 
 def _task_run(task: Task, payloads: Sequence[Any]) -> None:
