@@ -5,6 +5,15 @@ whose task name is unknown, or whose headers are malformed: the event is
 gone. Here each is parked in ``dead_letters`` as ``invalid_payload`` with
 the body as received, then acknowledged, so the queue keeps moving and
 nothing is lost.
+
+Once parked, each sends what Celery 5.7's handlers send, so that signal
+receivers and event monitors (Flower) see these messages as before:
+``task_rejected`` for a message that is not a task message or is an
+invalid one, ``task_unknown`` and a ``task-failed`` event (when events are
+on) for an unknown task name. An undecodable body also sends
+``task_rejected``, which Celery itself does not (it only logs): a parked
+message is a refused one, whatever made it so. A message that could not be
+parked (database down) is left for redelivery and sends nothing yet.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from celery import signals
 from celery.exceptions import InvalidTaskError
 from celery.worker.consumer import Consumer
 
@@ -29,8 +39,8 @@ def _text(body: Any) -> Any:
     return body
 
 
-def _park(payload: Any, text: str, message: Any) -> None:
-    """Park ``payload`` and acknowledge ``message``.
+def _park(payload: Any, text: str, message: Any) -> bool:
+    """Park ``payload`` and acknowledge ``message``; whether it was parked.
 
     This runs in the worker's main process, inside Celery's consumer: an
     exception here stops the whole worker. When the database cannot take
@@ -63,9 +73,10 @@ def _park(payload: Any, text: str, message: Any) -> None:
                 "could not park an undeliverable message; left unacknowledged for redelivery",
                 extra={"reason": "invalid_payload", "error": repr(error)[:500]},
             )
-            return
+            return False
     log.warning(text, extra={"outcome": "dead_lettered", "reason": "invalid_payload"})
     message.ack()
+    return True
 
 
 def _body(body: Any, message: Any) -> Any:
@@ -126,27 +137,42 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         return on_task_received
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
-        _park(
+        if _park(
             {"raw_body": _text(message.body)},
             f"message body could not be decoded: {exc}",
             message,
-        )
+        ):
+            signals.task_rejected.send(sender=self, message=message, exc=exc)
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
-        _park({"raw_body": _body(body, message)}, "message is not a Celery task message", message)
+        if _park(
+            {"raw_body": _body(body, message)}, "message is not a Celery task message", message
+        ):
+            signals.task_rejected.send(sender=self, message=message, exc=None)
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
-        name = (message.headers or {}).get("task")
         body = _body(body, message)
-        _park(
+        # Protocol 2 names the task in its headers, protocol 1 in its body.
+        fields = message.headers if "task" in (message.headers or {}) else body
+        name, task_id = (
+            (fields.get("task"), fields.get("id")) if isinstance(fields, dict) else (None, None)
+        )
+        if not _park(
             {"task": name, "event": _first_arg(body), "body": body},
             f"unknown task {name!r}",
             message,
-        )
+        ):
+            return
+        if self.event_dispatcher:  # sends only while events are enabled
+            self.event_dispatcher.send(
+                "task-failed", uuid=task_id, exception=f"NotRegistered({name!r})"
+            )
+        signals.task_unknown.send(sender=self, message=message, exc=exc, name=name, id=task_id)
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
-        _park(
+        if _park(
             {"body": _body(body, message), "headers": _text(str(message.headers))},
             f"invalid task message: {exc}",
             message,
-        )
+        ):
+            signals.task_rejected.send(sender=self, message=message, exc=exc)
