@@ -409,3 +409,26 @@ def test_a_message_with_headers_celery_cannot_use_is_parked_and_the_worker_serve
     assert parked[0].payload["body"][0] == [bad]  # the event is kept as received
     assert not _applied(pg_engine, bad["event_id"])
     assert worker.process.poll() is None
+
+
+def test_a_group_past_its_hard_time_limit_is_killed_and_its_messages_requeued_not_lost(
+    worker: Worker, pg_engine: Engine, postgres_url: str, team_id: str
+) -> None:
+    event = call_event(team_id, phone="+12025557000")
+    message = json.loads(task_envelope([event]))
+    message["headers"]["timelimit"] = [2, None]  # hard, soft (seconds)
+    dsn = make_url(postgres_url).set(drivername="postgresql").render_as_string(False)
+    with psycopg.connect(dsn) as lock:
+        lock.execute("LOCK TABLE processed_events IN EXCLUSIVE MODE")
+        worker.redis.lpush(QUEUE, json.dumps(message))
+        _until(
+            lambda: "TimeLimitExceeded(2" in worker.log_path.read_text(errors="replace"),
+            "the group's hard time limit",
+            worker,
+        )
+        lock.rollback()
+    _until(lambda: _applied(pg_engine, event["event_id"]), "the requeued message", worker)
+    _until(lambda: _drained(worker), "every message to be acknowledged", worker)
+    task_id = message["headers"]["id"]
+    assert [r["state"] for r in worker.signals("task_postrun", task_id)] == ["SUCCESS"]
+    assert len(worker.signals("task_prerun", task_id)) == 2  # killed once, then applied

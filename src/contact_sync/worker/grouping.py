@@ -273,6 +273,12 @@ def _time_limits(task: Any, group: list[Any]) -> tuple[float | None, float | Non
     )
 
 
+def _exception(error: Any) -> Any:
+    """The exception the pool reports (an ``ExceptionInfo``, maybe wrapping it)."""
+    exception = getattr(error, "exception", error)
+    return getattr(exception, "exc", exception)
+
+
 def strategy(task: Any, app: Any, consumer: Any, **_: Any) -> Any:
     """Celery's strategy hook for ``contact_sync.apply_call_completed``."""
     pool = consumer.pool
@@ -353,7 +359,7 @@ def strategy(task: Any, app: Any, consumer: Any, **_: Any) -> Any:
             done = True
             log.warning(
                 "group requeued",
-                extra={"messages": len(group), "error": saferepr(error, 500)},
+                extra={"messages": len(group), "error": saferepr(_exception(error), 500)},
             )
             for request in group:
                 task_ready(request)
