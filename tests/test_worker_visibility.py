@@ -44,6 +44,7 @@ pytestmark = pytest.mark.slow
 BROKER_DB = 11  # of the run's private Redis server: no other module uses it
 ROOT = Path(__file__).resolve().parent.parent
 WAIT_SECONDS = 60.0
+CELERY = [sys.executable, "-m", "celery", "-A", "contact_sync.worker.app"]
 T = TypeVar("T")
 
 
@@ -51,6 +52,7 @@ T = TypeVar("T")
 class Worker:
     process: subprocess.Popen[bytes]
     node: str
+    broker: str
     app: Celery
     redis: redis.Redis
     log_path: Path
@@ -108,11 +110,7 @@ def worker(
     }
     # The arguments of `contact-sync worker` (cli_events.py), and the probe.
     argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "contact_sync.worker.app",
+        *CELERY,
         "worker",
         "--queues",
         QUEUE,
@@ -132,7 +130,7 @@ def worker(
     with log_path.open("ab") as handle:
         process = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
     app = create_app(Settings(broker_url=broker))
-    running = Worker(process, node, app, client, log_path, signal_path)
+    running = Worker(process, node, broker, app, client, log_path, signal_path)
     try:
         _until(lambda: b" ready." in log_path.read_bytes(), "the worker to start", running)
         yield running
@@ -211,6 +209,17 @@ def test_inspect_shows_the_running_group_active_the_waiting_reserved_and_revoke_
         assert active[0]["worker_pid"] not in (None, worker.process.pid)
         assert active[0]["time_start"] is not None
         assert active[0]["acknowledged"] is False  # acknowledged after its commit
+        # The command ops run shows the same.
+        command = subprocess.run(
+            [*CELERY, "inspect", "active", "--json", "--destination", worker.node],
+            env={**os.environ, "CONTACT_SYNC_BROKER_URL": worker.broker},
+            capture_output=True,
+            text=True,
+            timeout=WAIT_SECONDS,
+            check=True,
+        )
+        shown = json.loads(command.stdout)[worker.node]
+        assert [t["id"] for t in shown] == [running_id]
 
         # The only pool process is busy: the next messages wait in the main process.
         waiting_id, revoked_id = _publish(worker, waiting), _publish(worker, revoked_waiting)
