@@ -163,10 +163,10 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
             message,
         ):
             return
-        if self.event_dispatcher:  # sends only while events are enabled
-            self.event_dispatcher.send(
-                "task-failed", uuid=task_id, exception=f"NotRegistered({name!r})"
-            )
+        # Made by Celery's Events bootstep; it sends only while task events are on.
+        dispatcher = getattr(self, "event_dispatcher", None)
+        if dispatcher:
+            dispatcher.send("task-failed", uuid=task_id, exception=f"NotRegistered({name!r})")
         signals.task_unknown.send(sender=self, message=message, exc=exc, name=name, id=task_id)
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
