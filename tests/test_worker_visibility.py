@@ -35,7 +35,7 @@ from sqlalchemy.engine import make_url
 from contact_sync.db.tables import dead_letters, processed_events
 from contact_sync.settings import Settings
 from contact_sync.teams import create_team
-from contact_sync.worker.celery_app import QUEUE, TASK_APPLY, create_app
+from contact_sync.worker.celery_app import QUEUE, TASK_APPLY, TASK_APPLY_BATCH, create_app
 from tests.conftest import call_event
 from tests.workers import envelope, stop_worker, task_envelope
 
@@ -389,23 +389,28 @@ def test_revoke_with_terminate_stops_a_running_group_and_requeues_its_other_mess
         assert conn.execute(select(func.count()).select_from(dead_letters)).scalar_one() == 0
 
 
+@pytest.mark.parametrize("task", [TASK_APPLY, TASK_APPLY_BATCH])
 @pytest.mark.parametrize(
     "headers",
     [
         {"id": None},
         {"id": ["not", "hashable"]},
+        {"task": ["not", "a", "name"]},
         {"stamped_headers": 5},
         {"stamps": "x"},
         {"timelimit": "soon"},
         {"shadow": {"a": 1}},
     ],
-    ids=["no-id", "list-id", "stamped-headers", "stamps", "timelimit", "shadow"],
+    ids=["no-id", "list-id", "list-task", "stamped-headers", "stamps", "timelimit", "shadow"],
 )
 def test_a_message_with_headers_celery_cannot_use_is_parked_and_the_worker_serves_on(
-    worker: Worker, pg_engine: Engine, team_id: str, headers: dict[str, Any]
+    worker: Worker, pg_engine: Engine, team_id: str, headers: dict[str, Any], task: str
 ) -> None:
+    # Each of these raised in the worker's main process and stopped it (batch messages, with
+    # Celery's own strategy), or would have once grouped messages became Celery requests.
     bad, good = call_event(team_id), call_event(team_id, phone="+12025556000")
-    message = json.loads(task_envelope([bad]))
+    args = [[bad]] if task == TASK_APPLY_BATCH else [bad]
+    message = json.loads(task_envelope(args, task))
     message["headers"].update(headers)
     message["headers"] = {k: v for k, v in message["headers"].items() if v is not None}
     worker.redis.lpush(QUEUE, json.dumps(message))
@@ -415,9 +420,11 @@ def test_a_message_with_headers_celery_cannot_use_is_parked_and_the_worker_serve
     with pg_engine.connect() as conn:
         parked = conn.execute(select(dead_letters.c.reason, dead_letters.c.payload)).all()
     assert [row.reason for row in parked] == ["invalid_payload"]
-    assert parked[0].payload["body"][0] == [bad]  # the event is kept as received
+    assert parked[0].payload["body"][0] == args  # the event is kept as received
     assert not _applied(pg_engine, bad["event_id"])
     assert worker.process.poll() is None
+    if "id" in message["headers"]:
+        assert worker.signals("task_rejected", message["headers"]["id"])
 
 
 def test_a_group_past_its_hard_time_limit_is_killed_and_its_messages_requeued_not_lost(

@@ -95,6 +95,41 @@ def _first_arg(body: Any) -> Any:
     return None
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def check_task_headers(headers: Any) -> None:
+    """Refuse task headers that Celery would trip over later, in the worker's main process.
+
+    Celery trusts them: a task name or id that is not a string, or
+    ``stamped_headers`` that is not a list, raised in its consumer or its
+    ``Request`` and stopped the worker, then every worker the message went to
+    next. Such a message is parked as invalid instead. Without an id a
+    message cannot be revoked, inspected or counted as poison.
+    """
+    if not isinstance(headers, dict) or not isinstance(headers.get("task"), str):
+        raise InvalidTaskError("the message names no task (a string in header 'task')")
+    if not isinstance(headers.get("id"), str):
+        raise InvalidTaskError("the message has no task id (a string in header 'id')")
+    if headers.get("shadow") is not None and not isinstance(headers["shadow"], str):
+        raise InvalidTaskError("header 'shadow' must be a task name")
+    stamped = headers.get("stamped_headers")
+    if stamped is not None and not (
+        isinstance(stamped, list) and all(isinstance(name, str) for name in stamped)
+    ):
+        raise InvalidTaskError("header 'stamped_headers' must be a list of names")
+    if headers.get("stamps") is not None and not isinstance(headers["stamps"], dict):
+        raise InvalidTaskError("header 'stamps' must be an object")
+    limits = headers.get("timelimit")
+    if limits and not (
+        isinstance(limits, list | tuple)
+        and len(limits) == 2
+        and all(limit is None or _number(limit) for limit in limits)
+    ):
+        raise InvalidTaskError("header 'timelimit' must be [hard, soft] seconds")
+
+
 def _is_task_body(body: Any) -> bool:
     """Whether ``body`` is protocol 2's ``[args, kwargs, embed]``."""
     return (
@@ -110,14 +145,15 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
     """Celery's consumer, parking undeliverable messages instead of dropping them."""
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
-        """Celery's handler of task messages, behind a check of the body's shape.
+        """Celery's handler of task messages, behind checks of the headers and the body's shape.
 
         Task strategies, Celery's own and ours (worker/grouping.py), unpack a
         protocol-2 body as ``[args, kwargs, embed]`` in this process: any other
         JSON (``[]``, ``{}``, ``null``, ``""``) raised there and stopped the
         whole worker, then every worker the message went to next; other shapes
         failed in the task and were acknowledged with no dead letter. Such a
-        message is parked instead. kombu keeps the decoded body, so the
+        message is parked instead, and so is one whose headers Celery cannot
+        use (``check_task_headers``). kombu keeps the decoded body, so the
         strategy does not decode it again.
         """
         handle = super().create_task_handler(*args, **kwargs)
@@ -125,6 +161,10 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         def on_task_received(message: Any) -> Any:
             headers = message.headers
             if isinstance(headers, dict) and "task" in headers:  # protocol 2
+                try:
+                    check_task_headers(headers)
+                except InvalidTaskError as refused:
+                    return self.on_invalid_task(None, message, refused)
                 try:
                     body = message.decode()
                 except Exception:  # Celery parks it as undecodable, as before

@@ -42,7 +42,7 @@ from typing import Any
 from billiard.einfo import ExceptionInfo  # type: ignore[import-untyped]
 from celery import signals
 from celery.app.task import Context
-from celery.exceptions import InvalidTaskError, Reject
+from celery.exceptions import Reject
 from celery.states import FAILURE, REJECTED, SUCCESS
 from celery.utils.saferepr import saferepr
 from celery.worker.request import Request
@@ -51,6 +51,7 @@ from celery.worker.state import task_ready, task_reserved
 from celery.worker.strategy import hybrid_to_proto2, proto1_to_proto2
 
 from contact_sync.worker.celery_app import TASK_APPLY
+from contact_sync.worker.consumer import check_task_headers
 from contact_sync.worker.tasks import apply_call_completed as task_object
 from contact_sync.worker.tasks import malformed, redelivered, run_message
 
@@ -211,7 +212,7 @@ def _request(
         body, headers, decoded, utc = hybrid_to_proto2(message, message.payload)
     else:
         body, headers, decoded, utc = proto1_to_proto2(message, body)
-    _check_headers(headers)
+    check_task_headers(headers)  # headers made from a protocol 1 body were not checked yet
     return Request(
         message,
         on_ack=ack,
@@ -226,38 +227,6 @@ def _request(
         decoded=decoded,
         utc=utc,
     )
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
-
-
-def _check_headers(headers: Any) -> None:
-    """Refuse headers that Celery's ``Request`` would trip over later, in this process.
-
-    Celery trusts them: an unhashable id, or ``stamped_headers`` that is not
-    a list, raised while the message waited and stopped the worker. Such a
-    message is parked as invalid instead (by the consumer). Without an id a
-    message cannot be revoked, inspected or counted as poison.
-    """
-    if not isinstance(headers, dict) or not isinstance(headers.get("id"), str):
-        raise InvalidTaskError("the message has no task id (a string in header 'id')")
-    if headers.get("shadow") is not None and not isinstance(headers["shadow"], str):
-        raise InvalidTaskError("header 'shadow' must be a task name")
-    stamped = headers.get("stamped_headers")
-    if stamped is not None and not (
-        isinstance(stamped, list) and all(isinstance(name, str) for name in stamped)
-    ):
-        raise InvalidTaskError("header 'stamped_headers' must be a list of names")
-    if headers.get("stamps") is not None and not isinstance(headers["stamps"], dict):
-        raise InvalidTaskError("header 'stamps' must be an object")
-    limits = headers.get("timelimit")
-    if limits and not (
-        isinstance(limits, list | tuple)
-        and len(limits) == 2
-        and all(limit is None or _number(limit) for limit in limits)
-    ):
-        raise InvalidTaskError("header 'timelimit' must be [hard, soft] seconds")
 
 
 def _time_limits(task: Any, group: list[Any]) -> tuple[float | None, float | None]:
