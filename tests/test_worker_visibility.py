@@ -41,7 +41,7 @@ from tests.workers import envelope, stop_worker, task_envelope
 
 pytestmark = pytest.mark.slow
 
-BROKER_DB = 11  # of the run's private Redis server: no other module uses it
+BROKER_DB = 12  # of the run's private Redis server: no other module uses it
 ROOT = Path(__file__).resolve().parent.parent
 WAIT_SECONDS = 60.0
 CELERY = [sys.executable, "-m", "celery", "-A", "contact_sync.worker.app"]
