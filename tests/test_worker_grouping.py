@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from kombu.message import Message
 from sqlalchemy import Engine, func, select
 
 from contact_sync.db.tables import contact_history, processed_events
@@ -15,6 +17,7 @@ from contact_sync.settings import Settings
 from contact_sync.teams import create_team
 from contact_sync.worker.celery_app import QUEUE, TASK_APPLY, create_app
 from contact_sync.worker.grouping import GROUP_MAX, group_size, strategy
+from contact_sync.worker.tasks import apply_call_completed
 from tests.brokers import BROKERS, broker_for
 from tests.conftest import call_event
 from tests.workers import start_worker, stop_worker
@@ -68,7 +71,9 @@ class _Pool:
         self.limit = limit
         self.jobs: list[tuple[list[Any], Any, Any]] = []
 
-    def apply_async(self, _fn: Any, args: Any, callback: Any, error_callback: Any) -> None:
+    def apply_async(
+        self, _fn: Any, args: Any, callback: Any, error_callback: Any, **_: Any
+    ) -> None:
         self.jobs.append((args[0], callback, error_callback))
 
 
@@ -85,26 +90,39 @@ class _Timer:
             fn()
 
 
-class _Message:
-    def __init__(self, n: int) -> None:
-        self.headers = {"id": f"task-{n}"}
-        self.delivery_info: dict[str, Any] = {}
-        self.n = n
+def _message(n: int) -> Message:
+    """A one-event task message as the broker hands it to the strategy."""
+    return Message(
+        body=json.dumps([[{"event_id": f"evt_{n}"}], {}, {}]).encode(),
+        content_type="application/json",
+        content_encoding="utf-8",
+        headers={"id": f"task-{n}", "task": TASK_APPLY},
+        delivery_info={},
+        properties={},
+    )
 
-    def decode(self) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
-        return [{"event_id": f"evt_{self.n}"}], {}, {}
+
+def _consumer(pool: _Pool, timer: _Timer) -> SimpleNamespace:
+    return SimpleNamespace(
+        pool=pool, timer=timer, connection_errors=(), hostname="test@here", event_dispatcher=None
+    )
+
+
+def _strategy(pool: _Pool, timer: _Timer, multiplier: int = 0) -> Any:
+    app = create_app(Settings(broker_url="memory://"))
+    app.conf.worker_prefetch_multiplier = multiplier
+    return strategy(apply_call_completed, app, _consumer(pool, timer))
 
 
 def test_groups_grow_while_every_pool_process_is_busy_and_go_when_one_is_free() -> None:
     pool, timer = _Pool(limit=1), _Timer()
-    consumer = SimpleNamespace(pool=pool, timer=timer, connection_errors=())
-    handle = strategy(None, None, consumer)
+    handle = _strategy(pool, timer)
     acked: list[int] = []
     requeued: list[int] = []
 
     def deliver(n: int) -> None:
         handle(
-            _Message(n),
+            _message(n),
             None,
             lambda *_: acked.append(n),
             lambda *_: requeued.append(n),
@@ -135,11 +153,11 @@ def test_groups_grow_while_every_pool_process_is_busy_and_go_when_one_is_free() 
 
 def test_a_full_group_goes_even_when_every_process_is_busy() -> None:
     pool, timer = _Pool(limit=1), _Timer()
-    handle = strategy(None, None, SimpleNamespace(pool=pool, timer=timer, connection_errors=()))
-    handle(_Message(0), None, lambda *_: None, lambda *_: None, None)
+    handle = _strategy(pool, timer)
+    handle(_message(0), None, lambda *_: None, lambda *_: None, None)
     timer.fire()  # the only process is busy from now on
     for n in range(1, 1 + GROUP_MAX):
-        handle(_Message(n), None, lambda *_: None, lambda *_: None, None)
+        handle(_message(n), None, lambda *_: None, lambda *_: None, None)
     assert [len(job[0]) for job in pool.jobs] == [1, GROUP_MAX]
 
 
@@ -148,10 +166,9 @@ def test_groups_are_sized_so_one_more_than_the_processes_fits_the_prefetch_windo
     assert group_size(prefetch=3, processes=2) == 1
     assert group_size(prefetch=10_000, processes=1) == GROUP_MAX
     pool, timer = _Pool(limit=2), _Timer()
-    app = SimpleNamespace(conf=SimpleNamespace(worker_prefetch_multiplier=6))  # window 12
-    handle = strategy(None, app, SimpleNamespace(pool=pool, timer=timer, connection_errors=()))
+    handle = _strategy(pool, timer, multiplier=6)  # window 12
     for n in range(10):  # one bulk take
-        handle(_Message(n), None, lambda *_: None, lambda *_: None, None)
+        handle(_message(n), None, lambda *_: None, lambda *_: None, None)
     timer.fire()
     assert [len(job[0]) for job in pool.jobs] == [4, 4]  # both processes busy at once
     pool.jobs[0][1](None)
