@@ -119,6 +119,27 @@ def test_closing_a_channel_gives_back_what_its_heartbeat_would_have_given_back_l
         assert not client.exists(transit, transit + ".alive")
 
 
+def test_a_message_acknowledged_or_rejected_after_its_channel_closed_stops_nothing(
+    app: Celery, client: redis.Redis
+) -> None:
+    # Celery closes the channel when the connection to Redis is lost; a task that finished
+    # afterwards acknowledged its message on the closed channel: AttributeError ('NoneType'
+    # object has no attribute 'acks_per_turn'), "Unrecoverable error", and the worker stopped
+    # (the fault harness's small run, 1 worker in 2 runs).
+    for n in range(2):
+        client.lpush(QUEUE, task_envelope([{"event_id": f"evt_late_{n}"}]))
+    with consuming(app) as (conn, channel, received):
+        while len(received) < 2:
+            conn.drain_events(timeout=10)
+        channel.close()  # both restored to the queue
+        assert where(client) == (2, 0, 0)
+
+        received[0].ack()  # no exception
+        received[1].reject(requeue=True)
+
+        assert where(client) == (2, 0, 0)  # each comes back once; the inbox absorbs the repeat
+
+
 # --- what goes back from transit is marked redelivered -----------------------------------
 
 

@@ -243,7 +243,24 @@ class QoS(kombu_redis.QoS):
                 pipe.lrem(transit, 1, item)
             pipe.execute()
 
+    def _closed(self, delivery_tag: str) -> bool:
+        """Whether this channel is closed: it restored its messages then, this one too.
+
+        Celery closes a channel whose connection was lost, and a task that
+        ends later acknowledges (or rejects) its message on it; kombu then
+        fails for want of a connection, and Celery stopped the worker
+        ("Unrecoverable error"). The message is back in the queue (or comes
+        back after the visibility timeout): its repeat is absorbed.
+        """
+        if self.channel.connection is not None:
+            return False
+        self._released(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+        return True
+
     def ack(self, delivery_tag: str) -> None:
+        if self._closed(delivery_tag):
+            return
         self.record_taken()
         self._released(delivery_tag)
         if not self.channel.connection.acks_per_turn:
@@ -272,6 +289,8 @@ class QoS(kombu_redis.QoS):
             log.warning("acknowledgements not written; redelivery absorbed", exc_info=True)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if self._closed(delivery_tag):
+            return
         self.record_taken()
         self._released(delivery_tag)
         super().reject(delivery_tag, requeue)
@@ -490,7 +509,7 @@ class Channel(kombu_redis.Channel):
         queue = self._single_queue()
         if queue is None:
             return 0
-        moved = 0
+        orphans = stale = 0
         now = time.monotonic()
         seen_before, self._transit_seen = self._transit_seen, {}
         try:
@@ -503,18 +522,19 @@ class Channel(kombu_redis.Channel):
                         continue
                     if not client.exists(key + ALIVE_SUFFIX):
                         while self._give_back_oldest(client, key, queue):
-                            moved += 1
+                            orphans += 1
                     else:
-                        moved += self._give_back_stale(client, key, queue, seen_before, now)
+                        stale += self._give_back_stale(client, key, queue, seen_before, now)
         except self.connection_errors:
             self._transit_seen = {**seen_before, **self._transit_seen}
-            return moved  # the broker is away; the next scan does it
-        if moved:
-            log.warning(
-                "messages left in transit went back to the queue",
-                extra={"queue": queue, "messages": moved},
-            )
-        return moved
+            # The broker is away; the next scan does the rest.
+        for moved, message in (
+            (orphans, "messages a dead consumer had taken went back to the queue"),
+            (stale, "messages a live consumer left in transit went back to the queue"),
+        ):
+            if moved:
+                log.warning(message, extra={"queue": queue, "messages": moved})
+        return orphans + stale
 
     def _give_back_stale(
         self,
