@@ -234,6 +234,29 @@ def test_kombus_health_check_drops_a_take_never_answered(app: Celery) -> None:
         assert connection._sock is None
 
 
+def test_kombus_poll_error_reads_a_pending_take_and_its_message_waits_in_transit(
+    app: Celery, client: redis.Redis
+) -> None:
+    # On a socket error the poller calls _poll_error("BRPOP"), which reads and drops the reply.
+    # The transport does not override it: what the take moved stays in transit, where the
+    # age-based reclaim finds it.
+    with consuming(app) as (conn, channel, received):
+        channel.brpop_timeout = 60
+        conn.transport.cycle.on_poll_start()
+        client.lpush(QUEUE, task_envelope([{"event_id": "evt_poll_error"}]))
+        wait_until(lambda: client.llen(channel.transit_key(QUEUE)) == 1)
+
+        channel._poll_error("BRPOP")
+
+        assert received == []
+        assert client.llen(channel.transit_key(QUEUE)) == 1
+        channel._in_poll.disconnect()  # as kombu's health check does next: no reply will come
+        assert channel._in_poll is None
+        channel.transit_stale_seconds = 0
+        channel.reclaim_orphans()  # first seen: stale at once with a bound of 0
+        assert client.llen(QUEUE) == 1
+
+
 def test_on_poll_start_runs_each_event_loop_turn_and_writes_that_turns_acks(
     app: Celery, client: redis.Redis
 ) -> None:
