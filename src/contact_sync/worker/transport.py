@@ -145,14 +145,19 @@ def read_entry(item: bytes) -> dict[str, Any] | Malformed:
     if not isinstance(payload.get("headers"), dict | None):
         return Malformed(f"headers is {_kind(payload, 'headers')}, not an object")
     encoding = properties.get("body_encoding")
-    if encoding is not None and (not isinstance(encoding, str) or encoding.lower() != "utf-8"):
+    if not isinstance(encoding, str | None):
+        kind = _kind(properties, "body_encoding")
+        return Malformed(f"properties.body_encoding is {kind}, not a string")
+    if encoding is not None and encoding.lower() != "utf-8":
         if encoding != "base64":  # the one codec kombu has
-            return Malformed(f"properties.body_encoding {str(encoding)[:40]!r} is not base64")
+            return Malformed(f"properties.body_encoding {encoding[:40]!r} is not base64")
         try:
             base64.b64decode(body.encode())  # as kombu decodes it
         except (binascii.Error, ValueError):  # bad padding, or a lone surrogate in the string
             return Malformed("body is not valid base64")
-    if properties.get("priority", 0) != 0:
+    priority = properties.get("priority")
+    # Compared by type first: kombu's reader makes Decimal('sNaN') of a marker, and it raises.
+    if priority is not None and not (type(priority) is int and priority == 0):
         properties["priority"] = 0
     return payload
 
