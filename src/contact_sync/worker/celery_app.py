@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
+from celery.signals import (
+    setup_logging,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 
@@ -27,6 +32,7 @@ from contact_sync.settings import Settings, get_settings
 QUEUE = "contact_sync.events"
 TASK_APPLY = "contact_sync.apply_call_completed"
 TASK_APPLY_BATCH = "contact_sync.apply_call_completed_batch"
+TRANSPORT = "contact_sync.worker.transport:Transport"
 
 # RabbitMQ only: where the broker itself dead-letters a message returned more than
 # DELIVERY_LIMIT times; the worker consumes it and parks each message as poison.
@@ -108,7 +114,7 @@ def create_app(settings: Settings) -> Celery:
     if settings.broker_url.startswith(("redis://", "rediss://")):
         # kombu's Redis transport, with messages taken into an in-transit list
         # instead of popped: a worker killed while taking one cannot lose it.
-        celery.conf.broker_transport = "contact_sync.worker.transport:Transport"
+        celery.conf.broker_transport = TRANSPORT
         transport_options.update(
             # The visibility timeout must exceed the longest a message may sit
             # prefetched, waiting for a retry countdown, or running: Redis
@@ -178,6 +184,16 @@ def _json_logs(loglevel: Any = "INFO", **_: Any) -> None:
     # data, and large for batches); our own line per event replaces it.
     logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
     logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)
+
+
+@worker_init.connect
+def _refuse_an_incompatible_kombu(sender: Any = None, **_: Any) -> None:
+    # Before the worker takes a message: one line and exit 6 if kombu lacks a hook the
+    # transport needs (worker/kombu_hooks.py says why it refuses rather than falls back).
+    if sender is not None and sender.app.conf.broker_transport == TRANSPORT:
+        from contact_sync.worker.kombu_hooks import refuse_if_incompatible
+
+        refuse_if_incompatible()
 
 
 @worker_process_init.connect
