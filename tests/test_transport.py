@@ -353,6 +353,8 @@ def test_any_bytes_pushed_on_the_queue_become_one_dead_letter_each_and_the_worke
 
     assert {row.reason for row in rows} == {"invalid_payload"}
     assert all(row.attempts == 1 for row in rows)
+    # The letter says why: the transport's verdict, not a decoder's complaint.
+    assert all(row.message.startswith("queue entry is not a message: ") for row in rows)
     kept = sorted(row.payload["raw_body"] for row in rows)
     assert kept == sorted(_text(entry) for entry in entries)  # each as received
 

@@ -177,11 +177,15 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         return on_task_received
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
-        if _park(
-            {"raw_body": _text(message.body)},
-            f"message body could not be decoded: {exc}",
-            message,
-        ):
+        # A queue entry the transport could not read as a message at all arrives
+        # here with its reason in a header (worker/transport.py: read_entry).
+        malformed = (message.headers or {}).get("malformed")
+        reason = (
+            f"queue entry is not a message: {malformed}"
+            if isinstance(malformed, str)
+            else f"message body could not be decoded: {exc}"
+        )
+        if _park({"raw_body": _text(message.body)}, reason, message):
             signals.task_rejected.send(sender=self, message=message, exc=exc)
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
