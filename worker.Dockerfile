@@ -22,4 +22,4 @@ EXPOSE 8000 9100
 # Healthy while the worker answers a ping over the broker's control channel.
 HEALTHCHECK --interval=30s --timeout=15s --start-period=20s --retries=3 \
     CMD celery -A contact_sync.worker inspect ping --destination "celery@$(hostname)" --timeout 10 || exit 1
-CMD ["contact-sync", "worker", "--concurrency", "2", "--metrics-port", "9100"]
+CMD ["contact-sync", "worker", "--concurrency", "2", "--metrics-port", "9100", "--metrics-host", "0.0.0.0"]
