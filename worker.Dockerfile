@@ -2,14 +2,14 @@
 # (`contact-sync api --host 0.0.0.0`) and runs migrations (`contact-sync migrate`).
 # Build: docker build -f worker.Dockerfile -t contact-sync .
 
-FROM python:3.11-slim AS build
+FROM python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7 AS build
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
 COPY src ./src
 # The versions CI tested (constraints.txt), not whatever is newest today.
 RUN pip wheel --no-cache-dir -c constraints.txt --wheel-dir /wheels .
 
-FROM python:3.11-slim
+FROM python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1
@@ -22,4 +22,4 @@ EXPOSE 8000 9100
 # Healthy while the worker answers a ping over the broker's control channel.
 HEALTHCHECK --interval=30s --timeout=15s --start-period=20s --retries=3 \
     CMD celery -A contact_sync.worker inspect ping --destination "celery@$(hostname)" --timeout 10 || exit 1
-CMD ["contact-sync", "worker", "--concurrency", "2", "--metrics-port", "9100"]
+CMD ["contact-sync", "worker", "--concurrency", "2", "--metrics-port", "9100", "--metrics-host", "0.0.0.0"]

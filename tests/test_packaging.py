@@ -51,7 +51,7 @@ def test_the_compose_file_defines_the_whole_stack() -> None:
     assert services["worker-rabbitmq"]["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
 
 
-def test_the_compose_file_parses_with_docker_compose_where_available() -> None:
+def test_the_compose_file_parses_with_docker_compose_where_available(tmp_path: Path) -> None:
     docker = shutil.which("docker")
     has_compose = docker is not None and (
         subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0
@@ -60,12 +60,128 @@ def test_the_compose_file_parses_with_docker_compose_where_available() -> None:
         # No compose plugin on this machine: the structural test above still ran.
         assert yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
         return
+    # .env.example with every value filled in, as an operator's .env would be.
+    env_file = tmp_path / ".env"
+    env_file.write_text("".join(f"{name}={'0123456789abcdef' * 2}\n" for name in _env_example()))
+    compose = [docker, "compose", "-f", str(ROOT / "docker-compose.yml")]
     done = subprocess.run(
-        [docker, "compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
-        capture_output=True,
-        text=True,
+        [*compose, "--env-file", str(env_file), "config", "-q"], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
+
+
+# --- secrets, images and Redis users (issue 18 item 8) ---------------------------------
+
+DIGEST = re.compile(r"^[^\s@]+@sha256:[0-9a-f]{64}$")
+# ${VAR}, ${VAR:?message}, ${VAR:-default}...; $$ is compose's escape of a literal $.
+VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}")
+
+
+def _compose_text() -> str:
+    return (ROOT / "docker-compose.yml").read_text()
+
+
+def _env_example() -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.partition("=")
+            values[name.strip()] = value.strip()
+    return values
+
+
+def _strings(node: object) -> list[str]:
+    if isinstance(node, dict):
+        return [s for value in node.values() for s in _strings(value)]
+    if isinstance(node, list):
+        return [s for value in node for s in _strings(value)]
+    return [node] if isinstance(node, str) else []
+
+
+def test_the_compose_file_takes_every_secret_from_the_env_file() -> None:
+    services = yaml.safe_load(_compose_text())["services"]
+    for name, service in services.items():
+        for key, value in (service.get("environment") or {}).items():
+            if re.search(r"PASS|SECRET|TOKEN|AUTH", key):
+                assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", value), f"{name}: {key}={value}"
+        for value in _strings(service.get("environment") or {}):
+            for userinfo in re.findall(r"://([^@/\s]+)@", value):
+                password = userinfo.partition(":")[2]
+                assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", password), f"{name}: {value}"
+    for name, rest in VARIABLE.findall(_compose_text()):
+        # Required: compose refuses to start without it, rather than using an empty password.
+        assert rest.startswith(":?"), f"${{{name}{rest}}} has a fallback"
+
+
+def test_the_env_example_names_every_variable_and_holds_no_secret() -> None:
+    used = {name for name, _ in VARIABLE.findall(_compose_text())}
+    example = _env_example()
+    assert set(example) == used
+    assert all(value == "" for value in example.values()), "placeholders only, no values"
+
+
+def test_the_env_file_is_ignored_by_git_and_left_out_of_images() -> None:
+    for ignore in (".gitignore", ".dockerignore"):
+        lines = (ROOT / ignore).read_text().splitlines()
+        assert ".env" in lines, ignore
+    assert ".env.example" not in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_every_image_is_pinned_by_digest() -> None:
+    services = yaml.safe_load(_compose_text())["services"]
+    built = set()
+    for name, service in services.items():
+        if "build" in service:  # our own image, from a Dockerfile checked below
+            built.add(service["build"]["dockerfile"])
+            continue
+        assert DIGEST.match(service["image"]), f"{name}: {service['image']}"
+    assert built == {"worker.Dockerfile", "deploy/flower.Dockerfile"}
+    for dockerfile in built:
+        bases = re.findall(r"^FROM\s+(\S+)", (ROOT / dockerfile).read_text(), flags=re.M)
+        assert bases, dockerfile
+        assert all(DIGEST.match(base) for base in bases), f"{dockerfile}: {bases}"
+
+
+def _acl_users() -> dict[str, str]:
+    users: dict[str, str] = {}
+    for line in (ROOT / "deploy" / "redis" / "users.acl").read_text().splitlines():
+        if line.startswith("user "):
+            _, name, rules = line.split(" ", 2)
+            users[name] = rules
+    return users
+
+
+def test_redis_runs_with_the_acl_file_and_each_service_logs_in_as_its_own_user() -> None:
+    services = yaml.safe_load(_compose_text())["services"]
+    redis = services["redis"]
+    assert redis["entrypoint"] == ["sh", "/etc/contact-sync/redis/start.sh"]
+    assert "./deploy/redis:/etc/contact-sync/redis:ro" in redis["volumes"]
+    assert "--requirepass" not in redis["command"]
+    users = _acl_users()
+    assert users["default"] == "off"
+    for rules in users.values():
+        for password in re.findall(r">\$\{([A-Z_]+)\}", rules):
+            assert password in redis["environment"], f"Redis is not given {password}"
+    logins = {
+        "worker": services["worker"]["environment"]["CONTACT_SYNC_BROKER_URL"],
+        "migrate": services["migrate"]["environment"]["CONTACT_SYNC_BROKER_URL"],
+        "api": services["api"]["environment"]["CONTACT_SYNC_BROKER_URL"],
+        "flower": services["flower"]["environment"]["CELERY_BROKER_URL"],
+    }
+    expected = {"worker": "worker", "migrate": "worker", "api": "api", "flower": "flower"}
+    for service, url in logins.items():
+        user = re.match(r"redis://([^:]+):", url)
+        assert user, f"{service} logs in to Redis without a user: {url}"
+        assert user.group(1) == expected[service]
+        assert user.group(1) in users
+    assert "publisher" in users  # for the call pipeline, outside this file
+
+
+def test_flower_asks_for_a_login_and_is_not_published_beyond_this_machine() -> None:
+    flower = yaml.safe_load(_compose_text())["services"]["flower"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+    assert flower["ports"]
+    assert all(str(port).startswith("127.0.0.1:") for port in flower["ports"])
 
 
 def test_the_image_is_multi_stage_non_root_and_health_checked() -> None:

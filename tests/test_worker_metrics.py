@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 import urllib.request
 from datetime import UTC, datetime
@@ -83,3 +84,71 @@ def test_the_worker_serves_event_counters_and_queue_depth(
         assert worker.poll() is None
     finally:
         stop_worker(worker)
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as response:
+            return int(response.status) == 200
+    except OSError:
+        return False
+
+
+def _metrics_worker(
+    request: pytest.FixtureRequest, postgres_url: str, tmp_path: Path, *args: str
+) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """A worker serving metrics, with its temporary files in a folder of the test's own."""
+    broker = broker_for(request, "redis", redis_db=9).url
+    port = _free_port()
+    tmp = tmp_path / "tmp"
+    tmp.mkdir(parents=True)
+    worker = start_worker(
+        postgres_url,
+        broker,
+        tmp_path / "worker.log",
+        extra_args=("--metrics-port", str(port), *args),
+        TMPDIR=str(tmp),
+    )
+    return worker, port, tmp
+
+
+@pytest.mark.slow
+def test_worker_metrics_are_served_on_loopback_only_unless_a_host_is_given(
+    request: pytest.FixtureRequest, postgres_url: str, tmp_path: Path
+) -> None:
+    # 127.0.0.2 is loopback too: a server bound to every interface answers there,
+    # one bound to 127.0.0.1 does not.
+    worker, port, _ = _metrics_worker(request, postgres_url, tmp_path / "default")
+    try:
+        deadline = time.monotonic() + 30
+        while not _answers("127.0.0.1", port):
+            assert time.monotonic() < deadline, "the metrics never answered on 127.0.0.1"
+            time.sleep(0.1)
+        assert not _answers("127.0.0.2", port)
+    finally:
+        stop_worker(worker)
+
+    worker, port, _ = _metrics_worker(
+        request, postgres_url, tmp_path / "all", "--metrics-host", "0.0.0.0"
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not _answers("127.0.0.2", port):
+            assert time.monotonic() < deadline, "--metrics-host 0.0.0.0 was not honoured"
+            time.sleep(0.1)
+    finally:
+        stop_worker(worker)
+
+
+@pytest.mark.slow
+def test_a_worker_removes_its_metrics_folder_when_it_stops(
+    request: pytest.FixtureRequest, postgres_url: str, tmp_path: Path
+) -> None:
+    worker, _, tmp = _metrics_worker(request, postgres_url, tmp_path, "--concurrency", "2")
+    try:
+        [folder] = tmp.glob("contact-sync-metrics-*")
+        assert folder.is_dir()
+    finally:
+        stop_worker(worker)
+    assert worker.returncode == 0
+    assert list(tmp.iterdir()) == []

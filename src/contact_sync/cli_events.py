@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 from typing import Any
@@ -48,9 +49,21 @@ def _check_database() -> None:
 def cmd_worker(args: argparse.Namespace) -> None:
     """Run a Celery worker on the events queue (blocks until stopped)."""
     _apply_overrides(args)
+    metrics_dir = None
     if args.metrics_port and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Before prometheus-client is first imported: it picks its storage then.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="contact-sync-metrics-")
+        metrics_dir = tempfile.mkdtemp(prefix="contact-sync-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        _run_worker(args)
+    finally:
+        # The folder this process made (one per start: they would pile up in /tmp);
+        # pool children leave through os._exit and never come here.
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run_worker(args: argparse.Namespace) -> None:
     _check_database()
     _check_broker()
     from contact_sync.worker import QUEUE, app
@@ -58,7 +71,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
     if args.metrics_port:
         from contact_sync.worker.metrics_server import serve
 
-        serve(args.metrics_port, app, QUEUE)
+        serve(args.metrics_port, app, QUEUE, host=args.metrics_host)
 
     argv = [
         "worker",
@@ -214,6 +227,11 @@ def add_event_commands(sub: Any) -> None:
     worker.add_argument("--hostname", help="Celery node name, e.g. worker1@%%h")
     worker.add_argument("--broker-url", help="overrides CONTACT_SYNC_BROKER_URL")
     worker.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    worker.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address the metrics are served on (default: 127.0.0.1; 0.0.0.0 in a container)",
+    )
     worker.set_defaults(func=cmd_worker)
 
     publish = sub.add_parser("publish", help="send events from a JSON-lines file")

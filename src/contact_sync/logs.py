@@ -10,6 +10,7 @@ import copy
 import json
 import logging
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,10 +33,35 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str)
 
 
+# What Celery's records of a task carry of its arguments (the task's event: personal data).
+_TASK_ARGUMENTS = frozenset({"args", "kwargs", "argsrepr", "kwargsrepr"})
+
+
+class NoTaskArguments(logging.Filter):
+    """Removes a task's arguments from Celery's records of it (DESIGN §16: no PII in logs).
+
+    Celery's line for a task that failed, was rejected or retried (``celery.app.trace``)
+    carries the arguments, the whole event, in ``extra={"data": ...}``, which the JSON
+    lines print, and in the mapping its message is formatted from. The task's name, id and
+    exception stay: they say what happened, and the event is found by the id.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        data = getattr(record, "data", None)
+        if isinstance(data, Mapping) and not _TASK_ARGUMENTS.isdisjoint(data):
+            record.data = {k: v for k, v in data.items() if k not in _TASK_ARGUMENTS}
+        args = record.args
+        if isinstance(args, Mapping) and not _TASK_ARGUMENTS.isdisjoint(args):
+            # Kept as keys: a format naming them still renders.
+            record.args = {k: "[removed]" if k in _TASK_ARGUMENTS else v for k, v in args.items()}
+        return True
+
+
 def configure_logging(level: str | int = "INFO") -> None:
-    """Send every logger's records to stderr as JSON lines."""
+    """Send every logger's records to stderr as JSON lines, without task arguments."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(NoTaskArguments())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level if isinstance(level, int) else level.upper())

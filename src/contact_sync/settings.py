@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     api_rate_limit_burst: int = Field(default=40, ge=1)
     # Per-team limits instead, as JSON: {"<team id>": {"per_second": 100, "burst": 200}}.
     api_rate_limit_teams: dict[str, RateLimit] = Field(default_factory=dict)
+    # /readyz answers from its last probe of the database and the broker this long.
+    api_readyz_cache_seconds: float = Field(default=5, ge=0)
 
 
 @lru_cache(maxsize=1)

@@ -6,35 +6,17 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from contact_sync import __version__
 from contact_sync.api import errors
 from contact_sync.api.limits import BodySizeLimit
 from contact_sync.api.rate_limit import rate_limiter_for
+from contact_sync.api.readiness import Readiness, probe
 from contact_sync.api.routes import router
 from contact_sync.api.schemas import Health
 from contact_sync.db.engine import make_engine
 from contact_sync.settings import Settings, get_settings
-
-
-def _broker_check(url: str) -> tuple[str, int | None]:
-    """Whether the broker answers, and how many messages wait in the events queue.
-
-    The depth is read as the worker's metrics read it: Redis's list length,
-    or RabbitMQ's passive declaration of the quorum queue.
-    """
-    from kombu.connection import Connection
-
-    from contact_sync.worker.celery_app import queue_depth
-
-    try:
-        with Connection(url, connect_timeout=2) as conn:  # type: ignore[no-untyped-call]
-            conn.ensure_connection(max_retries=1, timeout=2)
-            depth = queue_depth(conn)
-    except Exception as exc:  # any failure means "not ready"; the reason is reported
-        return f"unreachable: {type(exc).__name__}", None
-    return "ok", depth
 
 
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
@@ -59,18 +41,15 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         """The process is up."""
         return {"status": "ok"}
 
+    broker_url = settings.broker_url
+    app.state.readiness = Readiness(
+        lambda: probe(app.state.engine, broker_url), settings.api_readyz_cache_seconds
+    )
+
     @app.get("/readyz", response_model=Health, responses={503: {"model": Health}}, tags=["health"])
-    def readyz() -> Any:
-        """The database and the broker are reachable; how many events wait."""
-        broker, depth = _broker_check(settings.broker_url)
-        checks = {"database": "ok", "broker": broker}
-        try:
-            with app.state.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except Exception as exc:  # any failure means "not ready"
-            checks["database"] = f"unreachable: {type(exc).__name__}"
-        ready = all(value == "ok" for value in checks.values())
-        body = {"status": "ok" if ready else "unavailable", "checks": checks, "queue_depth": depth}
+    async def readyz() -> Any:
+        """The database and the broker are reachable; how many events wait (cached a few s)."""
+        ready, body = await app.state.readiness.answer()
         return body if ready else JSONResponse(body, status_code=503)
 
     return app

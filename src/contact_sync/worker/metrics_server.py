@@ -40,15 +40,19 @@ class QueueDepth(Collector):
         yield gauge
 
 
-def serve(port: int, app: Any, queue: str) -> None:
-    """Start the metrics HTTP server on ``port`` in a background thread."""
+def serve(port: int, app: Any, queue: str, host: str = "127.0.0.1") -> None:
+    """Start the metrics HTTP server on ``host:port`` in a background thread.
+
+    Loopback unless told otherwise: prometheus-client binds every interface by
+    default, which publishes the node's counters to whoever reaches the machine.
+    """
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     registry.register(QueueDepth(app, queue))
-    start_http_server(port, registry=registry)
+    start_http_server(port, addr=host, registry=registry)
 
 
 def mark_dead(pid: int) -> None:
