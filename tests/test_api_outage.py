@@ -70,10 +70,15 @@ def _send(client: TestClient, method: str, path: str) -> httpx.Response:
 # --- a database that cannot be reached at all ---------------------------------------
 
 
+@pytest.mark.parametrize(
+    "url",
+    [CLOSED_PORT_URL, "sqlite:////nonexistent-folder/contact_sync.sqlite3"],
+    ids=["postgresql, a closed port", "sqlite, a file that cannot be opened"],
+)
 def test_every_route_answers_503_json_with_retry_after_when_the_database_is_unreachable(
-    redis_url: str,
+    redis_url: str, url: str
 ) -> None:
-    app = create_app(_settings(CLOSED_PORT_URL, redis_url))
+    app = create_app(_settings(url, redis_url))
     with TestClient(app, raise_server_exceptions=False) as client:
         requests = list(_requests(client))
         api_routes = [(m, p) for m, p in requests if p.startswith("/api/")]
