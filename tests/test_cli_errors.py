@@ -536,6 +536,16 @@ def test_an_api_whose_port_is_taken_says_which_in_one_line(
     assert line == f"contact-sync: cannot listen on 127.0.0.1:{port}: Address already in use"
 
 
+def test_an_api_on_a_host_name_that_does_not_resolve_says_so_in_one_line(
+    tmp_path: Path, migrated_sqlite_url: str
+) -> None:
+    host = "no-such-host.invalid"  # RFC 2606: never resolves
+    result = run_cli(
+        "api", "--host", host, "--database-url", migrated_sqlite_url, cwd=tmp_path, timeout=60
+    )
+    assert one_line_error(result).startswith(f"contact-sync: cannot listen on {host}:8000: ")
+
+
 @pytest.mark.parametrize("command", ["dead-letters list", "contacts list --team t"])
 def test_a_reader_that_goes_away_ends_the_command_quietly_with_status_141(
     tmp_path: Path, migrated_sqlite_url: str, command: str
