@@ -24,6 +24,7 @@ from sqlalchemy import Engine, update
 from contact_sync.api import create_app
 from contact_sync.apply import apply_batch
 from contact_sync.db.tables import api_keys
+from contact_sync.phones import E164_MESSAGE
 from contact_sync.settings import Settings
 from contact_sync.teams import Team, create_team, issue_api_key
 
@@ -944,10 +945,10 @@ def test_the_default_limit_is_one_mebibyte(api: Api) -> None:
 
 # --------------------------------------------------------------------------- 422
 BODY_ERRORS: list[tuple[dict[str, Any], str, str | None]] = [
-    ({"phone": "12345"}, "phone", "Phone must be in E.164 format"),
-    ({"phone": "not a phone"}, "phone", "Phone must be in E.164 format"),
-    ({"phoneSecondary": "+1 202"}, "phone_secondary", "Phone must be in E.164 format"),
-    ({"phone_secondary": "abc"}, "phone_secondary", "Phone must be in E.164 format"),
+    ({"phone": "12345"}, "phone", E164_MESSAGE),
+    ({"phone": "not a phone"}, "phone", E164_MESSAGE),
+    ({"phoneSecondary": "+1 202"}, "phone_secondary", E164_MESSAGE),
+    ({"phone_secondary": "abc"}, "phone_secondary", E164_MESSAGE),
     ({"timezone": "Mars/Olympus_Mons"}, "timezone", None),
     ({"email": "not-an-email"}, "email", None),
     ({"email": "a@"}, "email", None),
@@ -996,6 +997,23 @@ def test_an_invalid_patch_is_422_naming_the_snake_case_field_and_changes_nothing
     if message is not None:
         assert got == message
     assert api.get(f"{CONTACTS}/{created['id']}").json() == created
+
+
+def test_a_phone_422_names_the_region_whose_national_numbers_the_team_accepts(
+    api: Api,
+) -> None:
+    with api.engine.begin() as conn:
+        team = create_team(conn, name="Berlin Solar", region="DE")
+        key = issue_api_key(conn, team_id=team.id).api_key
+    body = {"firstName": "Ada", "lastName": "Lovelace", "phone": "12"}
+    message = assert_validation_error(api.post(CONTACTS, body, key=key), "phone")
+    assert message == (
+        "Phone must be in E.164 format (+12025551234) or a national number of the team's region DE"
+    )
+    created = api.create(key=key, phone="030 1234567")  # what the message says is accepted
+    assert created["phone"] == "+49301234567"
+    patched = api.patch(created["id"], {"phoneSecondary": "12"}, key=key)
+    assert assert_validation_error(patched, "phone_secondary") == message
 
 
 def test_a_missing_or_null_name_is_422_naming_it(api: Api) -> None:

@@ -98,7 +98,8 @@ def test_migrate_creates_the_schema_on_an_empty_database_and_is_safe_to_run_twic
 ) -> None:
     first = run_cli("migrate", url=fresh_url, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.strip() == "schema is up to date"
+    assert first.stdout.startswith("migrated from (empty) to ")
+    head = first.stdout.split()[-1]
     engine = make_engine(fresh_url)
     try:
         tables = set(inspect(engine).get_table_names())
@@ -106,7 +107,7 @@ def test_migrate_creates_the_schema_on_an_empty_database_and_is_safe_to_run_twic
         # Again, this time by flag: the flag overrides the (unusable) environment.
         second = run_cli("--database-url", fresh_url, "migrate", url=UNREACHABLE, cwd=tmp_path)
         assert second.returncode == 0, second.stderr
-        assert second.stdout.strip() == "schema is up to date"
+        assert second.stdout.strip() == f"already at {head}"
         assert set(inspect(engine).get_table_names()) == tables
     finally:
         engine.dispose()
@@ -344,11 +345,11 @@ def test_a_database_without_the_schema_is_one_line_naming_what_failed(
     schemaless_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # PostgreSQL reports a missing table as a ProgrammingError, SQLite as an
-    # OperationalError: both must be one line, not an uncaught exception.
+    # OperationalError: both must be one line saying what to do, not an uncaught exception.
     assert main(["--database-url", schemaless_url, "contacts", "list", "--team", "t"]) == 4
     [line] = capsys.readouterr().err.splitlines()
-    assert line.startswith("contact-sync: cannot use database ")
-    assert "contacts" in line
+    assert line.startswith("contact-sync: the database at ")
+    assert line.endswith(" has no schema: run `contact-sync migrate`")
 
 
 def test_an_unparsable_database_url_is_one_line_without_its_password(
@@ -356,7 +357,7 @@ def test_an_unparsable_database_url_is_one_line_without_its_password(
 ) -> None:
     assert main(["--database-url", "nosuchdb://u:secret@host/x", "migrate"]) == 4
     [line] = capsys.readouterr().err.splitlines()
-    assert line == "contact-sync: invalid database URL nosuchdb://u:***@host/x"
+    assert line.startswith("contact-sync: invalid database URL nosuchdb://u:***@host/x: use ")
 
 
 # --- help ------------------------------------------------------------------------------

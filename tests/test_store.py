@@ -23,6 +23,7 @@ from contact_sync.errors import (
     TeamNotFound,
     ValidationFailed,
 )
+from contact_sync.phones import E164_MESSAGE
 from contact_sync.store import (
     CONTACT_COLUMNS,
     contact_from_row,
@@ -262,7 +263,7 @@ def test_an_invalid_create_raises_and_writes_nothing(engine: Engine, team: Team)
     with pytest.raises(ValidationFailed) as caught:
         make_contact(engine, team.id, phone="12345", email="nope")
     assert caught.value.details == {
-        "phone": "Phone must be in E.164 format",
+        "phone": E164_MESSAGE,
         "email": "Email must be a valid address",
     }
     assert count(engine, contacts) == 0
@@ -477,7 +478,7 @@ def test_an_invalid_update_raises_and_writes_nothing(engine: Engine, team: Team)
     contact = make_contact(engine, team.id)
     with pytest.raises(ValidationFailed) as caught:
         update(engine, team.id, contact.id, {"job_title": "CTO", "phone_secondary": "999"})
-    assert caught.value.details == {"phone_secondary": "Phone must be in E.164 format"}
+    assert caught.value.details == {"phone_secondary": E164_MESSAGE}
     assert get(engine, team.id, contact.id) == contact
     assert len(history(engine, team.id, contact.id)) == 1
 

@@ -24,7 +24,13 @@ from contact_sync.contacts import (
     parse_patch,
 )
 from contact_sync.errors import ValidationFailed
-from contact_sync.phones import E164_MESSAGE, is_valid_region, normalise_phone, search_digits
+from contact_sync.phones import (
+    E164_MESSAGE,
+    is_valid_region,
+    normalise_phone,
+    phone_message,
+    search_digits,
+)
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 NAMES = {"first_name": "Ada", "last_name": "Lovelace"}
@@ -197,12 +203,12 @@ def test_the_same_national_number_reads_differently_in_another_region() -> None:
 def test_an_invalid_phone_is_rejected_with_the_e164_message_naming_the_field(
     field: str, bad: str
 ) -> None:
-    assert field_error(field, bad) == {field: "Phone must be in E.164 format"}
+    assert field_error(field, bad) == {field: E164_MESSAGE}
 
 
 def test_a_camel_case_phone_secondary_error_is_named_in_snake_case() -> None:
     details = create_errors({**NAMES, "phoneSecondary": "12345"})
-    assert details == {"phone_secondary": "Phone must be in E.164 format"}
+    assert details == {"phone_secondary": E164_MESSAGE}
 
 
 def test_an_empty_phone_is_stored_as_null() -> None:
@@ -214,16 +220,35 @@ def test_a_patch_normalises_phones_with_the_region() -> None:
     assert patch.changes() == {"phone": "+49301234567"}
     with pytest.raises(ValidationFailed) as caught:
         parse_patch({"phone_secondary": "nope"}, region="DE")
-    assert caught.value.details == {"phone_secondary": E164_MESSAGE}
+    assert caught.value.details == {"phone_secondary": phone_message("DE")}
 
 
 def test_normalise_phone_raises_value_error_with_the_contract_message() -> None:
-    with pytest.raises(ValueError, match=r"^Phone must be in E\.164 format$"):
+    with pytest.raises(ValueError, match=r"^Phone must be in E\.164 format \(\+12025551234\)"):
         normalise_phone("not a phone")
     with pytest.raises(ValueError, match=r"E\.164"):
         normalise_phone("1" * 41)
     with pytest.raises(ValueError, match=r"E\.164"):
         normalise_phone("   ")
+
+
+@pytest.mark.parametrize(
+    ("bad", "region"), [("12345", "US"), ("030 12", "de"), ("abc", "GB"), ("+", "FR")]
+)
+def test_a_phone_error_says_national_numbers_of_the_teams_region_are_read_too(
+    bad: str, region: str
+) -> None:
+    """Round 1 said only "must be in E.164 format", though ``(202) 555-1234`` is accepted."""
+    expected = (
+        "Phone must be in E.164 format (+12025551234) or a national number of the "
+        f"team's region {region.upper()}"
+    )
+    with pytest.raises(ValueError, match=r"E\.164") as caught:
+        normalise_phone(bad, region)
+    assert str(caught.value) == expected
+    with pytest.raises(ValidationFailed) as failed:
+        parse_create({**NAMES, "phone": bad}, region=region)
+    assert failed.value.details == {"phone": expected}
 
 
 @pytest.mark.parametrize(
@@ -335,10 +360,10 @@ def test_any_text_is_rejected_or_becomes_an_e164_number_that_normalises_to_itsel
     except ValueError as exc:
         message = str(exc)
     else:
-        message = E164_MESSAGE
+        message = phone_message(region)
         assert E164.match(result), result
         assert normalise_phone(result, "US") == result
-    assert message == E164_MESSAGE
+    assert message == phone_message(region)
 
 
 # --- timezone --------------------------------------------------------------
@@ -616,9 +641,9 @@ def test_every_bad_field_is_reported_at_once() -> None:
         }
     )
     assert set(details) == {"first_name", "last_name", "email", "phone", "timezone", "tags"}
-    assert details["phone"] == "Phone must be in E.164 format"
+    assert details["phone"] == E164_MESSAGE
 
 
 def test_validation_failed_names_fields_in_its_message() -> None:
     error = ValidationFailed({"phone": E164_MESSAGE})
-    assert "phone: Phone must be in E.164 format" in str(error)
+    assert f"phone: {E164_MESSAGE}" in str(error)

@@ -8,16 +8,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
+import socket
 import sys
+import tempfile
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from contact_sync.cli_events import BrokerUnreachable, add_event_commands
-from contact_sync.db.engine import make_engine, safe_url
-from contact_sync.db.migrate import upgrade
+from contact_sync.cli_events import BrokerUnreachable, add_event_commands, port_number
+from contact_sync.db.engine import InvalidDatabaseURL, is_outage, make_engine, safe_url
+from contact_sync.db.migrate import UnknownRevision, schema_problem, upgrade
 from contact_sync.errors import ContactSyncError, NotFound, ValidationFailed
 from contact_sync.logs import api_log_config
 from contact_sync.query import ContactQuery, list_contacts
@@ -40,8 +46,13 @@ class CliError(Exception):
         self.code = code
 
 
+def _database_url(args: argparse.Namespace) -> str:
+    url: str = getattr(args, "database_url", None) or get_settings().database_url
+    return url
+
+
 def _engine(args: argparse.Namespace) -> Engine:
-    return make_engine(args.database_url or get_settings().database_url)
+    return make_engine(_database_url(args))
 
 
 def _bool(text: str) -> bool:
@@ -53,9 +64,13 @@ def _bool(text: str) -> bool:
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
-    """Create or upgrade the schema."""
-    upgrade(_engine(args))
-    print("schema is up to date")
+    """Create or upgrade the schema; say from which revision to which."""
+    engine = _engine(args)
+    try:
+        before, after = upgrade(engine)
+    finally:
+        engine.dispose()
+    print(f"already at {after}" if before == after else f"migrated from {before} to {after}")
 
 
 def cmd_teams_create(args: argparse.Namespace) -> None:
@@ -99,6 +114,24 @@ def cmd_contacts_list(args: argparse.Namespace) -> None:
     print(f"{page.offset + 1 if page.data else 0}-{last} of {page.total}")
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket for the API, bound before uvicorn starts.
+
+    A port in use, or a host that is not this machine's, is then one line naming
+    it; uvicorn logged several lines and exited.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+    try:
+        listener.bind((host, port))
+        listener.listen(2048)  # uvicorn's default backlog
+    except OSError as exc:
+        listener.close()
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return listener
+
+
 def cmd_api(args: argparse.Namespace) -> None:
     """Serve the HTTP API with uvicorn."""
     import uvicorn
@@ -107,22 +140,29 @@ def cmd_api(args: argparse.Namespace) -> None:
     from contact_sync.settings import Settings
 
     settings = Settings()
-    if args.database_url:
-        settings = settings.model_copy(update={"database_url": args.database_url})
+    overrides = {"database_url": args.database_url, "broker_url": args.broker_url}
+    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v})
     engine = _engine(args)
-    with engine.connect():
-        pass  # fail fast, with one line, when the database is unreachable
+    # Fail fast, with one line, when the database is unreachable or not migrated.
+    problem = schema_problem(engine)
+    if problem:
+        raise CliError(f"the database at {safe_url(_database_url(args))} {problem}", 4)
+    listener = _listen(args.host, args.port)
     # Bodies are parsed in worker threads; each time the event loop needs the GIL
     # back from one of them it waited up to the default 5 ms, several times per
     # request: /healthz p50 went from ~21 ms to ~11 ms under 1 MiB bodies with 1 ms.
     sys.setswitchinterval(0.001)
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings, engine=engine),
         host=args.host,
         port=args.port,
         log_level="info",
         log_config=api_log_config(),
     )
+    server = uvicorn.Server(config)
+    server.run(sockets=[listener])
+    if not server.started:
+        raise CliError("the API server did not start (see the log lines above)")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -139,9 +179,6 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = _Parser(prog="contact-sync", description="Contacts core of a voice-AI calling CRM.")
-    parser.add_argument(
-        "--database-url", help="overrides CONTACT_SYNC_DATABASE_URL (default: SQLite file here)"
-    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     migrate = sub.add_parser("migrate", help="create or upgrade the schema (idempotent)")
@@ -174,25 +211,106 @@ def build_parser() -> argparse.ArgumentParser:
 
     api = sub.add_parser("api", help="serve the HTTP API")
     api.add_argument("--host", default="127.0.0.1")
-    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--port", type=port_number, default=8000)
     api.set_defaults(func=cmd_api)
 
     add_event_commands(sub)
+    _add_global_options(parser, top=True)
     return parser
 
 
-def _describe(exc: DBAPIError, url: str) -> str:
-    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+_GLOBAL_OPTIONS = {
+    "--database-url": "overrides CONTACT_SYNC_DATABASE_URL (default: SQLite file here)",
+    "--broker-url": "overrides CONTACT_SYNC_BROKER_URL",
+}
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """``--database-url`` and ``--broker-url`` on ``parser`` and every subcommand below it.
+
+    So they are accepted before the subcommand and after it. A subcommand's copy
+    defaults to SUPPRESS: argparse copies a subcommand's defaults over what was
+    parsed before it, which would turn a URL given first back into None.
+    """
+    for flag, text in _GLOBAL_OPTIONS.items():
+        existing = parser._option_string_actions.get(flag)
+        if existing is None:
+            default = None if top else argparse.SUPPRESS
+            parser.add_argument(flag, metavar="URL", default=default, help=text)
+        elif not top:
+            existing.default = argparse.SUPPRESS
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_global_options(child, top=False)
+
+
+def _describe(exc: DBAPIError | PoolTimeout, url: str) -> str:
+    """One line for a database error; a reachable database without the schema says so."""
+    if not is_outage(exc):
+        problem: str | None = None
+        engine = make_engine(url)
+        try:
+            problem = schema_problem(engine)
+        except Exception:  # the first error is the one to report
+            problem = None
+        finally:
+            engine.dispose()
+        if problem:
+            return f"the database at {safe_url(url)} {problem}"
+    orig = getattr(exc, "orig", None) or exc
+    reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
     return f"cannot use database {safe_url(url)}: {reason}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``contact-sync``; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], None] = args.func
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):  # no real file descriptor (captured in tests)
+        return False
+
+
+def _settings_error(exc: ValidationError) -> str:
+    problems = []
+    for item in exc.errors():
+        name = "_".join(str(part) for part in item.get("loc", ())).upper()
+        problems.append(f"CONTACT_SYNC_{name}: {item.get('msg', 'invalid')}")
+    return "invalid setting " + "; ".join(problems)
+
+
+def _unexpected(exc: BaseException) -> int:
+    """A bug: one line, and the traceback kept in a file for the report."""
+    handle, path = tempfile.mkstemp(prefix="contact-sync-error-", suffix=".txt")
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        traceback.print_exception(exc, file=out)
+    reason = (str(exc).strip().splitlines() or [""])[0]
+    print(
+        f"contact-sync: unexpected error {type(exc).__name__}: {reason} "
+        f"(a bug: please report it with {path})",
+        file=sys.stderr,
+    )
+    return 70  # EX_SOFTWARE
+
+
+def _run(func: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> int:
+    """Run a subcommand; map each failure to one line on stderr and an exit code."""
     try:
         func(args)
+        sys.stdout.flush()  # a reader that left shows here, not as a traceback at exit
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        # The reader left (``| head``): stop quietly, as standard tools do when
+        # SIGPIPE ends them, and with the status a shell gives them (128 + 13),
+        # so that ``set -o pipefail`` scripts see what they see from ``cat``.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt:
+        print("contact-sync: interrupted", file=sys.stderr)
+        return 130
     except ValidationFailed as exc:
         detail = "; ".join(f"{k.replace('_', '-')}: {v}" for k, v in exc.details.items())
         print(f"contact-sync: invalid input: {detail}", file=sys.stderr)
@@ -200,15 +318,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NotFound as exc:
         print(f"contact-sync: not found: {exc}", file=sys.stderr)
         return 3
-    except DBAPIError as exc:  # unreachable, refused, or no schema (not migrated)
+    except (DBAPIError, PoolTimeout) as exc:  # unreachable, refused, or no schema (not migrated)
+        print(f"contact-sync: {_describe(exc, _database_url(args))}", file=sys.stderr)
+        return 4
+    except UnknownRevision as exc:
         print(
-            f"contact-sync: {_describe(exc, args.database_url or get_settings().database_url)}",
-            file=sys.stderr,
+            f"contact-sync: the database at {safe_url(_database_url(args))} {exc}", file=sys.stderr
         )
         return 4
-    except ArgumentError:  # SQLAlchemy cannot read the URL (unknown scheme, bad syntax)
-        url = safe_url(args.database_url or get_settings().database_url)
-        print(f"contact-sync: invalid database URL {url}", file=sys.stderr)
+    except InvalidDatabaseURL as exc:
+        print(f"contact-sync: {exc}", file=sys.stderr)
+        return 4
+    except ArgumentError:  # SQLAlchemy cannot use the URL's options
+        print(f"contact-sync: {InvalidDatabaseURL(_database_url(args))}", file=sys.stderr)
         return 4
     except BrokerUnreachable as exc:
         print(f"contact-sync: {exc}", file=sys.stderr)
@@ -217,6 +339,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"contact-sync: {exc}", file=sys.stderr)
         return getattr(exc, "code", 1)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``contact-sync``; returns the exit code.
+
+    Every failure is one line on stderr and a non-zero exit, never a traceback:
+    usage errors exit 2 (argparse), bad input 2, not found 3, the database 4,
+    the broker 5, a bug 70 (its traceback goes to a file the line names).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], None] = args.func
+    try:
+        return _run(func, args)
+    except ValidationError as exc:
+        if exc.title != "Settings":
+            return _unexpected(exc)
+        print(f"contact-sync: {_settings_error(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # anything else is a bug: one line, not a traceback
+        return _unexpected(exc)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,16 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from contact_sync.db.engine import make_engine, safe_url
 from contact_sync.settings import get_settings
+
+# A byte order mark: Windows tools start UTF-8 files with it, and ``cat`` of such
+# files puts it at the start of later lines too. JSON may not begin with it.
+_BOM = b"\xef\xbb\xbf"
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class BrokerUnreachable(Exception):
@@ -40,10 +46,45 @@ def _check_broker() -> None:
 
 
 def _check_database() -> None:
-    from sqlalchemy import text
+    """Reach the database and find the schema there (a worker cannot apply events without)."""
+    from contact_sync.db.migrate import schema_problem
 
-    with make_engine(get_settings().database_url).connect() as conn:
-        conn.execute(text("SELECT 1"))
+    url = get_settings().database_url
+    engine = make_engine(url)
+    try:
+        problem = schema_problem(engine)
+    finally:
+        engine.dispose()
+    if problem:
+        raise SystemExit(_fail(f"the database at {safe_url(url)} {problem}", 4))
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 1..65535."""
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1..65535, not {value}")
+    return value
+
+
+def _batch_size(text: str) -> int:
+    from contact_sync.events import MAX_BATCH
+
+    value = positive_int(text)
+    if value > MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"must be 1..{MAX_BATCH}, not {value}")
+    return value
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
@@ -64,14 +105,21 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
 
 def _run_worker(args: argparse.Namespace) -> None:
-    _check_database()
-    _check_broker()
     from contact_sync.worker import QUEUE, app
 
     if args.metrics_port:
+        # First: a port taken is found in a moment, without waiting for any server.
         from contact_sync.worker.metrics_server import serve
 
-        serve(args.metrics_port, app, QUEUE, host=args.metrics_host)
+        try:
+            serve(args.metrics_port, app, QUEUE, host=args.metrics_host)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise SystemExit(
+                _fail(f"cannot serve metrics on port {args.metrics_port}: {reason}", 1)
+            ) from None
+    _check_database()
+    _check_broker()
 
     argv = [
         "worker",
@@ -91,42 +139,83 @@ def _run_worker(args: argparse.Namespace) -> None:
     app.worker_main(argv)
 
 
+def _read_lines(name: str) -> tuple[Iterable[bytes], int | None]:
+    """The lines of file ``name`` (``-``: standard input, read as it comes) and their count."""
+    if name == "-":
+        return sys.stdin.buffer, None
+    try:
+        with open(name, "rb") as handle:
+            lines = handle.readlines()
+    except OSError as exc:
+        raise SystemExit(_fail(f"cannot read {name}: {exc.strerror or exc}", 2)) from None
+    return lines, len(lines)
+
+
+def _events(lines: Iterable[bytes], report: Any) -> Iterator[tuple[int, Any]]:
+    """``(line number, event)`` for each line that holds one; ``report`` gets the others."""
+    from contact_sync.events import InvalidEvent
+    from contact_sync.publisher import validate
+
+    for number, raw in enumerate(lines, start=1):
+        line = raw.removeprefix(_BOM)
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line.decode("utf-8"))
+            validate(event)
+        except UnicodeDecodeError as exc:
+            report(f"line {number}: not UTF-8 text (byte {exc.start + 1})")
+        except json.JSONDecodeError as exc:
+            report(f"line {number}: invalid JSON: {exc.msg}")
+        except InvalidEvent as exc:
+            report(f"line {number}: {exc.reason}: {exc.message}")
+        else:
+            yield number, event
+
+
 def cmd_publish(args: argparse.Namespace) -> None:
-    """Send a JSON-lines file of events; invalid lines are reported and skipped."""
+    """Send a JSON-lines file (or standard input: ``-``) of events; invalid lines are skipped.
+
+    Lines are UTF-8, with or without a byte order mark.
+    """
     # First: importing the publisher creates the Celery app from the settings,
     # so a --broker-url applied later would be checked but not published to.
     _apply_overrides(args)
+    from kombu.exceptions import KombuError
     from tqdm import tqdm
 
-    from contact_sync.events import InvalidEvent
-    from contact_sync.publisher import EventPublisher, validate
+    from contact_sync.publisher import EventPublisher
 
+    lines, total = _read_lines(args.file)  # a missing file is told before any broker is tried
     _check_broker()
-    with open(args.file, encoding="utf-8") as handle:
-        lines = handle.readlines()
     invalid = 0
-    with (
-        EventPublisher(max_batch=args.batch_size) as publisher,
-        tqdm(total=len(lines), unit="event", file=sys.stderr, disable=args.quiet) as bar,
-    ):
-        for number, line in enumerate(lines, start=1):
-            bar.update(1)
-            if not line.strip():
-                continue
-            try:
-                event = json.loads(line)
-                validate(event)
-            except json.JSONDecodeError as exc:
-                invalid += 1
-                tqdm.write(f"line {number}: invalid JSON: {exc.msg}", file=sys.stderr)
-                continue
-            except InvalidEvent as exc:
-                invalid += 1
-                tqdm.write(f"line {number}: {exc.reason}: {exc.message}", file=sys.stderr)
-                continue
-            publisher.publish(event)
-        publisher.flush()
-        sent, messages = publisher.events_sent, publisher.messages_sent
+
+    def report(message: str) -> None:
+        nonlocal invalid
+        invalid += 1
+        tqdm.write(message, file=sys.stderr)
+
+    sent = messages = 0
+    try:
+        with (
+            EventPublisher(max_batch=args.batch_size) as publisher,
+            tqdm(total=total, unit="line", file=sys.stderr, disable=args.quiet) as bar,
+        ):
+            last = 0
+            for number, event in _events(lines, report):
+                bar.update(number - last)
+                last = number
+                publisher.publish(event)
+                sent, messages = publisher.events_sent, publisher.messages_sent
+            publisher.flush()
+            bar.update((total or last) - last)
+            sent, messages = publisher.events_sent, publisher.messages_sent
+    except (KombuError, OSError) as exc:  # the broker went away while sending
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BrokerUnreachable(
+            f"lost broker {safe_url(get_settings().broker_url)} after {sent} events were sent: "
+            f"{reason}; publishing the file again is safe (duplicates are ignored)"
+        ) from None
     print(f"published {sent} events in {messages} messages; {invalid} invalid lines skipped")
     if invalid:
         raise SystemExit(2)
@@ -221,12 +310,13 @@ def _fail(message: str, code: int) -> int:
 def add_event_commands(sub: Any) -> None:
     """Register ``worker``, ``publish`` and ``dead-letters`` on the main parser."""
     worker = sub.add_parser("worker", help="run a Celery worker on the events queue")
-    worker.add_argument("--concurrency", type=int, help="worker processes (default: CPUs)")
-    worker.add_argument("--loglevel", default="info")
+    worker.add_argument("--concurrency", type=positive_int, help="worker processes (default: CPUs)")
+    worker.add_argument("--loglevel", default="info", type=str.lower, choices=_LOG_LEVELS)
     worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
     worker.add_argument("--hostname", help="Celery node name, e.g. worker1@%%h")
-    worker.add_argument("--broker-url", help="overrides CONTACT_SYNC_BROKER_URL")
-    worker.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    worker.add_argument(
+        "--metrics-port", type=port_number, help="serve Prometheus metrics on this port"
+    )
     worker.add_argument(
         "--metrics-host",
         default="127.0.0.1",
@@ -235,9 +325,10 @@ def add_event_commands(sub: Any) -> None:
     worker.set_defaults(func=cmd_worker)
 
     publish = sub.add_parser("publish", help="send events from a JSON-lines file")
-    publish.add_argument("file", metavar="FILE.jsonl")
-    publish.add_argument("--batch-size", type=int, default=500, help="events per message (1..500)")
-    publish.add_argument("--broker-url", help="overrides CONTACT_SYNC_BROKER_URL")
+    publish.add_argument("file", metavar="FILE.jsonl", help="UTF-8 JSON lines; - reads stdin")
+    publish.add_argument(
+        "--batch-size", type=_batch_size, default=500, help="events per message (1..500)"
+    )
     publish.add_argument("--quiet", action="store_true", help="no progress bar")
     publish.set_defaults(func=cmd_publish)
 

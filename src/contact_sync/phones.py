@@ -7,9 +7,24 @@ import unicodedata
 
 import phonenumbers
 
-E164_MESSAGE = "Phone must be in E.164 format"
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _PHONE_SEARCH = re.compile(r"^[\d\s()+.\-]+$")
+
+
+def phone_message(region: str) -> str:
+    """The error for a number that cannot be read, naming what would be.
+
+    It starts as the message always did, so that clients matching its start keep
+    working, and says that national numbers of the team's region are read too.
+    """
+    return (
+        "Phone must be in E.164 format (+12025551234) or a national number of the "
+        f"team's region {region.upper()}"
+    )
+
+
+# The message for the default region (US), as the API's 422 details carry it.
+E164_MESSAGE = phone_message("US")
 
 
 def _typed_like_a_number(text: str) -> bool:
@@ -26,21 +41,21 @@ def _typed_like_a_number(text: str) -> bool:
 def normalise_phone(raw: str, region: str = "US") -> str:
     """Return ``raw`` as E.164, reading national formats in ``region``.
 
-    Raises ``ValueError`` with the contract's message when the number cannot
+    Raises ``ValueError`` with ``phone_message(region)`` when the number cannot
     be a real one: we would rather reject than store a number that never rings.
     """
     text = raw.strip()
     if not text or len(text) > 40 or not _typed_like_a_number(text):
-        raise ValueError(E164_MESSAGE)
+        raise ValueError(phone_message(region))
     try:
         parsed = phonenumbers.parse(text, region.upper())
     except phonenumbers.NumberParseException as exc:
-        raise ValueError(E164_MESSAGE) from exc
+        raise ValueError(phone_message(region)) from exc
     if not phonenumbers.is_valid_number(parsed):
-        raise ValueError(E164_MESSAGE)
+        raise ValueError(phone_message(region))
     e164: str = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
     if not _E164.match(e164):
-        raise ValueError(E164_MESSAGE)
+        raise ValueError(phone_message(region))
     return e164
 
 

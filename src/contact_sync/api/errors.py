@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
+import time
 from itertools import islice
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
+from contact_sync.db.engine import is_outage
 from contact_sync.errors import ForbiddenTeam, NotFound, StaleVersion, ValidationFailed
 
 logger = logging.getLogger("contact_sync.api")
@@ -20,6 +24,12 @@ logger = logging.getLogger("contact_sync.api")
 # A 422 lists at most this many fields, and counts the others in ``details_omitted``:
 # a body of 100,000 unknown keys got a 2.3 MB answer naming each.
 MAX_DETAILS = 50
+# A client told the database is unavailable may try again after this many seconds: a
+# dropped connection is replaced at once, a restarting server takes a few seconds.
+OUTAGE_RETRY_AFTER_SECONDS = 5
+# During an outage every request fails alike: one warning a minute says so, not one each.
+_OUTAGE_LOG_INTERVAL_SECONDS = 60.0
+_outage_logged_at: list[float] = []  # when the last warning was logged (monotonic)
 
 
 def error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -72,6 +82,31 @@ async def _http(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _log_outage(exc: Exception) -> None:
+    now = time.monotonic()
+    if _outage_logged_at and now - _outage_logged_at[0] < _OUTAGE_LOG_INTERVAL_SECONDS:
+        return
+    _outage_logged_at[:] = [now]
+    cause = getattr(exc, "orig", None) or exc
+    reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    logger.warning("database unavailable, answering 503: %s", reason, extra={"reason": reason})
+
+
+async def _database_error(_: Request, exc: Exception) -> Response:
+    """503 with ``Retry-After`` for an outage; any other database error stays a 500.
+
+    An outage passes, and a 503 with ``Retry-After`` tells clients to come back;
+    Starlette's plain-text 500 said neither, in no JSON. A database error that
+    is not an outage (a bug) is re-raised, to stay a 500 with its traceback logged.
+    """
+    if not is_outage(exc):
+        raise exc
+    _log_outage(exc)
+    response = error(503, "Database unavailable")
+    response.headers["Retry-After"] = str(OUTAGE_RETRY_AFTER_SECONDS)
+    return response
+
+
 async def _client_gone(request: Request, _: Exception) -> Response:
     # A client that hangs up while sending its body is routine, not a server error:
     # one line (never the query string), not Starlette's 67-line traceback.
@@ -93,3 +128,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StaleVersion, _stale)
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(ClientDisconnect, _client_gone)
+    app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(PoolTimeout, _database_error)

@@ -7,9 +7,75 @@ import sqlite3
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import URL, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import NullPool
+
+# The forms ``--database-url`` and ``CONTACT_SYNC_DATABASE_URL`` accept, for error messages.
+ACCEPTED_URLS = (
+    "postgresql://USER:PASSWORD@HOST:PORT/DATABASE (postgres:// and postgresql+psycopg:// "
+    "work too) or sqlite:///PATH"
+)
+# Seconds to wait for PostgreSQL to accept a connection: libpq's default is forever, so an
+# unreachable host hung every API request and CLI command. A URL's ?connect_timeout= wins.
+CONNECT_TIMEOUT_SECONDS = 5
+# SQLSTATE classes that mean the server cannot serve now: connection exception (08),
+# insufficient resources (53), operator intervention (57: shutdown, statement timeout),
+# system error (58).
+_OUTAGE_CLASSES = ("08", "53", "57", "58")
+# SQLite's messages for a database that is busy or cannot be opened right now.
+_SQLITE_OUTAGES = ("database is locked", "unable to open database file", "disk I/O error")
+
+
+class InvalidDatabaseURL(ValueError):
+    """A URL this service cannot use; the message hides the password and names the forms."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(f"invalid database URL {safe_url(url)}: use {ACCEPTED_URLS}")
+
+
+def database_url(url: str) -> URL:
+    """``url`` parsed, with PostgreSQL on psycopg 3 whichever way it was spelled.
+
+    Heroku-style ``postgres://`` and plain ``postgresql://`` both mean psycopg 3,
+    the only PostgreSQL driver installed; any other scheme or driver is refused
+    here, with the accepted forms, instead of as a missing module later.
+    """
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise InvalidDatabaseURL(url) from None
+    if parsed.drivername in ("postgres", "postgresql", "postgresql+psycopg"):
+        return parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
+        return parsed
+    raise InvalidDatabaseURL(url)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database is unreachable or cannot serve now.
+
+    True for a refused or dropped connection, a pool that gave no connection in
+    time, a server shutting down or out of connections; false for errors a retry
+    would repeat (a bug, a missing table), which must stay visible as such.
+    """
+    if isinstance(exc, PoolTimeout):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    if isinstance(orig, sqlite3.OperationalError):
+        return str(orig).startswith(_SQLITE_OUTAGES)
+    import psycopg
+
+    if isinstance(orig, psycopg.OperationalError):
+        sqlstate = getattr(orig, "sqlstate", None)
+        return sqlstate is None or sqlstate[:2] in _OUTAGE_CLASSES
+    return isinstance(orig, psycopg.InterfaceError)
 
 
 def _sqlite_lower(value: Any) -> Any:
@@ -60,9 +126,10 @@ def make_engine(url: str, *, pool_size: int = 5, pre_ping: bool = True) -> Engin
 
     ``pre_ping`` tests a pooled connection before use; the worker turns it
     off (a round trip per transaction) because it retries a dropped
-    connection as a transient error anyway.
+    connection as a transient error anyway. Raises ``InvalidDatabaseURL``
+    for a URL it cannot use.
     """
-    parsed = make_url(url)
+    parsed = database_url(url)
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(
             parsed, connect_args={"timeout": 30, "isolation_level": None}, poolclass=NullPool
@@ -70,10 +137,12 @@ def make_engine(url: str, *, pool_size: int = 5, pre_ping: bool = True) -> Engin
         event.listen(engine, "connect", _configure_sqlite)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername="postgresql+psycopg")
+    connect_args = (
+        {} if "connect_timeout" in parsed.query else {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+    )
     engine = create_engine(
         parsed,
+        connect_args=connect_args,
         pool_pre_ping=pre_ping,
         pool_size=pool_size,
         max_overflow=pool_size,
@@ -82,8 +151,7 @@ def make_engine(url: str, *, pool_size: int = 5, pre_ping: bool = True) -> Engin
         json_deserializer=orjson.loads,
         json_serializer=_json_dumps,
     )
-    if parsed.get_backend_name() == "postgresql":
-        event.listen(engine, "connect", _session_in_utc)
+    event.listen(engine, "connect", _session_in_utc)
     return engine
 
 
