@@ -21,7 +21,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from sqlalchemy import Engine, Text, cast, select, update
@@ -31,6 +31,7 @@ from contact_sync.apply import apply_payloads
 from contact_sync.cli import main
 from contact_sync.db.tables import contacts, dead_letters
 from contact_sync.dead_letters import ERASED_MESSAGE, LOG_LIMIT
+from contact_sync.events import Reason
 from contact_sync.settings import get_settings
 from contact_sync.teams import Team, issue_api_key
 from tests.conftest import call_event, make_contact
@@ -251,6 +252,19 @@ def test_other_teams_letters_and_letters_of_no_team_answer_as_unknown_ids_do(api
             answers.append(response.text)
         assert len(set(answers)) == 1, (method, suffix)
     assert {letter_id: row_text(api.engine, letter_id) for letter_id in before} == before
+
+
+def test_the_openapi_document_describes_the_dead_letter_routes(api: Api) -> None:
+    doc = api.client.get("/openapi.json").json()
+    listing = doc["paths"][LETTERS]["get"]
+    params = {p["name"]: p["schema"] for p in listing["parameters"]}
+    assert list(params) == ["teamId", "reason", "open", "limit", "offset"]
+    assert set(params["reason"]["enum"]) == set(get_args(Reason))
+    assert params["open"]["type"] == "boolean"
+    assert (params["limit"]["minimum"], params["limit"]["maximum"]) == (1, 100)
+    for action in ("replay", "discard"):
+        operation = doc["paths"][f"{LETTERS}/{{dead_letter_id}}/{action}"]["post"]
+        assert {"200", "401", "403", "404", "409", "422", "429"} <= set(operation["responses"])
 
 
 # --------------------------------------------------------------------------- replay
