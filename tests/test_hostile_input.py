@@ -710,16 +710,16 @@ def test_another_teams_dead_letters_are_403_or_404_and_change_nothing(letters: L
         assert [letter["id"] for letter in api.get(LETTERS).json()["data"]] == [letters.mine]
 
 
-@pytest.mark.parametrize(
-    "content", [c for _, c in NOT_A_JSON_OBJECT], ids=[i for i, _ in NOT_A_JSON_OBJECT]
-)
+# An empty body is what these routes take: every other case.
+NOT_EMPTY = [(name, content) for name, content in NOT_A_JSON_OBJECT if content.strip()]
+
+
+@pytest.mark.parametrize("content", [c for _, c in NOT_EMPTY], ids=[i for i, _ in NOT_EMPTY])
 def test_a_body_sent_to_replay_or_discard_is_422_naming_body(
     letters: Letters, content: bytes
 ) -> None:
     """They take no body (``{}`` and nothing are fine): anything else is refused, not
     ignored."""
-    if not content.strip():
-        pytest.skip("an empty body is what these routes take")
     world = letters.world
     with nothing_changes(world):
         for action in ("replay", "discard"):
