@@ -750,6 +750,10 @@ def test_the_openapi_document_describes_every_endpoint(api: Api) -> None:
         ("GET", f"{CONTACTS}/{{contact_id}}/history"),
         ("POST", COMPANIES),
         ("GET", COMPANIES),
+        ("GET", "/api/crm/dead-letters"),
+        ("GET", "/api/crm/dead-letters/{dead_letter_id}"),
+        ("POST", "/api/crm/dead-letters/{dead_letter_id}/replay"),
+        ("POST", "/api/crm/dead-letters/{dead_letter_id}/discard"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),
     }

@@ -34,6 +34,7 @@ deleted one is gone), and then:
 from __future__ import annotations
 
 import os
+import uuid
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -234,7 +235,8 @@ class ApiWorkflow(SCHEMA.as_state_machine()):  # type: ignore[misc]
 
     def setup(self) -> None:
         with self.engine.begin() as conn:
-            team = create_team(conn, name="Stateful Team")
+            # Team names are unique: one per scenario.
+            team = create_team(conn, name=f"Stateful Team {uuid.uuid4().hex}")
             key = issue_api_key(conn, team_id=team.id)
         self.team_id = team.id
         self.headers = {"Authorization": f"Bearer {key.api_key}"}

@@ -32,6 +32,7 @@ import pytest
 import redis
 from sqlalchemy import Engine, Table, delete, func, inspect, select
 
+from contact_sync.apply import apply_payloads
 from contact_sync.companies import create_company
 from contact_sync.db.engine import make_engine
 from contact_sync.db.tables import (
@@ -71,6 +72,7 @@ HUGE = str(10**400)  # no double holds it
 BEYOND_64_BITS = str(2**64)
 BELOW_64_BITS = str(-(2**63) - 1)
 SQL = "'; DROP TABLE contacts; --"
+LETTERS = "/api/crm/dead-letters"
 
 # Every table a request or an event could change; dead letters are checked on their own.
 DATA_TABLES = (
@@ -85,12 +87,20 @@ DATA_TABLES = (
 )
 
 
+# When a key was last used is not data a request may change or not: any request with
+# the key sets it (at most once a minute). tests/test_keys.py checks it.
+NOT_DATA = {api_keys.c.last_used_at}
+
+
 def snapshot(engine: Engine, tables: tuple[Table, ...] = DATA_TABLES) -> dict[str, list[Any]]:
     """Every row of ``tables``, in primary-key order."""
     with engine.connect() as conn:
         return {
             table.name: sorted(
-                (dict(row._mapping) for row in conn.execute(select(table))),
+                (
+                    dict(row._mapping)
+                    for row in conn.execute(select(*(c for c in table.c if c not in NOT_DATA)))
+                ),
                 key=lambda row: repr([row[c.name] for c in table.primary_key]),
             )
             for table in tables
@@ -510,6 +520,18 @@ ABSURD_PAGES: list[tuple[str, str, str]] = [
     (ELIGIBLE, "limit", str(10**12)),
     (ELIGIBLE, "limit", "abc"),
     (ELIGIBLE, "limit", "Infinity"),
+    # Dead letters: 1..100 (a letter holds its payload), a negative offset.
+    (LETTERS, "limit", "0"),
+    (LETTERS, "limit", "101"),
+    (LETTERS, "limit", str(10**12)),
+    (LETTERS, "limit", HUGE),
+    (LETTERS, "limit", "abc"),
+    (LETTERS, "limit", ""),
+    (LETTERS, "limit", "2.5"),
+    (LETTERS, "limit", "NaN"),
+    (LETTERS, "offset", "-1"),
+    (LETTERS, "offset", HUGE),
+    (LETTERS, "offset", "abc"),
 ]
 
 
@@ -593,6 +615,129 @@ def test_a_filter_by_another_teams_company_finds_nothing(world: World) -> None:
         for name in ("companyId", "company_id"):
             listed = world.api.get(CONTACTS, params={name: world.their_company["id"]}).json()
             assert (listed["data"], listed["total"]) == ([], 0)
+
+
+# --------------------------------------------------------------- dead letters
+NO_LETTER = "Dead letter not found"
+
+
+@dataclass
+class Letters:
+    """``world`` with a dead letter of each team."""
+
+    world: World
+    mine: str
+    theirs: str
+
+
+@pytest.fixture
+def letters(world: World) -> Letters:
+    api = world.api
+    parked = {}
+    for team in (api.team, api.other_team):
+        event = call_event(team.id, contact_id=f"ct_missing_{uuid.uuid4().hex[:8]}")
+        with api.engine.begin() as conn:
+            [outcome] = apply_payloads(conn, [event])
+        assert outcome.outcome == "dead_lettered"
+        with api.engine.connect() as conn:
+            parked[team.id] = conn.execute(
+                select(dead_letters.c.id).where(dead_letters.c.event_id == event["event_id"])
+            ).scalar_one()
+    return Letters(world, parked[api.team.id], parked[api.other_team.id])
+
+
+HOSTILE_LETTER_IDS = [
+    "%00",
+    "a%00b",
+    "x" * 10_000,
+    quote(SQL, safe=""),
+    "%25",
+    "_",
+    "..%2F..%2Fetc%2Fpasswd",
+    "%F0%9F%98%80",
+    "%ED%A0%80",  # a lone surrogate, as UTF-8 bytes
+    "%FF",
+    "1 OR 1=1",
+]
+
+
+@pytest.mark.parametrize("letter_id", HOSTILE_LETTER_IDS, ids=lambda v: v[:24])
+def test_a_hostile_dead_letter_id_is_404_on_every_letter_route(
+    letters: Letters, letter_id: str
+) -> None:
+    world = letters.world
+    with nothing_changes(world):
+        for method, suffix in (("GET", ""), ("POST", "/replay"), ("POST", "/discard")):
+            response = send(world.api, method, f"{LETTERS}/{letter_id}{suffix}", None)
+            # An id with a slash is no route at all (404 too, in the router's words).
+            assert_error(response, 404, None if "%2F" in letter_id else NO_LETTER)
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"reason": "a\x00b"}, "reason"),
+        ({"reason": SQL}, "reason"),
+        ({"reason": "%"}, "reason"),
+        ({"reason": "Contact_Not_Found"}, "reason"),
+        ({"open": "\x00"}, "open"),
+        ({"open": "TRUE "}, "open"),
+        ({"tag": "vip"}, "tag"),
+        ({"reason": "contact_not_found", "reasons": "x"}, "reasons"),
+    ],
+    ids=lambda v: repr(v)[:40],
+)
+def test_a_hostile_dead_letter_filter_is_422_naming_it(
+    letters: Letters, params: dict[str, str], named: str
+) -> None:
+    with nothing_changes(letters.world):
+        response = letters.world.api.get(LETTERS, params=params)
+        assert_validation_error(response, named)
+        assert set(response.json()["details"]) == {named}
+
+
+def test_another_teams_dead_letters_are_403_or_404_and_change_nothing(letters: Letters) -> None:
+    api = letters.world.api
+    with nothing_changes(letters.world):
+        for name in ("teamId", "team_id"):
+            for team_id in (api.other_team.id, "no-such-team", SQL, "a\x00b"):
+                assert_error(api.get(LETTERS, params={name: team_id}), 403)
+        for method, suffix in (("GET", ""), ("POST", "/replay"), ("POST", "/discard")):
+            url = f"{LETTERS}/{letters.theirs}{suffix}"
+            assert_error(send(api, method, url, None), 404, NO_LETTER)
+            named = send(api, method, f"{url}?teamId={api.other_team.id}", None)
+            assert_error(named, 403)
+        assert [letter["id"] for letter in api.get(LETTERS).json()["data"]] == [letters.mine]
+
+
+# An empty body is what these routes take: every other case.
+NOT_EMPTY = [(name, content) for name, content in NOT_A_JSON_OBJECT if content.strip()]
+
+
+@pytest.mark.parametrize("content", [c for _, c in NOT_EMPTY], ids=[i for i, _ in NOT_EMPTY])
+def test_a_body_sent_to_replay_or_discard_is_422_naming_body(
+    letters: Letters, content: bytes
+) -> None:
+    """They take no body (``{}`` and nothing are fine): anything else is refused, not
+    ignored."""
+    world = letters.world
+    with nothing_changes(world):
+        for action in ("replay", "discard"):
+            url = f"{LETTERS}/{letters.mine}/{action}"
+            assert_validation_error(send(world.api, "POST", url, content), "body")
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["with-length", "streamed"])
+def test_a_10_mb_body_to_replay_or_discard_is_413(letters: Letters, streamed: bool) -> None:
+    body = b'{"x": "' + b"x" * TEN_MB + b'"}'
+    world = letters.world
+    with nothing_changes(world):
+        for action in ("replay", "discard"):
+            content: Any = body
+            if streamed:
+                content = iter([body[i : i + CHUNK] for i in range(0, len(body), CHUNK)])
+            url = f"{LETTERS}/{letters.mine}/{action}"
+            assert_error(send(world.api, "POST", url, content), 413, "Request body too large")
 
 
 # =========================================================================== the worker

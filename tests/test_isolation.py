@@ -63,6 +63,11 @@ from tests.workers import start_worker, stop_worker
 
 CONTACT = f"{CONTACTS}/{{contact_id}}"
 HISTORY = f"{CONTACTS}/{{contact_id}}/history"
+LETTERS = "/api/crm/dead-letters"
+LETTER = f"{LETTERS}/{{dead_letter_id}}"
+REPLAY = f"{LETTER}/replay"
+DISCARD = f"{LETTER}/discard"
+NO_LETTER = "Dead letter not found"
 SHARED_PHONE = "+12025550100"  # a number that a contact of each team has
 NOT_FOUND = "Contact not found"
 FOREIGN_COMPANY = "Company does not belong to this team"
@@ -186,9 +191,17 @@ def _side(engine: Engine, team: Team, people: dict[str, Any]) -> Side:
     )
 
 
+# When a key was last used changes with every use of the key (at most once a minute): it
+# is not data a request may or may not change. ``test_requests_of_a_never_mark_b_key_used``
+# checks that A's requests never set B's.
+NOT_DATA = {api_keys.c.last_used_at}
+
+
 def _text_rows(conn: Connection, table: Any, where: ColumnElement[bool]) -> list[tuple[Any, ...]]:
     """Every column of the matching rows as the database itself prints it."""
-    columns = [cast(column, Text).label(column.name) for column in table.c]
+    columns = [
+        cast(column, Text).label(column.name) for column in table.c if column not in NOT_DATA
+    ]
     order = [cast(column, Text) for column in table.primary_key.columns]
     return [tuple(row) for row in conn.execute(select(*columns).where(where).order_by(*order))]
 
@@ -654,6 +667,55 @@ PROBES: list[Probe] = [
     Probe("companies of B by teamId", "GET", COMPANIES, 403, params={"teamId": "<b.team>"}),
     Probe("companies of B by team_id", "GET", COMPANIES, 403, params={"team_id": "<b.team>"}),
     Probe("companies of A", "GET", COMPANIES, 200, params={"companyId": "<b.company>"}),
+    # GET /dead-letters: the key's team's only.
+    Probe("dead letters of B by teamId", "GET", LETTERS, 403, params={"teamId": "<b.team>"}),
+    Probe("dead letters of B by team_id", "GET", LETTERS, 403, params={"team_id": "<b.team>"}),
+    Probe(
+        "dead letters of B, open, by reason",
+        "GET",
+        LETTERS,
+        403,
+        params={"teamId": "<b.team>", "reason": "contact_not_found", "open": "true"},
+    ),
+    Probe("dead letters by B's letter id", "GET", LETTERS, 422, params={"id": "<b.letter>"}),
+    Probe(
+        "dead letters with B's reason", "GET", LETTERS, 200, params={"reason": "contact_not_found"}
+    ),
+    # GET /dead-letters/{id}, replay and discard: B's letter and B's other ids.
+    *(
+        Probe(
+            f"{label} {ref}",
+            method,
+            route,
+            404,
+            path={"dead_letter_id": f"<{ref}>"},
+            error=NO_LETTER,
+        )
+        for label, method, route in (
+            ("get letter", "GET", LETTER),
+            ("replay", "POST", REPLAY),
+            ("discard", "POST", DISCARD),
+        )
+        for ref in ("b.letter", "b.star", "b.team", "b.company")
+    ),
+    *(
+        Probe(
+            f"{label} B's letter naming B's team",
+            method,
+            route,
+            403,
+            path={"dead_letter_id": "<b.letter>"},
+            params={"teamId": "<b.team>"},
+        )
+        for label, method, route in (
+            ("get", "GET", LETTER),
+            ("replay", "POST", REPLAY),
+            ("discard", "POST", DISCARD),
+        )
+    ),
+    Probe("get A's letter", "GET", LETTER, 200, path={"dead_letter_id": "<a.letter>"}),
+    Probe("replay A's letter", "POST", REPLAY, 200, path={"dead_letter_id": "<a.letter>"}),
+    Probe("discard A's letter", "POST", DISCARD, 200, path={"dead_letter_id": "<a.letter>"}),
 ]
 
 # Routes anyone may call: no key, and nothing of any team in them.
@@ -747,7 +809,7 @@ def _check_probe(world: World, http: Api, probe: Probe) -> None:
     for row in body.get("data", [body]):
         if "team_id" in row:  # a contact or a company, never of B
             assert row["team_id"] == world.a.team.id, row
-        if "contact_id" in row:  # a history record
+        if row.get("contact_id") is not None:  # a history record, a replay that applied
             assert row["contact_id"] in world.a.contact_ids, row
         assert row.get("id") not in world.secrets(), row
     world.assert_untouched()
@@ -772,7 +834,9 @@ def _everything_of_b(world: World, path: str) -> tuple[str, dict[str, str], Any]
     """The URL with B's contact in every path parameter, B's ids in every query
     parameter and body field that takes an id."""
     names = re.findall(r"{(\w+)}", path)
-    url = path.format(**dict.fromkeys(names, world.b.star))
+    url = path.format(
+        **{name: world.b.letter_id if name == "dead_letter_id" else world.b.star for name in names}
+    )
     ids = {
         "teamId": world.b.team.id,
         "team_id": world.b.team.id,
@@ -824,6 +888,50 @@ def test_b_contact_ids_answer_exactly_as_unknown_ids_do(world: World, http: Api)
                 assert answers[0][0] in (404, 422)
     cases.done()
     world.assert_untouched("a", "b")
+
+
+def test_b_letter_ids_and_letters_of_no_team_answer_exactly_as_unknown_ids_do(
+    world: World, http: Api
+) -> None:
+    """No oracle for dead letters either: B's letter, a letter whose team could not be read
+    (the operators'), and an id that does not exist get the same answer on every route."""
+    with world.engine.begin() as conn:
+        [parked] = apply_payloads(conn, [{"event_id": "evt_of_no_team"}])
+        nobodys = conn.execute(
+            select(dead_letters.c.id).where(dead_letters.c.event_id == "evt_of_no_team")
+        ).scalar_one()
+    assert (parked.outcome, parked.team_id) == ("dead_lettered", None)
+    world.before["a"] = snapshot(world.engine, world.a)
+    unknown = str(uuid.uuid4())
+    cases = Cases()
+    for method, path in api_routes():
+        if "{dead_letter_id}" not in path:
+            continue
+        with cases.case(f"{method} {path}"):
+            answers = set()
+            for letter_id in (world.b.letter_id, nobodys, unknown):
+                response = http.client.request(
+                    method, path.format(dead_letter_id=letter_id), headers=http.json_headers()
+                )
+                answers.add((response.status_code, response.text))
+            assert answers == {(404, json.dumps({"error": NO_LETTER}, separators=(",", ":")))}
+    cases.done()
+    world.assert_untouched("a", "b")
+    with world.engine.connect() as conn:
+        letter = conn.execute(select(dead_letters).where(dead_letters.c.id == nobodys)).one()
+    assert (letter.attempts, letter.replayed_at, letter.discarded_at) == (1, None, None)
+
+
+def test_requests_of_a_never_mark_b_key_used(world: World, http: Api) -> None:
+    """``last_used_at`` is left out of the snapshots: it is checked here instead."""
+    for method, path in api_routes():
+        url, params, body = _everything_of_b(world, path)
+        http.client.request(method, url, params=params, json=body, headers=http.json_headers())
+    with world.engine.connect() as conn:
+        rows = conn.execute(select(api_keys.c.team_id, api_keys.c.last_used_at))
+        used = {row.team_id: row.last_used_at for row in rows}
+    assert used[world.a.team.id] is not None
+    assert used[world.b.team.id] is None
 
 
 NEAR_MISSES: dict[str, Callable[[str], str]] = {
@@ -880,7 +988,7 @@ def _bad_keys(world: World) -> dict[str, str | None]:
 
 def _probe_every_route(world: World, http: Api, authorization: str | None) -> None:
     for method, path in api_routes():
-        url = path.format(contact_id=world.b.star)
+        url = path.format(contact_id=world.b.star, dead_letter_id=world.b.letter_id)
         headers = {"Content-Type": "application/json"}
         if authorization is not None:
             headers["Authorization"] = authorization
@@ -1128,6 +1236,11 @@ CLI_PATHS = {
     ("contacts", "list"): "test_cli_contacts_list_for_a_never_prints_b_rows",
     ("dead-letters", "list"): "test_cli_dead_letters_list_keeps_each_letter_with_its_team",
     ("dead-letters", "replay"): "test_cli_replay_*",
+    ("dead-letters", "discard"): "test_cli_discard_within_a_never_closes_b_letter",
+    ("keys", "create"): "test_cli_keys_of_a_reach_a_only",
+    ("keys", "list"): "test_cli_keys_of_a_reach_a_only",
+    ("keys", "revoke"): "test_cli_keys_of_a_reach_a_only",
+    ("teams", "list"): "the operators' list of every team: names and key counts, no key",
     ("publish",): "test_events_of_a_naming_b_never_touch_b[cli publish]",
     ("worker",): "test_events_of_a_naming_b_never_touch_b (the worker runs the event path)",
     ("api",): "the HTTP tests above (it serves create_app)",
@@ -1285,6 +1398,56 @@ def test_cli_replay_all_applies_each_letter_within_its_own_team(
         ).one()
     assert (letter.team_id, letter.payload) == (world.b.team.id, world.b.letter_event)
     assert_no_cross_team_links(world.engine)
+
+
+def test_cli_replay_by_b_event_id_within_a_finds_nothing(
+    world: World, cli_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    event_id = world.b.letter_event["event_id"]
+    argv = ["--database-url", cli_url, "dead-letters", "replay", "--event-id", event_id]
+    code, out, err = run([*argv, "--team", world.a.team.id], capsys)
+    assert (code, out) == (3, "")
+    assert err == f"contact-sync: no dead letter of event {event_id} in team {world.a.team.id}\n"
+    world.assert_untouched("a", "b")
+
+
+def test_cli_discard_within_a_never_closes_b_letter(
+    world: World, cli_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--database-url", cli_url, "dead-letters", "discard", world.b.letter_id]
+    code, out, err = run([*argv, "--team", world.a.team.id], capsys)
+    assert (code, out) == (3, "")
+    assert err.startswith("contact-sync: not found")
+    world.assert_untouched("a", "b")
+
+
+def test_cli_keys_of_a_reach_a_only(
+    world: World, http: Api, cli_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key made for A reads A's rows only; A's list shows A's keys only; revoking A's
+    keys leaves B's working and B's rows as they were."""
+    code, out, err = run(
+        ["--database-url", cli_url, "keys", "create", "--team", world.a.team.id], capsys
+    )
+    assert code == 0, err
+    made = json.loads(out)
+    listed = http.get(CONTACTS, key=made["api_key"]).json()
+    assert sorted(c["id"] for c in listed["data"]) == sorted(world.a.contact_ids)
+    assert_error(http.get(CONTACT.format(contact_id=world.b.star), key=made["api_key"]), 404)
+    assert_error(http.get(CONTACTS, params={"teamId": world.b.team.id}, key=made["api_key"]), 403)
+
+    code, out, err = run(
+        ["--database-url", cli_url, "keys", "list", "--team", world.a.team.id, "--json"], capsys
+    )
+    assert code == 0, err
+    assert {key["id"] for key in json.loads(out)} == {world.a.key_id, made["key_id"]}
+    assert_no_leak(world, "", httpx.Response(200, text=out))
+
+    for key_id in (world.a.key_id, made["key_id"]):
+        assert run(["--database-url", cli_url, "keys", "revoke", key_id], capsys)[0] == 0
+    assert_error(http.get(CONTACTS, key=made["api_key"]), 401)
+    assert http.get(CONTACTS, key=world.b.key).status_code == 200
+    world.assert_untouched()
 
 
 # --------------------------------------------------------------------------- event ids

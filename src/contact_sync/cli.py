@@ -22,6 +22,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from contact_sync.cli_events import BrokerUnreachable, add_event_commands, port_number
+from contact_sync.cli_keys import add_key_commands, add_team_commands
 from contact_sync.db.engine import InvalidDatabaseURL, is_outage, make_engine, safe_url
 from contact_sync.db.migrate import UnknownRevision, schema_problem, upgrade
 from contact_sync.errors import ContactSyncError, NotFound, ValidationFailed
@@ -190,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True)
     create.add_argument("--region", default="US", help="ISO country code for national numbers")
     create.set_defaults(func=cmd_teams_create)
+    add_team_commands(teams_sub)
+    add_key_commands(sub)
 
     contacts = sub.add_parser("contacts", help="read contacts")
     contacts_sub = contacts.add_subparsers(dest="contacts_command", required=True, metavar="ACTION")

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import shutil
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, get_args
 
 from contact_sync.db.engine import make_engine, safe_url
+from contact_sync.events import Reason
 from contact_sync.settings import get_settings
 
 # A byte order mark: Windows tools start UTF-8 files with it, and ``cat`` of such
@@ -222,12 +224,14 @@ def cmd_publish(args: argparse.Namespace) -> None:
 
 
 def cmd_dead_letters_list(args: argparse.Namespace) -> None:
-    """Print the dead letters, newest first."""
+    """Print the dead letters, newest first: every team's and those of no team, or one team's."""
     from contact_sync.dead_letters import list_dead_letters
 
     _apply_overrides(args)
     with make_engine(get_settings().database_url).connect() as conn:
-        letters = list_dead_letters(conn, include_replayed=not args.open)
+        letters = list_dead_letters(
+            conn, include_replayed=not args.open, team_id=args.team, reason=args.reason
+        )
     if args.json:
         print(json.dumps([letter.to_dict() for letter in letters]))
         return
@@ -235,71 +239,119 @@ def cmd_dead_letters_list(args: argparse.Namespace) -> None:
         print("no dead letters")
         return
     for letter in letters:
-        state = "erased" if letter.erased_at else "replayed" if letter.replayed_at else "open"
         print(
-            f"{letter.id}  {letter.reason:<26} {state:<8} attempts={letter.attempts}  "
-            f"event={letter.event_id or '-'}  {letter.message[:100]}"
+            f"{letter.id}  {letter.reason:<26} {letter.state:<9} attempts={letter.attempts}  "
+            f"team={letter.team_id or '-'}  event={letter.event_id or '-'}  "
+            f"{letter.message[:100]}"
         )
+
+
+def _operator() -> str:
+    """Who acts from the command line, for a letter's record: ``cli:<login name>``."""
+    try:
+        return f"cli:{getpass.getuser()}"[:100]
+    except (OSError, KeyError):  # no login name in the environment nor in passwd
+        return "cli"
+
+
+def _by_event_id(conn: Any, event_id: str, team_id: str | None) -> str:
+    """The letter to replay for an event id: its team's open one, else its newest."""
+    from contact_sync.dead_letters import list_dead_letters
+
+    letters = list_dead_letters(conn, team_id=team_id, event_id=event_id)
+    where = f" in team {team_id}" if team_id else ""
+    if not letters:
+        raise SystemExit(_fail(f"no dead letter of event {event_id}{where}", 3))
+    teams = {letter.team_id for letter in letters}
+    if len(teams) > 1:
+        raise SystemExit(
+            _fail(
+                f"event id {event_id} has dead letters in {len(teams)} teams: name one with --team",
+                2,
+            )
+        )
+    return next((letter for letter in letters if letter.is_open), letters[0]).id
 
 
 def cmd_dead_letters_replay(args: argparse.Namespace) -> None:
     """Send dead letters through the apply path again; closes those that now go through.
 
-    An erased letter (its contact was deleted) is refused: its payload is a
-    tombstone, and the event it was must not come back. ``--all`` skips them.
+    An erased letter (its contact was deleted) or a discarded one is refused:
+    the event it was must not come back. ``--all`` skips them.
     """
-    from contact_sync.apply import apply_payloads
     from contact_sync.clock import utcnow
     from contact_sync.dead_letters import (
+        ClosedLetter,
+        DeadLetterNotFound,
         ErasedLetter,
         get_dead_letter,
         list_dead_letters,
-        mark_replayed,
-        take_for_replay,
     )
+    from contact_sync.replays import replay
 
     _apply_overrides(args)
     engine = make_engine(get_settings().database_url)
     with engine.connect() as conn:
         if args.all:
-            letters = list_dead_letters(conn, include_replayed=False)
+            letters = list_dead_letters(conn, include_replayed=False, team_id=args.team)
         else:
-            found = get_dead_letter(conn, dead_letter_id=args.id)
+            wanted = args.id or _by_event_id(conn, args.event_id, args.team)
+            found = get_dead_letter(conn, dead_letter_id=wanted, team_id=args.team)
             if found is None:
-                raise SystemExit(_fail(f"no dead letter {args.id}", 3))
+                where = f" in team {args.team}" if args.team else ""
+                raise SystemExit(_fail(f"no dead letter {wanted}{where}", 3))
             letters = [found]
     # A single letter that was erased is refused below, under its lock.
     erased = sum(1 for letter in letters if args.all and letter.erased_at is not None)
     letters = [letter for letter in letters if not (args.all and letter.erased_at is not None)]
     results: list[dict[str, Any]] = []
+    by = _operator()
     for listed in letters:
-        now = utcnow()
-        with engine.begin() as conn:
-            try:
-                letter = take_for_replay(conn, dead_letter_id=listed.id)
-            except ErasedLetter as exc:
-                if not args.all:
-                    raise SystemExit(_fail(str(exc), 3)) from None
-                erased += 1
-                continue
-            if letter is None:
-                continue  # gone since it was listed: nothing to replay
-            [outcome] = apply_payloads(
-                conn,
-                [letter.payload],
-                min_confidence=get_settings().min_confidence,
-                now=now,
-                dead_letter_id=letter.id,
-            )
-            if outcome.outcome != "dead_lettered":
-                mark_replayed(conn, dead_letter_id=letter.id, now=now)
-        results.append({"id": letter.id, "outcome": outcome.outcome, "reason": outcome.reason})
+        try:
+            with engine.begin() as conn:
+                done = replay(
+                    conn,
+                    dead_letter_id=listed.id,
+                    team_id=None,
+                    by=by,
+                    now=utcnow(),
+                    min_confidence=get_settings().min_confidence,
+                )
+        except ClosedLetter as exc:
+            if not args.all:
+                raise SystemExit(_fail(str(exc), 3)) from None
+            erased += isinstance(exc, ErasedLetter)
+            continue
+        except DeadLetterNotFound:
+            continue  # gone since it was listed: nothing to replay
+        outcome = done.outcome
+        results.append({"id": listed.id, "outcome": outcome.outcome, "reason": outcome.reason})
         detail = f" ({outcome.reason}: {outcome.message})" if outcome.reason else ""
-        print(f"{letter.id}: {outcome.outcome}{detail}")
+        print(f"{listed.id}: {outcome.outcome}{detail}")
     if erased:
         print(f"skipped {erased} erased dead letters (their contacts were deleted)")
     if any(r["outcome"] == "dead_lettered" for r in results):
         raise SystemExit(1)
+
+
+def cmd_dead_letters_discard(args: argparse.Namespace) -> None:
+    """Close a dead letter without applying it; it is kept, with who and when."""
+    from contact_sync.clock import utcnow
+    from contact_sync.dead_letters import ReplayedLetter, discard
+
+    _apply_overrides(args)
+    engine = make_engine(get_settings().database_url)
+    now = utcnow()
+    try:
+        with engine.begin() as conn:
+            letter = discard(
+                conn, dead_letter_id=args.id, team_id=args.team, by=_operator(), now=now
+            )
+    except ReplayedLetter as exc:
+        raise SystemExit(_fail(str(exc), 3)) from None
+    when = letter.discarded_at.isoformat() if letter.discarded_at else "?"
+    already = "" if letter.discarded_at == now else " already"
+    print(f"{letter.id}:{already} discarded at {when} by {letter.discarded_by}")
 
 
 def _fail(message: str, code: int) -> int:
@@ -332,16 +384,30 @@ def add_event_commands(sub: Any) -> None:
     publish.add_argument("--quiet", action="store_true", help="no progress bar")
     publish.set_defaults(func=cmd_publish)
 
-    letters = sub.add_parser("dead-letters", help="list or replay parked events")
+    letters = sub.add_parser("dead-letters", help="list, replay or discard parked events")
     letters_sub = letters.add_subparsers(
         dest="dead_letters_command", required=True, metavar="ACTION"
     )
     listing = letters_sub.add_parser("list", help="list dead letters, newest first")
     listing.add_argument("--json", action="store_true")
-    listing.add_argument("--open", action="store_true", help="only those not replayed yet")
+    listing.add_argument(
+        "--open", action="store_true", help="only those neither replayed nor discarded"
+    )
+    listing.add_argument("--team", help="one team's (default: every team's, and of no team)")
+    listing.add_argument("--reason", choices=get_args(Reason), help="only this reason code")
     listing.set_defaults(func=cmd_dead_letters_list)
     replay = letters_sub.add_parser("replay", help="apply a dead letter again")
     target = replay.add_mutually_exclusive_group(required=True)
     target.add_argument("id", nargs="?", metavar="ID")
+    target.add_argument("--event-id", help="the letter of this event (its open one)")
     target.add_argument("--all", action="store_true", help="every open dead letter")
+    replay.add_argument(
+        "--team", help="within this team (needed when the event id is in several teams)"
+    )
     replay.set_defaults(func=cmd_dead_letters_replay)
+    discarding = letters_sub.add_parser(
+        "discard", help="close a dead letter without applying it (it is kept)"
+    )
+    discarding.add_argument("id", metavar="ID")
+    discarding.add_argument("--team", help="only if the letter is this team's")
+    discarding.set_defaults(func=cmd_dead_letters_discard)

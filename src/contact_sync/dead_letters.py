@@ -4,6 +4,14 @@ A redelivery of the same bad event (the same event id from the same team)
 bumps ``attempts`` on its open dead letter instead of adding another, so
 the table stays a list of problems.
 
+Nothing about a letter is overwritten without a trace: its ``attempt_log``
+keeps each delivery and each replay (when, which, its outcome, reason and
+message, and who replayed it), so a replay that fails for a new reason
+still shows the reason the event was parked for. The log keeps the first
+entry and the latest ``LOG_LIMIT - 1``; ``attempts`` counts them all. A
+letter is closed when a replay goes through (``replayed_at``) or when a
+person discards it (``discarded_at``, ``discarded_by``); it is never deleted.
+
 Deleting a contact erases the team's letters that name it (``erase_naming``):
 the payload, which holds what the call heard about the person, becomes a
 tombstone, and such a letter is never replayed (README, "Erasure").
@@ -14,31 +22,63 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import phonenumbers
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Row,
     bindparam,
     func,
     insert,
     or_,
     select,
     text,
+    true,
     update,
 )
 
 from contact_sync.db.tables import dead_letters
+from contact_sync.errors import ContactSyncError, NotFound
 from contact_sync.events import Reason
 from contact_sync.ids import new_id
 from contact_sync.phones import normalise_phone
 from contact_sync.storable import has_unstorable
 
 ERASED_MESSAGE = "erased: the contact this event named was deleted"
+LOG_LIMIT = 50
 _ERASE_PAGE = 500
+
+Via = Literal["delivery", "replay"]
+
+
+def log_entry(
+    *,
+    at: datetime,
+    via: Via,
+    outcome: str,
+    reason: str | None,
+    message: str | None,
+    by: str | None = None,
+) -> dict[str, Any]:
+    """One entry of a letter's ``attempt_log``: a delivery (``by`` is null) or a replay."""
+    return {
+        "at": at.isoformat(),
+        "via": via,
+        "outcome": outcome,
+        "reason": reason,
+        "message": message[:2000] if message is not None else None,
+        "by": by,
+    }
+
+
+def _appended(log: list[dict[str, Any]], entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """``log`` with ``entry``: the first entry (the original problem) and the latest kept."""
+    longer = [*log, entry]
+    return longer if len(longer) <= LOG_LIMIT else [longer[0], *longer[-(LOG_LIMIT - 1) :]]
 
 
 @dataclass(frozen=True)
@@ -56,47 +96,174 @@ class DeadLetter:
     attempts: int
     replayed_at: datetime | None
     erased_at: datetime | None = None
+    discarded_at: datetime | None = None
+    discarded_by: str | None = None
+    attempt_log: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def is_open(self) -> bool:
+        """Neither replayed successfully nor discarded (an erased letter can only be discarded)."""
+        return self.replayed_at is None and self.discarded_at is None
+
+    @property
+    def state(self) -> str:
+        """``discarded``, ``replayed``, ``erased`` or ``open``, for people."""
+        if self.discarded_at is not None:
+            return "discarded"
+        if self.replayed_at is not None:
+            return "replayed"
+        return "erased" if self.erased_at is not None else "open"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         data = dict(self.__dict__)
-        for key in ("first_seen_at", "last_seen_at", "replayed_at", "erased_at"):
+        for key in ("first_seen_at", "last_seen_at", "replayed_at", "erased_at", "discarded_at"):
             data[key] = data[key].isoformat() if data[key] is not None else None
+        data["open"] = self.is_open
         return data
 
 
-class ErasedLetter(Exception):
+def _from_row(row: Row[Any]) -> DeadLetter:
+    """The letter of a row; a letter parked before the log existed shows its one delivery."""
+    data = dict(row._mapping)
+    if not data.get("attempt_log"):
+        data["attempt_log"] = [
+            log_entry(
+                at=data["last_seen_at"],
+                via="delivery",
+                outcome="dead_lettered",
+                reason=data["reason"],
+                message=data["message"],
+            )
+        ]
+    return DeadLetter(**data)
+
+
+class DeadLetterNotFound(NotFound):
+    """No dead letter with that id (within the caller's team)."""
+
+
+class ClosedLetter(ContactSyncError):
+    """A dead letter that cannot take this action (erased, discarded, replayed)."""
+
+    def __init__(self, message: str, letter: DeadLetter) -> None:
+        super().__init__(message)
+        self.letter = letter
+
+
+class ErasedLetter(ClosedLetter):
     """A dead letter whose contact was deleted: its event is gone and cannot be replayed."""
 
     def __init__(self, letter: DeadLetter) -> None:
         erased = letter.erased_at.date().isoformat() if letter.erased_at else "?"
         super().__init__(
             f"dead letter {letter.id} was erased on {erased} (its contact was deleted); "
-            "it cannot be replayed"
+            "it cannot be replayed",
+            letter,
+        )
+
+
+class DiscardedLetter(ClosedLetter):
+    """A dead letter a person discarded: it is closed, and replaying it is refused."""
+
+    def __init__(self, letter: DeadLetter) -> None:
+        when = letter.discarded_at.isoformat() if letter.discarded_at else "?"
+        super().__init__(
+            f"dead letter {letter.id} was discarded at {when} by {letter.discarded_by}; "
+            "it cannot be replayed",
+            letter,
+        )
+
+
+class ReplayedLetter(ClosedLetter):
+    """A dead letter whose event went through: there is nothing left to discard."""
+
+    def __init__(self, letter: DeadLetter) -> None:
+        when = letter.replayed_at.isoformat() if letter.replayed_at else "?"
+        super().__init__(
+            f"dead letter {letter.id} was replayed successfully at {when}; it cannot be discarded",
+            letter,
         )
 
 
 def check_replayable(letter: DeadLetter) -> None:
-    """Raise ``ErasedLetter`` for a letter that must not go through the apply path again."""
+    """Raise ``ErasedLetter`` or ``DiscardedLetter`` for a letter that must not be applied."""
     if letter.erased_at is not None:
         raise ErasedLetter(letter)
+    if letter.discarded_at is not None:
+        raise DiscardedLetter(letter)
 
 
-def take_for_replay(conn: Connection, *, dead_letter_id: str) -> DeadLetter | None:
-    """The letter, locked for the replay's transaction; ``ErasedLetter`` if it was erased.
+def _in_team(team_id: str | None) -> ColumnElement[bool]:
+    """The letters of ``team_id``; every letter (operators) when it is None."""
+    if team_id is None:
+        return true()
+    return dead_letters.c.team_id == team_id
+
+
+def _locked(conn: Connection, dead_letter_id: str, team_id: str | None) -> DeadLetter | None:
+    if "\x00" in dead_letter_id:  # PostgreSQL text cannot hold it; no id contains it
+        return None
+    row = conn.execute(
+        select(dead_letters)
+        .where(dead_letters.c.id == dead_letter_id, _in_team(team_id))
+        .with_for_update()
+    ).one_or_none()
+    return _from_row(row) if row is not None else None
+
+
+def take_for_replay(
+    conn: Connection, *, dead_letter_id: str, team_id: str | None = None
+) -> DeadLetter | None:
+    """The letter, locked for the replay's transaction; ``ErasedLetter`` if it was erased,
+    ``DiscardedLetter`` if a person discarded it; None if ``team_id`` has no such letter.
 
     Read again under the lock: a delete that erased it since it was listed
     has committed (or waits for this transaction), so an erased payload is
     never replayed from a copy read before.
     """
-    row = conn.execute(
-        select(dead_letters).where(dead_letters.c.id == dead_letter_id).with_for_update()
-    ).one_or_none()
-    if row is None:
-        return None
-    letter = DeadLetter(**row._mapping)
-    check_replayable(letter)
+    letter = _locked(conn, dead_letter_id, team_id)
+    if letter is not None:
+        check_replayable(letter)
     return letter
+
+
+def log_replay(conn: Connection, *, taken: DeadLetter, entry: dict[str, Any]) -> None:
+    """Add a replay's entry to the log of ``taken`` (the letter as ``take_for_replay`` read
+    it: still locked, and its log, seeded for an old letter, untouched by the replay)."""
+    conn.execute(
+        update(dead_letters)
+        .where(dead_letters.c.id == taken.id)
+        .values(attempt_log=_appended(taken.attempt_log, entry))
+    )
+
+
+def discard(
+    conn: Connection, *, dead_letter_id: str, team_id: str | None, by: str, now: datetime
+) -> DeadLetter:
+    """Close a letter without applying it, saying who and when; it is kept, never deleted.
+
+    Discarding a discarded letter changes nothing (the first who and when stay),
+    so a client may retry; a letter replayed successfully is ``ReplayedLetter``.
+    ``DeadLetterNotFound`` when ``team_id`` (None: any) has no such letter.
+    """
+    letter = _locked(conn, dead_letter_id, team_id)
+    if letter is None:
+        raise DeadLetterNotFound(dead_letter_id)
+    if letter.discarded_at is not None:
+        return letter
+    if letter.replayed_at is not None:
+        raise ReplayedLetter(letter)
+    conn.execute(
+        update(dead_letters)
+        .where(dead_letters.c.id == letter.id)
+        .values(discarded_at=now, discarded_by=by[:100])
+    )
+    return _with(letter, discarded_at=now, discarded_by=by[:100])
+
+
+def _with(letter: DeadLetter, **changes: Any) -> DeadLetter:
+    return DeadLetter(**{**letter.__dict__, **changes})
 
 
 def storable(payload: Any) -> Any:
@@ -127,8 +294,10 @@ def record(
 
     ``dead_letter_id`` (a replay) or an open dead letter of the same event
     (the same event id from the same team, or both without a team) is updated
-    rather than duplicated. An erased letter is never written again: a later
-    delivery of its event is new data and gets a letter of its own.
+    rather than duplicated. An erased or discarded letter is never written again:
+    a later delivery of its event is new data and gets a letter of its own. A
+    delivery adds an entry to the letter's ``attempt_log``; a replay's entry is
+    written by its caller (``log_replay``), who knows who replayed it.
     """
     existing = dead_letter_id
     if existing is None and event_id is not None and conn.dialect.name == "postgresql":
@@ -152,25 +321,34 @@ def record(
                 dead_letters.c.event_id == event_id,
                 dead_letters.c.replayed_at.is_(None),
                 dead_letters.c.erased_at.is_(None),
+                dead_letters.c.discarded_at.is_(None),
                 team,
             )
             .limit(1)
         ).scalar_one_or_none()
+    delivery = log_entry(
+        at=now, via="delivery", outcome="dead_lettered", reason=reason, message=message
+    )
     if existing is not None:
-        updated = conn.execute(
-            update(dead_letters)
-            .where(dead_letters.c.id == existing, dead_letters.c.erased_at.is_(None))
-            .values(
-                team_id=func.coalesce(dead_letters.c.team_id, team_id),
-                reason=reason,
-                message=message[:2000],
-                payload=storable(payload),
-                last_seen_at=now,
-                attempts=dead_letters.c.attempts + 1,
-                replayed_at=None,
+        current = _locked(conn, existing, None)
+        if current is not None and current.erased_at is None:
+            values: dict[str, Any] = {}
+            if dead_letter_id is None:
+                values["attempt_log"] = _appended(current.attempt_log, delivery)
+            conn.execute(
+                update(dead_letters)
+                .where(dead_letters.c.id == existing)
+                .values(
+                    team_id=func.coalesce(dead_letters.c.team_id, team_id),
+                    reason=reason,
+                    message=message[:2000],
+                    payload=storable(payload),
+                    last_seen_at=now,
+                    attempts=dead_letters.c.attempts + 1,
+                    replayed_at=None,
+                    **values,
+                )
             )
-        ).rowcount
-        if updated:
             return existing
     new = new_id()
     conn.execute(
@@ -185,6 +363,7 @@ def record(
             last_seen_at=now,
             attempts=1,
             replayed_at=None,
+            attempt_log=[delivery],
         )
     )
     return new
@@ -197,20 +376,96 @@ def mark_replayed(conn: Connection, *, dead_letter_id: str, now: datetime) -> No
     )
 
 
-def list_dead_letters(conn: Connection, *, include_replayed: bool = True) -> list[DeadLetter]:
-    """Dead letters, newest first."""
-    stmt = select(dead_letters).order_by(dead_letters.c.last_seen_at.desc(), dead_letters.c.id)
-    if not include_replayed:
-        stmt = stmt.where(dead_letters.c.replayed_at.is_(None))
-    return [DeadLetter(**row._mapping) for row in conn.execute(stmt)]
+_OPEN = (dead_letters.c.replayed_at.is_(None), dead_letters.c.discarded_at.is_(None))
 
 
-def get_dead_letter(conn: Connection, *, dead_letter_id: str) -> DeadLetter | None:
-    """One dead letter by id."""
+def _filters(
+    team_id: str | None, reason: str | None, is_open: bool | None, event_id: str | None
+) -> list[ColumnElement[bool]]:
+    where = [_in_team(team_id)]
+    if reason is not None:
+        where.append(dead_letters.c.reason == reason)
+    if is_open is True:
+        where.extend(_OPEN)
+    elif is_open is False:
+        where.append(or_(*(~test for test in _OPEN)))
+    if event_id is not None:
+        where.append(dead_letters.c.event_id == event_id)
+    return where
+
+
+def list_dead_letters(
+    conn: Connection,
+    *,
+    include_replayed: bool = True,
+    team_id: str | None = None,
+    reason: str | None = None,
+    event_id: str | None = None,
+) -> list[DeadLetter]:
+    """Dead letters, newest first; ``include_replayed=False``: the open ones only.
+
+    ``team_id`` None is every team's and the letters of no team (operators).
+    """
+    where = _filters(team_id, reason, None if include_replayed else True, event_id)
+    stmt = (
+        select(dead_letters)
+        .where(*where)
+        .order_by(dead_letters.c.last_seen_at.desc(), dead_letters.c.id.desc())
+    )
+    return [_from_row(row) for row in conn.execute(stmt)]
+
+
+@dataclass(frozen=True)
+class DeadLetterPage:
+    """A page of a team's dead letters, newest first, and how many match in all."""
+
+    data: list[DeadLetter]
+    total: int
+    limit: int
+    offset: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The API's ``{data, total, limit, offset}``."""
+        return {
+            "data": [letter.to_dict() for letter in self.data],
+            "total": self.total,
+            "limit": self.limit,
+            "offset": self.offset,
+        }
+
+
+def page_dead_letters(
+    conn: Connection,
+    *,
+    team_id: str,
+    reason: str | None = None,
+    is_open: bool | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> DeadLetterPage:
+    """One team's letters, newest first (``last_seen_at``, then id), with the total."""
+    where = _filters(team_id, reason, is_open, None)
+    total = conn.execute(select(func.count()).select_from(dead_letters).where(*where)).scalar()
+    rows = conn.execute(
+        select(dead_letters)
+        .where(*where)
+        .order_by(dead_letters.c.last_seen_at.desc(), dead_letters.c.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return DeadLetterPage([_from_row(row) for row in rows], int(total or 0), limit, offset)
+
+
+def get_dead_letter(
+    conn: Connection, *, dead_letter_id: str, team_id: str | None = None
+) -> DeadLetter | None:
+    """One dead letter by id (within ``team_id`` when given)."""
+    if "\x00" in dead_letter_id:
+        return None
     row = conn.execute(
-        select(dead_letters).where(dead_letters.c.id == dead_letter_id)
+        select(dead_letters).where(dead_letters.c.id == dead_letter_id, _in_team(team_id))
     ).one_or_none()
-    return DeadLetter(**row._mapping) if row is not None else None
+    return _from_row(row) if row is not None else None
 
 
 # --- erasure ---------------------------------------------------------------------
@@ -331,7 +586,7 @@ def erase_naming(conn: Connection, *, team_id: str, subject: Subject, now: datet
     when it holds the contact's id, which no other contact has. Each
     match keeps its ``event_id``, reason, times and attempts; its payload
     becomes a tombstone and its message (which can quote the payload) a
-    fixed text.
+    fixed text, in its ``attempt_log`` too.
     """
     scope = or_(
         dead_letters.c.team_id == team_id,
@@ -348,6 +603,7 @@ def erase_naming(conn: Connection, *, team_id: str, subject: Subject, now: datet
                 dead_letters.c.event_id,
                 dead_letters.c.reason,
                 dead_letters.c.payload,
+                dead_letters.c.attempt_log,
             )
             .where(scope, dead_letters.c.erased_at.is_(None), dead_letters.c.id > after)
             .order_by(dead_letters.c.id)
@@ -365,6 +621,10 @@ def erase_naming(conn: Connection, *, team_id: str, subject: Subject, now: datet
                     {
                         "b_id": row.id,
                         "b_payload": _tombstone(row.event_id, row.reason, now),
+                        "b_log": [
+                            {**entry, "message": entry.get("message") and ERASED_MESSAGE}
+                            for entry in row.attempt_log or []
+                        ],
                     }
                 )
         if len(rows) < _ERASE_PAGE:
@@ -374,7 +634,12 @@ def erase_naming(conn: Connection, *, team_id: str, subject: Subject, now: datet
         conn.execute(
             update(dead_letters)
             .where(dead_letters.c.id == bindparam("b_id"))
-            .values(payload=bindparam("b_payload"), message=ERASED_MESSAGE, erased_at=now),
+            .values(
+                payload=bindparam("b_payload"),
+                message=ERASED_MESSAGE,
+                attempt_log=bindparam("b_log"),
+                erased_at=now,
+            ),
             erased,
         )
     return len(erased)

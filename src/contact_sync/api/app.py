@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 
 from contact_sync import __version__
 from contact_sync.api import errors
+from contact_sync.api.dead_letter_routes import router as dead_letter_router
 from contact_sync.api.limits import BodySizeLimit
 from contact_sync.api.rate_limit import rate_limiter_for
 from contact_sync.api.readiness import Readiness, probe
@@ -31,9 +32,11 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         redoc_url=None,
     )
     app.state.engine = engine or make_engine(settings.database_url)
+    app.state.settings = settings
     app.state.rate_limiter = rate_limiter_for(settings)
     errors.install(app)
     app.include_router(router)
+    app.include_router(dead_letter_router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
 
     @app.get("/healthz", response_model=Health, tags=["health"])

@@ -27,6 +27,8 @@ teams = Table(
     metadata,
     Column("id", String(36), primary_key=True),
     Column("name", String(200), nullable=False),
+    # teams.name_key(name): unique, so that names differing only in case are refused.
+    Column("name_key", String(64), nullable=False, unique=True),
     Column("default_region", String(2), nullable=False),
     Column("calls_overwrite_people", Boolean, nullable=False),
     Column("min_confidence", Float, nullable=True),
@@ -41,7 +43,10 @@ api_keys = Table(
     Column("id", String(36), primary_key=True),
     Column("team_id", String(36), ForeignKey("teams.id", ondelete="CASCADE"), nullable=False),
     Column("key_hash", String(64), nullable=False, unique=True),
+    Column("name", String(100), nullable=True),
+    Column("scope", String(8), nullable=False),  # "read" or "write"
     Column("created_at", UTCDateTime, nullable=False),
+    Column("last_used_at", UTCDateTime, nullable=True),  # at most a minute stale
     Column("revoked_at", UTCDateTime, nullable=True),
 )
 
@@ -126,6 +131,11 @@ dead_letters = Table(
     Column("replayed_at", UTCDateTime),
     # Set when the contact the letter named was deleted: the payload is a tombstone.
     Column("erased_at", UTCDateTime),
+    # Closed by a person without applying it: when, and who (a key id, or "cli:<user>").
+    Column("discarded_at", UTCDateTime),
+    Column("discarded_by", String(100)),
+    # Each delivery and replay: [{at, via, outcome, reason, message, by}] (dead_letters.py).
+    Column("attempt_log", JsonDocument, nullable=False),
 )
 
 # Numbers of deleted do-not-call contacts, as keyed hashes only (suppression.py).
