@@ -641,7 +641,7 @@ def test_every_generated_valid_event_is_accepted_by_both(event: dict[str, Any]) 
     assert _compare(event)
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_events())
 def test_the_schema_and_the_worker_agree_on_near_valid_events(event: dict[str, Any]) -> None:
     _compare(event)
