@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,9 @@ def test_the_demo_runs_on_a_fresh_directory_with_no_settings_and_leaves_nothing(
 
 
 @pytest.mark.slow
-def test_the_demo_keeps_its_data_for_contacts_list_when_asked(tmp_path: Path) -> None:
+def test_the_demo_keeps_its_data_in_a_folder_here_and_prints_the_command_to_list_it(
+    tmp_path: Path,
+) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONTACT_SYNC_")}
     done = subprocess.run(
         [sys.executable, "-m", "contact_sync.cli", "demo", "--keep"],
@@ -46,9 +49,13 @@ def test_the_demo_keeps_its_data_for_contacts_list_when_asked(tmp_path: Path) ->
         timeout=240,
     )
     assert done.returncode == 0, done.stderr
-    team_id = done.stdout.split("contacts list --team ")[1].split("`")[0]
+    [command] = [
+        line.strip()
+        for line in done.stdout.splitlines()
+        if line.strip().startswith("contact-sync --database-url")
+    ]
     listing = subprocess.run(
-        [sys.executable, "-m", "contact_sync.cli", "contacts", "list", "--team", team_id],
+        [sys.executable, "-m", "contact_sync.cli", *shlex.split(command)[1:]],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -57,3 +64,4 @@ def test_the_demo_keeps_its_data_for_contacts_list_when_asked(tmp_path: Path) ->
     )
     assert listing.returncode == 0, listing.stderr
     assert "of 37" in listing.stdout  # 36 seeded contacts and one unknown caller
+    assert [p.name for p in tmp_path.iterdir()] == ["contact-sync-demo"]

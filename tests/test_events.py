@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from typing import Any
 
 import pytest
 
-import contact_sync.events
 from contact_sync.events import CallCompleted, ExtractedValue, InvalidEvent, parse_event
 
 NOW = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
@@ -285,11 +282,3 @@ def test_an_unknown_extracted_contact_field_no_database_can_store_is_invalid(
 )
 def test_text_no_database_can_store_is_invalid(overrides: dict[str, Any]) -> None:
     assert reason_of(payload(**overrides)) == "invalid_payload"
-
-
-def test_the_shipped_json_schema_matches_the_model() -> None:
-    shipped = (resources.files("contact_sync") / "schemas" / "call_completed.v1.json").read_text(
-        encoding="utf-8"
-    )
-    generated = json.dumps(contact_sync.events.json_schema(), indent=2, sort_keys=True) + "\n"
-    assert shipped == generated

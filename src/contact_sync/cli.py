@@ -167,11 +167,9 @@ def cmd_api(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    """The whole flow on the embedded default."""
+    """The whole flow on the demo's own files: ``--database-url`` and the environment are unused."""
     from contact_sync.demo import run_demo
 
-    if args.database_url:
-        os.environ["CONTACT_SYNC_DATABASE_URL"] = args.database_url
     code = run_demo(keep=args.keep)
     if code:
         raise SystemExit(code)

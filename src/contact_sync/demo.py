@@ -6,6 +6,12 @@ worker consumes it exactly as it would Redis). The demo creates a team and
 contacts, publishes a few hundred realistic call events with duplicates and
 out-of-order deliveries, lets a real worker process apply them, and prints
 what changed.
+
+Both are always the demo's own, whatever the environment or the flags say: a
+demo run on a production host must not publish into the real queue or write
+a demo team into the real database. Without ``--keep`` they live in a
+temporary folder that is removed afterwards; with it, in a new folder of the
+working directory.
 """
 
 from __future__ import annotations
@@ -13,31 +19,26 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, func, select
 from tqdm import tqdm
 
 from contact_sync.db.engine import make_engine
 from contact_sync.db.migrate import upgrade
-from contact_sync.db.tables import (
-    api_keys,
-    companies,
-    contact_history,
-    contacts,
-    dead_letters,
-    processed_events,
-    teams,
-)
-from contact_sync.settings import Settings
+from contact_sync.db.tables import contacts, dead_letters, processed_events
+from contact_sync.settings import Settings, get_settings
 from contact_sync.store import create_contact, list_history
 from contact_sync.teams import create_team
 
@@ -302,57 +303,82 @@ def _print_summary(engine: Engine, team_id: str, deliveries: int, distinct: int)
                     print(f"      summary: {record['summary']}")
 
 
-def _cleanup(engine: Engine, team_id: str) -> None:
-    with engine.begin() as conn:
-        for table in (contact_history, processed_events, dead_letters):
-            conn.execute(delete(table).where(table.c.team_id == team_id))
-        conn.execute(delete(contacts).where(contacts.c.team_id == team_id))
-        conn.execute(delete(companies).where(companies.c.team_id == team_id))
-        conn.execute(delete(api_keys).where(api_keys.c.team_id == team_id))
-        conn.execute(delete(teams).where(teams.c.id == team_id))
+KEPT_FOLDER = "contact-sync-demo"
+DATABASE_FILE = "demo.sqlite3"
+# Environment variables that could lead the demo to a configured server: its own
+# settings, and Celery's (CELERY_BROKER_URL overrides even an app's own broker URL).
+_CONFIGURATION_PREFIXES = ("CONTACT_SYNC_", "CELERY_")
 
 
-def run_demo(
-    *, keep: bool, contacts_count: int = 36, events_count: int = 300, seed: int = 7
-) -> int:
-    """Run the demo; returns the exit code."""
-    settings = Settings()
-    explicit_broker = "CONTACT_SYNC_BROKER_URL" in os.environ
-    folder = Path(tempfile.mkdtemp(prefix="contact-sync-demo-broker-"))
-    broker_url = settings.broker_url if explicit_broker else "filesystem://"
-    db_file = (
-        settings.database_url.removeprefix("sqlite:///")
-        if settings.database_url.startswith("sqlite:///")
-        else None
-    )
-    created_file = db_file is not None and not Path(db_file).exists()
-    engine = make_engine(settings.database_url)
+def _new_kept_folder(parent: Path) -> Path:
+    """``contact-sync-demo`` in ``parent``, or ``-2``, ``-3``… when a kept run is there."""
+    for n in range(1, 10_000):
+        folder = parent / (KEPT_FOLDER if n == 1 else f"{KEPT_FOLDER}-{n}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder.resolve()
+    raise RuntimeError(f"no free {KEPT_FOLDER}-N folder name in {parent}")
+
+
+@contextmanager
+def _own_environment(database_url: str, broker_folder: Path) -> Iterator[dict[str, str]]:
+    """Point every settings read of this process, and the worker's, at the demo's files.
+
+    The configuration variables are removed for the demo's duration rather than
+    overridden one by one, so that a setting added later cannot reach a real
+    server either; the environment is restored afterwards.
+    """
+    saved = dict(os.environ)
+    for key in list(os.environ):
+        if key.startswith(_CONFIGURATION_PREFIXES):
+            del os.environ[key]
+    os.environ["CONTACT_SYNC_DATABASE_URL"] = database_url
+    os.environ["CONTACT_SYNC_BROKER_URL"] = "filesystem://"
+    os.environ["CONTACT_SYNC_BROKER_FOLDER"] = str(broker_folder)
+    get_settings.cache_clear()
+    try:
+        yield dict(os.environ)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        get_settings.cache_clear()
+
+
+class _WorkerFailed(Exception):
+    """The demo's worker died or did not finish in time; its log stays for a look."""
+
+
+def _apply(
+    engine: Engine,
+    settings: Settings,
+    env: dict[str, str],
+    place: Path,
+    *,
+    contacts_count: int,
+    events_count: int,
+    seed: int,
+) -> str:
+    """Seed, publish, let a real worker apply, and summarise; returns the demo team's id."""
+    from contact_sync.publisher import EventPublisher
+    from contact_sync.worker.celery_app import create_app
+
     upgrade(engine)
     rng = random.Random(seed)
     team_id, people = _seed(engine, rng, contacts_count)
     deliveries = build_events(rng, team_id, people, events_count)
     distinct = len({e["event_id"] for e in deliveries})
     print(
-        f"Created team {team_id} with {contacts_count} contacts; "
-        f"publishing {len(deliveries)} call events ({distinct} distinct, shuffled) to "
-        f"{'the filesystem broker (no server)' if not explicit_broker else broker_url}."
+        f"Created team {team_id} with {contacts_count} contacts; publishing "
+        f"{len(deliveries)} call events ({distinct} distinct, shuffled) to the file broker."
     )
-    env = {
-        **os.environ,
-        "CONTACT_SYNC_DATABASE_URL": settings.database_url,
-        "CONTACT_SYNC_BROKER_URL": broker_url,
-        "CONTACT_SYNC_BROKER_FOLDER": str(folder),
-    }
-    log = folder.parent / f"{folder.name}.worker.log"
+    log = place / "worker.log"
     worker = _start_worker(env, log)
     try:
-        from contact_sync.publisher import EventPublisher
-        from contact_sync.worker.celery_app import create_app
-
-        app = create_app(
-            settings.model_copy(update={"broker_url": broker_url, "broker_folder": str(folder)})
-        )
-        with EventPublisher(app=app, max_batch=20, validate_events=False) as publisher:
+        with EventPublisher(
+            app=create_app(settings), max_batch=20, validate_events=False
+        ) as publisher:
             for event in deliveries:
                 publisher.publish(event)
         done = 0
@@ -360,10 +386,7 @@ def run_demo(
         with tqdm(total=distinct, unit="event", desc="applying", file=sys.stderr) as bar:
             while done < distinct:
                 if worker.poll() is not None or time.monotonic() > deadline:
-                    print(
-                        f"contact-sync: the demo worker failed; its log is {log}", file=sys.stderr
-                    )
-                    return 1
+                    raise _WorkerFailed(str(log))
                 with engine.connect() as conn:
                     now_done = conn.execute(
                         select(func.count())
@@ -374,18 +397,61 @@ def run_demo(
                 done = now_done
                 time.sleep(0.1)
         time.sleep(0.5)  # let the last duplicate deliveries be acknowledged
-        log.unlink(missing_ok=True)
     finally:
         _stop(worker)
-        shutil.rmtree(folder, ignore_errors=True)
+    log.unlink(missing_ok=True)
     _print_summary(engine, team_id, len(deliveries), distinct)
+    return team_id
+
+
+def run_demo(
+    *, keep: bool, contacts_count: int = 36, events_count: int = 300, seed: int = 7
+) -> int:
+    """Run the demo on its own SQLite file and file broker; returns the exit code."""
+    place = (
+        _new_kept_folder(Path.cwd())
+        if keep
+        else Path(tempfile.mkdtemp(prefix="contact-sync-demo-")).resolve()
+    )
+    database_file = place / DATABASE_FILE
+    broker_folder = place / "broker"
+    database_url = f"sqlite:///{database_file}"
+    print(
+        f"demo: {'a SQLite file, kept afterwards,' if keep else 'a throwaway SQLite file'} at "
+        f"{database_file} and a file broker at {broker_folder}; "
+        "your configured database and broker are not touched.",
+        flush=True,
+    )
+    keep_place = keep
+    try:
+        with _own_environment(database_url, broker_folder) as env:
+            engine = make_engine(database_url)
+            try:
+                team_id = _apply(
+                    engine,
+                    Settings(),
+                    env,
+                    place,
+                    contacts_count=contacts_count,
+                    events_count=events_count,
+                    seed=seed,
+                )
+            finally:
+                engine.dispose()
+    except _WorkerFailed as exc:
+        keep_place = True  # for its log
+        print(f"contact-sync: the demo worker failed; its log is {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(broker_folder, ignore_errors=True)
+        if not keep_place:
+            shutil.rmtree(place, ignore_errors=True)
     if keep:
-        print(f"\nKept the data: try `contact-sync contacts list --team {team_id}`.")
+        print(
+            f"\nKept the data in {place}; look at it with\n"
+            f"  contact-sync --database-url {shlex.quote(database_url)} "
+            f"contacts list --team {team_id}"
+        )
     else:
-        _cleanup(engine, team_id)
-        engine.dispose()
-        if created_file and db_file is not None:
-            for suffix in ("", "-wal", "-shm"):
-                Path(db_file + suffix).unlink(missing_ok=True)
         print("\nRemoved the demo data (run with --keep to explore it).")
     return 0

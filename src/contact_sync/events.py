@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AwareDatetime,
@@ -27,7 +27,9 @@ from pydantic import (
 )
 
 from contact_sync.contacts import (
+    MAX_CUSTOM_FIELDS,
     MAX_CUSTOM_FIELDS_BYTES,
+    MAX_TAGS,
     check_custom_fields_size,
     check_custom_key,
     check_custom_value,
@@ -37,6 +39,19 @@ from contact_sync.storable import has_unstorable, is_storable_text
 SCHEMA_VERSION = 1
 FUTURE_TOLERANCE = timedelta(minutes=10)
 MAX_BATCH = 500
+# The limits of the fields, also written into the JSON Schema (event_schema.py).
+MAX_ID_LENGTH = 200
+MAX_TEXT_LENGTH = 2000
+MAX_PHONE_LENGTH = 40
+MAX_DURATION_SECONDS = 86_400 * 7
+MAX_EXTRACTOR_VERSION_LENGTH = 100
+MAX_LEAD_STATUS_LENGTH = 64
+MAX_TAG_LENGTH = 64
+MAX_SUMMARY_LENGTH = 10_000
+MAX_CONTACT_FIELD_NAME_LENGTH = 64
+
+CallOutcome = Literal["completed", "voicemail", "no_answer", "busy", "failed"]
+OUTCOMES: tuple[str, ...] = get_args(CallOutcome)
 
 Reason = Literal[
     "invalid_payload",
@@ -77,8 +92,8 @@ def _iso_date_time(value: Any) -> Any:
     return value
 
 
-Id = Annotated[StrictStr, Field(min_length=1, max_length=200)]
-ShortText = Annotated[StrictStr, Field(max_length=2000)]
+Id = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+ShortText = Annotated[StrictStr, Field(max_length=MAX_TEXT_LENGTH)]
 
 
 class ExtractedValue(BaseModel):
@@ -140,7 +155,7 @@ class ExtractedContact(BaseModel):
         # An unknown field does not fail the event: the merge names it in the
         # history record's `skipped`, so it must be JSON a database can store.
         for name, value in (self.model_extra or {}).items():
-            if len(name) > 64:
+            if len(name) > MAX_CONTACT_FIELD_NAME_LENGTH:
                 raise ValueError(f"contact field name {name[:70]!r} is longer than 64 characters")
             try:
                 check_custom_value(value)
@@ -156,17 +171,24 @@ class Extraction(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    extractor_version: Annotated[StrictStr, Field(max_length=100)] | None = None
+    extractor_version: (
+        Annotated[StrictStr, Field(max_length=MAX_EXTRACTOR_VERSION_LENGTH)] | None
+    ) = None
     custom_fields: Annotated[
-        dict[str, ExtractedValue], BeforeValidator(_wrap_custom_fields), Field(max_length=200)
+        dict[str, ExtractedValue],
+        BeforeValidator(_wrap_custom_fields),
+        Field(max_length=MAX_CUSTOM_FIELDS),
     ] = Field(default_factory=dict)
     contact: ExtractedContact | None = None
-    lead_status: Annotated[StrictStr, Field(max_length=64)] | None = None
+    lead_status: Annotated[StrictStr, Field(max_length=MAX_LEAD_STATUS_LENGTH)] | None = None
     do_not_call: StrictBool | None = None
     tags: (
-        Annotated[list[Annotated[StrictStr, Field(max_length=64)]], Field(max_length=50)] | None
+        Annotated[
+            list[Annotated[StrictStr, Field(max_length=MAX_TAG_LENGTH)]], Field(max_length=MAX_TAGS)
+        ]
+        | None
     ) = None
-    summary: Annotated[StrictStr, Field(max_length=10_000)] | None = None
+    summary: Annotated[StrictStr, Field(max_length=MAX_SUMMARY_LENGTH)] | None = None
 
 
 class CallCompleted(BaseModel):
@@ -184,11 +206,11 @@ class CallCompleted(BaseModel):
     team_id: Id
     call_id: Id
     contact_id: Id | None = None
-    phone: Annotated[StrictStr, Field(max_length=40)] | None = None
+    phone: Annotated[StrictStr, Field(max_length=MAX_PHONE_LENGTH)] | None = None
     campaign_id: Id | None = None
     occurred_at: Annotated[AwareDatetime, BeforeValidator(_iso_date_time)]
-    outcome: Literal["completed", "voicemail", "no_answer", "busy", "failed"]
-    duration_seconds: Annotated[StrictInt, Field(ge=0, le=86_400 * 7)] | None = None
+    outcome: CallOutcome
+    duration_seconds: Annotated[StrictInt, Field(ge=0, le=MAX_DURATION_SECONDS)] | None = None
     extraction: Extraction | None = None
 
 
@@ -242,7 +264,7 @@ def _storable_id(payload: Any, key: str, max_length: int) -> str | None:
 
 def event_id_of(payload: Any) -> str | None:
     """The event id of a payload that may not validate, for dead letters and the inbox."""
-    return _storable_id(payload, "event_id", 200)
+    return _storable_id(payload, "event_id", MAX_ID_LENGTH)
 
 
 def team_id_of(payload: Any) -> str | None:
@@ -251,8 +273,7 @@ def team_id_of(payload: Any) -> str | None:
 
 
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema shipped for publishers in other languages."""
-    schema = CallCompleted.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "call.completed (schema_version 1)"
-    return schema
+    """The JSON Schema shipped for publishers in other languages (``event_schema.py``)."""
+    from contact_sync.event_schema import build_schema
+
+    return build_schema()
