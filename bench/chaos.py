@@ -59,7 +59,8 @@ The last line is ``published=N lost=L applied_twice=A differing=D`` (N: distinct
 malformed entries); the line before it counts the malformed entries sent and parked. The exit
 code is 0 only when every count there is 0 and nothing else differs (a missing or wrong dead
 letter, a malformed entry not parked or not keeping its text, an event applied to the wrong
-contact, a contact that should not exist). Exit code 2: the harness itself failed (a server
+contact, a contact that should not exist, a message still queued or unacknowledged when the
+run stops waiting). Exit code 2: the harness itself failed (a server
 did not start, ``rabbitmqctl`` refused); 130: interrupted.
 
 ``--poison-max-attempts`` (default 1000) is high so that messages the harness killed are not
@@ -1612,6 +1613,9 @@ class Verdict:
     malformed_not_kept: list[str] = field(default_factory=list)
     malformed_resent_twice: int = 0  # parked twice after a send that raised and was repeated
     malformed_again_after_fault: int = 0  # parked again: a fault returned it unacknowledged
+    # What the broker still held when the run gave up waiting (a message stuck unacknowledged,
+    # or one that goes round for ever); empty when it drained.
+    undrained: str = ""
     reasons: Counter[str] = field(default_factory=Counter)
     outcomes: Counter[str] = field(default_factory=Counter)
 
@@ -1635,6 +1639,7 @@ class Verdict:
             or self.malformed_wrong_reason
             or self.malformed_twice
             or self.malformed_not_kept
+            or self.undrained
         )
 
 
@@ -1991,6 +1996,7 @@ def run(args: argparse.Namespace) -> int:
         monitor.stop()
         workers.stop()
         verdict = judge(engine, data, expected, publishing.malformed_resent, faults)
+        verdict.undrained = "" if settled else state
         verdict.publisher_dropped = publishing.batch_handed - publishing.batch_events
         verdict.lost_how = explain_lost(verdict.lost, data, publishing, faults)
         if verdict.lost:
@@ -2156,6 +2162,8 @@ def report(
         )
     if verdict.phantom_contacts:
         log(f"  contacts that should not exist: {verdict.phantom_contacts}")
+    if verdict.undrained:
+        log(f"  the broker never drained: {verdict.undrained}")
 
 
 def main() -> int:
