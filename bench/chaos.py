@@ -2,15 +2,19 @@
 
 Run from the repository root (issue 6, DESIGN §4-§6)::
 
-    /work/venv/bin/python bench/chaos.py             # 5,000 events, 500 contacts, 5 teams
-    /work/venv/bin/python bench/chaos.py --small     # 600 events, 60 contacts, 3 teams (< 2 min)
-    /work/venv/bin/python bench/chaos.py --seed 7 --workers 3 --keep
+    python bench/chaos.py             # 5,000 events, 500 contacts, 5 teams, on Redis
+    python bench/chaos.py --small     # 600 events, 60 contacts, 3 teams (< 2 min)
+    python bench/chaos.py --small --broker amqp://guest:guest@127.0.0.1:5672/
+    python bench/chaos.py --seed 7 --workers 3 --keep
 
-It touches neither the machine's PostgreSQL nor its Redis: it starts a private PostgreSQL
-cluster (``initdb`` into a temporary folder, ``pg_ctl start`` on a free port; as root through
-``runuser -u postgres``) and a private ``redis-server`` on a free port with
-``--appendonly yes --appendfsync always``, so queued messages survive a restart. Both are
-stopped and deleted at the end, also on Ctrl-C (``--keep`` keeps the folder with every log).
+It touches neither the machine's PostgreSQL nor its broker's data: it starts a private
+PostgreSQL cluster (``initdb`` into a temporary folder, ``pg_ctl start`` on a free port; as root
+through ``runuser -u postgres``) and, with ``--broker redis`` (the default), a private
+``redis-server`` on a free port with ``--appendonly yes --appendfsync always``, so queued
+messages survive a restart. With ``--broker amqp://user:pass@host:port/`` it uses that RabbitMQ
+server in a virtual host of its own (``rabbitmqctl add_vhost``; the URL's own virtual host is
+not used), where the workers declare the project's quorum queue. Everything is stopped and
+deleted at the end, also on Ctrl-C (``--keep`` keeps the folder with every log).
 
 What it does:
 
@@ -20,35 +24,49 @@ What it does:
    two days (so many arrive older than an event of the same contact applied before them, some
    tie on ``occurred_at``), some naming the contact by its phone only, and some invalid (unknown
    or foreign contact, unknown team, ``schema_version`` 2, malformed, dated in the future,
-   bodies Celery cannot decode, an unknown task name);
+   bodies Celery cannot decode, an unknown task name); and malformed raw entries, each sent
+   once: on Redis, bytes that are no message at all pushed on the list (not JSON, ``{}``,
+   ``[]``, a JSON string, an envelope without ``properties`` or ``body``, bad base64, a few KB
+   of random bytes); on RabbitMQ, messages whose headers and body no worker can use (no task
+   header, no headers, a body that is not JSON, another content type, pickle, a body of the
+   wrong shape, a task name that is not a string). Each must become exactly one dead letter
+   ``invalid_payload`` that keeps its text (a second one is counted apart, and passes only
+   after a fault that can return a parked message unacknowledged or a send repeated after
+   an error: such an item has no id that would let the worker recognise it);
 3. computes the oracle: per contact, the pure merge applied once per distinct valid event in time
    order to the contact as seeded;
 4. starts ``--workers`` real ``contact-sync worker --concurrency 2`` processes under a supervisor
    that restarts any that dies (and kills what a dead one left behind, as a container runtime
-   would), with ``CONTACT_SYNC_VISIBILITY_TIMEOUT_SECONDS=60`` so the messages of killed workers
-   come back within the run;
+   would), with ``CONTACT_SYNC_VISIBILITY_TIMEOUT_SECONDS=60`` so that on Redis the messages of
+   killed workers come back within the run (RabbitMQ gives them back at once);
 5. publishes the deliveries over ``--publish-seconds`` (single-event messages with
-   ``send_task``, batch messages through ``EventPublisher``, raw messages with ``LPUSH``; half
-   evenly, half in a burst just before each fault), retrying a send the broker refused, and
-   meanwhile injects faults at random moments, each once Redis shows messages taken and not yet
-   acknowledged: SIGKILL of a busy worker's pool child and of a busy worker's main process, Redis
-   killed (SIGKILL) and shut down (``SHUTDOWN``, AOF persisted) then restarted on the same
-   folder, PostgreSQL connections terminated (``pg_terminate_backend``) and PostgreSQL
-   restarted (``pg_ctl restart -m fast``), and a SIGTERM warm shutdown; after each it measures
-   the recovery time (until the inbox grows again);
-6. waits until the inbox holds every valid event, the dead letters every invalid one, and Redis
-   holds no queued or unacknowledged message (or a timeout), then compares the database with the
-   oracle and prints what it found.
+   ``send_task``, batch messages through ``EventPublisher``, raw messages by hand: ``LPUSH``
+   on Redis, ``basic_publish`` on RabbitMQ; half evenly, half in a burst just before each
+   fault), retrying a send the broker refused, and meanwhile injects faults at random moments,
+   each once the broker shows messages taken and not yet acknowledged: SIGKILL of a busy
+   worker's pool child and of a busy worker's main process, a SIGTERM warm shutdown,
+   PostgreSQL connections terminated (``pg_terminate_backend``) and PostgreSQL restarted
+   (``pg_ctl restart -m fast``), and two broker faults: on Redis the server killed (SIGKILL)
+   and shut down (``SHUTDOWN``, AOF persisted) then restarted on the same folder; on RabbitMQ
+   every connection of its virtual host closed, and one of them
+   (``rabbitmqctl close_all_connections --vhost``, other virtual hosts untouched). After each
+   it measures the recovery time (until the inbox grows again);
+6. waits until the inbox holds every valid event, the dead letters every invalid event and
+   malformed entry, and the broker holds no queued or unacknowledged message (or a timeout),
+   then compares the database with the oracle and prints what it found.
 
-The last line is ``published=N lost=L applied_twice=A differing=D`` (N: distinct events); the
-exit code is 0 only when every count there is 0 and nothing else differs (a missing or wrong
-dead letter, an event applied to the wrong contact, a contact that should not exist).
-Exit code 2: the harness itself failed (a server did not start); 130: interrupted.
+The last line is ``published=N lost=L applied_twice=A differing=D`` (N: distinct events and
+malformed entries); the line before it counts the malformed entries sent and parked. The exit
+code is 0 only when every count there is 0 and nothing else differs (a missing or wrong dead
+letter, a malformed entry not parked or not keeping its text, an event applied to the wrong
+contact, a contact that should not exist, a message still queued or unacknowledged when the
+run stops waiting). Exit code 2: the harness itself failed (a server
+did not start, ``rabbitmqctl`` refused); 130: interrupted.
 
 ``--poison-max-attempts`` (default 1000) is high so that messages the harness killed are not
-parked as ``poison_message``. A trigger on ``delivery_attempts`` (harness-only, in its private
-database) keeps every count the worker writes, so the highest is printed, with how many
-messages the default limit of 3 would have parked.
+parked as ``poison_message``. On Redis a trigger on ``delivery_attempts`` (harness-only, in its
+private database) keeps every count the worker writes, so the highest is printed, with how
+many messages the default limit of 3 would have parked; RabbitMQ counts deliveries itself.
 """
 
 from __future__ import annotations
@@ -58,9 +76,11 @@ import base64
 import contextlib
 import copy
 import glob
+import itertools
 import json
 import logging
 import os
+import pickle
 import pwd
 import random
 import shutil
@@ -74,15 +94,19 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 import psycopg
 import redis
+from kombu.connection import Connection
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy import Engine, select
 
 from contact_sync.apply import STATE_FIELDS
@@ -100,21 +124,24 @@ from contact_sync.publisher import EventPublisher
 from contact_sync.settings import Settings
 from contact_sync.store import create_contact
 from contact_sync.teams import Team, create_team
-from contact_sync.worker.celery_app import QUEUE, TASK_APPLY, create_app
+from contact_sync.worker.celery_app import (
+    POISON_QUEUE,
+    QUEUE,
+    TASK_APPLY,
+    create_app,
+    event_queues,
+    queue_depth,
+)
 
 T = TypeVar("T")
 
 VISIBILITY_TIMEOUT = 60  # the minimum the settings allow
 DATABASE = "chaos"
-FAULT_KINDS = (
-    "kill_child",
-    "kill_main",
-    "redis_kill",
-    "redis_shutdown",
-    "pg_terminate",
-    "pg_restart",
-    "sigterm",
-)
+# In a size's faults, "broker" stands for the broker's own faults, in order (Broker.faults).
+BROKER_FAULT = "broker"
+REDIS_FAULTS = ("redis_kill", "redis_shutdown")
+AMQP_FAULTS = ("amqp_close_all", "amqp_close_one")
+EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
 @dataclass(frozen=True)
@@ -137,7 +164,7 @@ FULL = Size(
     finish_seconds=300.0,
     faults=("kill_child",) * 4
     + ("kill_main",) * 3
-    + ("redis_kill", "redis_shutdown")
+    + (BROKER_FAULT,) * 2
     + ("pg_terminate",) * 2
     + ("pg_restart",) * 2
     + ("sigterm",) * 2,
@@ -152,8 +179,8 @@ SMALL = Size(
         "kill_main",
         "kill_child",
         "kill_child",
-        "redis_kill",
-        "redis_shutdown",
+        BROKER_FAULT,
+        BROKER_FAULT,
         "pg_terminate",
         "pg_restart",
         "sigterm",
@@ -323,11 +350,12 @@ class PrivatePostgres:
 
 
 class PrivateRedis:
-    """A throwaway redis-server with an append-only file synced on every write."""
+    """A throwaway redis-server with an append-only file synced on every write (by default)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, appendfsync: str = "always") -> None:
         self.dir = root / "redis"
         self.port = free_port()
+        self.appendfsync = appendfsync
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -342,7 +370,7 @@ class PrivateRedis:
         self.process = subprocess.Popen(
             [
                 binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always",
+                "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", self.appendfsync,
                 "--save", "", "--daemonize", "no", "--logfile", str(self.dir / "redis.log"),
             ],
             stdin=subprocess.DEVNULL,
@@ -385,6 +413,464 @@ class PrivateRedis:
 
     def stop(self) -> None:
         self.kill()
+
+
+# --- the broker: a private Redis, or a RabbitMQ virtual host of the harness' own ----------
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A task message sent by hand, not through Celery (as a publisher in any language would).
+
+    On Redis it is wrapped in the envelope of docs/celery-message.md and pushed on the list;
+    on RabbitMQ it is published to the queue with these headers and content type.
+    """
+
+    body: bytes
+    headers: dict[str, Any] | None
+    content_type: str = "application/json"
+    content_encoding: str = "utf-8"
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A raw item no worker can use, sent once: it must become one ``invalid_payload`` letter.
+
+    Redis items are bytes pushed on the list as they are; their letter is the one whose
+    ``raw_body`` is their text. RabbitMQ items are messages, told apart by a ``marker`` of
+    their own in the body. Either way the letter's payload must keep what was sent: ``kept``
+    is one of its values (the text, or the decoded JSON of a body the worker could decode).
+    """
+
+    kind: str
+    item: Raw | bytes
+    kept: Any
+    marker: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"marker:{self.marker}" if self.marker is not None else str(self.kept)
+
+
+def as_text(data: bytes) -> str:
+    """Bytes as a dead letter keeps them: UTF-8, anything else and NUL as U+FFFD."""
+    return data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+
+
+def _kept(raw: Raw) -> Any:
+    """What a dead letter keeps of ``raw``'s body: its JSON when it is JSON, else its text."""
+    if raw.content_type == "application/json":
+        with contextlib.suppress(ValueError):
+            return json.loads(raw.body)
+    return as_text(raw.body)
+
+
+def _marker() -> str:
+    return f"chaos-malformed-{uuid.uuid4().hex[:12]}"
+
+
+def _task_headers(task: str = TASK_APPLY) -> dict[str, Any]:
+    return {"lang": "py", "task": task, "id": str(uuid.uuid4())}
+
+
+class RawSender(Protocol):
+    def send(self, item: Raw | bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Broker(Protocol):
+    """What the harness needs of a broker, each answered the broker's own way."""
+
+    kind: str
+    faults: tuple[str, ...]  # what the sizes' "broker" faults become, in order
+
+    @property
+    def url(self) -> str: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def describe(self) -> str: ...
+
+    def watch(self) -> None:
+        """Faults are coming: keep ``unacked`` quick to answer until ``unwatch``."""
+
+    def unwatch(self) -> None: ...
+
+    def unacked(self) -> int | None:
+        """Messages taken by a worker and not acknowledged (None: the broker did not say)."""
+
+    def drained(self) -> tuple[bool, str]:
+        """Whether nothing is queued or unacknowledged any more, and the counts in words."""
+
+    def sender(self) -> RawSender: ...
+
+    def inject(self, kind: str, rng: random.Random) -> str:
+        """Inject one of ``faults``; returns what was done."""
+
+    def malformed(self, rng: random.Random, sets: int) -> list[Malformed]: ...
+
+
+class RedisSender:
+    """``LPUSH`` of raw entries; redis-py's own retries are off, so every attempt is counted."""
+
+    def __init__(self, port: int) -> None:
+        self.client = redis.Redis(
+            port=port, socket_timeout=5, socket_connect_timeout=5, retry=Retry(NoBackoff(), 0)
+        )
+
+    def send(self, item: Raw | bytes) -> None:
+        self.client.lpush(QUEUE, item if isinstance(item, bytes) else _envelope(item))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class RedisBroker:
+    """The private ``redis-server`` (AOF, fsync always); its faults kill and shut it down."""
+
+    kind = "redis"
+    faults: tuple[str, ...] = REDIS_FAULTS
+
+    def __init__(self, root: Path) -> None:
+        self.server = PrivateRedis(root)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def describe(self) -> str:
+        return f"Redis (AOF, fsync always) on port {self.server.port}"
+
+    def watch(self) -> None:
+        """Nothing to do: ``HLEN unacked`` takes a millisecond."""
+
+    def unwatch(self) -> None:
+        """Nothing to do."""
+
+    def _client(self) -> redis.Redis:
+        return redis.Redis(port=self.server.port, socket_timeout=2, socket_connect_timeout=2)
+
+    def unacked(self) -> int | None:
+        client = self._client()
+        try:
+            return int(client.hlen("unacked"))
+        except redis.RedisError:
+            return None
+        finally:
+            client.close()
+
+    def _counts(self) -> tuple[int, int]:
+        client = self._client()
+        try:
+            return int(client.llen(QUEUE)), int(client.hlen("unacked"))
+        finally:
+            client.close()
+
+    def drained(self) -> tuple[bool, str]:
+        # A message is briefly in neither list nor hash: a second look a moment later.
+        try:
+            queued, unacked = self._counts()
+            if not queued and not unacked:
+                time.sleep(0.2)
+                queued, unacked = self._counts()
+        except redis.RedisError as error:
+            return False, f"redis: {type(error).__name__}"
+        return queued == 0 and unacked == 0, f"{queued} queued, {unacked} unacknowledged"
+
+    def sender(self) -> RawSender:
+        return RedisSender(self.server.port)
+
+    def inject(self, kind: str, rng: random.Random) -> str:
+        began = time.monotonic()
+        if kind == "redis_kill":
+            self.server.kill()
+            what = "SIGKILL"
+        elif kind == "redis_shutdown":
+            self.server.shutdown()
+            what = "SHUTDOWN"
+        else:
+            raise HarnessError(f"unknown Redis fault {kind}")
+        time.sleep(rng.uniform(0.3, 1.5))
+        self.server.start()
+        return f"{what}, restarted: down {time.monotonic() - began:.1f} s"
+
+    def malformed(self, rng: random.Random, sets: int) -> list[Malformed]:
+        """Entries pushed on the list that are no kombu envelope at all."""
+        items: list[Malformed] = []
+        for _ in range(sets):
+            headers = {**_task_headers(), "note": _marker()}
+            envelope = json.loads(_envelope(Raw(json.dumps([[{}], {}, EMBED]).encode(), headers)))
+            no_properties = {k: v for k, v in envelope.items() if k != "properties"}
+            no_body = {k: v for k, v in envelope.items() if k != "body"}
+            bad_base64 = {**envelope, "body": f"!!{_marker()} is not base64!!"}
+            entries: list[tuple[str, bytes]] = [
+                ("not JSON", f"hello world {_marker()}".encode()),
+                ("{}", b"{}"),
+                ("[]", b"[]"),
+                ("a JSON string", json.dumps(f"a JSON string {_marker()}").encode()),
+                ("no properties", json.dumps(no_properties).encode()),
+                ("no body", json.dumps(no_body).encode()),
+                ("bad base64", json.dumps(bad_base64).encode()),
+                ("4 KB of random bytes", rng.randbytes(4096)),
+            ]
+            items += [Malformed(kind, data, as_text(data)) for kind, data in entries]
+        return items
+
+
+class AmqpSender:
+    """``basic_publish`` with publisher confirms on a connection of its own, made again after
+    an error (a closed connection, say)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.connection: Connection | None = None
+        self.channel: Any = None
+
+    def send(self, item: Raw | bytes) -> None:
+        if not isinstance(item, Raw):
+            raise TypeError("RabbitMQ takes messages, not list entries")
+        try:
+            if self.channel is None:
+                self.connection = Connection(  # type: ignore[no-untyped-call]
+                    self.url, connect_timeout=5, transport_options={"confirm_publish": True}
+                )
+                connection: Any = self.connection
+                self.channel = connection.channel()
+                queue, _poison = event_queues()
+                # Declared as every publisher must, with the worker's arguments.
+                queue(self.channel).declare()  # type: ignore[no-untyped-call]
+            message = self.channel.prepare_message(
+                item.body,
+                content_type=item.content_type,
+                content_encoding=item.content_encoding,
+                headers=item.headers,
+                properties={"delivery_mode": 2},
+            )
+            self.channel.basic_publish(message, exchange="", routing_key=QUEUE)
+        except Exception:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.connection is not None:
+            with contextlib.suppress(Exception):
+                self.connection.release()  # type: ignore[no-untyped-call]
+        self.connection = self.channel = None
+
+
+class AmqpBroker:
+    """A virtual host of the harness' own on a RabbitMQ server, deleted at the end.
+
+    Its faults close connections of that virtual host only (``rabbitmqctl
+    close_all_connections --vhost``): other users of the server are not touched. Queue counts
+    come from ``rabbitmqctl list_queues``, which reports RabbitMQ's statistics, refreshed every
+    ``collect_statistics_interval`` (5 s by default): "drained" is believed only after empty
+    readings that span more than one interval, and the messages waiting are also read live
+    with a passive declaration. A ``rabbitmqctl`` call takes a second or two (an Erlang VM
+    starts), so while faults are injected a thread keeps the latest count at hand.
+    """
+
+    kind = "amqp"
+    faults: tuple[str, ...] = AMQP_FAULTS
+
+    def __init__(self, server_url: str, prefix: str = "contact_sync_chaos") -> None:
+        parts = urlsplit(server_url)
+        self.server_url = server_url
+        self.vhost = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        self.user = parts.username or "guest"
+        self._url = parts._replace(path=f"/{self.vhost}").geturl()
+        self.created = False
+        self.stats_interval = 5.0
+        self._empty_since: float | None = None
+        self._latest: int | None = None
+        self._watching = threading.Event()
+        self._sampler: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def _ctl(self, *args: str) -> str:
+        binary = shutil.which("rabbitmqctl")
+        if binary is None:
+            raise HarnessError(
+                "rabbitmqctl is not installed: the harness makes a RabbitMQ virtual host with it"
+            )
+        result = subprocess.run(
+            [binary, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+        if result.returncode:
+            lines = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
+            raise HarnessError(f"`rabbitmqctl {' '.join(args[:3])}` failed: {lines[0]}")
+        return result.stdout
+
+    def start(self) -> None:
+        try:
+            with Connection(self.server_url, connect_timeout=5) as conn:  # type: ignore[no-untyped-call]
+                conn.ensure_connection(max_retries=1, timeout=5)
+        except Exception as error:
+            raise HarnessError(f"no RabbitMQ server lets us in: {error}") from error
+        self._ctl("add_vhost", self.vhost)
+        self.created = True
+        self._ctl("set_permissions", "-p", self.vhost, self.user, ".*", ".*", ".*")
+        found = self._ctl("eval", "application:get_env(rabbit, collect_statistics_interval).")
+        with contextlib.suppress(ValueError):
+            self.stats_interval = int(found.strip().strip("{}").split(",")[-1]) / 1000
+
+    def stop(self) -> None:
+        if self.created:
+            with contextlib.suppress(HarnessError, subprocess.TimeoutExpired):
+                self._ctl("delete_vhost", self.vhost)
+            self.created = False
+
+    def describe(self) -> str:
+        host = urlsplit(self.server_url).hostname
+        return f"RabbitMQ on {host}, virtual host {self.vhost} (the project's quorum queue)"
+
+    def _queues(self) -> dict[str, tuple[int, int]]:
+        """(ready, unacknowledged) by queue name, as RabbitMQ's statistics last saw them."""
+        rows = json.loads(
+            self._ctl(
+                "list_queues", "-q", "-p", self.vhost,
+                "name", "messages_ready", "messages_unacknowledged", "--formatter", "json",
+            ) or "[]"
+        )  # fmt: skip
+        return {
+            row["name"]: (int(row["messages_ready"] or 0), int(row["messages_unacknowledged"] or 0))
+            for row in rows
+        }
+
+    def _read_unacked(self) -> int | None:
+        try:
+            return sum(unacked for _ready, unacked in self._queues().values())
+        except (HarnessError, subprocess.TimeoutExpired, ValueError):
+            return None
+
+    def _sample(self) -> None:
+        while self._watching.is_set():
+            self._latest = self._read_unacked()
+
+    def watch(self) -> None:
+        self._watching.set()
+        self._sampler = threading.Thread(target=self._sample, name="rabbitmq-stats", daemon=True)
+        self._sampler.start()
+
+    def unwatch(self) -> None:
+        self._watching.clear()
+        if self._sampler is not None:
+            self._sampler.join(timeout=70)
+            self._sampler = None
+
+    def unacked(self) -> int | None:
+        if self._watching.is_set():
+            return self._latest
+        return self._read_unacked()
+
+    def drained(self) -> tuple[bool, str]:
+        try:
+            stats = self._queues()
+            with Connection(self.url, connect_timeout=5) as conn:  # type: ignore[no-untyped-call]
+                waiting = queue_depth(conn) + queue_depth(conn, POISON_QUEUE)
+        except Exception as error:  # rabbitmqctl or the connection failed: look again later
+            self._empty_since = None
+            return False, f"rabbitmq: {type(error).__name__}"
+        ready = sum(r for r, _ in stats.values())
+        unacked = sum(u for _, u in stats.values())
+        text = f"{waiting} queued, {unacked} unacknowledged (statistics: {ready} ready)"
+        now = time.monotonic()
+        if waiting or ready or unacked:
+            self._empty_since = None
+            return False, text
+        if self._empty_since is None:
+            self._empty_since = now
+        if now - self._empty_since <= self.stats_interval + 0.5:
+            return False, f"{text}; confirming over a statistics interval"
+        return True, text
+
+    def sender(self) -> RawSender:
+        return AmqpSender(self.url)
+
+    def inject(self, kind: str, rng: random.Random) -> str:
+        reason = f"chaos: {kind}"
+        if kind == "amqp_close_all":
+            out = self._ctl("close_all_connections", "--vhost", self.vhost, reason)
+        elif kind == "amqp_close_one":
+            out = self._ctl("close_all_connections", "--vhost", self.vhost, "--limit", "1", reason)
+        else:
+            raise HarnessError(f"unknown RabbitMQ fault {kind}")
+        closed = next((line for line in out.splitlines() if line.startswith("Closed")), "?")
+        return f"rabbitmqctl close_all_connections --vhost: {closed.lower()}"
+
+    def malformed(self, rng: random.Random, sets: int) -> list[Malformed]:
+        """Messages whose headers, content type or body no worker can use."""
+
+        def call(marker: str) -> bytes:
+            return json.dumps([[{"note": marker}], {}, EMBED]).encode()
+
+        def note(marker: str) -> bytes:
+            return json.dumps({"note": marker}).encode()
+
+        def other_id() -> dict[str, Any]:
+            return {"lang": "py", "id": str(uuid.uuid4())}
+
+        items: list[Malformed] = []
+        for _ in range(sets):
+            m = [_marker() for _ in range(8)]
+            made = [
+                ("no headers", Raw(note(m[0]), None)),
+                ("no task header", Raw(call(m[1]), other_id())),
+                ("a body that is not JSON", Raw(b"\xff{" + m[2].encode(), _task_headers())),
+                ("text/plain", Raw(f"call me back {m[3]}".encode(), _task_headers(), "text/plain")),
+                # Never unpickled: the worker accepts JSON only.
+                (
+                    "pickle",
+                    Raw(
+                        pickle.dumps({"note": m[4]}),
+                        _task_headers(),
+                        "application/x-python-serialize",
+                        "binary",
+                    ),
+                ),
+                (
+                    "3 KB of random bytes",
+                    Raw(
+                        rng.randbytes(2048) + m[5].encode() + rng.randbytes(1024),
+                        None,
+                        "application/octet-stream",
+                        "binary",
+                    ),
+                ),
+                ("a body of the wrong shape", Raw(note(m[6]), _task_headers())),
+                ("a task name that is not a string", Raw(call(m[7]), {**other_id(), "task": 42})),
+            ]
+            items += [
+                Malformed(kind, raw, _kept(raw), marker)
+                for (kind, raw), marker in zip(made, m, strict=True)
+            ]
+        return items
+
+
+def make_broker(spec: str, root: Path) -> Broker:
+    """``redis`` (a private server in ``root``) or ``amqp://…`` (a virtual host of our own)."""
+    if spec == "redis":
+        return RedisBroker(root)
+    if spec.startswith(("amqp://", "amqps://", "pyamqp://")):
+        return AmqpBroker(spec)
+    raise HarnessError(f"--broker must be redis or an amqp:// URL, not {spec!r}")
 
 
 # --- workers and their supervisor -----------------------------------------------------------
@@ -563,11 +1049,13 @@ class DataSet:
     target: dict[str, str] = field(default_factory=dict)  # valid event_id -> contact id
     invalid: dict[str, str] = field(default_factory=dict)  # event_id -> expected reason
     garbage: list[str] = field(default_factory=list)  # markers of undecodable bodies
-    deliveries: list[tuple[str, Any]] = field(default_factory=list)  # (route, payload)
+    malformed: list[Malformed] = field(default_factory=list)  # raw items, each sent once
+    # (route, payload): "single" and "batch" an event, "raw" a Raw, "malformed" a Malformed
+    deliveries: list[tuple[str, Any]] = field(default_factory=list)
 
     @property
     def distinct(self) -> int:
-        return len(self.valid) + len(self.invalid) + len(self.garbage)
+        return len(self.valid) + len(self.invalid) + len(self.garbage) + len(self.malformed)
 
 
 def seed(engine: Engine, size: Size, rng: random.Random) -> tuple[list[Team], list[Seeded]]:
@@ -703,26 +1191,31 @@ def _invalid(
     return "invalid_payload"
 
 
-def _envelope(body: bytes, task: str) -> str:
-    """A Celery protocol-2 message as docs/celery-message.md shows it."""
-    return json.dumps(
-        {
-            "body": base64.b64encode(body).decode(),
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": {"lang": "py", "task": task, "id": str(uuid.uuid4())},
-            "properties": {
-                "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
-                "delivery_info": {"exchange": "", "routing_key": QUEUE},
-                "delivery_mode": 2,
-                "priority": 0,
-            },
-        }
-    )
+def _envelope(raw: Raw) -> str:
+    """``raw`` as a Celery protocol-2 message in kombu's Redis envelope (docs/celery-message.md).
+
+    Each call makes a new delivery tag: each push is a message of its own.
+    """
+    envelope: dict[str, Any] = {
+        "body": base64.b64encode(raw.body).decode(),
+        "content-encoding": raw.content_encoding,
+        "content-type": raw.content_type,
+        "properties": {
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+            "delivery_info": {"exchange": "", "routing_key": QUEUE},
+            "delivery_mode": 2,
+            "priority": 0,
+        },
+    }
+    if raw.headers is not None:
+        envelope["headers"] = raw.headers
+    return json.dumps(envelope)
 
 
-def generate(teams: list[Team], people: list[Seeded], size: Size, rng: random.Random) -> DataSet:
+def generate(
+    teams: list[Team], people: list[Seeded], size: Size, rng: random.Random, broker: Broker
+) -> DataSet:
     data = DataSet(teams, people)
     base = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
     times: dict[str, list[int]] = defaultdict(list)
@@ -765,17 +1258,19 @@ def generate(teams: list[Team], people: list[Seeded], size: Size, rng: random.Ra
             data.target[event["event_id"]] = person.id
         events.append(event)
     # Messages the consumer itself must park: a body that is not JSON, an unknown task.
-    raw: list[str] = []
+    raw: list[Raw] = []
     for index in range(n_garbage):
         if index % 2 == 0:
             marker = f"chaos-garbage-{uuid.uuid4().hex[:8]}"
             data.garbage.append(marker)
-            raw.append(_envelope(f"{{{marker} is not json".encode(), TASK_APPLY))
+            raw.append(Raw(f"{{{marker} is not json".encode(), _task_headers()))
         else:
             event = {"event_id": f"evt_unknown_task_{uuid.uuid4().hex[:8]}", "note": "chaos"}
             data.invalid[event["event_id"]] = "invalid_payload"
             body = [[event], {}, {"callbacks": None, "errbacks": None, "chain": None}]
-            raw.append(_envelope(json.dumps(body).encode(), "contact_sync.no_such_task"))
+            raw.append(Raw(json.dumps(body).encode(), _task_headers("contact_sync.no_such_task")))
+    # Raw items that are no message at all (Redis) or no usable task message (RabbitMQ).
+    data.malformed = broker.malformed(rng, max(1, size.events // 1500))
     now = datetime.now(UTC)
     for event_id, payload in data.valid.items():
         parse_event(payload, now=now)  # the oracle's premise: these are valid
@@ -783,8 +1278,9 @@ def generate(teams: list[Team], people: list[Seeded], size: Size, rng: random.Ra
     for event in events:
         route = "single" if rng.random() < 0.35 else "batch"
         data.deliveries += [(route, event)] * rng.choices([1, 2, 3], weights=[5, 3, 2])[0]
-    for envelope in raw:
-        data.deliveries += [("raw", envelope)] * rng.choice([1, 2])
+    for message in raw:
+        data.deliveries += [("raw", message)] * rng.choice([1, 2])
+    data.deliveries += [("malformed", item) for item in data.malformed]
     rng.shuffle(data.deliveries)
     return data
 
@@ -871,14 +1367,18 @@ class InboxMonitor:
 class Publishing:
     """Sends each delivery at its time; a send the broker refused is retried."""
 
-    def __init__(self, app: Any, redis_url: str, data: DataSet, timeline: list[float]) -> None:
+    def __init__(self, app: Any, broker: Broker, data: DataSet, timeline: list[float]) -> None:
         self.app = app
-        self.redis_url = redis_url
+        self.broker = broker
         self.data = data
         self.timeline = timeline  # per delivery: when to send it (seconds after the start)
         self.started = 0.0
         self.single_messages = 0
         self.raw_messages = 0
+        self.malformed_sent = 0
+        # Malformed items whose send raised and was repeated (key -> extra attempts): the
+        # failed attempt may have reached the queue, so one more dead letter is no error.
+        self.malformed_resent: Counter[str] = Counter()
         self.batch_events = 0  # sent by the EventPublisher
         self.batch_handed = 0  # handed to it
         self.batch_messages = 0
@@ -892,7 +1392,7 @@ class Publishing:
         self.started = started
         self.thread.start()
 
-    def _retry(self, action: Callable[[], T]) -> T:
+    def _retry(self, action: Callable[[], T], failed: Callable[[], None] | None = None) -> T:
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -901,6 +1401,8 @@ class Publishing:
                 self.refusals[type(error).__name__] += 1
                 if time.monotonic() > deadline:
                     raise
+                if failed is not None:
+                    failed()
                 time.sleep(0.2)
 
     def _run(self) -> None:
@@ -912,7 +1414,7 @@ class Publishing:
             self.done.set()
 
     def _publish(self) -> None:
-        client = redis.Redis.from_url(self.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        sender = self.broker.sender()
         publisher = EventPublisher(
             app=self.app, max_batch=100, linger_seconds=0.05, validate_events=False
         )
@@ -925,8 +1427,15 @@ class Publishing:
                 self._retry(partial(self.app.send_task, TASK_APPLY, args=[payload], queue=QUEUE))
                 self.single_messages += 1
             elif route == "raw":
-                self._retry(partial(client.lpush, QUEUE, payload))
+                self._retry(partial(sender.send, payload))
                 self.raw_messages += 1
+            elif route == "malformed":
+                key = payload.key
+                self._retry(
+                    partial(sender.send, payload.item),
+                    failed=partial(self.malformed_resent.update, [key]),
+                )
+                self.malformed_sent += 1
             else:
                 self.batch_handed += 1
                 try:
@@ -941,7 +1450,7 @@ class Publishing:
         self._retry(publisher.close)
         self.batch_events = publisher.events_sent
         self.batch_messages = publisher.messages_sent
-        client.close()
+        sender.close()
 
 
 # --- faults -------------------------------------------------------------------------------
@@ -960,16 +1469,17 @@ class Fault:
     recovery: float | None = None
     replaced_after: float | None = None
     wall_done: float = 0.0  # time.time() when done
+    wall_at: float = 0.0  # time.time() when injected
 
 
 class Injector:
     def __init__(
-        self, rng: random.Random, workers: Workers, pg: PrivatePostgres, rds: PrivateRedis
+        self, rng: random.Random, workers: Workers, pg: PrivatePostgres, broker: Broker
     ) -> None:
         self.rng = rng
         self.workers = workers
         self.pg = pg
-        self.redis = rds
+        self.broker = broker
 
     def _busy_worker(self) -> Incarnation:
         """A ready worker that is applying events now (its log was written just now)."""
@@ -988,68 +1498,53 @@ class Injector:
             slots = wait_until("a ready worker", self.workers.ready_slots, timeout=60)
         return self.workers.current(self.rng.choice(slots))
 
-    def _unacked(self) -> str:
-        client = redis.Redis(port=self.redis.port, socket_timeout=2, socket_connect_timeout=2)
-        try:
-            return str(client.hlen("unacked"))
-        except redis.RedisError:
-            return "?"
-        finally:
-            client.close()
+    def _wait_in_flight(self) -> int | None:
+        """Strike while messages are taken and unacknowledged (up to 3 s of waiting).
 
-    def _wait_in_flight(self) -> None:
-        """Strike while messages are taken and unacknowledged (up to 3 s of waiting)."""
-        client = redis.Redis(port=self.redis.port, socket_timeout=2, socket_connect_timeout=2)
+        Returns the last count seen. On RabbitMQ each look is a ``rabbitmqctl`` call of a
+        second or two, and its count is the broker's statistics (up to 5 s old).
+        """
         deadline = time.monotonic() + 3
-        try:
-            while time.monotonic() < deadline and not client.hlen("unacked"):
-                time.sleep(0.005)
-        except redis.RedisError:
-            pass
-        finally:
-            client.close()
+        while True:
+            unacked = self.broker.unacked()
+            if unacked or time.monotonic() > deadline:
+                return unacked
+            time.sleep(0.005)
 
     def inject(self, kind: str, started: float) -> Fault:
-        self._wait_in_flight()
-        fault = Fault(kind, time.monotonic())
+        seen = self._wait_in_flight()
+        fault = Fault(kind, time.monotonic(), wall_at=time.time())
         if kind in ("kill_child", "kill_main", "sigterm"):
             target = self._busy_worker()
             fault.slot, fault.incarnation = target.slot, target.number
             main = target.process.pid
-            unacked = self._unacked()
+            if self.broker.kind == "redis":  # a fresh count costs a millisecond there
+                seen = self.broker.unacked()
+            unacked = (
+                f"{'?' if seen is None else seen} messages unacknowledged in {self.broker.kind}"
+            )
             if kind == "kill_child":
                 pool = wait_until("the pool children", lambda: children_of(main), timeout=10)
                 child = self.rng.choice(pool)
                 os.kill(child, signal.SIGKILL)
                 fault.detail = (
-                    f"worker {target.slot}.{target.number}: pool child {child} "
-                    f"({unacked} messages unacknowledged in Redis)"
+                    f"worker {target.slot}.{target.number}: pool child {child} ({unacked})"
                 )
             elif kind == "kill_main":
                 os.kill(main, signal.SIGKILL)
                 fault.detail = (
-                    f"worker {target.slot}.{target.number}: main process {main} "
-                    f"({unacked} messages unacknowledged in Redis)"
+                    f"worker {target.slot}.{target.number}: main process {main} ({unacked})"
                 )
             else:
                 target.process.send_signal(signal.SIGTERM)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     target.process.wait(timeout=60)
                 fault.detail = (
-                    f"worker {target.slot}.{target.number} ({unacked} messages unacknowledged "
-                    "in Redis): warm shutdown took "
+                    f"worker {target.slot}.{target.number} ({unacked}): warm shutdown took "
                     f"{time.monotonic() - fault.at:.1f} s (exit {target.process.returncode})"
                 )
-        elif kind == "redis_kill":
-            self.redis.kill()
-            time.sleep(self.rng.uniform(0.3, 1.5))
-            self.redis.start()
-            fault.detail = f"SIGKILL, restarted: down {time.monotonic() - fault.at:.1f} s"
-        elif kind == "redis_shutdown":
-            self.redis.shutdown()
-            time.sleep(self.rng.uniform(0.3, 1.5))
-            self.redis.start()
-            fault.detail = f"SHUTDOWN, restarted: down {time.monotonic() - fault.at:.1f} s"
+        elif kind in self.broker.faults:
+            fault.detail = self.broker.inject(kind, self.rng)
         elif kind == "pg_terminate":
             fault.detail = f"{self.pg.terminate_connections()} connections terminated"
         elif kind == "pg_restart":
@@ -1111,6 +1606,16 @@ class Verdict:
     letters_wrong_reason: list[str] = field(default_factory=list)
     letters_duplicated: list[str] = field(default_factory=list)
     poison_parked: list[str] = field(default_factory=list)
+    malformed_parked: int = 0
+    malformed_missing: list[str] = field(default_factory=list)  # kinds
+    malformed_wrong_reason: list[str] = field(default_factory=list)
+    malformed_twice: list[str] = field(default_factory=list)
+    malformed_not_kept: list[str] = field(default_factory=list)
+    malformed_resent_twice: int = 0  # parked twice after a send that raised and was repeated
+    malformed_again_after_fault: int = 0  # parked again: a fault returned it unacknowledged
+    # What the broker still held when the run gave up waiting (a message stuck unacknowledged,
+    # or one that goes round for ever); empty when it drained.
+    undrained: str = ""
     reasons: Counter[str] = field(default_factory=Counter)
     outcomes: Counter[str] = field(default_factory=Counter)
 
@@ -1130,6 +1635,11 @@ class Verdict:
             or self.invalid_applied
             or self.letters_missing
             or self.letters_wrong_reason
+            or self.malformed_missing
+            or self.malformed_wrong_reason
+            or self.malformed_twice
+            or self.malformed_not_kept
+            or self.undrained
         )
 
 
@@ -1157,7 +1667,87 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def judge(engine: Engine, data: DataSet, expected: dict[str, dict[str, Any]]) -> Verdict:
+def malformed_letters(items: list[Malformed], letters: list[Any]) -> dict[str, list[Any]]:
+    """The dead letters of each malformed item's key (its exact text, or its marker)."""
+    texts = {item.kept for item in items if item.marker is None}
+    markers = {item.marker for item in items if item.marker is not None}
+    found: dict[str, list[Any]] = defaultdict(list)
+    for letter in letters:
+        payload = letter.payload
+        raw_body = payload.get("raw_body") if isinstance(payload, dict) else None
+        if isinstance(raw_body, str) and raw_body in texts:
+            found[raw_body].append(letter)
+        dumped = json.dumps(payload, ensure_ascii=False) if markers else ""
+        for marker in markers:
+            if marker in dumped:
+                found[f"marker:{marker}"].append(letter)
+    return found
+
+
+# Faults after which a worker may meet a message it parked again: its acknowledgement may
+# not have reached the broker (a killed or stopped main process, a lost connection), or its
+# dead letter's commit may have succeeded unseen (the database went away meanwhile). The
+# pool children never park malformed items.
+RETURNING = frozenset({"kill_main", "sigterm", "pg_terminate", "pg_restart"}) | frozenset(
+    REDIS_FAULTS + AMQP_FAULTS
+)
+
+
+def judge_malformed(
+    verdict: Verdict,
+    items: list[Malformed],
+    letters: list[Any],
+    resent: Counter[str],
+    faults: list[Fault],
+) -> None:
+    """Each malformed item: exactly one dead letter ``invalid_payload`` that keeps its text.
+
+    Identical items (``{}`` in each set) share a key: as many letters as items. A letter
+    more is no error in two cases only, both at-least-once delivery with nothing to recognise
+    the item by (it has no event id): its send raised and was repeated (the first attempt may
+    have reached the queue), or a fault that can return a parked but unacknowledged message
+    struck between the previous letter and this one. Any other second letter is an error.
+    """
+    found = malformed_letters(items, letters)
+    kinds: dict[str, list[str]] = defaultdict(list)
+    kept: dict[str, Any] = {}
+    for item in items:
+        kinds[item.key].append(item.kind)
+        kept[item.key] = item.kept
+    returning = [f for f in faults if f.kind in RETURNING]
+    for key, names in kinds.items():
+        mine = sorted(found.get(key, []), key=lambda letter: letter.first_seen_at)
+        for letter in mine:
+            values = letter.payload.values() if isinstance(letter.payload, dict) else ()
+            if not any(value == kept[key] for value in values):
+                verdict.malformed_not_kept.append(f"{names[0]}: {str(letter.payload)[:200]}")
+        verdict.malformed_parked += min(len(names), len(mine))
+        if len(mine) < len(names):
+            verdict.malformed_missing += names[len(mine) :]
+        allowed_resends = resent[key]
+        for index in range(len(names), len(mine)):
+            before = mine[index - 1].first_seen_at.timestamp() - 1.0
+            after = mine[index].first_seen_at.timestamp()
+            if any(f.wall_at <= after and f.wall_done >= before for f in returning):
+                verdict.malformed_again_after_fault += 1
+            elif allowed_resends:
+                allowed_resends -= 1
+                verdict.malformed_resent_twice += 1
+            else:
+                verdict.malformed_twice.append(f"{names[0]}: {len(mine)} letters")
+                break
+        reasons = sorted({letter.reason for letter in mine} - {"invalid_payload"})
+        if reasons:
+            verdict.malformed_wrong_reason.append(f"{names[0]}: {reasons}")
+
+
+def judge(
+    engine: Engine,
+    data: DataSet,
+    expected: dict[str, dict[str, Any]],
+    resent: Counter[str],
+    faults: list[Fault],
+) -> Verdict:
     verdict = Verdict()
     with engine.connect() as conn:
         inbox = {row.event_id: row for row in conn.execute(select(processed_events))}
@@ -1201,6 +1791,7 @@ def judge(engine: Engine, data: DataSet, expected: dict[str, dict[str, Any]]) ->
             verdict.invalid_applied.append(event_id)
     anonymous = " ".join(json.dumps(letter.payload) for letter in letters_of.get(None, []))
     verdict.letters_missing += [marker for marker in data.garbage if marker not in anonymous]
+    judge_malformed(verdict, data.malformed, letters, resent, faults)
     seeded = {person.id for person in data.contacts}
     verdict.phantom_contacts = len(set(rows) - seeded)
     for person in data.contacts:
@@ -1260,11 +1851,11 @@ def attempts_seen(engine: Engine) -> dict[str, int]:
 # --- the run --------------------------------------------------------------------------------
 
 
-def _worker_env(pg: PrivatePostgres, rds: PrivateRedis, poison_max: int) -> dict[str, str]:
+def _worker_env(pg: PrivatePostgres, broker: Broker, poison_max: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONTACT_SYNC_")}
     env.update(
         CONTACT_SYNC_DATABASE_URL=pg.url,
-        CONTACT_SYNC_BROKER_URL=rds.url,
+        CONTACT_SYNC_BROKER_URL=broker.url,
         CONTACT_SYNC_VISIBILITY_TIMEOUT_SECONDS=str(VISIBILITY_TIMEOUT),
         CONTACT_SYNC_POISON_MAX_ATTEMPTS=str(poison_max),
         PYTHONUNBUFFERED="1",
@@ -1272,8 +1863,13 @@ def _worker_env(pg: PrivatePostgres, rds: PrivateRedis, poison_max: int) -> dict
     return env
 
 
-def _settled(engine: Engine, data: DataSet, rds: PrivateRedis) -> tuple[bool, int, str]:
-    """Whether every event has its outcome and Redis holds nothing more; and what is missing."""
+def _settled(engine: Engine, data: DataSet, broker: Broker) -> tuple[bool, int, str]:
+    """Whether every event and malformed item has its outcome and the broker holds nothing
+    more; the valid events still missing; and what is missing, in words.
+
+    The broker is asked only once the database is complete (on RabbitMQ each look is a
+    ``rabbitmqctl`` call).
+    """
     try:
         with engine.connect() as conn:
             done = {
@@ -1291,18 +1887,14 @@ def _settled(engine: Engine, data: DataSet, rds: PrivateRedis) -> tuple[bool, in
     unparked = len(set(data.invalid) - {row.event_id for row in letters})
     anonymous = " ".join(json.dumps(row.payload) for row in letters if row.event_id is None)
     unparked += sum(marker not in anonymous for marker in data.garbage)
-    client = redis.Redis(port=rds.port, socket_timeout=5, socket_connect_timeout=5)
-    try:
-        queued, unacked = int(client.llen(QUEUE)), int(client.hlen("unacked"))
-    except redis.RedisError as error:
-        return False, missing, f"redis: {type(error).__name__}"
-    finally:
-        client.close()
-    state = (
-        f"{missing} valid events without outcome, {unparked} invalid without dead letter, "
-        f"{queued} queued, {unacked} unacknowledged"
-    )
-    return (missing == 0 and unparked == 0 and queued == 0 and unacked == 0), missing, state
+    found = malformed_letters(data.malformed, letters)
+    expected = Counter(item.key for item in data.malformed)
+    unparked += sum(max(0, n - len(found.get(key, []))) for key, n in expected.items())
+    state = f"{missing} valid events without outcome, {unparked} invalid without dead letter"
+    if missing or unparked:
+        return False, missing, state
+    drained, counts = broker.drained()
+    return drained, missing, f"{state}, {counts}"
 
 
 def _interrupt(signum: int, _frame: FrameType | None) -> None:
@@ -1320,7 +1912,12 @@ def run(args: argparse.Namespace) -> int:
     began = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="contact-sync-chaos-"))
     root.chmod(0o755)  # the postgres user must reach its folder inside
-    pg, rds = PrivatePostgres(root), PrivateRedis(root)
+    pg = PrivatePostgres(root)
+    broker = make_broker(args.broker, root)
+    mine = itertools.cycle(broker.faults)
+    size = replace(
+        size, faults=tuple(next(mine) if kind == BROKER_FAULT else kind for kind in size.faults)
+    )
     workers: Workers | None = None
     monitor: InboxMonitor | None = None
     engine: Engine | None = None
@@ -1332,39 +1929,45 @@ def run(args: argparse.Namespace) -> int:
     log(f"chaos: seed {seed_value}, folder {root}")
     try:
         pg.start()
-        rds.start()
-        log(f"  private PostgreSQL on port {pg.port}, Redis (AOF, fsync always) on {rds.port}")
+        broker.start()
+        log(f"  private PostgreSQL on port {pg.port}; {broker.describe()}")
         engine = make_engine(pg.url)
         upgrade(engine)
         instrument(engine)
         teams, people = seed(engine, size, rng)
-        data = generate(teams, people, size, rng)
+        data = generate(teams, people, size, rng, broker)
         # The workers' environment has no CONTACT_SYNC_MIN_CONFIDENCE: the default applies.
         expected = oracle(data, Settings.model_fields["min_confidence"].default)
         log(
             f"  {data.distinct} distinct events ({len(data.valid)} valid, "
-            f"{len(data.invalid) + len(data.garbage)} invalid) over {len(people)} contacts in "
-            f"{len(teams)} teams; {len(data.deliveries)} deliveries"
+            f"{len(data.invalid) + len(data.garbage)} invalid, {len(data.malformed)} malformed "
+            f"raw items) over {len(people)} contacts in {len(teams)} teams; "
+            f"{len(data.deliveries)} deliveries"
         )
-        workers = Workers(root, _worker_env(pg, rds, args.poison_max_attempts), args.workers, 2)
+        env = _worker_env(pg, broker, args.poison_max_attempts)
+        workers = Workers(root, env, args.workers, 2)
         workers.start()
         workers.wait_ready(timeout=90)
         monitor = InboxMonitor(pg.dsn())
         monitor.start()
-        app = create_app(Settings(broker_url=rds.url, database_url=pg.url))
+        app = create_app(Settings(broker_url=broker.url, database_url=pg.url))
         plan, timeline = schedule(size, rng, publish_seconds, len(data.deliveries))
-        publishing = Publishing(app, rds.url, data, timeline)
-        injector = Injector(rng, workers, pg, rds)
+        publishing = Publishing(app, broker, data, timeline)
+        injector = Injector(rng, workers, pg, broker)
         log(
             f"  publishing over {publish_seconds:.0f} s (half evenly, half in a burst before "
             f"each fault) with {args.workers} workers; faults:"
         )
+        broker.watch()
         started = time.monotonic()
         publishing.start(started)
         faults: list[Fault] = []
-        for offset, kind in plan:
-            time.sleep(max(0.0, started + offset - time.monotonic()))
-            faults.append(injector.inject(kind, started))
+        try:
+            for offset, kind in plan:
+                time.sleep(max(0.0, started + offset - time.monotonic()))
+                faults.append(injector.inject(kind, started))
+        finally:
+            broker.unwatch()
         publishing.done.wait()
         if publishing.error is not None:
             raise HarnessError(f"publishing failed: {publishing.error!r}")
@@ -1372,16 +1975,15 @@ def run(args: argparse.Namespace) -> int:
         deadline = time.monotonic() + size.finish_seconds
         state, all_applied, settled = "", None, False
         while time.monotonic() < deadline:
-            settled, missing, state = _settled(engine, data, rds)
+            settled, missing, state = _settled(engine, data, broker)
             if missing == 0 and all_applied is None:
                 all_applied = time.monotonic() - started
             if settled:
-                time.sleep(0.2)  # a message is briefly in neither list nor hash: look again
-                settled, missing, state = _settled(engine, data, rds)
-                if settled:
-                    break
+                break
             time.sleep(0.5)
         else:
+            if "queued" not in state:
+                state += f"; broker: {broker.drained()[1]}"
             log(f"  timed out after {size.finish_seconds:.0f} s: {state}")
             settled = False
         settle_time = time.monotonic() - started
@@ -1393,15 +1995,26 @@ def run(args: argparse.Namespace) -> int:
         )
         monitor.stop()
         workers.stop()
-        verdict = judge(engine, data, expected)
+        verdict = judge(engine, data, expected, publishing.malformed_resent, faults)
+        verdict.undrained = "" if settled else state
         verdict.publisher_dropped = publishing.batch_handed - publishing.batch_events
         verdict.lost_how = explain_lost(verdict.lost, data, publishing, faults)
         if verdict.lost:
             (root / "lost.json").write_text(json.dumps(verdict.lost_how, indent=1))
-        report(args, engine, data, publishing, workers, monitor, faults, verdict, refused)
+        report(args, engine, broker, data, publishing, workers, monitor, faults, verdict, refused)
         log(
             f"  total {time.monotonic() - began:.0f} s (publish + settle {settle_time:.0f} s); "
             f"{'PASS' if verdict.ok else 'FAIL'}"
+        )
+        print(
+            f"malformed sent={publishing.malformed_sent} parked={verdict.malformed_parked} "
+            f"again_after_fault={verdict.malformed_again_after_fault} "
+            f"again_after_resend={verdict.malformed_resent_twice} "
+            f"missing={len(verdict.malformed_missing)} "
+            f"twice={len(verdict.malformed_twice)} "
+            f"wrong_reason={len(verdict.malformed_wrong_reason)} "
+            f"not_kept={len(verdict.malformed_not_kept)} ({broker.kind})",
+            flush=True,
         )
         print(
             f"published={data.distinct} lost={len(verdict.lost)} "
@@ -1410,6 +2023,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0 if verdict.ok else 1
     finally:
+        broker.unwatch()
         if monitor is not None:
             monitor.stop()
         if workers is not None:
@@ -1419,7 +2033,7 @@ def run(args: argparse.Namespace) -> int:
                 app.close()
         if engine is not None:
             engine.dispose()
-        rds.stop()
+        broker.stop()
         pg.stop()
         if args.keep:
             log(f"  kept {root}")
@@ -1430,6 +2044,7 @@ def run(args: argparse.Namespace) -> int:
 def report(
     args: argparse.Namespace,
     engine: Engine,
+    broker: Broker,
     data: DataSet,
     publishing: Publishing,
     workers: Workers,
@@ -1448,26 +2063,43 @@ def report(
     crashes = sum(
         1 for r in workers.log_records() if str(r.get("message", "")).startswith("Unrecoverable")
     )
-    taken_back = sum(
-        int(r.get("messages", 0))
+    lines = Counter(str(r.get("message")) for r in workers.log_records())
+    moved = Counter(
+        str(r.get("message"))
         for r in workers.log_records()
-        if r.get("message") == "messages a dead consumer had taken went back to the queue"
+        for _ in range(int(r.get("messages", 0)))
     )
-    messages = publishing.single_messages + publishing.batch_messages + publishing.raw_messages
+    messages = (
+        publishing.single_messages
+        + publishing.batch_messages
+        + publishing.raw_messages
+        + publishing.malformed_sent
+    )
     log("results:")
     log(
-        f"  published: {data.distinct} distinct events, {len(data.deliveries)} deliveries in "
-        f"{messages} messages ({publishing.single_messages} single, "
-        f"{publishing.batch_messages} batches of {publishing.batch_events} events, "
-        f"{publishing.raw_messages} raw); sends refused by the broker and retried: "
+        f"  published: {data.distinct} distinct events and malformed items, "
+        f"{len(data.deliveries)} deliveries in {messages} messages "
+        f"({publishing.single_messages} single, {publishing.batch_messages} batches of "
+        f"{publishing.batch_events} events, {publishing.raw_messages} raw, "
+        f"{publishing.malformed_sent} malformed); sends refused by the broker and retried: "
         f"{dict(publishing.refusals) or 0}"
     )
+    transit = ""
+    if broker.kind == "redis":
+        transit = (
+            "; messages taken back from dead consumers' transit lists "
+            f"{moved['messages a dead consumer had taken went back to the queue']}, "
+            "stale items of live consumers' transit lists given back "
+            f"{moved['messages a live consumer left in transit went back to the queue']}; "
+            "entries that were no message handed over to be parked "
+            f"{lines['a queue entry that is not a message is handed over to be parked']}"
+        )
     log(
         f"  inbox: {verdict.outcomes['applied']} applied, {verdict.outcomes['no_change']} "
         f"no change, {verdict.outcomes['dead_lettered']} dead-lettered; worker log: "
         f"{dict(logged)} (duplicates absorbed: {logged['duplicate']}); transient retries "
         f"{retries}; error lines {errors}; workers that stopped on an unrecoverable error "
-        f"{crashes}; messages taken back from dead consumers' transit lists {taken_back}"
+        f"{crashes}{transit}"
     )
     log(f"  dead letters by reason: {dict(sorted(verdict.reasons.items()))}")
     if verdict.letters_duplicated:
@@ -1475,14 +2107,15 @@ def report(
             f"  note: {len(verdict.letters_duplicated)} invalid events have more than one open "
             f"dead letter (e.g. {verdict.letters_duplicated[:3]})"
         )
-    seen = attempts_seen(engine)
-    worst = max(seen.values(), default=0)
-    over = sum(1 for v in seen.values() if v > 3)
-    log(
-        f"  redelivered messages counted (delivery_attempts): {len(seen)}, "
-        f"highest count {worst}; {over} would have been parked as poison_message with the "
-        f"default CONTACT_SYNC_POISON_MAX_ATTEMPTS=3 (this run: {args.poison_max_attempts})"
-    )
+    if broker.kind == "redis":  # RabbitMQ counts deliveries itself (x-delivery-count)
+        seen = attempts_seen(engine)
+        worst = max(seen.values(), default=0)
+        over = sum(1 for v in seen.values() if v > 3)
+        log(
+            f"  redelivered messages counted (delivery_attempts): {len(seen)}, "
+            f"highest count {worst}; {over} would have been parked as poison_message with the "
+            f"default CONTACT_SYNC_POISON_MAX_ATTEMPTS=3 (this run: {args.poison_max_attempts})"
+        )
     if refused:
         log(f"  exceptions in background threads: {len(refused)}, e.g. {refused[:2]}")
     log("faults (recovery: until the inbox grew again after the fault ended):")
@@ -1515,6 +2148,10 @@ def report(
         ("invalid events applied", verdict.invalid_applied),
         ("invalid events without dead letter", verdict.letters_missing),
         ("dead letters with the wrong reason", verdict.letters_wrong_reason),
+        ("malformed items without their dead letter", verdict.malformed_missing),
+        ("malformed items parked under another reason", verdict.malformed_wrong_reason),
+        ("malformed items parked again, no fault or resend between", verdict.malformed_twice),
+        ("malformed items whose letter lost what was sent", verdict.malformed_not_kept),
     ):
         if items:
             log(f"  {name}: {len(items)} {items[:5]}")
@@ -1525,6 +2162,8 @@ def report(
         )
     if verdict.phantom_contacts:
         log(f"  contacts that should not exist: {verdict.phantom_contacts}")
+    if verdict.undrained:
+        log(f"  the broker never drained: {verdict.undrained}")
 
 
 def main() -> int:
@@ -1538,7 +2177,15 @@ def main() -> int:
     parser.add_argument("--publish-seconds", type=float, help="how long publishing takes")
     parser.add_argument("--poison-max-attempts", type=int, default=1000)
     parser.add_argument("--keep", action="store_true", help="keep the folder with every log")
+    parser.add_argument(
+        "--broker",
+        default="redis",
+        help="redis (a private server, the default) or a RabbitMQ server's amqp:// URL "
+        "(a virtual host of the harness' own is made there)",
+    )
     args = parser.parse_args()
+    if args.broker != "redis" and not args.broker.startswith(("amqp://", "amqps://", "pyamqp://")):
+        parser.error(f"--broker must be redis or an amqp:// URL, not {args.broker!r}")
     logging.basicConfig(level=logging.WARNING, format="  %(name)s: %(message)s")
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)

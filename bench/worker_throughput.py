@@ -3,21 +3,27 @@
 The reference benchmark of issue 7 (targets: ours/ceiling >= 0.8, ours/naive >= 4,
 batch/ceiling >= 5, batch/db >= 0.5, p99 <= 500 ms at 50 % of peak, RSS <= 200 MB a process).
 
-Run from the repository root (PostgreSQL on 127.0.0.1:5432, Redis on 127.0.0.1:6379)::
+Run from the repository root (PostgreSQL on 127.0.0.1:5432, the ``redis-server`` binary, and
+RabbitMQ on 127.0.0.1:5672 with ``rabbitmqctl`` for the ``*_amqp`` modes)::
 
-    /work/venv/bin/python bench/worker_throughput.py                  # 20,000 events, all modes
-    /work/venv/bin/python bench/worker_throughput.py --events 2000    # a quick check
-    /work/venv/bin/python bench/worker_throughput.py --modes ceiling,ours --events 5000
-    /work/venv/bin/python bench/worker_throughput.py --broker amqp://guest:guest@127.0.0.1:5672//
+    python bench/worker_throughput.py                  # 20,000 events, all modes
+    python bench/worker_throughput.py --events 2000    # a quick check
+    python bench/worker_throughput.py --modes ceiling,ours --events 5000
+    python bench/worker_throughput.py --modes ours,batch,ours_stock,batch_stock,ours_amqp,batch_amqp
+    python bench/worker_throughput.py --broker amqp://guest:guest@127.0.0.1:5672/VHOST
 
-``--broker`` (default Redis database 11 of 127.0.0.1:6379) names the broker; on RabbitMQ the
-queue is the project's quorum queue, purged before every mode (the ceiling then tries
-kombu's transport only: the project's transport is Redis's).
+The modes without a suffix run on a private ``redis-server`` (a free port, a temporary folder,
+an append-only file synced every second as ``docker-compose.yml`` runs it), stopped and
+deleted at the end: nothing of the machine's Redis is touched. ``--broker`` names another
+broker instead, which the bench empties before every mode (a Redis database is flushed; on
+RabbitMQ the project's quorum queue is purged, and the ceiling tries kombu's transport only:
+the project's transport is Redis's). The ``*_amqp`` modes run on the RabbitMQ server of
+``--amqp`` in a virtual host made for the run (``rabbitmqctl add_vhost``), deleted after it.
 
 It creates the database ``contact_sync_bench_worker`` (dropped and re-created from a seeded
 template before every mode, so each mode starts from the same state), migrates it with the
-project's migrations, seeds 10 teams and 2,000 contacts with phones by ``COPY``, flushes Redis
-database 11 before every mode, and generates ``--events`` deliveries over those contacts: 10 %
+project's migrations, seeds 10 teams and 2,000 contacts with phones by ``COPY``, empties the
+broker before every mode, and generates ``--events`` deliveries over those contacts: 10 %
 are duplicate deliveries of an earlier event, 10 % of the distinct events are older than an
 event of the same contact delivered before them; each carries 5-15 custom fields (some with a
 confidence, some below the threshold, some null), 1-3 standard fields, and some lead statuses,
@@ -31,29 +37,42 @@ Modes (``--modes``, default all), each with 2 worker processes:
   ``python -m contact_sync.cli worker --concurrency 2``;
 - ``batch``: the real ``contact_sync.apply_call_completed_batch`` fed by the project's
   ``EventPublisher`` (batches of up to 500), same worker;
+- ``ours_stock``, ``batch_stock``: the same worker (tasks, group-commit strategy, consumer,
+  settings) on stock kombu's Redis transport (``bench/_stock_kombu_app.py``, started with
+  ``celery -A _stock_kombu_app worker`` and the arguments ``contact-sync worker`` gives Celery):
+  what the project's transport (bulk take, a loop turn's acknowledgements at once) adds;
+- ``ours_amqp``, ``batch_amqp``: the same worker on RabbitMQ, the project's quorum queue;
 - ``naive``: one ORM transaction per event (``bench/_naive_tasks.py``), same Celery settings;
 - ``db``: the events applied by raw psycopg from 2 threads, 100 events per transaction, five
   set-based statements each (lock/resolve, inbox insert, versioned update, history insert,
   inbox outcome), no Celery: a rough database limit.
 
 Throughput method: every message is published before the worker starts; the clock starts
-when the worker takes its first message off the Redis list (so process start-up is not
-counted) and stops when the last delivery is done (the inbox holds every distinct event and
-Redis holds no queued or unacknowledged message; for the ceiling, the latter only).
-events/s counts deliveries, duplicates included (they are work the worker must do).
+when the worker takes its first message off the queue (so process start-up is not counted)
+and stops when the last delivery is done. For the project's worker (every transport): the
+inbox holds every distinct event and no message waits in the queue, both read live
+(RabbitMQ's count of unacknowledged messages is statistics up to 5 s old, so the last
+duplicates' acknowledgements are waited for after the clock stops, on every broker alike);
+for the ceiling and ``naive``: nothing queued or unacknowledged. events/s counts
+deliveries, duplicates included (they are work the worker must do).
 
-Latency (``ours`` and ``batch``): with the worker still running, fresh events are published at
-50 % of the peak just measured for ``--latency-seconds``; a bench-only trigger on the inbox
-sends ``pg_notify`` per inserted row, and PostgreSQL delivers notifications at commit, so the
-listener sees each event when its transaction commits. Latency = notification receipt minus
-the wall-clock time just before the publish call (the batch figure includes the publisher's
-50 ms linger). The figure from ``processed_events.processed_at`` is printed too, but that
+Latency (``ours``, ``batch`` and their variants): with the worker still running, fresh
+events are published at 50 % of the peak just measured for ``--latency-seconds``; a
+bench-only trigger on the inbox sends ``pg_notify`` per inserted row, and PostgreSQL delivers
+notifications at commit, so the listener sees each event when its transaction commits.
+Latency = notification receipt minus the wall-clock time just before the publish call (the
+batch figure includes the publisher's 50 ms linger; on RabbitMQ each publish waits for the
+broker's confirmation). The figure from ``processed_events.processed_at`` is printed too, but that
 column is stamped at transaction start, so it understates the latency.
 
 RSS: ``VmHWM`` (peak resident set) of each worker process (main and forked children) from
-``/proc``, read just before the worker is stopped. Correctness after ``ours`` and ``batch``:
-inbox rows = distinct events, no dead letters, one history record per distinct event,
-contiguous versions, and the final contact state of ``ours`` equals that of ``batch``.
+``/proc``, read just before the worker is stopped. Correctness after each of the project
+worker's modes: inbox rows = distinct events, no dead letters, one history record per
+distinct event, contiguous versions, and the same final contact state in every mode.
+
+The last line gives the ratios: ``ours/stock`` and ``batch/stock`` (the project's transport
+against stock kombu's), ``ours_amqp/ours`` and ``batch_amqp/batch`` (RabbitMQ against it),
+then those of the issue-7 targets, the p99 latency and the peak RSS.
 """
 
 from __future__ import annotations
@@ -103,14 +122,26 @@ sys.path.insert(0, str(BENCH_DIR))
 
 from _naive_tasks import TASK_NAIVE, simple_merge  # noqa: E402
 from _noop_tasks import TASK_NOOP  # noqa: E402
+from chaos import AmqpBroker, HarnessError, PrivateRedis  # noqa: E402
 
 PG = "postgresql://postgres@127.0.0.1:5432"
 # BENCH_WORKER_DATABASE names another database, for runs side by side on one server.
 DATABASE = os.environ.get("BENCH_WORKER_DATABASE", "contact_sync_bench_worker")
 TEMPLATE = f"{DATABASE}_tpl"
-REDIS_URL = "redis://127.0.0.1:6379/11"
-BROKER_URL = REDIS_URL  # --broker
-ALL_MODES = ("ceiling", "ours", "batch", "naive", "db")
+# The broker of the modes without a suffix: this run's private Redis, or --broker.
+BROKER_URL = ""
+# The RabbitMQ server of the *_amqp modes (a virtual host is made there): --amqp.
+AMQP_SERVER = "amqp://guest:guest@127.0.0.1:5672/"
+ALL_MODES = (
+    "ceiling", "ours", "batch", "ours_stock", "batch_stock", "ours_amqp", "batch_amqp",
+    "naive", "db",
+)  # fmt: skip
+# The project's worker on other transports: mode suffix -> (label, broker).
+TRANSPORTS = {
+    "": ("project's Redis transport", "redis"),
+    "_stock": ("stock kombu Redis transport", "redis"),
+    "_amqp": ("RabbitMQ quorum queue", "amqp"),
+}
 TEAMS = 10
 CONTACTS = 2_000
 WORKERS = 2
@@ -450,16 +481,25 @@ class Broker:
         self.amqp = uses_amqp(url)
         self.redis = None if self.amqp else redis.Redis.from_url(url)
         self.ctl = shutil.which("rabbitmqctl") if self.amqp else None
+        self._connection: Connection | None = None  # RabbitMQ: kept for the live counts
+
+    def close(self) -> None:
+        if self.redis is not None:
+            self.redis.close()
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                self._connection.release()  # type: ignore[no-untyped-call]
+            self._connection = None
 
     def flush(self) -> None:
         """Nothing queued (Redis: the database flushed; RabbitMQ: the queue purged)."""
         if self.redis is not None:
             self.redis.flushdb()
             return
-        with Connection(self.url) as conn:
+        with Connection(self.url) as conn:  # type: ignore[no-untyped-call]
             channel = conn.channel()
             queue, _poison = event_queues()
-            queue(channel).declare()
+            queue(channel).declare()  # type: ignore[no-untyped-call]
             channel.queue_purge(QUEUE)
 
     def push_all(self, task: str, payloads: Sequence[Any]) -> None:
@@ -471,7 +511,9 @@ class Broker:
                     pipe.lpush(QUEUE, raw_message(task, [payload]))
                 pipe.execute()
             return
-        with Connection(self.url, transport_options={"confirm_publish": True}) as conn:
+        # Without a confirmation per message (this is set-up, not measured): the queue's
+        # depth says when RabbitMQ holds them all.
+        with Connection(self.url) as conn:  # type: ignore[no-untyped-call]
             channel = conn.channel()
             for payload in payloads:
                 envelope = json.loads(raw_message(task, [payload]))
@@ -483,13 +525,23 @@ class Broker:
                     properties={"delivery_mode": 2},
                 )
                 channel.basic_publish(message, exchange="", routing_key=QUEUE)
+        deadline = time.monotonic() + 120
+        while self.queued() < len(payloads):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"RabbitMQ holds {self.queued()} of {len(payloads)} messages")
+            time.sleep(0.05)
 
     def queued(self) -> int:
-        """Messages waiting (not taken by a worker)."""
+        """Messages waiting (not taken by a worker), read live on both brokers."""
         if self.redis is not None:
             return int(self.redis.llen(QUEUE))
-        with Connection(self.url) as conn:
-            return queue_depth(conn)
+        try:
+            if self._connection is None:
+                self._connection = Connection(self.url)  # type: ignore[no-untyped-call]
+            return queue_depth(self._connection)
+        except Exception:
+            self.close()
+            raise
 
     def idle(self) -> bool:
         """Nothing queued and nothing taken but unacknowledged."""
@@ -554,13 +606,14 @@ def drain(
     return time.perf_counter() - started, ""
 
 
-def worker_env(**extra: str) -> dict[str, str]:
+def worker_env(broker_url: str = "", **extra: str) -> dict[str, str]:
+    broker_url = broker_url or BROKER_URL
     env = dict(os.environ)
     env.update(
         CONTACT_SYNC_DATABASE_URL=db_url(),
-        CONTACT_SYNC_BROKER_URL=BROKER_URL,
+        CONTACT_SYNC_BROKER_URL=broker_url,
         BENCH_DATABASE_URL=db_url(),
-        BENCH_BROKER_URL=BROKER_URL,
+        BENCH_BROKER_URL=broker_url,
         PYTHONPATH=os.pathsep.join([str(BENCH_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]),
     )
     env.update(extra)
@@ -586,9 +639,18 @@ def celery_worker(
     return runner.start(argv, env, name)
 
 
-def ours_worker(runner: Processes, name: str) -> subprocess.Popen[bytes]:
+def ours_worker(
+    runner: Processes, name: str, broker_url: str, stock: bool = False
+) -> subprocess.Popen[bytes]:
+    """``contact-sync worker``; with ``stock``, the same worker on stock kombu's transport."""
     argv = [sys.executable, "-m", "contact_sync.cli", "worker", "--concurrency", str(WORKERS)]
-    return runner.start(argv, worker_env(), name)
+    if stock:  # the arguments cli_events.cmd_worker gives Celery
+        argv = [
+            sys.executable, "-m", "celery", "-A", "_stock_kombu_app", "worker",
+            "--queues", QUEUE, "--loglevel", "info", "--pool", "prefork", "--without-gossip",
+            "--without-mingle", "--concurrency", str(WORKERS), "--hostname", f"{name}@%h",
+        ]  # fmt: skip
+    return runner.start(argv, worker_env(broker_url), name)
 
 
 # ---------------------------------------------------------------- results
@@ -741,11 +803,13 @@ def run_ours(
     contacts: Sequence[tuple[str, str, str]],
     *,
     batch: bool,
+    variant: str,
     latency_seconds: float,
     rng: random.Random,
 ) -> tuple[ModeResult, str]:
-    mode = "batch" if batch else "ours"
-    app = create_app(Settings(database_url=db_url(), broker_url=BROKER_URL))
+    """The project's worker applying the workload (``variant``: a key of TRANSPORTS)."""
+    mode = ("batch" if batch else "ours") + variant
+    app = create_app(Settings(database_url=db_url(), broker_url=client.url))
     if batch:
         with EventPublisher(app=app) as publisher:
             for event in workload.deliveries:
@@ -754,17 +818,23 @@ def run_ours(
     else:
         client.push_all(TASK_APPLY, workload.deliveries)
         messages = len(workload.deliveries)
-    proc = ours_worker(runner, mode)
+    proc = ours_worker(runner, mode, client.url, stock=variant == "_stock")
     with psycopg.connect(db_url(False), autocommit=True) as conn:
+        # Until every distinct event is committed and nothing waits in the queue: read live on
+        # every broker (RabbitMQ's count of unacknowledged messages is statistics, seconds old).
         seconds, stalled = drain(
             client,
             [proc],
             messages,
-            lambda: inbox_count(conn) >= workload.distinct and client.idle(),
+            lambda: inbox_count(conn) >= workload.distinct and client.queued() == 0,
             900,
             lambda: inbox_count(conn),
         )
         result = ModeResult(mode, len(workload.deliveries), seconds, f"{messages} messages")
+        # The duplicates still held are acknowledged before anything is checked (not timed).
+        idle_by = time.monotonic() + 60
+        while not client.idle() and time.monotonic() < idle_by:
+            time.sleep(0.5)
         problems, digest = check_correctness(conn, workload.distinct)
         retries = sum(
             "transient error, retrying" in line
@@ -999,11 +1069,11 @@ def report(results: dict[str, ModeResult], digests: dict[str, str], workload: Wo
         f" {CONTACTS:,} contacts in {TEAMS} teams; {WORKERS} worker processes"
     )
     print()
-    print(f"{'mode':<8} {'events/s':>10} {'seconds':>8}  notes")
+    print(f"{'mode':<11} {'events/s':>10} {'seconds':>8}  notes")
     for mode in ALL_MODES:
         if mode in results:
             r = results[mode]
-            print(f"{mode:<8} {r.rate:>10,.0f} {r.seconds:>8.2f}  {r.note}")
+            print(f"{mode:<11} {r.rate:>10,.0f} {r.seconds:>8.2f}  {r.note}")
 
     def ratio(a: str, b: str) -> float:
         if a in results and b in results and results[b].rate:
@@ -1027,37 +1097,52 @@ def report(results: dict[str, ModeResult], digests: dict[str, str], workload: Wo
         print(f"{'ours/stock':<14} {results['ours'].rate / stock:6.2f}   (ceiling of stock kombu)")
     print(f"{'ours/db':<14} {ratio('ours', 'db'):6.2f}   (the database limit, no Celery)")
     print()
+    # The transport's share: the same worker, the same group commit, three transports.
+    appliers = [m for m in ALL_MODES if m.partition("_")[0] in ("ours", "batch")]
+    if any(m in results for m in appliers):
+        print(f"{'the project worker on':<30} {'ours ev/s':>10} {'batch ev/s':>11}")
+        for variant, (label, _broker) in TRANSPORTS.items():
+            rates = [
+                f"{results[m].rate:,.0f}" if (m := base + variant) in results else "-"
+                for base in ("ours", "batch")
+            ]
+            print(f"{label:<30} {rates[0]:>10} {rates[1]:>11}")
+        print()
     p99s: list[float] = []
-    for mode in ("ours", "batch"):
+    for mode in appliers:
         if mode not in results:
             continue
         lat = results[mode].latency
         p99s.append(lat["p99"])
         print(
-            f"latency {mode:<6} at {lat['rate']:,.0f}/s offered ({lat['achieved']:,.0f}/s"
+            f"latency {mode:<11} at {lat['rate']:,.0f}/s offered ({lat['achieved']:,.0f}/s"
             f" achieved, {int(lat['seen'])}/{int(lat['events'])} seen):"
             f" publish->commit p50 {lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms"
             f" max {lat['max']:.1f} ms | publish->txn start (processed_at)"
             f" p50 {lat['start_p50']:.1f} ms p99 {lat['start_p99']:.1f} ms"
         )
     rss_all: list[float] = []
-    for mode in ("ours", "batch", "naive"):
+    for mode in (*appliers, "naive"):
         if mode in results and results[mode].rss_mb:
             rss = results[mode].rss_mb
             rss_all += [v for k, v in rss.items() if mode != "naive"]
             shown = ", ".join(f"{k} {v:.0f}" for k, v in sorted(rss.items()))
-            print(f"peak RSS MB {mode:<6} {shown}")
-    for mode in ("ours", "batch", "naive", "db"):
+            print(f"peak RSS MB {mode:<11} {shown}")
+    for mode in (*appliers, "naive", "db"):
         if mode in results and results[mode].checks:
-            print(f"correctness {mode:<6} {'; '.join(results[mode].checks)}")
-    if "ours" in digests and "batch" in digests:
-        same = digests["ours"] == digests["batch"]
-        print(f"final state ours == batch: {'yes' if same else 'NO'}")
+            print(f"correctness {mode:<11} {'; '.join(results[mode].checks)}")
+    if len(digests) > 1:
+        same = len(set(digests.values())) == 1
+        print(f"final state {' == '.join(digests)}: {'yes' if same else 'NO'}")
     print()
     p99 = max(p99s) if p99s else float("nan")
     rss_mb = max(rss_all) if rss_all else float("nan")
     print(
-        f"ours/ceiling={ratios['ours/ceiling']:.2f} ours/naive={ratios['ours/naive']:.2f}"
+        f"ours/stock={ratio('ours', 'ours_stock'):.2f}"
+        f" batch/stock={ratio('batch', 'batch_stock'):.2f}"
+        f" ours_amqp/ours={ratio('ours_amqp', 'ours'):.2f}"
+        f" batch_amqp/batch={ratio('batch_amqp', 'batch'):.2f}"
+        f" ours/ceiling={ratios['ours/ceiling']:.2f} ours/naive={ratios['ours/naive']:.2f}"
         f" batch/ceiling={ratios['batch/ceiling']:.2f} batch/db={ratios['batch/db']:.2f}"
         f" p99_ms={p99:.0f} rss_mb={rss_mb:.0f}"
     )
@@ -1071,38 +1156,72 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep-db", action="store_true", help="keep the databases at the end")
     parser.add_argument(
-        "--broker", default=REDIS_URL, help=f"redis://… or amqp://… (default {REDIS_URL})"
+        "--broker",
+        default="redis",
+        help="the broker of the modes without a suffix: redis (a private redis-server, the "
+        "default) or the URL of a Redis database or RabbitMQ virtual host the bench may empty",
+    )
+    parser.add_argument(
+        "--amqp",
+        default=AMQP_SERVER,
+        help=f"the RabbitMQ server of the *_amqp modes (default {AMQP_SERVER}); a virtual "
+        "host is made there for the run and deleted after it",
     )
     args = parser.parse_args(argv)
-    global BROKER_URL
-    BROKER_URL = args.broker
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = set(modes) - set(ALL_MODES)
     if unknown:
         parser.error(f"unknown modes: {', '.join(sorted(unknown))}")
+    if uses_amqp(args.broker) and any(m.endswith("_stock") for m in modes):
+        parser.error("the *_stock modes compare Redis transports: --broker must be Redis")
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up below
-    rng = random.Random(args.seed)
-    contacts = build_template(rng)
-    workload = generate(rng, contacts, args.events, "evt")
-    client = Broker(BROKER_URL)
+    global BROKER_URL
+    folder = Path(tempfile.mkdtemp(prefix="bench_worker_servers_"))
+    private: PrivateRedis | None = None
+    rabbit: AmqpBroker | None = None
+    clients: dict[str, Broker] = {}
     runner = Processes()
     results: dict[str, ModeResult] = {}
     digests: dict[str, str] = {}
     try:
+        if args.broker == "redis":
+            # As deployed (docker-compose.yml): an append-only file synced every second.
+            private = PrivateRedis(folder, appendfsync="everysec")
+            private.start()
+            BROKER_URL = private.url
+        else:
+            BROKER_URL = args.broker
+        clients[""] = clients["_stock"] = Broker(BROKER_URL)
+        if any(m.endswith("_amqp") for m in modes):
+            rabbit = AmqpBroker(args.amqp, prefix="contact_sync_bench")
+            rabbit.start()
+            clients["_amqp"] = Broker(rabbit.url)
+        print(
+            f"broker {BROKER_URL}"
+            + (f"; RabbitMQ virtual host {rabbit.vhost}" if rabbit is not None else ""),
+            file=sys.stderr,
+        )
+        rng = random.Random(args.seed)
+        contacts = build_template(rng)
+        workload = generate(rng, contacts, args.events, "evt")
         for mode in modes:
             print(f"[{time.strftime('%H:%M:%S')}] {mode} ...", file=sys.stderr, flush=True)
+            base, _, suffix = mode.partition("_")
+            variant = f"_{suffix}" if suffix else ""
+            client = clients[variant if base in ("ours", "batch") else ""]
             reset_database()
             client.flush()
             if mode == "ceiling":
                 results[mode] = run_ceiling(runner, client, workload)
-            elif mode in ("ours", "batch"):
+            elif base in ("ours", "batch"):
                 results[mode], digests[mode] = run_ours(
                     runner,
                     client,
                     workload,
                     contacts,
-                    batch=mode == "batch",
+                    batch=base == "batch",
+                    variant=variant,
                     latency_seconds=args.latency_seconds,
                     rng=rng,
                 )
@@ -1117,9 +1236,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+    except HarnessError as error:
+        print(f"worker_throughput: {error}", file=sys.stderr)
+        return 2
     finally:
         runner.stop_all()
-        client.flush()
+        for client in {id(c): c for c in clients.values()}.values():
+            if private is None:
+                client.flush()  # a broker given with --broker: left empty
+            client.close()
+        if rabbit is not None:
+            rabbit.stop()
+        if private is not None:
+            private.stop()
+        shutil.rmtree(folder, ignore_errors=True)
         if not args.keep_db:
             drop_databases()
     print(f"(worker logs in {runner.logdir})", file=sys.stderr)
