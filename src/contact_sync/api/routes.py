@@ -227,6 +227,18 @@ _ELIGIBLE_OVERRIDES = {
 }
 _ELIGIBLE_MESSAGES = dict.fromkeys(_ELIGIBLE_OVERRIDES, "Must be a time of day as HH:MM")
 _LIST_OVERRIDES: dict[str, dict[str, Any]] = {
+    "tag": {
+        "type": "array",
+        # Not blank after trimming (Python's whitespace, ECMA's \s and more).
+        "items": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 64,
+            "pattern": r"[^\s\x1c-\x1f\x85]",
+        },
+        "maxItems": 20,
+        "description": ContactQuery.model_fields["tag"].description,
+    },
     "sort": {
         "type": "string",
         "enum": list(SORTS),
