@@ -582,7 +582,9 @@ def stream(conn: Connection, query: EligibleQuery) -> int:
 
 def count_only(conn: Connection, query: ContactQuery) -> int:
     """The ``total`` statement of ``list_contacts``, alone (same filters, same builder)."""
-    statement = select(func.count()).select_from(contacts).where(*_filters(query))
+    statement = (
+        select(func.count()).select_from(contacts).where(*_filters(query, conn.dialect.name))
+    )
     return int(conn.execute(statement).scalar_one())
 
 

@@ -145,11 +145,11 @@ def test_a_client_that_hangs_up_mid_upload_is_one_log_line_without_a_traceback(
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(
             (
-                f"POST {CONTACTS}?search=secret HTTP/1.1\r\nHost: {host}\r\n"
+                f"POST {CONTACTS} HTTP/1.1\r\nHost: {host}\r\n"
                 f"Authorization: Bearer {server.api_key}\r\n"
                 "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
             ).encode()
-            + b'{"firstName": "Ada", "notes": "'
+            + b'{"firstName": "Ada", "notes": "secret'
             + b"x" * 20_000
         )
         time.sleep(0.5)  # the request reached the route, which waits for the rest
@@ -179,7 +179,7 @@ def test_a_client_that_hangs_up_mid_body_leaves_one_log_record_and_no_exception(
         "scheme": "http",
         "path": CONTACTS,
         "raw_path": CONTACTS.encode(),
-        "query_string": b"search=ada%40example.com",
+        "query_string": b"",  # an undocumented parameter is a 422 before the body is read
         "root_path": "",
         "headers": [
             (b"authorization", f"Bearer {api.key}".encode()),

@@ -97,11 +97,12 @@ ONE_CONTACT = f"{CONTACTS}/{{contact_id}}"
 HISTORY = f"{ONE_CONTACT}/history"
 ELIGIBLE = f"{CONTACTS}/eligible"
 COMPANIES = f"{PREFIX}/companies"
+ONE_COMPANY = f"{COMPANIES}/{{company_id}}"
 
 # Query parameters of the list that narrow it (either spelling).
 LIST_FILTERS = {
     spelling
-    for name in ("company_id", "search", "lead_status", "do_not_call", "has_phone")
+    for name in ("company_id", "search", "lead_status", "do_not_call", "has_phone", "tag")
     for spelling in (
         name,
         "".join(w if i == 0 else w.title() for i, w in enumerate(name.split("_"))),
@@ -304,12 +305,21 @@ class ApiWorkflow(SCHEMA.as_state_machine()):  # type: ignore[misc]
         assert history.status_code == 200, f"{what}, then its history: {history.status_code}"
         self.check_history(contact, history.json(), f"{what}, then its history")
 
-    def check_history(self, contact: dict[str, Any], body: dict[str, Any], what: str) -> None:
-        """One record per version, newest first."""
+    def check_history(
+        self,
+        contact: dict[str, Any],
+        body: dict[str, Any],
+        what: str,
+        query: dict[str, Any] | None = None,
+    ) -> None:
+        """One record per version, newest first (the page ``query`` asks for of them)."""
+        limit = int((query or {}).get("limit", 50))
+        offset = int((query or {}).get("offset", 0))
         versions = [record["version_after"] for record in body["data"]]
-        expected = list(range(contact["version"], 0, -1))
+        expected = list(range(contact["version"], 0, -1))[offset : offset + limit]
         assert versions == expected, f"{what}: versions {versions}, not {expected}"
-        assert {record["contact_id"] for record in body["data"]} == {contact["id"]}, what
+        assert body["total"] == contact["version"], f"{what}: total {body['total']}"
+        assert {record["contact_id"] for record in body["data"]} <= {contact["id"]}, what
 
     def live(self, contact_id: str, status: int, what: str) -> dict[str, Any] | None:
         """The model's contact, after checking that ``status`` agrees with it existing."""
@@ -354,7 +364,7 @@ class ApiWorkflow(SCHEMA.as_state_machine()):  # type: ignore[misc]
         elif path == HISTORY and method == "GET":
             known = self.live(contact_id, status, what)
             if status == 200 and known is not None:
-                self.check_history(known, body, what)
+                self.check_history(known, body, what, case.query)
         elif path in (CONTACTS, ELIGIBLE) and method == "GET" and status == 200:
             for item in body["data"]:
                 assert self.model.contacts.get(item["id"]) == item, f"{what} listed {item['id']}"
@@ -369,7 +379,21 @@ class ApiWorkflow(SCHEMA.as_state_machine()):  # type: ignore[misc]
             assert body["team_id"] == self.team_id
             self.model.companies.add(body["id"])
         elif path == COMPANIES and method == "GET" and status == 200:
-            assert {item["id"] for item in body["data"]} == self.model.companies, what
+            listed = {item["id"] for item in body["data"]}
+            assert listed <= self.model.companies, what
+            narrowed = {"search", "limit", "offset"} & set(case.query or {})
+            if not narrowed:
+                assert listed == self.model.companies, what
+            if "search" not in (case.query or {}):
+                assert body["total"] == len(self.model.companies), what
+        elif path == ONE_COMPANY:
+            company_id = (case.path_parameters or {}).get("company_id")
+            if 200 <= status < 300:
+                assert company_id in self.model.companies, f"{what} answered {status}"
+            elif status == 404:
+                assert company_id not in self.model.companies, f"{what} answered 404"
+            if method == "DELETE" and status == 204:
+                self.model.companies.discard(company_id)
 
     def check_list(self, query: dict[str, Any], body: dict[str, Any], what: str) -> None:
         """Unfiltered, or by company only: the page counts and slices every match."""

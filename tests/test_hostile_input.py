@@ -195,6 +195,7 @@ def _writes(world: World) -> list[tuple[str, str]]:
         ("POST", CONTACTS),
         ("PATCH", f"{CONTACTS}/{world.mine['id']}"),
         ("POST", COMPANIES),
+        ("PATCH", f"{COMPANIES}/{world.my_company['id']}"),
     ]
 
 
@@ -486,6 +487,12 @@ def test_sql_and_like_metacharacters_in_search_are_literal(
             assert listed.status_code == 200, listed.text
             assert listed.json()["total"] == 0
         assert_error(api.get(CONTACTS, params={"teamId": search}), 403)
+        # A tag is an exact, bound value: no metacharacter matches my contact's "solar".
+        tagged = api.get(CONTACTS, params={"tag": search})
+        assert (tagged.status_code, tagged.json()["total"]) == (200, 0), tagged.text
+        companies_found = api.get(COMPANIES, params={"search": search}).json()
+        names = ["Analytical Engines"]
+        assert companies_found["total"] == sum(search.lower() in n.lower() for n in names)
         if "/" not in search:  # a path of its own
             assert_error(api.get(f"{CONTACTS}/{quote(search, safe='')}"), 404)
     assert {"contacts", "contact_history", "companies", "teams"} <= set(
@@ -515,6 +522,11 @@ ABSURD_PAGES: list[tuple[str, str, str]] = [
     (CONTACTS, "offset", HUGE),
     (CONTACTS, "offset", "abc"),
     (CONTACTS, "offset", "NaN"),
+    (COMPANIES, "limit", "0"),
+    (COMPANIES, "limit", str(10**12)),
+    (COMPANIES, "limit", "2.5"),
+    (COMPANIES, "offset", "-1"),
+    (COMPANIES, "offset", HUGE),
     (ELIGIBLE, "limit", "0"),
     (ELIGIBLE, "limit", "-1"),
     (ELIGIBLE, "limit", str(10**12)),
@@ -533,6 +545,14 @@ ABSURD_PAGES: list[tuple[str, str, str]] = [
     (LETTERS, "offset", HUGE),
     (LETTERS, "offset", "abc"),
 ]
+ABSURD_PAGES_OF_HISTORY = [
+    ("limit", "0"),
+    ("limit", "501"),
+    ("limit", HUGE),
+    ("limit", "1e3"),
+    ("offset", "-1"),
+    ("offset", "abc"),
+]
 
 
 @pytest.mark.parametrize(
@@ -547,6 +567,55 @@ def test_an_absurd_limit_or_offset_is_422_naming_it(
         response = world.api.get(url, params={name: value})
         assert_validation_error(response, name)
         assert set(response.json()["details"]) == {name}
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    ABSURD_PAGES_OF_HISTORY,
+    ids=[f"{n}={v[:12]}" for n, v in ABSURD_PAGES_OF_HISTORY],
+)
+def test_an_absurd_page_of_history_is_422_naming_it(world: World, name: str, value: str) -> None:
+    with nothing_changes(world):
+        url = f"{CONTACTS}/{world.mine['id']}/history"
+        response = world.api.get(url, params={name: value})
+        assert_validation_error(response, name)
+        assert set(response.json()["details"]) == {name}
+
+
+HOSTILE_LIST_PARAMS: list[tuple[str, dict[str, Any], str]] = [
+    ("tag-nul", {"tag": "so\x00lar"}, "tag"),
+    ("tag-huge", {"tag": "x" * 60_000}, "tag"),
+    ("tag-blank", {"tag": "   "}, "tag"),
+    ("tags-many", {"tag": [f"t{n}" for n in range(1000)]}, "tag"),
+    ("sort-sql", {"sort": "created_at; DROP TABLE contacts"}, "sort"),
+    ("sort-column", {"sort": "provenance"}, "sort"),
+    ("sort-nul", {"sort": "last_name\x00"}, "sort"),
+    ("sort-twice", {"sort": ["last_name", "created_at"]}, "sort"),
+    ("unknown-huge-name", {"x" * 10_000: "1"}, "x" * 10_000),
+    ("company-search-nul", {"search": "a\x00"}, "search"),
+]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [c[1:] for c in HOSTILE_LIST_PARAMS],
+    ids=[c[0] for c in HOSTILE_LIST_PARAMS],
+)
+def test_hostile_list_parameters_are_422_naming_them(
+    world: World, params: dict[str, Any], field: str
+) -> None:
+    url = COMPANIES if field == "search" else CONTACTS
+    with nothing_changes(world):
+        assert_validation_error(world.api.get(url, params=params), field)
+
+
+def test_many_unknown_query_parameters_are_one_capped_422(world: World) -> None:
+    params = {f"p{n}": "1" for n in range(1000)}
+    with nothing_changes(world):
+        response = world.api.get(CONTACTS, params=params)
+        assert response.status_code == 422, response.text
+        body = response.json()
+        assert (len(body["details"]), body["details_omitted"]) == (50, 950)
 
 
 # --------------------------------------------------------------- ids of other teams
@@ -570,6 +639,10 @@ OTHER_TEAMS: list[tuple[str, str, str, Any, int, str | None]] = [
     ("eligible-of-their-team", "GET", f"{ELIGIBLE}?team_id=<their-team>", None, 403, None),
     ("companies-of-their-team", "GET", f"{COMPANIES}?teamId=<their-team>", None, 403, None),
     ("create-in-unknown-co", "POST", CONTACTS, {"companyId": "nope"}, 422, None),
+    ("get-their-co", "GET", f"{COMPANIES}/<their-co>", None, 404, "Not found"),
+    ("rename-their-co", "PATCH", f"{COMPANIES}/<their-co>", {"name": "Mine"}, 404, "Not found"),
+    ("delete-their-co", "DELETE", f"{COMPANIES}/<their-co>", None, 404, "Not found"),
+    ("a-page-of-their-history", "GET", f"{CONTACTS}/<theirs>/history?limit=1", None, 404, None),
 ]
 
 

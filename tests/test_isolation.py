@@ -68,6 +68,8 @@ LETTER = f"{LETTERS}/{{dead_letter_id}}"
 REPLAY = f"{LETTER}/replay"
 DISCARD = f"{LETTER}/discard"
 NO_LETTER = "Dead letter not found"
+COMPANY = f"{COMPANIES}/{{company_id}}"
+COMPANY_NOT_FOUND = "Not found"
 SHARED_PHONE = "+12025550100"  # a number that a contact of each team has
 NOT_FOUND = "Contact not found"
 FOREIGN_COMPANY = "Company does not belong to this team"
@@ -424,7 +426,7 @@ PROBES: list[Probe] = [
         "create in B by body, A by query",
         "POST",
         CONTACTS,
-        403,
+        422,
         params={"teamId": "<a.team>"},
         body={**NEW, "teamId": "<b.team>"},
     ),
@@ -445,7 +447,7 @@ PROBES: list[Probe] = [
         "create with B's team in the query only",
         "POST",
         CONTACTS,
-        201,
+        422,
         params={"teamId": "<b.team>", "companyId": "<b.company>"},
         body=NEW,
     ),
@@ -464,15 +466,15 @@ PROBES: list[Probe] = [
         "list B by teamId, A by team_id",
         "GET",
         CONTACTS,
-        403,
+        422,
         params={"teamId": "<b.team>", "team_id": "<a.team>"},
     ),
-    # Both spellings: the camelCase one is read (here A's own team).
+    # Both spellings at once is one parameter given twice: refused, whichever team.
     Probe(
         "list A by teamId, B by team_id",
         "GET",
         CONTACTS,
-        200,
+        422,
         params={"teamId": "<a.team>", "team_id": "<b.team>"},
     ),
     Probe("list with B's company", "GET", CONTACTS, 200, params={"companyId": "<b.company>"}),
@@ -496,16 +498,15 @@ PROBES: list[Probe] = [
         "get B's contact naming B's team",
         "GET",
         CONTACT,
-        404,
+        422,
         path={"contact_id": "<b.star>"},
         params={"teamId": "<b.team>", "team_id": "<b.team>"},
-        error=NOT_FOUND,
     ),
     Probe(
         "get A's contact naming B's team",
         "GET",
         CONTACT,
-        200,
+        422,
         path={"contact_id": "<a.star>"},
         params={"teamId": "<b.team>"},
     ),
@@ -607,10 +608,9 @@ PROBES: list[Probe] = [
         "delete B's contact naming B's team",
         "DELETE",
         CONTACT,
-        404,
+        422,
         path={"contact_id": "<b.star>"},
         params={"teamId": "<b.team>"},
-        error=NOT_FOUND,
     ),
     # GET /contacts/{id}/history.
     *(
@@ -628,12 +628,28 @@ PROBES: list[Probe] = [
         "history of B's contact naming B's team",
         "GET",
         HISTORY,
-        404,
+        422,
         path={"contact_id": "<b.star>"},
         params={"teamId": "<b.team>"},
-        error=NOT_FOUND,
     ),
     Probe("history of A's contact", "GET", HISTORY, 200, path={"contact_id": "<a.star>"}),
+    Probe(
+        "a page of the history of B's contact",
+        "GET",
+        HISTORY,
+        404,
+        path={"contact_id": "<b.star>"},
+        params={"limit": "1", "offset": "1"},
+        error=NOT_FOUND,
+    ),
+    Probe(
+        "a page of the history of A's contact",
+        "GET",
+        HISTORY,
+        200,
+        path={"contact_id": "<a.star>"},
+        params={"limit": "1", "offset": "1"},
+    ),
     # POST /companies.
     Probe(
         "company in B by teamId",
@@ -660,13 +676,77 @@ PROBES: list[Probe] = [
         "company with B's company id",
         "POST",
         COMPANIES,
-        201,
+        422,
         body={"name": "Mine", "id": "<b.company>"},
     ),
     # GET /companies.
     Probe("companies of B by teamId", "GET", COMPANIES, 403, params={"teamId": "<b.team>"}),
     Probe("companies of B by team_id", "GET", COMPANIES, 403, params={"team_id": "<b.team>"}),
-    Probe("companies of A", "GET", COMPANIES, 200, params={"companyId": "<b.company>"}),
+    Probe(
+        "companies of A by B's company", "GET", COMPANIES, 422, params={"companyId": "<b.company>"}
+    ),
+    Probe("companies of A", "GET", COMPANIES, 200, params={"search": "Co", "limit": "500"}),
+    Probe(
+        "companies of B searched",
+        "GET",
+        COMPANIES,
+        403,
+        params={"teamId": "<b.team>", "search": "Rival"},
+    ),
+    # GET, PATCH and DELETE /companies/{id}: B's company, B's other ids, A's own.
+    *(
+        Probe(
+            f"{method.lower()} company {ref}",
+            method,
+            COMPANY,
+            404,
+            path={"company_id": f"<{ref}>"},
+            body=body,
+            error=COMPANY_NOT_FOUND,
+        )
+        for method, body in (("GET", None), ("PATCH", {"name": "Mine"}), ("DELETE", None))
+        for ref in ("b.company", "b.team", "b.star")
+    ),
+    Probe(
+        "get B's company naming B's team",
+        "GET",
+        COMPANY,
+        422,
+        path={"company_id": "<b.company>"},
+        params={"teamId": "<b.team>"},
+    ),
+    Probe("get A's company", "GET", COMPANY, 200, path={"company_id": "<a.company>"}),
+    Probe(
+        "rename A's company into B",
+        "PATCH",
+        COMPANY,
+        422,
+        path={"company_id": "<a.company>"},
+        body={"name": "Moved", "teamId": "<b.team>"},
+    ),
+    Probe(
+        "rename A's company to B's id",
+        "PATCH",
+        COMPANY,
+        422,
+        path={"company_id": "<a.company>"},
+        body={"name": "Moved", "id": "<b.company>"},
+    ),
+    Probe(
+        "rename A's company",
+        "PATCH",
+        COMPANY,
+        200,
+        path={"company_id": "<a.company>"},
+        body={"name": "Acme Renamed"},
+    ),
+    Probe(
+        "delete A's company while its contact belongs to it",
+        "DELETE",
+        COMPANY,
+        409,
+        path={"company_id": "<a.company>"},
+    ),
     # GET /dead-letters: the key's team's only.
     Probe("dead letters of B by teamId", "GET", LETTERS, 403, params={"teamId": "<b.team>"}),
     Probe("dead letters of B by team_id", "GET", LETTERS, 403, params={"team_id": "<b.team>"}),
@@ -988,7 +1068,11 @@ def _bad_keys(world: World) -> dict[str, str | None]:
 
 def _probe_every_route(world: World, http: Api, authorization: str | None) -> None:
     for method, path in api_routes():
-        url = path.format(contact_id=world.b.star, dead_letter_id=world.b.letter_id)
+        url = path.format(
+            contact_id=world.b.star,
+            dead_letter_id=world.b.letter_id,
+            company_id=world.b.company_id,
+        )
         headers = {"Content-Type": "application/json"}
         if authorization is not None:
             headers["Authorization"] = authorization
@@ -1064,6 +1148,9 @@ LIST_FILTERS = [
     Filter("callable", {"doNotCall": "false"}, ["shared", "star"], ["shared", "star"]),
     Filter("with a phone", {"hasPhone": "true"}, ["shared", "star"], ["shared", "star"]),
     Filter("without a phone", {"hasPhone": "false"}, ["quiet"], ["quiet"]),
+    Filter("B's tag", {"tag": "rival-tag"}, [], ["star"]),
+    Filter("A's tag", {"tag": "acme-tag"}, ["star"], []),
+    Filter("oldest first", {"sort": "created_at"}, ALL[::-1], ALL[::-1]),
     Filter("a page", {"limit": "1", "offset": "2"}, ["star"], ["star"], total=3),
     Filter("past A's last row", {"limit": "500", "offset": "3"}, [], [], total=3),
     Filter("the largest page", {"limit": "500", "offset": "0"}, ALL, ALL),
@@ -1254,6 +1341,8 @@ LIST_FLAGS = {
     "leadStatus": "--lead-status",
     "doNotCall": "--do-not-call",
     "hasPhone": "--has-phone",
+    "tag": "--tag",
+    "sort": "--sort",
     "limit": "--limit",
     "offset": "--offset",
     "teamId": "--team",

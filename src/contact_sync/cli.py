@@ -94,6 +94,8 @@ def cmd_contacts_list(args: argparse.Namespace) -> None:
         "lead_status": args.lead_status,
         "do_not_call": args.do_not_call,
         "has_phone": args.has_phone,
+        "tag": args.tag,
+        "sort": args.sort,
         "limit": args.limit,
         "offset": args.offset,
     }
@@ -201,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--lead-status")
     listing.add_argument("--do-not-call", type=_bool, metavar="true|false")
     listing.add_argument("--has-phone", type=_bool, metavar="true|false")
+    listing.add_argument("--tag", action="append", help="only contacts with this tag (repeatable)")
+    listing.add_argument("--sort", help="created_at, updated_at or last_name; - for descending")
     listing.add_argument("--limit", type=int)
     listing.add_argument("--offset", type=int)
     listing.add_argument("--json", action="store_true", help="print {data, total, limit, offset}")

@@ -23,7 +23,18 @@ from pydantic import (
     field_validator,
 )
 from pydantic.alias_generators import to_camel
-from sqlalchemy import Connection, Select, and_, func, literal_column, or_, select
+from sqlalchemy import (
+    Connection,
+    Select,
+    and_,
+    exists,
+    func,
+    literal_column,
+    or_,
+    select,
+    type_coerce,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
 from contact_sync.contacts import Contact, field_errors, iana_timezones, normalise_lead_status
@@ -34,6 +45,11 @@ from contact_sync.storable import is_unicode
 from contact_sync.store import CONTACT_COLUMNS, contacts_from_rows
 
 STICKY_STATUSES = ("converted", "customer", "churned", "do_not_contact")
+
+# The contacts list's orders: the default (newest first) is listed first.
+SORTS = tuple(
+    f"{sign}{key}" for key in ("created_at", "updated_at", "last_name") for sign in ("-", "")
+)
 
 
 def _status(value: str | None) -> str | None:
@@ -78,8 +94,38 @@ class ContactQuery(_Query):
     lead_status: Annotated[str | None, AfterValidator(_status)] = None
     do_not_call: StrictBool | None = None
     has_phone: StrictBool | None = None
+    tag: tuple[str, ...] = Field(
+        default=(),
+        max_length=20,
+        description="Repeatable: only contacts that have every tag given (exact match).",
+    )
+    sort: str = Field(
+        default="-created_at",
+        description="`created_at`, `updated_at` or `last_name` (case-insensitive), with `-` "
+        "for descending; ties are ordered by `id`.",
+    )
     limit: int = Field(default=50, ge=1, le=500)
     offset: int = Field(default=0, ge=0, le=10_000_000)
+
+    @field_validator("tag", mode="before")
+    @classmethod
+    def _tags(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list | tuple):
+            for tag in value:
+                if not isinstance(tag, str) or not tag.strip() or len(tag.strip()) > 64:
+                    raise ValueError("Each tag must be 1 to 64 characters")
+                _no_nul(tag)
+            return tuple(dict.fromkeys(tag.strip() for tag in value))
+        return value
+
+    @field_validator("sort")
+    @classmethod
+    def _sort(cls, value: str) -> str:
+        if value not in SORTS:
+            raise ValueError(f"Must be one of {', '.join(SORTS)}")
+        return value
 
     @field_validator("search")
     @classmethod
@@ -136,8 +182,17 @@ def _search_condition(text: str) -> ColumnElement[bool]:
     return or_(*conditions)
 
 
-def _filters(query: ContactQuery) -> list[ColumnElement[bool]]:
+def _has_tag(tag: str, dialect: str) -> ColumnElement[bool]:
+    """The contact's tags include ``tag`` (JSONB containment on PostgreSQL, else json_each)."""
+    if dialect == "postgresql":
+        return type_coerce(contacts.c.tags, JSONB).contains([tag])
+    element = func.json_each(contacts.c.tags).table_valued("value")
+    return exists(select(literal_column("1")).select_from(element).where(element.c.value == tag))
+
+
+def _filters(query: ContactQuery, dialect: str) -> list[ColumnElement[bool]]:
     where: list[ColumnElement[bool]] = [contacts.c.team_id == query.team_id]
+    where.extend(_has_tag(tag, dialect) for tag in query.tag)
     if query.company_id is not None:
         where.append(contacts.c.company_id == query.company_id)
     if query.lead_status is not None:
@@ -153,16 +208,27 @@ def _filters(query: ContactQuery) -> list[ColumnElement[bool]]:
     return where
 
 
+def _order(sort: str) -> tuple[ColumnElement[Any], ...]:
+    """The ``sort`` as ORDER BY terms, always ending in ``id`` so that pages never overlap."""
+    key = sort.removeprefix("-")
+    column: ColumnElement[Any] = (
+        func.lower(contacts.c.last_name) if key == "last_name" else contacts.c[key]
+    )
+    if sort.startswith("-"):
+        return (column.desc(), contacts.c.id.desc())
+    return (column.asc(), contacts.c.id.asc())
+
+
 def list_contacts(conn: Connection, query: ContactQuery) -> ContactPage:
-    """One page of the team's contacts, newest first, with the exact total."""
-    where = _filters(query)
-    order = (contacts.c.created_at.desc(), contacts.c.id.desc())
+    """One page of the team's contacts in ``query.sort`` order, with the exact total."""
+    where = _filters(query, conn.dialect.name)
+    order = _order(query.sort)
     page: Select[Any]
     if query.offset > 0:
         # Deferred join: skip rows in an index-only scan of the keys, then read
         # only the page's rows (an offset of 5,000 otherwise reads 5,050 rows).
         keys = (
-            select(contacts.c.id, contacts.c.created_at)
+            select(contacts.c.id)
             .where(*where)
             .order_by(*order)
             .limit(query.limit)
@@ -172,7 +238,7 @@ def list_contacts(conn: Connection, query: ContactQuery) -> ContactPage:
         page = (
             select(*CONTACT_COLUMNS)
             .join_from(keys, contacts, contacts.c.id == keys.c.id)
-            .order_by(keys.c.created_at.desc(), keys.c.id.desc())
+            .order_by(*order)
         )
     else:
         page = select(*CONTACT_COLUMNS).where(*where).order_by(*order).limit(query.limit)
@@ -182,6 +248,29 @@ def list_contacts(conn: Connection, query: ContactQuery) -> ContactPage:
     else:
         total = conn.execute(select(func.count()).select_from(contacts).where(*where)).scalar_one()
     return ContactPage(contacts_from_rows(rows), total, query.limit, query.offset)
+
+
+class HistoryQuery(_Query):
+    """A page of a contact's history."""
+
+    limit: int = Field(default=50, ge=1, le=500)
+    offset: int = Field(default=0, ge=0, le=10_000_000)
+
+
+class CompanyQuery(_Query):
+    """Filters of the companies list."""
+
+    team_id: str = Field(min_length=1, max_length=64)
+    search: str | None = Field(
+        default=None, max_length=200, description="A case-insensitive substring of the name."
+    )
+    limit: int = Field(default=50, ge=1, le=500)
+    offset: int = Field(default=0, ge=0, le=10_000_000)
+
+    @field_validator("team_id", "search")
+    @classmethod
+    def _reject_nul(cls, value: str | None) -> str | None:
+        return _no_nul(value)
 
 
 def _clock(value: Any) -> Any:
@@ -332,5 +421,7 @@ def list_eligible(conn: Connection, query: EligibleQuery) -> EligiblePage:
 
 
 _SNAKE = {
-    to_camel(name): name for model in (ContactQuery, EligibleQuery) for name in model.model_fields
+    to_camel(name): name
+    for model in (ContactQuery, EligibleQuery, HistoryQuery, CompanyQuery)
+    for name in model.model_fields
 }

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, insert, select, update
+from sqlalchemy import Connection, Row, delete, func, insert, select, update
 
 from contact_sync.clock import utcnow
 from contact_sync.companies import check_company
@@ -352,8 +352,15 @@ def delete_contact(
     return Deletion(dead_letters_erased=erased, numbers_suppressed=suppressed)
 
 
-def list_history(conn: Connection, *, team_id: str, contact_id: str) -> list[dict[str, Any]]:
-    """The contact's change records, newest first."""
+def list_history(
+    conn: Connection,
+    *,
+    team_id: str,
+    contact_id: str,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """The contact's change records, newest first (a page of them with ``limit``/``offset``)."""
     _load(conn, team_id=team_id, contact_id=contact_id, lock=False)
     rows = conn.execute(
         select(contact_history)
@@ -363,8 +370,19 @@ def list_history(conn: Connection, *, team_id: str, contact_id: str) -> list[dic
             contact_history.c.recorded_at.desc(),
             contact_history.c.id.desc(),
         )
+        .limit(limit)
+        .offset(offset)
     ).all()
     return [dict(row._mapping) for row in rows]
+
+
+def count_history(conn: Connection, *, team_id: str, contact_id: str) -> int:
+    """How many change records the contact has."""
+    return conn.execute(
+        select(func.count())
+        .select_from(contact_history)
+        .where(contact_history.c.contact_id == contact_id, contact_history.c.team_id == team_id)
+    ).scalar_one()
 
 
 def get_provenance(conn: Connection, *, team_id: str, contact_id: str) -> dict[str, Any]:

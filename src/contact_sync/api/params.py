@@ -75,27 +75,60 @@ def read_query(
     overrides: dict[str, dict[str, Any]] | None = None,
     messages: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Known parameters (either spelling) as snake_case keys; unknown ones are ignored.
+    """Known parameters (either spelling) as snake_case keys; anything else is a 422.
 
-    Each value must have the form the OpenAPI document gives it (``overrides`` as
-    passed to ``query_parameters``); ``messages`` words a pattern mismatch per field.
+    A parameter the route does not know, or a single-valued one given twice (in
+    one spelling or both), is refused by name: ignored, ``?tag=vip`` listed every
+    contact. Array fields are repeatable and read as lists. Each value must have
+    the form the OpenAPI document gives it (``overrides`` as passed to
+    ``query_parameters``); ``messages`` words a pattern mismatch per field.
     """
+    reject_unknown_query(request, query_names(model))
     properties = _properties(model)
     values: dict[str, Any] = {}
     problems: dict[str, str] = {}
     for name in model.model_fields:
-        for spelling in (to_camel(name), name):
-            if spelling in request.query_params:
-                text = request.query_params[spelling]
-                schema = (overrides or {}).get(name) or _query_schema(properties.get(name, {}))
-                problem = _off_the_wire(text, schema, (messages or {}).get(name))
+        schema = (overrides or {}).get(name) or _query_schema(properties.get(name, {}))
+        given = [
+            text
+            for spelling in dict.fromkeys((to_camel(name), name))
+            for text in request.query_params.getlist(spelling)
+        ]
+        if not given:
+            continue
+        if schema.get("type") == "array":
+            items = schema.get("items", {})
+            for text in given:
+                problem = _off_the_wire(text, items, (messages or {}).get(name))
                 if problem:
-                    problems[name] = problem
-                values[name] = _from_text(text, schema)
-                break
+                    problems.setdefault(name, problem)
+            values[name] = [_from_text(text, items) for text in given]
+            continue
+        if len(given) > 1:
+            problems[name] = "Must be given once"
+            continue
+        problem = _off_the_wire(given[0], schema, (messages or {}).get(name))
+        if problem:
+            problems[name] = problem
+        values[name] = _from_text(given[0], schema)
     if problems:
         raise ValidationFailed(problems)
     return values
+
+
+@cache
+def query_names(model: type[BaseModel]) -> frozenset[str]:
+    """Both spellings of every parameter of a query model."""
+    return frozenset(n for name in model.model_fields for n in (name, to_camel(name)))
+
+
+def reject_unknown_query(request: Request, known: frozenset[str]) -> None:
+    """``ValidationFailed`` naming (as sent) each query parameter not in ``known``."""
+    unknown = {
+        name: "Unknown query parameter" for name in request.query_params if name not in known
+    }
+    if unknown:
+        raise ValidationFailed(unknown)
 
 
 def _query_schema(schema: dict[str, Any]) -> dict[str, Any]:

@@ -8,26 +8,54 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.dependencies.models import Dependant
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
+from pydantic.alias_generators import to_snake
 from starlette.concurrency import run_in_threadpool
 
 from contact_sync.api.auth import Caller, CallerDep, EngineDep
-from contact_sync.api.params import json_body, query_parameters, read_json, read_query
+from contact_sync.api.errors import error
+from contact_sync.api.params import (
+    json_body,
+    query_parameters,
+    read_json,
+    read_query,
+    reject_unknown_query,
+)
 from contact_sync.api.schemas import (
     CompanyIn,
     CompanyList,
     CompanyOut,
+    CompanyPatch,
     ContactList,
     EligibleList,
     ErrorBody,
     HistoryList,
 )
-from contact_sync.companies import create_company, list_companies
+from contact_sync.companies import (
+    CompanyInUse,
+    create_company,
+    delete_company,
+    find_companies,
+    get_company,
+    rename_company,
+)
 from contact_sync.contacts import Contact, ContactCreate, ContactPatch
 from contact_sync.errors import ValidationFailed
-from contact_sync.query import ContactQuery, EligibleQuery, list_contacts, list_eligible
+from contact_sync.query import (
+    SORTS,
+    CompanyQuery,
+    ContactQuery,
+    EligibleQuery,
+    HistoryQuery,
+    list_contacts,
+    list_eligible,
+)
 from contact_sync.store import (
+    count_history,
     create_contact,
     delete_contact,
     get_contact,
@@ -36,7 +64,37 @@ from contact_sync.store import (
 )
 from contact_sync.store import get_provenance as contact_provenance
 
-router = APIRouter(prefix="/api/crm")
+
+def _dependant_query(dependant: Dependant) -> set[str]:
+    """The names of the query parameters FastAPI itself reads for a route (if any)."""
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _dependant_query(sub)
+    return names
+
+
+def _declared_query(route: APIRoute) -> frozenset[str]:
+    """The query parameters ``route`` documents (both spellings), and no others."""
+    names = {
+        param["name"]
+        for param in (route.openapi_extra or {}).get("parameters", [])
+        if param.get("in") == "query"
+    }
+    names |= _dependant_query(route.dependant)
+    return frozenset(names | {to_snake(name) for name in names})
+
+
+def _known_query_only(request: Request, _: CallerDep) -> None:
+    """Every route refuses a query parameter it does not document (after the key check).
+
+    Ignored, ``?tag=vip`` listed every contact and a campaign called the wrong people.
+    """
+    route = request.scope.get("route")
+    if isinstance(route, APIRoute):
+        reject_unknown_query(request, _declared_query(route))
+
+
+router = APIRouter(prefix="/api/crm", dependencies=[Depends(_known_query_only)])
 
 
 _RATE_LIMITED = {
@@ -168,15 +226,34 @@ _ELIGIBLE_OVERRIDES = {
     "window_end": {**_CLOCK, "default": "17:00"},
 }
 _ELIGIBLE_MESSAGES = dict.fromkeys(_ELIGIBLE_OVERRIDES, "Must be a time of day as HH:MM")
-_LIST_OVERRIDES = {
+_LIST_OVERRIDES: dict[str, dict[str, Any]] = {
+    "tag": {
+        "type": "array",
+        # Not blank after trimming (Python's whitespace, ECMA's \s and more).
+        "items": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 64,
+            "pattern": r"[^\s\x1c-\x1f\x85]",
+        },
+        "maxItems": 20,
+        "description": ContactQuery.model_fields["tag"].description,
+    },
+    "sort": {
+        "type": "string",
+        "enum": list(SORTS),
+        "default": SORTS[0],
+        "description": ContactQuery.model_fields["sort"].description,
+    },
     "lead_status": {
         "type": "string",
         "pattern": "^[A-Za-z0-9][A-Za-z0-9_ -]{0,63}$",
         "description": "A status slug; case, spaces and hyphens are normalised "
         "(`Do Not Contact` is `do_not_contact`).",
-    }
+    },
 }
 _LIST_MESSAGES = {"lead_status": "Lead status must be a slug such as qualified"}
+_ONE_COMPANY = f"{router.prefix}/companies/{{company_id}}"
 
 
 def _contact_response(contact: Contact, status: int = 200) -> JSONResponse:
@@ -315,14 +392,48 @@ def delete(contact_id: str, caller: CallerDep, engine: EngineDep) -> Response:
 @router.get(
     "/contacts/{contact_id}/history",
     response_model=HistoryList,
-    responses=_errors(404),
-    summary="A contact's change history, newest first",
+    responses=_errors(404, 422),
+    openapi_extra={"parameters": query_parameters(HistoryQuery)},
+    summary="A page of a contact's change history, newest first",
 )
-def history(contact_id: str, caller: CallerDep, engine: EngineDep) -> dict[str, Any]:
+def history(
+    contact_id: str, request: Request, caller: CallerDep, engine: EngineDep
+) -> dict[str, Any]:
+    query = HistoryQuery.parse(read_query(request, HistoryQuery))
     with engine.connect() as conn:
-        records = list_history(conn, team_id=caller.team_id, contact_id=contact_id)
+        records = list_history(
+            conn,
+            team_id=caller.team_id,
+            contact_id=contact_id,
+            limit=query.limit,
+            offset=query.offset,
+        )
+        if query.offset == 0 and len(records) < query.limit:
+            total = len(records)  # the page holds every record: no count needed
+        else:
+            total = count_history(conn, team_id=caller.team_id, contact_id=contact_id)
         provenance = contact_provenance(conn, team_id=caller.team_id, contact_id=contact_id)
-    return {"data": records, "provenance": provenance}
+    return {
+        "data": records,
+        "total": total,
+        "limit": query.limit,
+        "offset": query.offset,
+        "provenance": provenance,
+    }
+
+
+def _company_body(body: Any, model: type[BaseModel]) -> dict[str, Any]:
+    """``body`` if it is an object of ``model``'s fields only (either spelling), else 422.
+
+    Unknown fields used to be ignored: ``{"name": "Zed", "bogus": 1}`` was a 201.
+    """
+    if not isinstance(body, dict):
+        raise ValidationFailed({"body": "Must be a JSON object"})
+    known = {n for name, info in model.model_fields.items() for n in (name, info.alias) if n}
+    unknown = {to_snake(key): "Unknown field" for key in body if key not in known}
+    if unknown:
+        raise ValidationFailed(unknown)
+    return body
 
 
 @router.post(
@@ -334,9 +445,7 @@ def history(contact_id: str, caller: CallerDep, engine: EngineDep) -> dict[str, 
     summary="Create a company",
 )
 async def create_company_(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str, Any]:
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise ValidationFailed({"body": "Must be a JSON object"})
+    body = _company_body(await read_json(request, CompanyIn), CompanyIn)
     team_id = _body_team(caller, body)
 
     def write() -> dict[str, Any]:
@@ -350,11 +459,74 @@ async def create_company_(request: Request, caller: CallerDep, engine: EngineDep
     "/companies",
     response_model=CompanyList,
     responses=_errors(403, 422),
-    openapi_extra={"parameters": query_parameters(CompanyIn, skip=("name",))},
-    summary="List a team's companies",
+    openapi_extra={"parameters": query_parameters(CompanyQuery)},
+    summary="A page of a team's companies by name",
 )
 def companies(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str, Any]:
-    requested = request.query_params.get("teamId", request.query_params.get("team_id"))
+    values = read_query(request, CompanyQuery)
+    values["team_id"] = caller.team(values.get("team_id"))
+    query = CompanyQuery.parse(values)
     with engine.connect() as conn:
-        found = list_companies(conn, team_id=caller.team(requested))
-    return {"data": [company.__dict__ for company in found]}
+        page = find_companies(
+            conn,
+            team_id=query.team_id,
+            search=query.search,
+            limit=query.limit,
+            offset=query.offset,
+        )
+    return {
+        "data": [company.__dict__ for company in page.data],
+        "total": page.total,
+        "limit": query.limit,
+        "offset": query.offset,
+    }
+
+
+@router.get(
+    "/companies/{company_id}",
+    response_model=CompanyOut,
+    responses=_errors(404),
+    summary="Get a company",
+)
+def get_company_(company_id: str, caller: CallerDep, engine: EngineDep) -> dict[str, Any]:
+    with engine.connect() as conn:
+        return get_company(conn, team_id=caller.team_id, company_id=company_id).__dict__
+
+
+@router.patch(
+    "/companies/{company_id}",
+    response_model=CompanyOut,
+    responses=_errors(404, 413, 422),
+    openapi_extra=json_body(CompanyPatch),
+    summary="Rename a company",
+)
+async def patch_company(
+    company_id: str, request: Request, caller: CallerDep, engine: EngineDep
+) -> dict[str, Any]:
+    body = _company_body(await read_json(request, CompanyPatch), CompanyPatch)
+
+    def write() -> dict[str, Any]:
+        with engine.begin() as conn:
+            company = rename_company(
+                conn, team_id=caller.team_id, company_id=company_id, name=body.get("name")
+            )
+        return company.__dict__
+
+    return await run_in_threadpool(write)
+
+
+@router.delete(
+    "/companies/{company_id}",
+    status_code=204,
+    responses=_errors(404, 409),
+    summary="Delete a company that no contact belongs to",
+    description="Refused with 409 while any contact belongs to the company: move or delete "
+    "those contacts first (a delete never detaches them silently).",
+)
+def delete_company_(company_id: str, caller: CallerDep, engine: EngineDep) -> Response:
+    try:
+        with engine.begin() as conn:
+            delete_company(conn, team_id=caller.team_id, company_id=company_id)
+    except CompanyInUse as exc:
+        return error(409, str(exc))
+    return Response(status_code=204)

@@ -59,18 +59,29 @@ class HistoryRecord(BaseModel):
 
 
 class HistoryList(BaseModel):
-    """A contact's history, newest first, and the provenance of its current values."""
+    """A page of a contact's history, newest first, and the provenance of its current values."""
 
     data: list[HistoryRecord]
+    total: int = Field(description="All the contact's records, before pagination.")
+    limit: int
+    offset: int
     provenance: dict[str, dict[str, Any]]
 
 
 class CompanyIn(BaseModel):
-    """The body of a company create (documentation of the accepted names)."""
+    """The body of a company create; any other field is 422."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
     team_id: str | None = None
+    name: str = Field(min_length=1, max_length=200)
+
+
+class CompanyPatch(BaseModel):
+    """The body of a company update: its new name; any other field is 422."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
     name: str = Field(min_length=1, max_length=200)
 
 
@@ -85,9 +96,12 @@ class CompanyOut(BaseModel):
 
 
 class CompanyList(BaseModel):
-    """A team's companies."""
+    """A page of a team's companies by name."""
 
     data: list[CompanyOut]
+    total: int = Field(description="All matches, before pagination.")
+    limit: int
+    offset: int
 
 
 class Health(BaseModel):
