@@ -16,7 +16,9 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from contact_sync.cli import main
+from contact_sync.clock import utcnow
 from contact_sync.db.tables import companies, contacts
+from contact_sync.dead_letters import record
 from contact_sync.settings import get_settings
 from contact_sync.teams import Team
 from tests.test_api import (
@@ -48,9 +50,19 @@ def _count(engine: Engine, table: Any) -> int:
 def test_an_unknown_query_parameter_is_422_naming_it_on_every_route(api: Api) -> None:
     contact = api.create()
     company = api.company("Acme")
+    with api.engine.begin() as conn:
+        letter = record(
+            conn,
+            payload={"event_id": "evt_parked", "team_id": api.team.id},
+            reason="invalid_payload",
+            message="parked for the test",
+            event_id="evt_parked",
+            team_id=api.team.id,
+            now=utcnow(),
+        )
     before = (_count(api.engine, contacts), _count(api.engine, companies))
     for method, path in api_routes():
-        ids = {"contact_id": contact["id"], "company_id": company["id"]}
+        ids = {"contact_id": contact["id"], "company_id": company["id"], "dead_letter_id": letter}
         url = path.format(**{name: ids[name] for name in re.findall(r"{(\w+)}", path)})
         body = {"name": "Co", "firstName": "A", "lastName": "B"} if method == "POST" else None
         if method == "PATCH":
