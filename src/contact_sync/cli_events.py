@@ -47,6 +47,8 @@ def _check_database() -> None:
 
 def cmd_worker(args: argparse.Namespace) -> None:
     """Run a Celery worker on the events queue (blocks until stopped)."""
+    if args.remote_control:
+        os.environ["CONTACT_SYNC_WORKER_REMOTE_CONTROL"] = "true"
     _apply_overrides(args)
     if args.metrics_port and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Before prometheus-client is first imported: it picks its storage then.
@@ -76,6 +78,23 @@ def cmd_worker(args: argparse.Namespace) -> None:
     if args.hostname:
         argv += ["--hostname", args.hostname]
     app.worker_main(argv)
+
+
+def cmd_worker_health(args: argparse.Namespace) -> None:
+    """Exit 0 while this host's worker consumes (its heartbeat file is fresh), else 1.
+
+    What the image's health check runs: it needs neither the broker's
+    remote control (off by default) nor a network port.
+    """
+    from pathlib import Path
+
+    from contact_sync.worker.health import check, heartbeat_path
+
+    path = Path(args.file) if args.file else heartbeat_path()
+    problem = check(path, args.max_age)
+    if problem is not None:
+        raise SystemExit(_fail(problem, 1))
+    print("healthy")
 
 
 def cmd_publish(args: argparse.Namespace) -> None:
@@ -120,24 +139,35 @@ def cmd_publish(args: argparse.Namespace) -> None:
 
 
 def cmd_dead_letters_list(args: argparse.Namespace) -> None:
-    """Print the dead letters, newest first."""
-    from contact_sync.dead_letters import list_dead_letters
+    """Print a page of dead letters, newest first (``--limit`` from ``--offset``).
+
+    The table reads no payload; ``--json`` gives whole letters, a page at a time.
+    """
+    from contact_sync.dead_letters import list_dead_letter_lines, list_dead_letters
 
     _apply_overrides(args)
+    if args.limit < 1 or args.offset < 0:
+        raise SystemExit(_fail("--limit must be at least 1 and --offset at least 0", 2))
+    page = {"include_replayed": not args.open, "limit": args.limit, "offset": args.offset}
     with make_engine(get_settings().database_url).connect() as conn:
-        letters = list_dead_letters(conn, include_replayed=not args.open)
-    if args.json:
-        print(json.dumps([letter.to_dict() for letter in letters]))
+        if args.json:
+            letters = list_dead_letters(conn, **page)
+            print(json.dumps([letter.to_dict() for letter in letters]))
+            return
+        # One more than the page: whether to say there are more.
+        lines = list_dead_letter_lines(conn, **{**page, "limit": args.limit + 1})
+    more, lines = len(lines) > args.limit, lines[: args.limit]
+    if not lines:
+        print("no dead letters" if args.offset == 0 else "no dead letters at this offset")
         return
-    if not letters:
-        print("no dead letters")
-        return
-    for letter in letters:
-        state = "erased" if letter.erased_at else "replayed" if letter.replayed_at else "open"
+    for line in lines:
+        state = "erased" if line.erased_at else "replayed" if line.replayed_at else "open"
         print(
-            f"{letter.id}  {letter.reason:<26} {state:<8} attempts={letter.attempts}  "
-            f"event={letter.event_id or '-'}  {letter.message[:100]}"
+            f"{line.id}  {line.reason:<26} {state:<8} attempts={line.attempts}  "
+            f"event={line.event_id or '-'}  {line.message}"
         )
+    if more:
+        print(f"more: --offset {args.offset + args.limit}")
 
 
 def cmd_dead_letters_replay(args: argparse.Namespace) -> None:
@@ -151,7 +181,7 @@ def cmd_dead_letters_replay(args: argparse.Namespace) -> None:
     from contact_sync.dead_letters import (
         ErasedLetter,
         get_dead_letter,
-        list_dead_letters,
+        list_dead_letter_lines,
         mark_replayed,
         take_for_replay,
     )
@@ -159,8 +189,10 @@ def cmd_dead_letters_replay(args: argparse.Namespace) -> None:
     _apply_overrides(args)
     engine = make_engine(get_settings().database_url)
     with engine.connect() as conn:
+        letters: list[Any]
         if args.all:
-            letters = list_dead_letters(conn, include_replayed=False)
+            # Ids and states only: each payload is read under its lock, one at a time.
+            letters = list_dead_letter_lines(conn, include_replayed=False)
         else:
             found = get_dead_letter(conn, dead_letter_id=args.id)
             if found is None:
@@ -214,7 +246,19 @@ def add_event_commands(sub: Any) -> None:
     worker.add_argument("--hostname", help="Celery node name, e.g. worker1@%%h")
     worker.add_argument("--broker-url", help="overrides CONTACT_SYNC_BROKER_URL")
     worker.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    worker.add_argument(
+        "--remote-control",
+        action="store_true",
+        help="consume Celery's remote control (inspect, revoke, Flower); off by default",
+    )
     worker.set_defaults(func=cmd_worker)
+
+    health = sub.add_parser(
+        "worker-health", help="exit 0 while this host's worker consumes (a health check)"
+    )
+    health.add_argument("--max-age", type=float, default=60.0, help="seconds (default 60)")
+    health.add_argument("--file", help="the heartbeat file (CONTACT_SYNC_WORKER_HEARTBEAT_FILE)")
+    health.set_defaults(func=cmd_worker_health)
 
     publish = sub.add_parser("publish", help="send events from a JSON-lines file")
     publish.add_argument("file", metavar="FILE.jsonl")
@@ -230,6 +274,8 @@ def add_event_commands(sub: Any) -> None:
     listing = letters_sub.add_parser("list", help="list dead letters, newest first")
     listing.add_argument("--json", action="store_true")
     listing.add_argument("--open", action="store_true", help="only those not replayed yet")
+    listing.add_argument("--limit", type=int, default=50, help="letters a page (default 50)")
+    listing.add_argument("--offset", type=int, default=0, help="letters to skip (default 0)")
     listing.set_defaults(func=cmd_dead_letters_list)
     replay = letters_sub.add_parser("replay", help="apply a dead letter again")
     target = replay.add_mutually_exclusive_group(required=True)
