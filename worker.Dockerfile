@@ -19,7 +19,9 @@ RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels
 USER app
 WORKDIR /home/app
 EXPOSE 8000 9100
-# Healthy while the worker answers a ping over the broker's control channel.
+# Healthy while the worker's consumer touches its heartbeat file (every 5 s, from its event
+# loop, while connected to the broker). `celery inspect ping` needed remote control, which is
+# off by default (README, "Security").
 HEALTHCHECK --interval=30s --timeout=15s --start-period=20s --retries=3 \
-    CMD celery -A contact_sync.worker inspect ping --destination "celery@$(hostname)" --timeout 10 || exit 1
+    CMD contact-sync worker-health --max-age 60 || exit 1
 CMD ["contact-sync", "worker", "--concurrency", "2", "--metrics-port", "9100", "--metrics-host", "0.0.0.0"]

@@ -1330,6 +1330,7 @@ CLI_PATHS = {
     ("teams", "list"): "the operators' list of every team: names and key counts, no key",
     ("publish",): "test_events_of_a_naming_b_never_touch_b[cli publish]",
     ("worker",): "test_events_of_a_naming_b_never_touch_b (the worker runs the event path)",
+    ("worker-health",): "reads the local worker's heartbeat file: no database, no team",
     ("api",): "the HTTP tests above (it serves create_app)",
     ("teams", "create"): "takes no id: it creates a new team and key",
     ("migrate",): "takes no id and touches no rows",

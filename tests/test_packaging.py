@@ -189,7 +189,9 @@ def test_the_image_is_multi_stage_non_root_and_health_checked() -> None:
     assert len(re.findall(r"^FROM ", text, flags=re.M)) == 2
     assert re.search(r"^USER app$", text, flags=re.M)
     assert "HEALTHCHECK" in text
-    assert "inspect ping" in text
+    # Remote control is off by default: the health check reads the worker's heartbeat file.
+    assert "CMD contact-sync worker-health" in text
+    assert "CMD celery" not in text
     assert "pip wheel" in text
     assert "pip install --no-cache-dir --no-index /wheels/*.whl" in text
     assert "-c constraints.txt" in text  # the image runs the versions CI tested

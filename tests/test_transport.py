@@ -355,8 +355,14 @@ def test_any_bytes_pushed_on_the_queue_become_one_dead_letter_each_and_the_worke
     assert all(row.attempts == 1 for row in rows)
     # The letter says why: the transport's verdict, not a decoder's complaint.
     assert all(row.message.startswith("queue entry is not a message: ") for row in rows)
-    kept = sorted(row.payload["raw_body"] for row in rows)
-    assert kept == sorted(_text(entry) for entry in entries)  # each as received
+    kept = sorted(row.payload["raw_body"] for row in rows if "raw_body" in row.payload)
+    assert kept == sorted(_text(entry) for entry in MALFORMED.values())  # each as received
+    # The 10 MB one as its first 256 KiB and its size (README, "Security").
+    [capped] = [row.payload for row in rows if "raw_body" not in row.payload]
+    original = json.dumps({"raw_body": _text(garbage)}, separators=(",", ":"))
+    assert capped["truncated"] is True
+    assert capped["original_bytes"] == len(original)
+    assert original.startswith(capped["prefix"])
 
 
 def test_a_valid_envelope_pushed_by_hand_is_still_a_task_message(

@@ -91,6 +91,8 @@ def _batch_size(text: str) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> None:
     """Run a Celery worker on the events queue (blocks until stopped)."""
+    if args.remote_control:
+        os.environ["CONTACT_SYNC_WORKER_REMOTE_CONTROL"] = "true"
     _apply_overrides(args)
     metrics_dir = None
     if args.metrics_port and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -175,6 +177,23 @@ def _events(lines: Iterable[bytes], report: Any) -> Iterator[tuple[int, Any]]:
             yield number, event
 
 
+def cmd_worker_health(args: argparse.Namespace) -> None:
+    """Exit 0 while this host's worker consumes (its heartbeat file is fresh), else 1.
+
+    What the image's health check runs: it needs neither the broker's
+    remote control (off by default) nor a network port.
+    """
+    from pathlib import Path
+
+    from contact_sync.worker.health import check, heartbeat_path
+
+    path = Path(args.file) if args.file else heartbeat_path()
+    problem = check(path, args.max_age)
+    if problem is not None:
+        raise SystemExit(_fail(problem, 1))
+    print("healthy")
+
+
 def cmd_publish(args: argparse.Namespace) -> None:
     """Send a JSON-lines file (or standard input: ``-``) of events; invalid lines are skipped.
 
@@ -224,26 +243,41 @@ def cmd_publish(args: argparse.Namespace) -> None:
 
 
 def cmd_dead_letters_list(args: argparse.Namespace) -> None:
-    """Print the dead letters, newest first: every team's and those of no team, or one team's."""
-    from contact_sync.dead_letters import list_dead_letters
+    """Print a page of dead letters, newest first (``--limit`` from ``--offset``): every
+    team's and those of no team, or one team's.
+
+    The table reads no payload; ``--json`` gives whole letters, a page at a time.
+    """
+    from contact_sync.dead_letters import list_dead_letter_lines, list_dead_letters
 
     _apply_overrides(args)
+    if args.limit < 1 or args.offset < 0:
+        raise SystemExit(_fail("--limit must be at least 1 and --offset at least 0", 2))
+    page = {
+        "include_replayed": not args.open,
+        "team_id": args.team,
+        "reason": args.reason,
+        "limit": args.limit,
+        "offset": args.offset,
+    }
     with make_engine(get_settings().database_url).connect() as conn:
-        letters = list_dead_letters(
-            conn, include_replayed=not args.open, team_id=args.team, reason=args.reason
-        )
-    if args.json:
-        print(json.dumps([letter.to_dict() for letter in letters]))
+        if args.json:
+            letters = list_dead_letters(conn, **page)
+            print(json.dumps([letter.to_dict() for letter in letters]))
+            return
+        # One more than the page: whether to say there are more.
+        lines = list_dead_letter_lines(conn, **{**page, "limit": args.limit + 1})
+    more, lines = len(lines) > args.limit, lines[: args.limit]
+    if not lines:
+        print("no dead letters" if args.offset == 0 else "no dead letters at this offset")
         return
-    if not letters:
-        print("no dead letters")
-        return
-    for letter in letters:
+    for line in lines:
         print(
-            f"{letter.id}  {letter.reason:<26} {letter.state:<9} attempts={letter.attempts}  "
-            f"team={letter.team_id or '-'}  event={letter.event_id or '-'}  "
-            f"{letter.message[:100]}"
+            f"{line.id}  {line.reason:<26} {line.state:<9} attempts={line.attempts}  "
+            f"team={line.team_id or '-'}  event={line.event_id or '-'}  {line.message}"
         )
+    if more:
+        print(f"more: --offset {args.offset + args.limit}")
 
 
 def _operator() -> str:
@@ -285,15 +319,17 @@ def cmd_dead_letters_replay(args: argparse.Namespace) -> None:
         DeadLetterNotFound,
         ErasedLetter,
         get_dead_letter,
-        list_dead_letters,
+        list_dead_letter_lines,
     )
     from contact_sync.replays import replay
 
     _apply_overrides(args)
     engine = make_engine(get_settings().database_url)
     with engine.connect() as conn:
+        letters: list[Any]
         if args.all:
-            letters = list_dead_letters(conn, include_replayed=False, team_id=args.team)
+            # Ids and states only: each payload is read under its lock, one at a time.
+            letters = list_dead_letter_lines(conn, include_replayed=False, team_id=args.team)
         else:
             wanted = args.id or _by_event_id(conn, args.event_id, args.team)
             found = get_dead_letter(conn, dead_letter_id=wanted, team_id=args.team)
@@ -374,7 +410,19 @@ def add_event_commands(sub: Any) -> None:
         default="127.0.0.1",
         help="address the metrics are served on (default: 127.0.0.1; 0.0.0.0 in a container)",
     )
+    worker.add_argument(
+        "--remote-control",
+        action="store_true",
+        help="consume Celery's remote control (inspect, revoke, Flower); off by default",
+    )
     worker.set_defaults(func=cmd_worker)
+
+    health = sub.add_parser(
+        "worker-health", help="exit 0 while this host's worker consumes (a health check)"
+    )
+    health.add_argument("--max-age", type=float, default=60.0, help="seconds (default 60)")
+    health.add_argument("--file", help="the heartbeat file (CONTACT_SYNC_WORKER_HEARTBEAT_FILE)")
+    health.set_defaults(func=cmd_worker_health)
 
     publish = sub.add_parser("publish", help="send events from a JSON-lines file")
     publish.add_argument("file", metavar="FILE.jsonl", help="UTF-8 JSON lines; - reads stdin")
@@ -395,6 +443,8 @@ def add_event_commands(sub: Any) -> None:
     )
     listing.add_argument("--team", help="one team's (default: every team's, and of no team)")
     listing.add_argument("--reason", choices=get_args(Reason), help="only this reason code")
+    listing.add_argument("--limit", type=int, default=50, help="letters a page (default 50)")
+    listing.add_argument("--offset", type=int, default=0, help="letters to skip (default 0)")
     listing.set_defaults(func=cmd_dead_letters_list)
     replay = letters_sub.add_parser("replay", help="apply a dead letter again")
     target = replay.add_mutually_exclusive_group(required=True)

@@ -51,6 +51,8 @@ from contact_sync.storable import has_unstorable
 ERASED_MESSAGE = "erased: the contact this event named was deleted"
 LOG_LIMIT = 50
 _ERASE_PAGE = 500
+# The most of a payload a dead letter keeps: its JSON text, in bytes (README, "Dead letters").
+MAX_PAYLOAD_BYTES = 256 * 1024
 
 Via = Literal["delivery", "replay"]
 
@@ -267,16 +269,41 @@ def _with(letter: DeadLetter, **changes: Any) -> DeadLetter:
 
 
 def storable(payload: Any) -> Any:
-    """The payload as a JSON column can hold it.
+    """The payload as a JSON column can hold it, and at most ``MAX_PAYLOAD_BYTES`` of it.
 
     PostgreSQL's JSONB cannot hold U+0000, a lone surrogate or a non-finite
     number anywhere; such a
     payload is kept whole as its (ASCII-escaped) JSON text under ``raw_json``
-    rather than altered.
+    rather than altered. A payload whose JSON text is larger than the cap
+    is kept as the start of that text: ``{"truncated": true,
+    "original_bytes": N, "prefix": "..."}``, so that a publisher's 100 MB
+    message is a 256 KiB row, not a 100 MB one every listing reads.
     """
     if has_unstorable(payload, numbers=True):
-        return {"raw_json": json.dumps(payload)}
-    return payload
+        payload = {"raw_json": json.dumps(payload)}
+    return _capped(payload)
+
+
+def _capped(payload: Any) -> Any:
+    """``payload``, or its truncation if its JSON text exceeds ``MAX_PAYLOAD_BYTES``.
+
+    Sizes are of the compact, ASCII-escaped JSON text (what ``json.dumps``
+    writes): the prefix is ASCII, so it is valid text wherever it is cut,
+    and the stored payload, escaped once more as a string, stays within
+    the cap.
+    """
+    # default=str: kombu's reader may have made dates of a publisher's type markers.
+    text_ = json.dumps(payload, separators=(",", ":"), default=str)
+    if len(text_) <= MAX_PAYLOAD_BYTES:
+        return payload
+    budget = MAX_PAYLOAD_BYTES - 100  # the keys and the size around the prefix
+    length = budget
+    while True:
+        prefix = text_[:length]
+        escaped = len(json.dumps(prefix))
+        if escaped <= budget:
+            return {"truncated": True, "original_bytes": len(text_), "prefix": prefix}
+        length = length * budget // escaped - 1
 
 
 def record(
@@ -401,18 +428,82 @@ def list_dead_letters(
     team_id: str | None = None,
     reason: str | None = None,
     event_id: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
 ) -> list[DeadLetter]:
     """Dead letters, newest first; ``include_replayed=False``: the open ones only.
 
-    ``team_id`` None is every team's and the letters of no team (operators).
+    ``team_id`` None is every team's and the letters of no team (operators);
+    ``limit`` of them from ``offset``.
     """
     where = _filters(team_id, reason, None if include_replayed else True, event_id)
     stmt = (
         select(dead_letters)
         .where(*where)
         .order_by(dead_letters.c.last_seen_at.desc(), dead_letters.c.id.desc())
+        .limit(limit)
+        .offset(offset)
     )
     return [_from_row(row) for row in conn.execute(stmt)]
+
+
+@dataclass(frozen=True)
+class DeadLetterLine:
+    """What a listing prints of a dead letter: no payload, the message's start."""
+
+    id: str
+    team_id: str | None
+    event_id: str | None
+    reason: str
+    message: str
+    attempts: int
+    replayed_at: datetime | None
+    erased_at: datetime | None
+    discarded_at: datetime | None
+
+    @property
+    def state(self) -> str:
+        """As :attr:`DeadLetter.state`."""
+        if self.discarded_at is not None:
+            return "discarded"
+        if self.replayed_at is not None:
+            return "replayed"
+        return "erased" if self.erased_at is not None else "open"
+
+
+def list_dead_letter_lines(
+    conn: Connection,
+    *,
+    include_replayed: bool = True,
+    team_id: str | None = None,
+    reason: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[DeadLetterLine]:
+    """As ``list_dead_letters``, without payloads and with messages cut in SQL at 100 characters.
+
+    A table of letters must not read their payloads: a page of them can be
+    many megabytes that nobody prints.
+    """
+    where = _filters(team_id, reason, None if include_replayed else True, None)
+    stmt = (
+        select(
+            dead_letters.c.id,
+            dead_letters.c.team_id,
+            dead_letters.c.event_id,
+            dead_letters.c.reason,
+            func.substr(dead_letters.c.message, 1, 100).label("message"),
+            dead_letters.c.attempts,
+            dead_letters.c.replayed_at,
+            dead_letters.c.erased_at,
+            dead_letters.c.discarded_at,
+        )
+        .where(*where)
+        .order_by(dead_letters.c.last_seen_at.desc(), dead_letters.c.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return [DeadLetterLine(**row._mapping) for row in conn.execute(stmt)]
 
 
 @dataclass(frozen=True)

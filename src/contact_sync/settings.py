@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     # ... and at most this many bytes of messages a worker reserves ahead (Redis), so
     # that the window does not fill the main process with 500-event batches.
     worker_prefetch_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
+    # Celery's remote control (inspect, revoke, shutdown, Flower's commands): off unless
+    # ops opt in, since anyone who can write to the broker can broadcast these.
+    worker_remote_control: bool = False
+    # The file a worker touches while its consumer runs (``contact-sync worker-health``);
+    # empty: contact-sync-worker.heartbeat in the temporary folder.
+    worker_heartbeat_file: str = ""
     # A message that killed its worker this many times is dead-lettered.
     poison_max_attempts: int = Field(default=3, ge=1)
     # How long a message keeps retrying a transient error (database down,

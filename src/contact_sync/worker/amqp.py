@@ -69,7 +69,7 @@ def parking_poison(consumer: Any, task: str, inner: Any, limit: int) -> Any:
 class Consumer(DeadLetteringConsumer):
     """The dead-lettering consumer, with RabbitMQ's delivery count and poison queue."""
 
-    class Blueprint(DeadLetteringConsumer.Blueprint):  # type: ignore[misc,name-defined]
+    class Blueprint(DeadLetteringConsumer.Blueprint):
         # Celery adds native delayed delivery (28 quorum queues and their
         # exchanges) whenever it sees a quorum queue. It serves ETA and
         # countdown messages, which this project never sends (transient errors

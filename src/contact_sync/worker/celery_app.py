@@ -169,6 +169,9 @@ def create_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         task_send_sent_event=False,
+        # Remote control (inspect, revoke, shutdown, ...) is consumed from the broker,
+        # where any publisher can broadcast: off unless ops opt in (README, "Security").
+        worker_enable_remote_control=settings.worker_remote_control,
         worker_consumer=consumer,
     )
     return celery

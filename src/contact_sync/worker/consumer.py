@@ -14,21 +14,43 @@ on) for an unknown task name. An undecodable body also sends
 ``task_rejected``, which Celery itself does not (it only logs): a parked
 message is a refused one, whatever made it so. A message that could not be
 parked (database down) is left for redelivery and sends nothing yet.
+
+The queue is a trust boundary (README, "Security"): whoever can write to
+it is a publisher, not an operator. So only the two contract tasks run
+(any other name, Celery's built-ins included, is parked unrun); a
+publisher's timing headers (``eta``, ``countdown``, ``expires``,
+``timelimit``, ``retries``) and linked tasks (``callbacks``, ``errbacks``,
+``chain``, ``chord``) are dropped before Celery reads them; and a
+compressed body is parked without being inflated.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 from celery import signals
 from celery.exceptions import InvalidTaskError
 from celery.worker.consumer import Consumer
+from kombu import compression
+from kombu.utils.json import dumps
 
 from contact_sync.clock import utcnow
 from contact_sync.dead_letters import record
 from contact_sync.events import event_id_of, team_id_of
+from contact_sync.worker.celery_app import TASK_APPLY, TASK_APPLY_BATCH
 from contact_sync.worker.failures import is_transient
+
+# The only task names this worker runs: the contract of docs/celery-message.md.
+ALLOWED_TASKS = frozenset({TASK_APPLY, TASK_APPLY_BATCH})
+_ONLY = f"only {' and '.join(sorted(ALLOWED_TASKS))} run here"
+# Headers (protocol 2) or body fields (protocol 1) with which a publisher would
+# decide when, or whether, an event applies: dropped, whatever they hold.
+PUBLISHER_TIMING = ("eta", "countdown", "expires", "timelimit", "retries")
+# What a task runs after it (protocol 2's embed; protocol 1 body fields): tasks the
+# worker would publish on a publisher's say-so. Dropped as well.
+LINKS = ("callbacks", "errbacks", "chain", "chord")
 
 log = logging.getLogger("contact_sync.worker")
 
@@ -95,10 +117,6 @@ def _first_arg(body: Any) -> Any:
     return None
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
-
-
 def check_task_headers(headers: Any) -> None:
     """Refuse task headers that Celery would trip over later, in the worker's main process.
 
@@ -121,13 +139,55 @@ def check_task_headers(headers: Any) -> None:
         raise InvalidTaskError("header 'stamped_headers' must be a list of names")
     if headers.get("stamps") is not None and not isinstance(headers["stamps"], dict):
         raise InvalidTaskError("header 'stamps' must be an object")
-    limits = headers.get("timelimit")
-    if limits and not (
-        isinstance(limits, list | tuple)
-        and len(limits) == 2
-        and all(limit is None or _number(limit) for limit in limits)
-    ):
-        raise InvalidTaskError("header 'timelimit' must be [hard, soft] seconds")
+
+
+def ignore_publisher_controls(fields: dict[str, Any]) -> None:
+    """Drop what a publisher could use to delay, drop, time-limit or chain a task.
+
+    A batch message with ``expires`` in the past was discarded, with
+    ``timelimit`` ``[0.001, 0.001]`` its pool process was killed and the
+    message lost, with ``eta`` in 2099 it was held for ever. Publishers
+    expect an event to apply, so these are ignored rather than parked; the
+    limits ops configure for the worker still apply.
+    """
+    for name in (*PUBLISHER_TIMING, *LINKS):
+        fields.pop(name, None)
+
+
+def _unlink(message: Any, body: Any) -> None:
+    """Empty a protocol-2 body's embed, where it is read: in the message as received."""
+    embed = body[2]
+    if isinstance(body, list) and isinstance(embed, dict) and any(map(embed.get, LINKS)):
+        body[2] = dict.fromkeys(LINKS)
+        # The pool process decodes the body again from these bytes (batch messages).
+        # kombu's writer: its reader may have made dates or bytes of type markers.
+        message.body = dumps(body).encode("utf-8")  # type: ignore[no-untyped-call]
+        message.content_encoding = "utf-8"
+
+
+def _refuse_compressed(body: bytes) -> bytes:
+    raise ValueError("compressed message bodies are refused")
+
+
+def refuse_compressed_bodies() -> None:
+    """Make kombu refuse, rather than inflate, every compressed body it knows.
+
+    kombu inflates a body whose ``compression`` header names a codec as it
+    makes the message, before the consumer sees it: a 137 KB zlib body
+    became 105 MB in the worker's main process. With this, the body stays
+    as received, kombu hands the message to ``on_decode_error`` (the
+    refusal is in ``message.errors``), and the consumer parks it there; a
+    codec kombu does not know fails the same way. Publishers' encoders are
+    kept.
+    """
+    for name in list(compression.encoders()):  # type: ignore[no-untyped-call]
+        encoder, _ = compression.get_encoder(name)  # type: ignore[no-untyped-call]
+        compression.register(encoder, _refuse_compressed, name)  # type: ignore[no-untyped-call]
+
+
+def _base64(body: Any) -> str:
+    raw = body if isinstance(body, bytes) else str(body).encode("utf-8", "surrogateescape")
+    return base64.b64encode(raw).decode("ascii")
 
 
 def _is_task_body(body: Any) -> bool:
@@ -144,39 +204,115 @@ def _is_task_body(body: Any) -> bool:
 class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
     """Celery's consumer, parking undeliverable messages instead of dropping them."""
 
-    def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
-        """Celery's handler of task messages, behind checks of the headers and the body's shape.
+    class Blueprint(Consumer.Blueprint):  # type: ignore[misc]
+        # The heartbeat file `contact-sync worker-health` reads (worker/health.py).
+        default_steps: ClassVar[list[str]] = [
+            *Consumer.Blueprint.default_steps,
+            "contact_sync.worker.health:Heartbeat",
+        ]
 
-        Task strategies, Celery's own and ours (worker/grouping.py), unpack a
-        protocol-2 body as ``[args, kwargs, embed]`` in this process: any other
-        JSON (``[]``, ``{}``, ``null``, ``""``) raised there and stopped the
-        whole worker, then every worker the message went to next; other shapes
-        failed in the task and were acknowledged with no dead letter. Such a
-        message is parked instead, and so is one whose headers Celery cannot
-        use (``check_task_headers``). kombu keeps the decoded body, so the
-        strategy does not decode it again.
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        refuse_compressed_bodies()
+        super().__init__(*args, **kwargs)
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's handler of task messages, behind checks of what the publisher sent.
+
+        In order: a compressed message is parked unopened; a task name other
+        than the two contract tasks is parked unrun (``celery.map`` ran
+        ``apply_call_completed`` in this process, ``celery.group`` logged
+        the event); headers Celery cannot use (``check_task_headers``) and
+        a protocol-2 body that is not ``[args, kwargs, embed]`` are parked
+        (Celery's strategies, ours included, raised on them in this process
+        and stopped the whole worker); what is left loses its timing headers
+        and links (``ignore_publisher_controls``). kombu keeps the decoded
+        body, so the strategy does not decode it again.
         """
         handle = super().create_task_handler(*args, **kwargs)
 
         def on_task_received(message: Any) -> Any:
             headers = message.headers
-            if isinstance(headers, dict) and "task" in headers:  # protocol 2
-                try:
-                    check_task_headers(headers)
-                except InvalidTaskError as refused:
-                    return self.on_invalid_task(None, message, refused)
-                try:
-                    body = message.decode()
-                except Exception:  # Celery parks it as undecodable, as before
-                    return handle(message)
-                if not _is_task_body(body):
-                    error = InvalidTaskError("the body must be [args, kwargs, embed]")
-                    return self.on_invalid_task(body, message, error)
+            if isinstance(headers, dict) and headers.get("compression") is not None:
+                return self.on_compressed(message)
+            if not (isinstance(headers, dict) and "task" in headers):
+                return self._protocol_1(message, handle)
+            name = headers["task"]
+            if isinstance(name, str) and name not in ALLOWED_TASKS:
+                return self.on_task_not_allowed(name, message)
+            try:
+                check_task_headers(headers)
+            except InvalidTaskError as refused:
+                return self.on_invalid_task(None, message, refused)
+            try:
+                body = message.decode()
+            except Exception:  # Celery parks it as undecodable, as before
+                return handle(message)
+            if not _is_task_body(body):
+                error = InvalidTaskError("the body must be [args, kwargs, embed]")
+                return self.on_invalid_task(body, message, error)
+            ignore_publisher_controls(headers)
+            _unlink(message, body)
             return handle(message)
 
         return on_task_received
 
+    def _protocol_1(self, message: Any, handle: Any) -> Any:
+        """A message naming its task in the body (protocol 1), checked as protocol 2 is."""
+        try:
+            body = message.decode()
+        except Exception:  # Celery parks it as undecodable
+            return handle(message)
+        if isinstance(body, dict) and "task" in body:
+            name = body["task"]
+            if isinstance(name, str) and name not in ALLOWED_TASKS:
+                return self.on_task_not_allowed(name, message)
+            try:
+                check_task_headers(body)  # its headers are in the body
+            except InvalidTaskError as refused:
+                return self.on_invalid_task(body, message, refused)
+            ignore_publisher_controls(body)  # the cached decoded body Celery reads next
+        return handle(message)
+
+    def on_compressed(self, message: Any) -> None:
+        """Park a compressed message as received, never inflated (``refuse_compressed_bodies``)."""
+        headers = message.headers
+        name = _text(str(headers.get("compression")))[:100]
+        payload = {
+            "compression": name,
+            "headers": _text(str(headers))[:2000],
+            "body_base64": _base64(message.body),
+        }
+        exc = InvalidTaskError(f"compressed message ({name!r}) refused")
+        if _park(payload, f"compressed message refused (compression {name!r})", message):
+            signals.task_rejected.send(sender=self, message=message, exc=exc)
+
+    def on_task_not_allowed(self, name: str, message: Any) -> None:
+        """Park a message for a task other than the two contract tasks, without running it.
+
+        A name Celery does not know goes where Celery sends it (``on_unknown_task``,
+        with ``task_unknown``); one of its built-ins (``celery.map``, ``celery.group``,
+        ...) is refused with ``task_rejected``. The body is kept in the dead letter and
+        never logged: it holds the event's personal data.
+        """
+        if name not in self.app.tasks:
+            return self.on_unknown_task(None, message, KeyError(name))
+        body = _body(None, message)
+        if not _park(
+            {"task": name, "event": _first_arg(body), "body": body},
+            f"task not allowed {name[:200]!r}: {_ONLY}",
+            message,
+        ):
+            return None
+        exc = InvalidTaskError(f"task not allowed: {name[:200]!r}")
+        signals.task_rejected.send(sender=self, message=message, exc=exc)
+        return None
+
     def on_decode_error(self, message: Any, exc: Exception) -> None:
+        # kombu hands a message whose body it refused to inflate here (message.errors).
+        headers = message.headers
+        if isinstance(headers, dict) and headers.get("compression") is not None:
+            self.on_compressed(message)
+            return
         # A queue entry the transport could not read as a message at all arrives
         # here with its reason in a header (worker/transport.py: read_entry).
         malformed = (message.headers or {}).get("malformed")
@@ -203,7 +339,7 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         )
         if not _park(
             {"task": name, "event": _first_arg(body), "body": body},
-            f"unknown task {name!r}",
+            f"unknown task {str(name)[:200]!r}: {_ONLY}",
             message,
         ):
             return

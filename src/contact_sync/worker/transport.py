@@ -43,6 +43,9 @@ acknowledges in one round trip every message acknowledged in a loop turn.
 Prefetch is bounded in bytes as well as in messages (``prefetch_bytes``):
 the window that lets one-event messages form large groups would otherwise
 hold hundreds of 500-event batch messages, decoded, in the main process.
+A message counts as the larger of its queue entry and its body as kombu
+decoded it (what the main process holds): a compressed body would count
+inflated, had the consumer not refused to inflate it (worker/consumer.py).
 """
 
 # kombu's annotations are partial: its calls are untyped, its attributes narrower than used.
@@ -190,6 +193,12 @@ def redelivered_entry(item: bytes) -> bytes | str:
     return str(dumps(payload))
 
 
+def _decoded_size(message: Any) -> int:
+    """The length of a message's body as kombu decoded it (base64, any compression)."""
+    body = getattr(message, "body", None)
+    return len(body) if isinstance(body, bytes | str) else 0
+
+
 class QoS(kombu_redis.QoS):
     """Records taken messages as unacknowledged, and acknowledges them, in bulk."""
 
@@ -224,7 +233,7 @@ class QoS(kombu_redis.QoS):
         if item is None or queue is None:
             super().append(message, delivery_tag)
             return
-        self._held(delivery_tag, len(item))
+        self._held(delivery_tag, max(len(item), _decoded_size(message)))
         # Restored (by kombu) to the queue it was taken from, whatever routing it names.
         raw = dumps([message._raw, "", queue])
         self._unrecorded.append((delivery_tag, raw, item))
