@@ -48,6 +48,7 @@ ACCEPTED = (
 NO_DATABASE = {
     ("publish",): "sends events to the broker only",
     ("demo",): "runs on its own SQLite file and serverless broker, whatever is configured",
+    ("worker-health",): "reads the worker's heartbeat file only",
 }
 # Commands that need the broker before they do anything.
 BROKER_COMMANDS = [("publish",), ("worker",)]

@@ -322,14 +322,15 @@ def _a_letter(api: Api) -> str:
     return letter_id
 
 
-def _url(path: str, contact_id: str, letter_id: str) -> str:
-    return path.format(contact_id=contact_id, dead_letter_id=letter_id)
+def _url(path: str, contact_id: str, letter_id: str, company_id: str) -> str:
+    return path.format(contact_id=contact_id, dead_letter_id=letter_id, company_id=company_id)
 
 
 def test_a_read_key_is_403_on_every_write_route_and_nothing_changes(api: Api, reader: str) -> None:
     """Every route that is not a GET, found from the app: one added later is covered."""
     contact = api.create(phone="+12025550100")
     letter_id = _a_letter(api)
+    company_id = api.company("Acme")["id"]
     bodies: dict[str, Any] = {"POST": {"firstName": "Eve", "lastName": "R", "name": "Co"}}
     bodies["PATCH"] = {"notes": "changed"}
     writes = [(method, path) for method, path in api_routes() if method != "GET"]
@@ -338,7 +339,7 @@ def test_a_read_key_is_403_on_every_write_route_and_nothing_changes(api: Api, re
     assert (("POST", f"{LETTERS}/{{dead_letter_id}}/discard")) in writes
     before = snapshot(api.engine, (*DATA_TABLES, dead_letters))
     for method, path in writes:
-        url = _url(path, contact["id"], letter_id)
+        url = _url(path, contact["id"], letter_id, company_id)
         response = api.client.request(
             method, url, content=json.dumps(bodies.get(method)), headers=api.json_headers(reader)
         )
@@ -351,10 +352,11 @@ def test_a_read_key_is_403_on_every_write_route_and_nothing_changes(api: Api, re
 def test_a_read_key_reads_every_read_route(api: Api, reader: str) -> None:
     contact = api.create(phone="+12025550100", timezone="America/Chicago")
     letter_id = _a_letter(api)
+    company_id = api.company("Acme")["id"]
     reads = [path for method, path in api_routes() if method == "GET"]
     assert len(reads) >= 7
     for path in reads:
-        response = api.get(_url(path, contact["id"], letter_id), key=reader)
+        response = api.get(_url(path, contact["id"], letter_id, company_id), key=reader)
         assert response.status_code == 200, (path, response.text)
     listed = api.get(CONTACTS, key=reader).json()
     assert [c["id"] for c in listed["data"]] == [contact["id"]]

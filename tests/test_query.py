@@ -6,6 +6,7 @@ Every database test runs on both PostgreSQL and SQLite (the ``engine`` fixture).
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -292,7 +293,8 @@ def test_any_text_in_a_name_is_found_by_searching_for_it_literally(
     engine: Engine, needle: str
 ) -> None:
     with engine.begin() as conn:
-        team = create_team(conn, name="Search team")
+        # One team per example: team names are unique.
+        team = create_team(conn, name=f"Search team {uuid.uuid4().hex}")
         target = create_contact(
             conn, team_id=team.id, data={"first_name": f"Q{needle}Q", "last_name": "Zed"}
         )

@@ -25,6 +25,8 @@ from celery import Celery
 from kombu.asynchronous import Hub
 from kombu.transport import redis as kombu_redis
 
+from contact_sync.db.engine import make_engine
+from contact_sync.db.migrate import upgrade
 from contact_sync.settings import Settings
 from contact_sync.worker import kombu_hooks, transport
 from contact_sync.worker.celery_app import create_app
@@ -159,10 +161,14 @@ def test_a_worker_refuses_to_start_on_a_kombu_that_lacks_a_hook(
     (site / "sitecustomize.py").write_text(
         "import kombu.transport.redis as r\ndel r.Channel._flush_brpop_reauth\n"
     )
+    database_url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    engine = make_engine(database_url)
+    upgrade(engine)  # a worker refuses an unmigrated database first; this is about kombu
+    engine.dispose()
     environment = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
-        "CONTACT_SYNC_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "CONTACT_SYNC_DATABASE_URL": database_url,
         "CONTACT_SYNC_BROKER_URL": broker,
     }
 
