@@ -1,6 +1,6 @@
 """Fault injection: nothing lost, nothing applied twice, every contact as the oracle says.
 
-Run from the repository root (issue 6, DESIGN §4-§6)::
+Run from the repository root (issue 6, docs/design.md §4–§6)::
 
     python bench/chaos.py             # 5,000 events, 500 contacts, 5 teams, on Redis
     python bench/chaos.py --small     # 600 events, 60 contacts, 3 teams (< 2 min)

@@ -434,7 +434,7 @@ def fresh_events(
 
 
 def raw_message(task: str, args: list[Any]) -> bytes:
-    """A Celery protocol-2 message as kombu's Redis transport stores it (DESIGN §3)."""
+    """A Celery protocol-2 message as kombu's Redis transport stores it (docs/design.md §3)."""
     task_id = str(uuid.uuid4())
     body = json.dumps(
         [args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]

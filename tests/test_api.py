@@ -1,4 +1,4 @@
-"""The HTTP API of DESIGN §7 through the real app, on PostgreSQL and on SQLite.
+"""The HTTP API of docs/design.md §7 through the real app, on PostgreSQL and on SQLite.
 
 Requests go through the whole ASGI stack (body limit, auth, routing, error
 mapping) with an in-process client; ``test_api_server.py`` does the same over a
@@ -166,7 +166,7 @@ def api(engine: Engine, redis_url: str, team: Team, other_team: Team) -> Iterato
 
 
 def assert_validation_error(response: httpx.Response, field: str) -> str:
-    """A 422 in the §7 shape naming ``field``; returns its message."""
+    """A 422 in the docs/design.md §7 shape naming ``field``; returns its message."""
     assert response.status_code == 422, response.text
     body = response.json()
     assert set(body) == {"error", "details"}

@@ -1,4 +1,4 @@
-"""Small API hardening (DESIGN §7 and §16): what a review found the API accepting or logging.
+"""Small API hardening (docs/design.md §7, §16): what a review found the API accepting or logging.
 
 - Access logs carry the path without its query string (searches carry names, phones,
   emails); a client that hangs up mid-upload is one log line, not a traceback.

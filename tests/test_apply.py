@@ -1,4 +1,4 @@
-"""The apply service called directly, no Celery (DESIGN §3–§6).
+"""The apply service called directly, no Celery (docs/design.md §3–§6).
 
 Runs on PostgreSQL and SQLite (the ``engine`` fixture); the concurrency test
 that relies on PostgreSQL's locks runs there only.

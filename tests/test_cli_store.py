@@ -1,4 +1,4 @@
-"""The ``contact-sync`` command line (DESIGN §8) for the store: migrate, teams, contacts list.
+"""The ``contact-sync`` command line (docs/design.md §8) for the store: migrate, teams, contacts.
 
 Each test runs the real program in a subprocess against a real database, the
 way an operator would, and checks its exit code, stdout and stderr.

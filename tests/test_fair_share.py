@@ -1,4 +1,4 @@
-"""Fair share (DESIGN §16): one tenant cannot slow or crowd out the others.
+"""Fair share (docs/design.md §16): one tenant cannot slow or crowd out the others.
 
 - Request bodies are parsed and validated in worker threads, never on the event loop
   that answers everyone (checked structurally: which thread runs the parser).

@@ -6,7 +6,7 @@ Each input gets a clear error and nothing else changes:
   ``error`` of a 403/404/413), and every table is the same before and after;
 - the worker parks the message as exactly one dead letter with a reason code and the
   payload as received, leaves every other table as it was (only the inbox may note the
-  event as ``dead_lettered``, DESIGN §2), stays up, and serves the next good event.
+  event as ``dead_lettered``, docs/design.md §2), stays up, and serves the next good event.
 
 The API part runs on PostgreSQL and SQLite through the in-process client of
 ``test_api.py``; the worker part runs against ONE real ``contact-sync worker``
@@ -352,7 +352,7 @@ def test_missing_fields_are_422_naming_each(world: World) -> None:
 
 
 def test_custom_fields_cannot_grow_past_200_keys_or_64_kib_patch_by_patch(world: World) -> None:
-    """Each patch is within the limits; the contact they would make is not (DESIGN §2)."""
+    """Each patch is within the limits; the contact they would make is not (docs/design.md §2)."""
     api = world.api
     contact_url = f"{CONTACTS}/{world.mine['id']}"
     fill = {f"k{i}": i for i in range(199)}  # with "budget": 200 keys, the most allowed
@@ -502,7 +502,7 @@ def test_sql_and_like_metacharacters_in_search_are_literal(
 
 
 # --------------------------------------------------------------- absurd limits and offsets
-# DESIGN §7: `limit` out of 1..500 (1..1000 for eligible) or a negative `offset` is a 422
+# docs/design.md §7: `limit` out of 1..500 (1..1000 for eligible) or a negative `offset` is a 422
 # naming it, never clamped.
 ABSURD_PAGES: list[tuple[str, str, str]] = [
     (CONTACTS, "limit", "0"),
@@ -1250,7 +1250,7 @@ def assert_parked_alone(t: Target, hostile: Hostile, before: dict[str, list[Any]
             kept = kept[hostile.part]
         assert _canonical(kept) == _canonical(hostile.kept)
     after = snapshot(t.engine)
-    # The inbox may note the parked event (DESIGN §2: outcome dead_lettered); nothing else.
+    # The inbox may note the parked event (docs/design.md §2: outcome dead_lettered); nothing else.
     parked = [row for row in after["processed_events"] if row not in before["processed_events"]]
     after["processed_events"] = [r for r in after["processed_events"] if r not in parked]
     assert [(r["event_id"], r["outcome"], r["contact_id"]) for r in parked] in (
@@ -1324,7 +1324,7 @@ NEARLY_VALID_IN_EVENTS: list[tuple[str, str]] = [
 def test_a_nearly_valid_extracted_timezone_or_phone_is_skipped_and_named(
     target: Target, field: str, value: str
 ) -> None:
-    """DESIGN §4.2: an invalid extracted value is skipped and named in the history record's
+    """docs/design.md §4.2: an invalid extracted value is skipped and named in the history record's
     ``skipped``; the rest of the event applies. Here the rest changes nothing, so the
     contact keeps its version, and the event is not a dead letter."""
     event = target.event(outcome="no_answer", extraction={"contact": {field: value}})

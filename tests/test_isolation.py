@@ -1419,8 +1419,8 @@ def _hostile_letter(world: World, **fields: Any) -> tuple[dict[str, Any], str]:
 def test_cli_dead_letters_list_keeps_each_letter_with_its_team(
     world: World, cli_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """DESIGN §8 gives ``dead-letters list`` no team option: it is the operators' view
-    of every team. What must hold is that each letter stays filed under its own team."""
+    """Without ``--team``, ``dead-letters list`` is the operators' view of every team
+    (docs/design.md §8). What must hold is that each letter stays filed under its own team."""
     _, hostile_id = _hostile_letter(world)
     code, out, err = run(["--database-url", cli_url, "dead-letters", "list", "--json"], capsys)
     assert code == 0, err

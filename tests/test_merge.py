@@ -1,4 +1,4 @@
-"""The merge of a call into a contact, one rule at a time (DESIGN §4)."""
+"""The merge of a call into a contact, one rule at a time (docs/design.md §4)."""
 
 from __future__ import annotations
 
@@ -513,7 +513,7 @@ def test_an_extracted_status_older_than_a_person_reset_stays_out_even_after_the_
 
 
 def test_a_newer_extracted_status_replaces_one_a_person_set_earlier() -> None:
-    # People's edits are protected for contact fields, not for the status (DESIGN §4.2).
+    # People's edits are protected for contact fields, not for the status (docs/design.md §4.2).
     state = contact(lead_status="warm", provenance={"lead_status": by_person(0)})
     assert merge(state, call(5, lead_status="qualified"), POLICY).state.lead_status == "qualified"
     assert merge(state, call(-5, lead_status="qualified"), POLICY).state.lead_status == "warm"

@@ -1,4 +1,4 @@
-"""Properties of the merge over sets of events for one contact (DESIGN §4).
+"""Properties of the merge over sets of events for one contact (docs/design.md §4).
 
 Events are drawn from small pools (three instants written with several
 offsets, a few keys, values and tags) so that ties, repeats, conflicts, low

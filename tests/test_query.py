@@ -1,4 +1,4 @@
-"""The read module (DESIGN §7): the contacts list and the scheduler's eligible stream.
+"""The read module (docs/design.md §7): the contacts list and the scheduler's eligible stream.
 
 Every database test runs on both PostgreSQL and SQLite (the ``engine`` fixture).
 """

@@ -1,4 +1,5 @@
-"""The contact store (DESIGN §2, §5): teams, companies, create, get, update, delete, history.
+"""The contact store (docs/design.md §2, §5): teams, companies, create, get, update, delete,
+history.
 
 Every test runs on both PostgreSQL and SQLite (the ``engine`` fixture).
 """

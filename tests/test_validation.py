@@ -1,4 +1,4 @@
-"""Validation of contact input (DESIGN §2): pure, no database.
+"""Validation of contact input (docs/design.md §2): pure, no database.
 
 Every documented rule has a test here; errors are ``ValidationFailed`` whose
 ``details`` map snake_case field names to messages the API returns as-is.
