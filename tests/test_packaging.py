@@ -184,6 +184,18 @@ def test_flower_asks_for_a_login_and_is_not_published_beyond_this_machine() -> N
     assert all(str(port).startswith("127.0.0.1:") for port in flower["ports"])
 
 
+def test_worker_metrics_are_published_on_this_machine_with_a_port_for_each_scaled_worker() -> None:
+    services = yaml.safe_load(_compose_text())["services"]
+    for name in ("worker", "worker-rabbitmq"):
+        command = services[name]["command"]
+        port = command[command.index("--metrics-port") + 1]
+        assert command[command.index("--metrics-host") + 1] == "0.0.0.0"  # reachable from outside
+        # Loopback only, and no fixed host port: `--scale worker=N` needs a free one for each.
+        assert services[name]["ports"] == [f"127.0.0.1::{port}"], name
+    # The API's /metrics is served on the API's own published port.
+    assert "8000:8000" in services["api"]["ports"]
+
+
 def test_the_image_is_multi_stage_non_root_and_health_checked() -> None:
     text = (ROOT / "worker.Dockerfile").read_text()
     assert len(re.findall(r"^FROM ", text, flags=re.M)) == 2
