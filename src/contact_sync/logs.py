@@ -58,7 +58,12 @@ class NoTaskArguments(logging.Filter):
 
 
 def configure_logging(level: str | int = "INFO") -> None:
-    """Send every logger's records to stderr as JSON lines, without task arguments."""
+    """Send every logger's records to stderr as JSON lines, without task arguments.
+
+    Python's warnings too (Celery warns through them when it runs as root):
+    they would be plain text among the JSON lines.
+    """
+    logging.captureWarnings(True)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(NoTaskArguments())
