@@ -128,3 +128,38 @@ def test_every_line_a_worker_writes_on_stdout_and_stderr_is_json(
     assert start["broker"] == broker.url
     assert any(r["message"].endswith(" ready.") for r in records)
     assert any(r["message"] == "worker: Warm shutdown (MainProcess)" for r in records)
+
+
+@pytest.mark.slow
+def test_a_batch_logs_each_event_with_its_call_id_and_its_duration_once(
+    request: pytest.FixtureRequest, postgres_url: str, pg_team: Team, tmp_path: Path
+) -> None:
+    broker = broker_for(request, "redis", redis_db=11)
+    log = tmp_path / "worker.log"
+    worker = start_worker(postgres_url, broker.url, log)
+    events = [
+        call_event(pg_team.id, phone=PHONE),
+        call_event(pg_team.id, phone="+12025550188", extraction={"contact": {"email": EMAIL}}),
+        call_event(pg_team.id, phone="not a number"),
+    ]
+    try:
+        broker.push_task([events], TASK)
+        deadline = time.monotonic() + 60
+        while not any(r["message"] == "message done" for r in _records(log)):
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+    finally:
+        stop_worker(worker)
+    records = _records(log)
+    per_event = [r for r in records if r.get("event_id") in {e["event_id"] for e in events}]
+    assert {(r["event_id"], r["call_id"]) for r in per_event} == {
+        (e["event_id"], e["call_id"]) for e in events
+    }
+    assert sorted(r["outcome"] for r in per_event) == ["applied", "applied", "dead_lettered"]
+    assert all("duration_ms" not in r for r in per_event)
+    [done] = [r for r in records if r["message"] == "message done"]
+    assert done["events"] == 3
+    assert done["duration_ms"] > 0
+    text_of_log = log.read_text(errors="replace")
+    assert EMAIL not in text_of_log
+    assert "5550187" not in text_of_log
