@@ -16,16 +16,18 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import pytest
+from sqlalchemy import Engine
+from sqlalchemy.event import listen
 
 from contact_sync.clock import utcnow
 from contact_sync.db.engine import make_engine
 from contact_sync.dead_letters import record
-
-pytestmark = pytest.mark.slow
+from contact_sync.events import Reason
+from contact_sync.metrics import OpenDeadLetters
 
 SEARCH = "ada.secret@example.org"
 
@@ -69,6 +71,7 @@ def _samples(text: str) -> dict[str, float]:
     return found
 
 
+@pytest.mark.slow
 def test_the_api_serves_request_metrics_by_route_and_logs_json_access_lines(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -173,3 +176,47 @@ def test_the_api_serves_request_metrics_by_route_and_logs_json_access_lines(
     text_of_logs = out.read_text() + err.read_text()
     assert SEARCH not in text_of_logs
     assert created["api_key"] not in text_of_logs
+
+
+def _park(engine: Engine, event_id: str, reason: Reason) -> None:
+    with engine.begin() as conn:
+        record(
+            conn,
+            payload={"event_id": event_id},
+            reason=reason,
+            message="parked",
+            event_id=event_id,
+            team_id=None,
+            now=utcnow(),
+        )
+
+
+def test_open_dead_letters_cost_one_grouped_query_per_cache_period(engine: Engine) -> None:
+    statements: list[str] = []
+    # Queries only (SQLite's connections also send BEGIN).
+    listen(
+        engine,
+        "before_cursor_execute",
+        lambda *args: statements.append(args[2]) if args[2].startswith("SELECT") else None,
+    )
+    now = [100.0]
+    gauge = OpenDeadLetters(lambda: engine, cache_seconds=5, clock=lambda: now[0])
+    _park(engine, "evt_a", "invalid_payload")
+    statements.clear()
+
+    def scrape() -> dict[str, float]:
+        [family] = gauge.collect()
+        return {sample.labels["reason"]: sample.value for sample in family.samples}
+
+    first = scrape()
+    assert first["invalid_payload"] == 1
+    assert set(first) == set(get_args(Reason))  # a bounded label set, zeros included
+    _park(engine, "evt_b", "invalid_payload")
+    statements.clear()
+    now[0] += 4.9
+    assert scrape()["invalid_payload"] == 1  # from the cache
+    assert statements == []
+    now[0] += 0.1
+    assert scrape()["invalid_payload"] == 2
+    assert len(statements) == 1
+    assert "GROUP BY" in statements[0]
