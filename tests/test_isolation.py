@@ -805,6 +805,7 @@ PUBLIC_ROUTES = {
     ("GET", "/docs/oauth2-redirect"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    ("GET", "/metrics"),  # counts by route and status, open dead letters by reason
 }
 
 

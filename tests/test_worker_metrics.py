@@ -152,3 +152,44 @@ def test_a_worker_removes_its_metrics_folder_when_it_stops(
         stop_worker(worker)
     assert worker.returncode == 0
     assert list(tmp.iterdir()) == []
+
+
+def _scrape_until(port: int, *wanted: str) -> str:
+    """The worker's metrics once they show every line of ``wanted`` (or after 60 s)."""
+    deadline = time.monotonic() + 60
+    text = ""
+    while time.monotonic() < deadline:
+        try:
+            text = _scrape(port)
+        except OSError:
+            text = ""
+        if all(line in text for line in wanted):
+            break
+        time.sleep(0.2)
+    return text
+
+
+@pytest.mark.slow
+def test_messages_parked_before_a_task_runs_count_as_dead_lettered_and_stay_open(
+    request: pytest.FixtureRequest, pg_engine: Engine, postgres_url: str, tmp_path: Path
+) -> None:
+    broker = broker_for(request, "redis", redis_db=9)
+    port = _free_port()
+    worker = start_worker(
+        postgres_url, broker.url, tmp_path / "worker.log", extra_args=("--metrics-port", str(port))
+    )
+    try:
+        broker.push(b"\xff\xfe not JSON")  # undecodable body
+        broker.push_task([{"event_id": "x"}], task="contact_sync.no_such_task")  # unknown task
+        broker.push_task([{"not": "an event"}])  # parked by the task: counted there
+        text = _scrape_until(
+            port,
+            'contact_sync_events_total{outcome="dead_lettered"} 3.0',
+            'contact_sync_dead_letters_open{reason="invalid_payload"} 3.0',
+        )
+        assert 'contact_sync_events_total{outcome="dead_lettered"} 3.0' in text, text
+        assert 'contact_sync_dead_letters_open{reason="invalid_payload"} 3.0' in text, text
+        assert 'contact_sync_dead_letters_open{reason="poison_message"} 0.0' in text
+        assert worker.poll() is None
+    finally:
+        stop_worker(worker)

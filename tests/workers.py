@@ -54,9 +54,13 @@ def start_worker(
     concurrency: int = 1,
     wait_ready: bool = True,
     extra_args: tuple[str, ...] = (),
+    stderr_path: Path | None = None,
     **env: str,
 ) -> subprocess.Popen[bytes]:
-    """``contact-sync worker`` as a process logging to ``log_path``; waits until it is ready."""
+    """``contact-sync worker`` as a process logging to ``log_path``; waits until it is ready.
+
+    Its standard error goes there too, unless ``stderr_path`` names a file of its own.
+    """
     environment = {
         **os.environ,
         "CONTACT_SYNC_DATABASE_URL": database_url,
@@ -64,6 +68,7 @@ def start_worker(
         **env,
     }
     # A file, not a pipe: nobody reads a pipe while tests run, and a full one blocks the worker.
+    errors = stderr_path.open("ab") if stderr_path is not None else None
     with log_path.open("ab") as handle:
         process = subprocess.Popen(
             [
@@ -77,10 +82,13 @@ def start_worker(
             ],
             env=environment,
             stdout=handle,
-            stderr=subprocess.STDOUT,
+            stderr=errors if errors is not None else subprocess.STDOUT,
         )
+    if errors is not None:
+        errors.close()
+    ready_in = stderr_path if stderr_path is not None else log_path
     deadline = time.monotonic() + 60
-    while wait_ready and b' ready."' not in log_path.read_bytes():
+    while wait_ready and b' ready."' not in ready_in.read_bytes():
         assert process.poll() is None, log_path.read_text()
         assert time.monotonic() < deadline, log_path.read_text()
         time.sleep(0.05)

@@ -35,6 +35,7 @@ from contact_sync.events import (
     CallCompleted,
     InvalidEvent,
     Reason,
+    call_id_of,
     event_id_of,
     parse_event,
     team_id_of,
@@ -68,6 +69,7 @@ class Outcome:
     reason: Reason | None = None
     message: str | None = None
     version: int | None = None
+    call_id: str | None = None  # for logs: the call pipeline's id of the event
 
 
 @dataclass
@@ -274,7 +276,18 @@ def _dead_letter(
     )
     if event_id is not None:
         inbox.mark_dead_lettered(conn, event_id=event_id, team_id=team_id, now=now)
-    return Outcome("dead_lettered", event_id, team_id, reason=reason, message=message)
+    return Outcome(
+        "dead_lettered",
+        event_id,
+        team_id,
+        reason=reason,
+        message=message,
+        call_id=call_id_of(payload),
+    )
+
+
+def _duplicate(event: CallCompleted) -> Outcome:
+    return Outcome("duplicate", event.event_id, event.team_id, call_id=event.call_id)
 
 
 def apply_payloads(
@@ -303,7 +316,7 @@ def apply_payloads(
             )
             continue
         if key_of(event) in first:  # delivered twice in one batch
-            outcomes[index] = Outcome("duplicate", event.event_id, event.team_id)
+            outcomes[index] = _duplicate(event)
         else:
             first[key_of(event)] = index
             events[index] = event
@@ -325,7 +338,7 @@ def apply_payloads(
     for index, event in list(events.items()):
         if key_of(event) not in claimed:
             del events[index]
-            outcomes[index] = Outcome("duplicate", event.event_id, event.team_id)
+            outcomes[index] = _duplicate(event)
 
     resolutions = resolve(conn, list(events.values()), known_teams)
     new_numbers = {(f.team_id, f.phone) for f in resolutions.values() if isinstance(f, NewContact)}
@@ -374,7 +387,12 @@ def apply_payloads(
         policy = _Policy(min_confidence).for_team(known_teams[target.team_id])
         for event, name, version in _merge_all(target, grouped[key], policy, now):
             outcomes[first[key_of(event)]] = Outcome(
-                name, event.event_id, event.team_id, target.id, version=version
+                name,
+                event.event_id,
+                event.team_id,
+                target.id,
+                version=version,
+                call_id=event.call_id,
             )
             applied.append((key_of(event), target.id, name))
     _write(conn, list(targets.values()), now)

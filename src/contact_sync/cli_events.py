@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import logging
 import os
 import shutil
 import sys
@@ -109,6 +110,11 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
 
 def _run_worker(args: argparse.Namespace) -> None:
+    from contact_sync.logs import configure_logging
+
+    # JSON lines from the start: Celery warns (running as root) before it sets up logging.
+    configure_logging(args.loglevel)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the schema check's chatter
     from contact_sync.worker import QUEUE, app
 
     if args.metrics_port:

@@ -447,6 +447,14 @@ def list_dead_letters(
     return [_from_row(row) for row in conn.execute(stmt)]
 
 
+def count_open_by_reason(conn: Connection) -> dict[str, int]:
+    """How many letters are open, by reason: one GROUP BY, for the metrics scrape."""
+    rows = conn.execute(
+        select(dead_letters.c.reason, func.count()).where(*_OPEN).group_by(dead_letters.c.reason)
+    )
+    return {str(reason): int(count) for reason, count in rows}
+
+
 @dataclass(frozen=True)
 class DeadLetterLine:
     """What a listing prints of a dead letter: no payload, the message's start."""

@@ -267,6 +267,11 @@ def event_id_of(payload: Any) -> str | None:
     return _storable_id(payload, "event_id", MAX_ID_LENGTH)
 
 
+def call_id_of(payload: Any) -> str | None:
+    """The call id of a payload that may not validate, for log lines."""
+    return _storable_id(payload, "call_id", MAX_ID_LENGTH)
+
+
 def team_id_of(payload: Any) -> str | None:
     """The team id of a payload that may not validate."""
     return _storable_id(payload, "team_id", 36)

@@ -6,7 +6,6 @@ standard library's logging does the rest.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import sys
@@ -58,7 +57,12 @@ class NoTaskArguments(logging.Filter):
 
 
 def configure_logging(level: str | int = "INFO") -> None:
-    """Send every logger's records to stderr as JSON lines, without task arguments."""
+    """Send every logger's records to stderr as JSON lines, without task arguments.
+
+    Python's warnings too (Celery warns through them when it runs as root):
+    they would be plain text among the JSON lines.
+    """
+    logging.captureWarnings(True)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(NoTaskArguments())
@@ -67,31 +71,22 @@ def configure_logging(level: str | int = "INFO") -> None:
     root.setLevel(level if isinstance(level, int) else level.upper())
 
 
-class PathOnlyAccessLog(logging.Filter):
-    """Drops the query string from uvicorn's access lines.
-
-    Searches carry names, phone numbers and emails; the path alone (contact ids)
-    is what an access log needs (DESIGN §16: no PII in logs).
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        # uvicorn.access: (client_addr, method, path with query string, http_version, status)
-        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
-            record.args = (args[0], args[1], args[2].split("?", 1)[0], args[3], args[4])
-        return True
-
-
 def api_log_config() -> dict[str, Any]:
-    """uvicorn's logging, with paths only in access lines and this package's loggers shown."""
-    from uvicorn.config import LOGGING_CONFIG
+    """The API's logging (uvicorn's ``log_config``): every line JSON on stderr.
 
-    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
-    config["filters"] = {"path_only": {"()": PathOnlyAccessLog}}
-    config["loggers"]["uvicorn.access"]["filters"] = ["path_only"]
-    config["loggers"]["contact_sync"] = {
-        "handlers": ["default"],
-        "level": "INFO",
-        "propagate": False,
+    uvicorn's own access lines are off (``access_log=False``): the API logs
+    its own (``api/observe.py``), with the route template, the path without
+    its query string (docs/design.md §16: no PII in logs), the status, the duration and
+    the caller's team. Other libraries' warnings reach the root logger, also
+    as JSON.
+    """
+    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    shown = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {"default": handler},
+        "loggers": {"uvicorn": shown, "contact_sync": shown},
+        "root": {"handlers": ["default"], "level": "WARNING"},
     }
-    return config

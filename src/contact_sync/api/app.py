@@ -5,18 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import Engine
 
 from contact_sync import __version__
 from contact_sync.api import errors
 from contact_sync.api.dead_letter_routes import router as dead_letter_router
 from contact_sync.api.limits import BodySizeLimit
+from contact_sync.api.observe import RequestObserver, register_http_metrics
 from contact_sync.api.rate_limit import rate_limiter_for
 from contact_sync.api.readiness import Readiness, probe
 from contact_sync.api.routes import router
 from contact_sync.api.schemas import Health
 from contact_sync.db.engine import make_engine
+from contact_sync.metrics import OpenDeadLetters
 from contact_sync.settings import Settings, get_settings
 
 
@@ -38,6 +41,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.include_router(router)
     app.include_router(dead_letter_router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(RequestObserver)  # outermost: it sees the 413s above too
+    _serve_metrics(app)
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     def healthz() -> dict[str, Any]:
@@ -56,3 +61,19 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         return body if ready else JSONResponse(body, status_code=503)
 
     return app
+
+
+def _serve_metrics(app: FastAPI) -> None:
+    """``GET /metrics``: requests by route and status, and the open dead letters by reason.
+
+    Without a key, as ``/healthz``: it holds counts, no team's data, and a
+    Prometheus server scrapes it without credentials. Being unauthenticated,
+    it takes no token from any key's rate limit.
+    """
+    registry = CollectorRegistry()
+    register_http_metrics(registry)
+    registry.register(OpenDeadLetters(lambda: app.state.engine))
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

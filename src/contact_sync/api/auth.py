@@ -80,6 +80,7 @@ def caller(
             ) from None
     if found.scope != "write" and request.method not in READ_METHODS:
         raise HTTPException(403, READ_ONLY)
+    request.state.team_id = found.team_id  # for the access log (api/observe.py)
     return Caller(team_id=found.team_id, key_id=found.id, scope=found.scope)
 
 

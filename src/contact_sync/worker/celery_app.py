@@ -13,6 +13,7 @@ message's deliveries (see ``worker/amqp.py``).
 from __future__ import annotations
 
 import logging
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -104,9 +105,17 @@ def queue_depth(connection: Connection, queue: str = QUEUE) -> int:
         channel.close()
 
 
+class ContactSyncCelery(Celery):  # type: ignore[misc]
+    """Celery, whose worker program writes JSON lines only (``worker/output.py``)."""
+
+    @cached_property
+    def Worker(self) -> Any:  # noqa: N802 (Celery's name)
+        return self.subclass_with_self("contact_sync.worker.output:JsonWorker")
+
+
 def create_app(settings: Settings) -> Celery:
     """A Celery app for ``settings``; tasks live in ``contact_sync.worker.tasks``."""
-    celery = Celery(
+    celery = ContactSyncCelery(
         "contact_sync", broker=settings.broker_url, include=["contact_sync.worker.tasks"]
     )
     transport_options: dict[str, Any] = {}

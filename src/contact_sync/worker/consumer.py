@@ -39,6 +39,7 @@ from kombu.utils.json import dumps
 from contact_sync.clock import utcnow
 from contact_sync.dead_letters import record
 from contact_sync.events import event_id_of, team_id_of
+from contact_sync.metrics import EVENTS
 from contact_sync.worker.celery_app import TASK_APPLY, TASK_APPLY_BATCH
 from contact_sync.worker.failures import is_transient
 
@@ -96,6 +97,8 @@ def _park(payload: Any, text: str, message: Any) -> bool:
                 extra={"reason": "invalid_payload", "error": repr(error)[:500]},
             )
             return False
+    # Counted here, once: a message parked before any task runs is never reported by one.
+    EVENTS.labels("dead_lettered").inc()
     log.warning(text, extra={"outcome": "dead_lettered", "reason": "invalid_payload"})
     message.ack()
     return True

@@ -4,7 +4,8 @@ Celery's prefork children count events in their own memory, so the
 counters use prometheus-client's multiprocess mode: each process writes to
 ``PROMETHEUS_MULTIPROC_DIR`` and the main process sums them at scrape time.
 The queue depth is read from the broker at scrape time (Redis: the list's
-length; RabbitMQ: a passive declaration's message count). Importing this
+length; RabbitMQ: a passive declaration's message count), the open dead
+letters from the database (``metrics.OpenDeadLetters``). Importing this
 module imports prometheus-client, so the CLI sets the directory first.
 """
 
@@ -49,9 +50,13 @@ def serve(port: int, app: Any, queue: str, host: str = "127.0.0.1") -> None:
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
+    from contact_sync.metrics import OpenDeadLetters
+    from contact_sync.worker.runtime import get_engine
+
     registry = CollectorRegistry()
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     registry.register(QueueDepth(app, queue))
+    registry.register(OpenDeadLetters(get_engine))
     start_http_server(port, addr=host, registry=registry)
 
 

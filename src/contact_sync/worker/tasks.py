@@ -13,7 +13,7 @@ from celery.exceptions import Reject
 from contact_sync.apply import Outcome, apply_batch
 from contact_sync.clock import utcnow
 from contact_sync.dead_letters import record
-from contact_sync.events import MAX_BATCH, Reason, event_id_of, team_id_of
+from contact_sync.events import MAX_BATCH, Reason, call_id_of, event_id_of, team_id_of
 from contact_sync.metrics import APPLY_SECONDS, CONFLICT_RETRIES, EVENTS
 from contact_sync.settings import get_settings
 from contact_sync.worker.celery_app import TASK_APPLY, TASK_APPLY_BATCH, app, uses_amqp
@@ -45,7 +45,14 @@ def _park(payloads: Sequence[Any], reason: Reason, message: str) -> list[Outcome
                 now=now,
             )
     return [
-        Outcome("dead_lettered", event_id_of(p), team_id_of(p), reason=reason, message=message)
+        Outcome(
+            "dead_lettered",
+            event_id_of(p),
+            team_id_of(p),
+            reason=reason,
+            message=message,
+            call_id=call_id_of(p),
+        )
         for p in payloads
     ]
 
@@ -119,7 +126,13 @@ def _deliver(key: str, again: bool, payloads: Sequence[Any]) -> list[Outcome]:
     return outcomes
 
 
-def _report(outcomes: Sequence[Outcome], elapsed: float) -> None:
+def _report(key: str, outcomes: Sequence[Outcome], elapsed: float) -> None:
+    """A line per event (what happened to it), then one for the message (its size and time).
+
+    The events of a message share one transaction, so its duration is the
+    message's, not any event's: it is logged once, on the message's line.
+    Ids and outcomes only, never the event's contents (README, "Logs").
+    """
     APPLY_SECONDS.observe(elapsed)
     for outcome in outcomes:
         EVENTS.labels(outcome.outcome).inc()
@@ -127,21 +140,25 @@ def _report(outcomes: Sequence[Outcome], elapsed: float) -> None:
             outcome.outcome,
             extra={
                 "event_id": outcome.event_id,
+                "call_id": outcome.call_id,
                 "contact_id": outcome.contact_id,
                 "team_id": outcome.team_id,
                 "outcome": outcome.outcome,
                 "reason": outcome.reason,
                 "version": outcome.version,
-                "duration_ms": round(elapsed * 1000, 2),
             },
         )
+    log.info(
+        "message done",
+        extra={"task_id": key, "events": len(outcomes), "duration_ms": round(elapsed * 1000, 2)},
+    )
 
 
 def run_message(key: str, again: bool, payloads: Sequence[Any]) -> None:
     """Apply one message's payloads (``again``: it was delivered before) and log each outcome."""
     started = time.perf_counter()
     outcomes = _deliver(key, again, payloads)
-    _report(outcomes, time.perf_counter() - started)
+    _report(key, outcomes, time.perf_counter() - started)
 
 
 def park_poison(key: str, task: str, args: Any, kwargs: Any, why: str) -> None:
@@ -161,7 +178,7 @@ def park_poison(key: str, task: str, args: Any, kwargs: Any, why: str) -> None:
     outcomes = (
         _retrying_transient(lambda: _park(payloads, "poison_message", why), key) if payloads else []
     )
-    _report(outcomes, time.perf_counter() - started)
+    _report(key, outcomes, time.perf_counter() - started)
 
 
 def _task_run(task: Task, payloads: Sequence[Any]) -> None:
