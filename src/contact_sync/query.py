@@ -125,7 +125,7 @@ class ContactQuery(_Query):
     )
     sort: str = Field(
         default="-created_at",
-        description="`created_at`, `updated_at` or `last_name` (case-insensitive), with `-` "
+        description="`created_at`, `updated_at` or `last_name`, with `-` "
         "for descending; ties are ordered by `id`.",
         examples=["-updated_at"],
         json_schema_extra={"enum": list(SORTS)},

@@ -113,7 +113,7 @@ class Attempt(BaseModel):
     )
     message: str | None = Field(
         description="The problem in words, when it was parked.",
-        examples=["no contact with phone +12025551234 in this team"],
+        examples=["no contact 0193a5c6-1f40-7d2a-8b6e-2c9d4e7f1a35 in this team"],
     )
     by: str | None = Field(
         description="Who replayed: an API key id, or `cli:<user>`.", examples=[KEY_ID]
@@ -130,12 +130,12 @@ class DeadLetterOut(BaseModel):
     )
     team_id: str | None = Field(description="The event's team.", examples=[TEAM_ID])
     reason: Reason = Field(
-        description="Why it was parked (the first reason; replays are in `attempt_log`).",
+        description="Why it is parked: the latest reason (the first is in `attempt_log`).",
         examples=["contact_not_found"],
     )
     message: str = Field(
         description="The problem in words.",
-        examples=["no contact with phone +12025551234 in this team"],
+        examples=["no contact 0193a5c6-1f40-7d2a-8b6e-2c9d4e7f1a35 in this team"],
     )
     payload: Any = Field(
         description="The event as received (its first 256 KiB and size when larger); after "
