@@ -227,6 +227,7 @@ def _check_page(http: httpx.Client | TestClient, page: str) -> list[str]:
 
 def test_swagger_ui_loads_only_local_assets_without_a_key(client: TestClient) -> None:
     urls = _check_page(client, "/docs")
+    assert '"validatorUrl": null' in client.get("/docs").text  # no online spec validator
     assert {Path(url).suffix for url in urls} == {".css", ".js", ".png", ".json"}
 
 

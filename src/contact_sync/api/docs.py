@@ -43,7 +43,8 @@ def mount_docs(app: FastAPI) -> None:
             swagger_js_url=local(request, f"{ASSETS_URL}/swagger-ui-bundle.js"),
             swagger_css_url=local(request, f"{ASSETS_URL}/swagger-ui.css"),
             swagger_favicon_url=local(request, f"{ASSETS_URL}/favicon.png"),
-            swagger_ui_parameters=app.swagger_ui_parameters,
+            # Swagger UI would otherwise send the document to an online validator.
+            swagger_ui_parameters={**(app.swagger_ui_parameters or {}), "validatorUrl": None},
         )
 
     @app.get(REDOC_URL, include_in_schema=False)
