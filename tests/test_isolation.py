@@ -802,7 +802,7 @@ PROBES: list[Probe] = [
 PUBLIC_ROUTES = {
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
-    ("GET", "/docs/oauth2-redirect"),
+    ("GET", "/redoc"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),  # counts by route and status, open dead letters by reason

@@ -52,6 +52,13 @@ KNOWN_LEAD_STATUSES = (
     "churned",
     "do_not_contact",
 )
+# The OpenAPI document's lead status: a known one, or any other slug (people may set any).
+LEAD_STATUS_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"enum": list(KNOWN_LEAD_STATUSES), "description": "A known status."},
+        {"type": "string", "description": "Any other status."},
+    ]
+}
 MAX_CUSTOM_FIELDS = 200
 MAX_CUSTOM_FIELDS_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 20
@@ -289,28 +296,87 @@ class _Input(BaseModel):
 class _ContactFields(_Input):
     """The optional fields that create and patch share."""
 
-    company_id: Identifier = None
-    email: Email = None
-    phone: Phone = None
-    phone_secondary: Phone = None
-    job_title: Annotated[str | None, _text(200)] = None
-    lead_status: LeadStatus = None
-    source: OptionalText100 = None
-    timezone: TimeZoneName = None
-    preferred_contact_method: ContactMethod = None
-    notes: Notes = None
-    custom_fields: CustomFields = None
-    tags: Tags = None
+    company_id: Identifier = Field(
+        default=None,
+        description="A company of the same team; null for none.",
+        examples=["0193a5c5-3b81-7e90-a4d2-6f1e8c3b5d27"],
+    )
+    email: Email = Field(
+        default=None,
+        description="A valid address; its domain is stored lower-cased.",
+        examples=["ada@example.com"],
+    )
+    phone: Phone = Field(
+        default=None,
+        description="Any common form: national ones are read in the team's region; stored "
+        "as E.164.",
+        examples=["(202) 555-1234"],
+    )
+    phone_secondary: Phone = Field(
+        default=None,
+        description="A second number, same rules as `phone`.",
+        examples=["+12025550199"],
+    )
+    job_title: Annotated[str | None, _text(200)] = Field(
+        default=None, description="At most 200 characters.", examples=["Head of Operations"]
+    )
+    lead_status: LeadStatus = Field(
+        default=None,
+        description="A known status or any other slug; case, spaces and hyphens are "
+        "normalised (`Do Not Contact` is `do_not_contact`). In an update, null is `new`.",
+        examples=["qualified"],
+        json_schema_extra={"anyOf": [*LEAD_STATUS_SCHEMA["anyOf"], {"type": "null"}]},
+    )
+    source: OptionalText100 = Field(
+        default=None, description="Where the contact came from.", examples=["trade-show"]
+    )
+    timezone: TimeZoneName = Field(
+        default=None,
+        description="An IANA zone name; the contact's call window is kept in it.",
+        examples=["America/Chicago"],
+    )
+    preferred_contact_method: ContactMethod = Field(
+        default=None, description="`phone`, `email`, `sms` or another slug.", examples=["phone"]
+    )
+    notes: Notes = Field(
+        default=None, description="Free text, at most 10,000 characters.", examples=["Met at SPI."]
+    )
+    custom_fields: CustomFields = Field(
+        default=None,
+        description="Slug keys (at most 64 characters) to JSON values; at most 200 keys and "
+        "64 KiB. In an update, the keys given are merged in (null clears them all).",
+        examples=[{"roof_type": "flat", "monthly_bill_usd": 240}],
+    )
+    tags: Tags = Field(
+        default=None,
+        description="Unique, order kept, each at most 64 characters, at most 50.",
+        examples=[["vip", "solar"]],
+    )
 
 
 class ContactPatch(_ContactFields):
     """A partial update: only the fields present are written; ``null`` clears."""
 
-    first_name: Name | None = None
-    last_name: Name | None = None
-    do_not_call: StrictBool | None = None
+    first_name: Name | None = Field(
+        default=None, description="1 to 100 characters, trimmed.", examples=["Ada"]
+    )
+    last_name: Name | None = Field(
+        default=None, description="1 to 100 characters, trimmed.", examples=["Lovelace"]
+    )
+    do_not_call: StrictBool | None = Field(
+        default=None,
+        description="`true` excludes the contact from every campaign; null is `false`.",
+        examples=[True],
+    )
     # At most 9 digits, as in If-Match (api/routes.py): no contact gets near it.
-    version: StrictInt | None = Field(default=None, ge=1, le=999_999_999)
+    version: StrictInt | None = Field(
+        default=None,
+        ge=1,
+        le=999_999_999,
+        description="The version this update is based on: 412 if the contact has moved on "
+        "(as `If-Match`).",
+        examples=[3],
+    )
 
     def changes(self) -> dict[str, Any]:
         """The fields the client sent, by snake_case name (``version`` excluded)."""
@@ -330,35 +396,71 @@ class ContactPatch(_ContactFields):
 class ContactCreate(_ContactFields):
     """The body of a create: names required, everything else optional."""
 
-    team_id: Identifier = None
-    first_name: Name
-    last_name: Name
-    do_not_call: StrictBool = False
+    team_id: Identifier = Field(
+        default=None,
+        description="The key's own team (the default); another is 403.",
+        examples=["0193a5c4-7e2b-7c41-9a3e-5d8f2b1c6e70"],
+    )
+    first_name: Name = Field(description="1 to 100 characters, trimmed.", examples=["Ada"])
+    last_name: Name = Field(description="1 to 100 characters, trimmed.", examples=["Lovelace"])
+    do_not_call: StrictBool = Field(
+        default=False,
+        description="`true` excludes the contact from every campaign.",
+        examples=[False],
+    )
 
 
 class Contact(BaseModel):
     """A contact as the API and the read module return it."""
 
-    id: str
-    team_id: str
-    company_id: str | None
-    first_name: str
-    last_name: str
-    email: str | None
-    phone: str | None
-    phone_secondary: str | None
-    job_title: str | None
-    lead_status: str
-    source: str | None
-    timezone: str | None
-    preferred_contact_method: str | None
-    do_not_call: bool
-    notes: str | None
-    custom_fields: dict[str, Any]
-    tags: list[str]
-    version: int
-    created_at: datetime
-    updated_at: datetime
+    id: str = Field(
+        description="Assigned by the service (a UUIDv7).",
+        examples=["0193a5c6-1f40-7d2a-8b6e-2c9d4e7f1a35"],
+    )
+    team_id: str = Field(
+        description="The team it belongs to; never changes.",
+        examples=["0193a5c4-7e2b-7c41-9a3e-5d8f2b1c6e70"],
+    )
+    company_id: str | None = Field(
+        description="A company of the same team, or null.",
+        examples=["0193a5c5-3b81-7e90-a4d2-6f1e8c3b5d27"],
+    )
+    first_name: str = Field(description="1 to 100 characters.", examples=["Ada"])
+    last_name: str = Field(description="1 to 100 characters.", examples=["Lovelace"])
+    email: str | None = Field(description="A valid address, or null.", examples=["ada@example.com"])
+    phone: str | None = Field(description="E.164, or null.", examples=["+12025551234"])
+    phone_secondary: str | None = Field(description="E.164, or null.", examples=["+12025550199"])
+    job_title: str | None = Field(description="The job title, or null.", examples=["CTO"])
+    lead_status: str = Field(
+        description="A known status, or another slug a person set (`new` by default).",
+        examples=["qualified"],
+        json_schema_extra=LEAD_STATUS_SCHEMA,
+    )
+    source: str | None = Field(
+        description="Where the contact came from, or null.", examples=["trade-show"]
+    )
+    timezone: str | None = Field(
+        description="An IANA zone name for the call window, or null.", examples=["America/Chicago"]
+    )
+    preferred_contact_method: str | None = Field(
+        description="`phone`, `email`, `sms` or another slug, or null.", examples=["phone"]
+    )
+    do_not_call: bool = Field(
+        description="`true`: excluded from every campaign; only a person sets it back.",
+        examples=[False],
+    )
+    notes: str | None = Field(description="Free text, or null.", examples=["Met at SPI."])
+    custom_fields: dict[str, Any] = Field(
+        description="Slug keys to JSON values.", examples=[{"roof_type": "flat"}]
+    )
+    tags: list[str] = Field(description="Unique tags in the order added.", examples=[["vip"]])
+    version: int = Field(description="1 at creation, +1 on every change.", examples=[3])
+    created_at: datetime = Field(
+        description="When it was created (UTC).", examples=["2026-11-20T15:04:05.123456+00:00"]
+    )
+    updated_at: datetime = Field(
+        description="When it last changed (UTC).", examples=["2026-11-21T09:30:00+00:00"]
+    )
 
 
 _ALIASES = {

@@ -88,24 +88,58 @@ def _query_errors(exc: ValidationError) -> dict[str, str]:
 class ContactQuery(_Query):
     """Filters of the contacts list; unset filters match everything."""
 
-    team_id: str = Field(min_length=1, max_length=64)
-    company_id: str | None = Field(default=None, max_length=64)
-    search: str | None = Field(default=None, max_length=200)
-    lead_status: Annotated[str | None, AfterValidator(_status)] = None
-    do_not_call: StrictBool | None = None
-    has_phone: StrictBool | None = None
+    team_id: str = Field(
+        min_length=1,
+        max_length=64,
+        description="The key's own team (the default); another is 403.",
+        examples=["0193a5c4-7e2b-7c41-9a3e-5d8f2b1c6e70"],
+    )
+    company_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Only the contacts of this company.",
+        examples=["0193a5c5-3b81-7e90-a4d2-6f1e8c3b5d27"],
+    )
+    search: str | None = Field(
+        default=None,
+        max_length=200,
+        description="A case-insensitive substring of the full name or email, or digits of a phone.",
+        examples=["lovelace"],
+    )
+    lead_status: Annotated[str | None, AfterValidator(_status)] = Field(
+        default=None, description="Only contacts with this status.", examples=["qualified"]
+    )
+    do_not_call: StrictBool | None = Field(
+        default=None,
+        description="Only contacts with (`true`) or without the flag.",
+        examples=[False],
+    )
+    has_phone: StrictBool | None = Field(
+        default=None, description="Only contacts with (`true`) or without a phone.", examples=[True]
+    )
     tag: tuple[str, ...] = Field(
         default=(),
         max_length=20,
         description="Repeatable: only contacts that have every tag given (exact match).",
+        examples=[["vip"]],
     )
     sort: str = Field(
         default="-created_at",
-        description="`created_at`, `updated_at` or `last_name` (case-insensitive), with `-` "
+        description="`created_at`, `updated_at` or `last_name`, with `-` "
         "for descending; ties are ordered by `id`.",
+        examples=["-updated_at"],
+        json_schema_extra={"enum": list(SORTS)},
     )
-    limit: int = Field(default=50, ge=1, le=500)
-    offset: int = Field(default=0, ge=0, le=10_000_000)
+    limit: int = Field(
+        default=50, ge=1, le=500, description="The page size, 1 to 500.", examples=[50]
+    )
+    offset: int = Field(
+        default=0,
+        ge=0,
+        le=10_000_000,
+        description="How many matches to skip (at most 10,000,000).",
+        examples=[0],
+    )
 
     @field_validator("tag", mode="before")
     @classmethod
@@ -253,19 +287,43 @@ def list_contacts(conn: Connection, query: ContactQuery) -> ContactPage:
 class HistoryQuery(_Query):
     """A page of a contact's history."""
 
-    limit: int = Field(default=50, ge=1, le=500)
-    offset: int = Field(default=0, ge=0, le=10_000_000)
+    limit: int = Field(
+        default=50, ge=1, le=500, description="The page size, 1 to 500.", examples=[50]
+    )
+    offset: int = Field(
+        default=0,
+        ge=0,
+        le=10_000_000,
+        description="How many matches to skip (at most 10,000,000).",
+        examples=[0],
+    )
 
 
 class CompanyQuery(_Query):
     """Filters of the companies list."""
 
-    team_id: str = Field(min_length=1, max_length=64)
-    search: str | None = Field(
-        default=None, max_length=200, description="A case-insensitive substring of the name."
+    team_id: str = Field(
+        min_length=1,
+        max_length=64,
+        description="The key's own team (the default); another is 403.",
+        examples=["0193a5c4-7e2b-7c41-9a3e-5d8f2b1c6e70"],
     )
-    limit: int = Field(default=50, ge=1, le=500)
-    offset: int = Field(default=0, ge=0, le=10_000_000)
+    search: str | None = Field(
+        default=None,
+        max_length=200,
+        description="A case-insensitive substring of the name.",
+        examples=["solar"],
+    )
+    limit: int = Field(
+        default=50, ge=1, le=500, description="The page size, 1 to 500.", examples=[50]
+    )
+    offset: int = Field(
+        default=0,
+        ge=0,
+        le=10_000_000,
+        description="How many matches to skip (at most 10,000,000).",
+        examples=[0],
+    )
 
     @field_validator("team_id", "search")
     @classmethod
@@ -303,13 +361,41 @@ def _aware(value: datetime | None) -> datetime | None:
 class EligibleQuery(_Query):
     """The scheduler's question: whom of this team may we call at ``at``?"""
 
-    team_id: str = Field(min_length=1, max_length=64)
-    at: Annotated[datetime | None, AfterValidator(_aware)] = None
-    window_start: time = time(9, 0)
-    window_end: time = time(17, 0)
-    default_timezone: Annotated[str, AfterValidator(_zone)] = "America/New_York"
-    limit: int = Field(default=100, ge=1, le=1000)
-    cursor: str | None = Field(default=None, max_length=200)
+    team_id: str = Field(
+        min_length=1,
+        max_length=64,
+        description="The key's own team (the default); another is 403.",
+        examples=["0193a5c4-7e2b-7c41-9a3e-5d8f2b1c6e70"],
+    )
+    at: Annotated[datetime | None, AfterValidator(_aware)] = Field(
+        default=None,
+        description="The moment to ask about, with a UTC offset (default: now).",
+        examples=["2026-11-20T15:00:00Z"],
+    )
+    window_start: time = Field(
+        default=time(9, 0),
+        description="Start of the call window, in each contact's local time (HH:MM).",
+        examples=["09:00"],
+    )
+    window_end: time = Field(
+        default=time(17, 0),
+        description="End of the call window, in each contact's local time (HH:MM).",
+        examples=["17:00"],
+    )
+    default_timezone: Annotated[str, AfterValidator(_zone)] = Field(
+        default="America/New_York",
+        description="The IANA zone of contacts that have none.",
+        examples=["America/Chicago"],
+    )
+    limit: int = Field(
+        default=100, ge=1, le=1000, description="The page size, 1 to 1000.", examples=[100]
+    )
+    cursor: str | None = Field(
+        default=None,
+        max_length=200,
+        description="The previous slice's `next_cursor`, to continue the stream.",
+        examples=["MDE5M2E1YzYtMWY0MC03ZDJh"],
+    )
 
     @field_validator("window_start", "window_end", mode="before")
     @classmethod

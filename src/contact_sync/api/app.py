@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from contact_sync import __version__
 from contact_sync.api import errors
 from contact_sync.api.dead_letter_routes import router as dead_letter_router
+from contact_sync.api.docs import mount_docs
 from contact_sync.api.limits import BodySizeLimit
 from contact_sync.api.observe import RequestObserver, register_http_metrics
 from contact_sync.api.rate_limit import rate_limiter_for
@@ -31,7 +32,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         version=__version__,
         description="Contacts of a voice-AI calling CRM: create, list, update, history, "
         "and the campaign scheduler's eligible stream.",
-        docs_url="/docs",
+        docs_url=None,  # served by mount_docs, from local assets
         redoc_url=None,
     )
     app.state.engine = engine or make_engine(settings.database_url)
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     errors.install(app)
     app.include_router(router)
     app.include_router(dead_letter_router)
+    mount_docs(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(RequestObserver)  # outermost: it sees the 413s above too
     _serve_metrics(app)

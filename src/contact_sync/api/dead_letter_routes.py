@@ -10,7 +10,7 @@ refused both writes by ``api.auth``.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
@@ -20,12 +20,22 @@ from starlette.concurrency import run_in_threadpool
 from contact_sync.api.auth import Caller, CallerDep, EngineDep
 from contact_sync.api.params import query_parameters, read_query
 from contact_sync.api.routes import _errors
+from contact_sync.api.schemas import (
+    CONTACT_ID,
+    KEY_ID,
+    LETTER_ID,
+    TEAM_ID,
+    WHEN,
+    DeadLetterIdPath,
+)
+from contact_sync.apply import OutcomeName
 from contact_sync.clock import utcnow
 from contact_sync.contacts import field_errors
 from contact_sync.dead_letters import (
     ClosedLetter,
     DeadLetter,
     DeadLetterNotFound,
+    Via,
     discard,
     get_dead_letter,
     page_dead_letters,
@@ -51,76 +61,137 @@ class DeadLetterQuery(_Query):
     """Filters of a team's dead letters; unset filters match everything."""
 
     team_id: str | None = Field(
-        default=None, max_length=64, description="The key's own team (the default); another is 403."
+        default=None,
+        max_length=64,
+        description="The key's own team (the default); another is 403.",
+        examples=[TEAM_ID],
     )
-    reason: Reason | None = Field(default=None, description="Only letters parked for this reason.")
+    reason: Reason | None = Field(
+        default=None,
+        description="Only letters parked for this reason.",
+        examples=["contact_not_found"],
+    )
     open: StrictBool | None = Field(
         default=None,
         description="`true`: neither replayed successfully nor discarded; `false`: closed.",
+        examples=[True],
     )
-    limit: int = Field(default=50, ge=1, le=MAX_LIMIT)
-    offset: int = Field(default=0, ge=0, le=10_000_000)
+    limit: int = Field(
+        default=50, ge=1, le=MAX_LIMIT, description="The page size, 1 to 100.", examples=[50]
+    )
+    offset: int = Field(
+        default=0,
+        ge=0,
+        le=10_000_000,
+        description="How many letters to skip (at most 10,000,000).",
+        examples=[0],
+    )
 
 
 class TeamQuery(_Query):
     """The item routes take the team only (the key's own, or 403)."""
 
-    team_id: str | None = Field(default=None, max_length=64)
+    team_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The key's own team (the default); another is 403.",
+        examples=[TEAM_ID],
+    )
 
 
 class Attempt(BaseModel):
     """One delivery or replay of the letter's event."""
 
-    at: datetime
-    via: Literal["delivery", "replay"]
-    outcome: str = Field(
-        description="`dead_lettered`, or for a replay `applied`, `no_change` or `duplicate`."
+    at: datetime = Field(description="When it happened (UTC).", examples=[WHEN])
+    via: Via = Field(description="A delivery from the queue, or a replay.", examples=["replay"])
+    outcome: OutcomeName = Field(
+        description="`dead_lettered`, or for a replay `applied`, `no_change` or `duplicate`.",
+        examples=["applied"],
     )
-    reason: str | None
-    message: str | None
-    by: str | None = Field(description="Who replayed: an API key id, or `cli:<user>`.")
+    reason: Reason | None = Field(
+        description="Why it was parked, when it was.", examples=["contact_not_found"]
+    )
+    message: str | None = Field(
+        description="The problem in words, when it was parked.",
+        examples=["no contact 0193a5c6-1f40-7d2a-8b6e-2c9d4e7f1a35 in this team"],
+    )
+    by: str | None = Field(
+        description="Who replayed: an API key id, or `cli:<user>`.", examples=[KEY_ID]
+    )
 
 
 class DeadLetterOut(BaseModel):
     """A parked event, its reason and its payload exactly as received."""
 
-    id: str
-    event_id: str | None
-    team_id: str | None
-    reason: str
-    message: str
-    payload: Any
-    first_seen_at: datetime
-    last_seen_at: datetime
-    attempts: int
-    replayed_at: datetime | None
-    erased_at: datetime | None
-    discarded_at: datetime | None
-    discarded_by: str | None = Field(description="The API key id, or `cli:<user>`.")
+    id: str = Field(description="The letter's id.", examples=[LETTER_ID])
+    event_id: str | None = Field(
+        description="The event's `event_id`, when the payload had a readable one.",
+        examples=["evt_7f3a9c"],
+    )
+    team_id: str | None = Field(description="The event's team.", examples=[TEAM_ID])
+    reason: Reason = Field(
+        description="Why it is parked: the latest reason (the first is in `attempt_log`).",
+        examples=["contact_not_found"],
+    )
+    message: str = Field(
+        description="The problem in words.",
+        examples=["no contact 0193a5c6-1f40-7d2a-8b6e-2c9d4e7f1a35 in this team"],
+    )
+    payload: Any = Field(
+        description="The event as received (its first 256 KiB and size when larger); after "
+        "erasure, a tombstone.",
+        examples=[{"event_id": "evt_7f3a9c", "type": "call.completed", "schema_version": 1}],
+    )
+    first_seen_at: datetime = Field(description="When it was first parked (UTC).", examples=[WHEN])
+    last_seen_at: datetime = Field(
+        description="When it was last delivered or replayed (UTC).", examples=[WHEN]
+    )
+    attempts: int = Field(description="How many times it was delivered and parked.", examples=[1])
+    replayed_at: datetime | None = Field(
+        description="When a replay went through, which closed it.", examples=[None]
+    )
+    erased_at: datetime | None = Field(
+        description="When its contact was deleted and its payload erased.", examples=[None]
+    )
+    discarded_at: datetime | None = Field(
+        description="When it was discarded, which closed it.", examples=[WHEN]
+    )
+    discarded_by: str | None = Field(
+        description="The API key id, or `cli:<user>`.", examples=[KEY_ID]
+    )
     attempt_log: list[Attempt] = Field(
         description="Each delivery and replay, oldest first (the first and latest 49 kept)."
     )
-    open: bool = Field(description="Neither replayed successfully nor discarded.")
+    open: bool = Field(description="Neither replayed successfully nor discarded.", examples=[False])
 
 
 class DeadLetterList(BaseModel):
     """A page of a team's dead letters, newest first."""
 
-    data: list[DeadLetterOut]
-    total: int
-    limit: int
-    offset: int
+    data: list[DeadLetterOut] = Field(description="The letters of this page, newest first.")
+    total: int = Field(description="All matches, before pagination.", examples=[3])
+    limit: int = Field(description="The page size asked for (or the default).", examples=[50])
+    offset: int = Field(description="How many matches were skipped.", examples=[0])
 
 
 class ReplayOut(BaseModel):
     """What a replay did to the event, and the letter afterwards."""
 
-    outcome: Literal["applied", "no_change", "duplicate", "dead_lettered"]
-    reason: str | None = Field(description="Why it is still parked, when it is.")
-    message: str | None
-    contact_id: str | None
-    version: int | None
-    dead_letter: DeadLetterOut
+    outcome: OutcomeName = Field(
+        description="What the replay did: `dead_lettered` when it is still parked.",
+        examples=["applied"],
+    )
+    reason: Reason | None = Field(
+        description="Why it is still parked, when it is.", examples=[None]
+    )
+    message: str | None = Field(
+        description="The problem in words, when it is still parked.", examples=[None]
+    )
+    contact_id: str | None = Field(
+        description="The contact the event applied to.", examples=[CONTACT_ID]
+    )
+    version: int | None = Field(description="The contact's version after the replay.", examples=[4])
+    dead_letter: DeadLetterOut = Field(description="The letter after the replay.")
 
 
 def _read(request: Request, model: type[_Query]) -> dict[str, Any]:
@@ -189,7 +260,7 @@ def list_letters(request: Request, caller: CallerDep, engine: EngineDep) -> dict
     summary="Get a dead letter",
 )
 def get_letter(
-    dead_letter_id: str, request: Request, caller: CallerDep, engine: EngineDep
+    dead_letter_id: DeadLetterIdPath, request: Request, caller: CallerDep, engine: EngineDep
 ) -> dict[str, Any]:
     team_id = _team(request, caller)
     with engine.connect() as conn:
@@ -212,7 +283,7 @@ def get_letter(
     "the outcome: `outcome` says it.",
 )
 async def replay_letter(
-    dead_letter_id: str, request: Request, caller: CallerDep, engine: EngineDep
+    dead_letter_id: DeadLetterIdPath, request: Request, caller: CallerDep, engine: EngineDep
 ) -> dict[str, Any]:
     team_id = _team(request, caller)
     await _no_body(request)
@@ -256,7 +327,7 @@ async def replay_letter(
     "through is 409.",
 )
 async def discard_letter(
-    dead_letter_id: str, request: Request, caller: CallerDep, engine: EngineDep
+    dead_letter_id: DeadLetterIdPath, request: Request, caller: CallerDep, engine: EngineDep
 ) -> dict[str, Any]:
     team_id = _team(request, caller)
     await _no_body(request)

@@ -158,7 +158,11 @@ def query_parameters(
         if name in skip:
             continue
         schema = (overrides or {}).get(name) or _query_schema(schema)
-        params.append({"name": to_camel(name), "in": "query", "required": False, "schema": schema})
+        param = {"name": to_camel(name), "in": "query", "required": False, "schema": schema}
+        # At the parameter too: that is where Swagger UI and ReDoc show it.
+        params.append(
+            param | ({"description": schema["description"]} if "description" in schema else {})
+        )
     return params
 
 

@@ -26,10 +26,12 @@ from contact_sync.api.params import (
     reject_unknown_query,
 )
 from contact_sync.api.schemas import (
+    CompanyIdPath,
     CompanyIn,
     CompanyList,
     CompanyOut,
     CompanyPatch,
+    ContactIdPath,
     ContactList,
     EligibleList,
     ErrorBody,
@@ -43,7 +45,7 @@ from contact_sync.companies import (
     get_company,
     rename_company,
 )
-from contact_sync.contacts import Contact, ContactCreate, ContactPatch
+from contact_sync.contacts import LEAD_STATUS_SCHEMA, Contact, ContactCreate, ContactPatch
 from contact_sync.errors import ValidationFailed
 from contact_sync.query import (
     SORTS,
@@ -219,11 +221,17 @@ def _body_team(caller: Caller, body: Any) -> str:
     return caller.team_id
 
 
+def _docs(model: type[BaseModel], name: str) -> dict[str, Any]:
+    """The description and examples of a query model's field, for a schema written by hand."""
+    info = model.model_fields[name]
+    return {"description": info.description, "examples": info.examples}
+
+
 # Query parameters whose wire format the models' JSON Schema cannot tell.
 _CLOCK = {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"}
 _ELIGIBLE_OVERRIDES = {
-    "window_start": {**_CLOCK, "default": "09:00"},
-    "window_end": {**_CLOCK, "default": "17:00"},
+    "window_start": {**_CLOCK, "default": "09:00", **_docs(EligibleQuery, "window_start")},
+    "window_end": {**_CLOCK, "default": "17:00", **_docs(EligibleQuery, "window_end")},
 }
 _ELIGIBLE_MESSAGES = dict.fromkeys(_ELIGIBLE_OVERRIDES, "Must be a time of day as HH:MM")
 _LIST_OVERRIDES: dict[str, dict[str, Any]] = {
@@ -237,19 +245,21 @@ _LIST_OVERRIDES: dict[str, dict[str, Any]] = {
             "pattern": r"[^\s\x1c-\x1f\x85]",
         },
         "maxItems": 20,
-        "description": ContactQuery.model_fields["tag"].description,
+        **_docs(ContactQuery, "tag"),
     },
     "sort": {
         "type": "string",
         "enum": list(SORTS),
         "default": SORTS[0],
-        "description": ContactQuery.model_fields["sort"].description,
+        **_docs(ContactQuery, "sort"),
     },
     "lead_status": {
         "type": "string",
         "pattern": "^[A-Za-z0-9][A-Za-z0-9_ -]{0,63}$",
-        "description": "A status slug; case, spaces and hyphens are normalised "
-        "(`Do Not Contact` is `do_not_contact`).",
+        **LEAD_STATUS_SCHEMA,
+        **_docs(ContactQuery, "lead_status"),
+        "description": "Only contacts with this status: a known one or any other slug; case, "
+        "spaces and hyphens are normalised (`Do Not Contact` is `do_not_contact`).",
     },
 }
 _LIST_MESSAGES = {"lead_status": "Lead status must be a slug such as qualified"}
@@ -323,7 +333,7 @@ def eligible(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str
     responses=_errors(404) | {200: _A_CONTACT},
     summary="Get a contact",
 )
-def get(contact_id: str, caller: CallerDep, engine: EngineDep) -> JSONResponse:
+def get(contact_id: ContactIdPath, caller: CallerDep, engine: EngineDep) -> JSONResponse:
     with engine.connect() as conn:
         contact = get_contact(conn, team_id=caller.team_id, contact_id=contact_id)
     return _contact_response(contact)
@@ -347,11 +357,19 @@ def _version(if_match: str | None) -> int | None:
     summary="Update some fields of a contact",
 )
 async def patch(
-    contact_id: str,
+    contact_id: ContactIdPath,
     request: Request,
     caller: CallerDep,
     engine: EngineDep,
-    if_match: Annotated[str | None, Header(alias="If-Match")] = None,
+    if_match: Annotated[
+        str | None,
+        Header(
+            alias="If-Match",
+            description="The version this update is based on, quoted (the `ETag` of a read): "
+            "412 if the contact has moved on.",
+            examples=['"3"'],
+        ),
+    ] = None,
 ) -> JSONResponse:
     expected = _version(if_match)
     body = await read_json(request, ContactPatch)
@@ -381,7 +399,7 @@ async def patch(
     "A do-not-call contact's numbers stay on the team's suppression list (as keyed hashes): "
     "a contact created later with one of them is do-not-call from the start.",
 )
-def delete(contact_id: str, caller: CallerDep, engine: EngineDep) -> Response:
+def delete(contact_id: ContactIdPath, caller: CallerDep, engine: EngineDep) -> Response:
     with engine.begin() as conn:
         delete_contact(
             conn, team_id=caller.team_id, contact_id=contact_id, api_key_id=caller.key_id
@@ -397,7 +415,7 @@ def delete(contact_id: str, caller: CallerDep, engine: EngineDep) -> Response:
     summary="A page of a contact's change history, newest first",
 )
 def history(
-    contact_id: str, request: Request, caller: CallerDep, engine: EngineDep
+    contact_id: ContactIdPath, request: Request, caller: CallerDep, engine: EngineDep
 ) -> dict[str, Any]:
     query = HistoryQuery.parse(read_query(request, HistoryQuery))
     with engine.connect() as conn:
@@ -488,7 +506,7 @@ def companies(request: Request, caller: CallerDep, engine: EngineDep) -> dict[st
     responses=_errors(404),
     summary="Get a company",
 )
-def get_company_(company_id: str, caller: CallerDep, engine: EngineDep) -> dict[str, Any]:
+def get_company_(company_id: CompanyIdPath, caller: CallerDep, engine: EngineDep) -> dict[str, Any]:
     with engine.connect() as conn:
         return get_company(conn, team_id=caller.team_id, company_id=company_id).__dict__
 
@@ -501,7 +519,7 @@ def get_company_(company_id: str, caller: CallerDep, engine: EngineDep) -> dict[
     summary="Rename a company",
 )
 async def patch_company(
-    company_id: str, request: Request, caller: CallerDep, engine: EngineDep
+    company_id: CompanyIdPath, request: Request, caller: CallerDep, engine: EngineDep
 ) -> dict[str, Any]:
     body = _company_body(await read_json(request, CompanyPatch), CompanyPatch)
 
@@ -523,7 +541,7 @@ async def patch_company(
     description="Refused with 409 while any contact belongs to the company: move or delete "
     "those contacts first (a delete never detaches them silently).",
 )
-def delete_company_(company_id: str, caller: CallerDep, engine: EngineDep) -> Response:
+def delete_company_(company_id: CompanyIdPath, caller: CallerDep, engine: EngineDep) -> Response:
     try:
         with engine.begin() as conn:
             delete_company(conn, team_id=caller.team_id, company_id=company_id)

@@ -1,71 +1,142 @@
-"""Response shapes, so the OpenAPI document describes exactly what is sent."""
+"""Response shapes, so the OpenAPI document describes exactly what is sent.
+
+Every field has a description and an example (tests/test_openapi.py): the
+document is what an integrator reads on ``/docs`` and ``/redoc``.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from contact_sync.contacts import Contact
 
+TEAM_ID = "0193a5c4-7e2b-7c41-9a3e-5d8f2b1c6e70"
+CONTACT_ID = "0193a5c6-1f40-7d2a-8b6e-2c9d4e7f1a35"
+COMPANY_ID = "0193a5c5-3b81-7e90-a4d2-6f1e8c3b5d27"
+KEY_ID = "0193a5c4-8a12-7b3c-9d4e-1f2a3b4c5d6e"
+LETTER_ID = "0193a5e1-4d2c-7a8b-9c0d-1e2f3a4b5c6d"
+WHEN = "2026-11-20T15:04:05.123456+00:00"
+
+# The ids in paths, documented once for every route that takes them.
+ContactIdPath = Annotated[str, Path(description="The contact's id.", examples=[CONTACT_ID])]
+CompanyIdPath = Annotated[str, Path(description="The company's id.", examples=[COMPANY_ID])]
+DeadLetterIdPath = Annotated[str, Path(description="The letter's id.", examples=[LETTER_ID])]
+
+
+def _limit(default: int) -> Any:
+    return Field(description="The page size asked for (or the default).", examples=[default])
+
+
+def _offset() -> Any:
+    return Field(description="How many matches were skipped before this page.", examples=[0])
+
 
 class ErrorBody(BaseModel):
     """Every error: a message, and per-field details for validation errors."""
 
-    error: str
+    error: str = Field(
+        description="What went wrong, in one sentence.", examples=["Validation failed"]
+    )
     details: dict[str, str] | None = Field(
-        default=None, description="Bad fields and why, at most 50 of them."
+        default=None,
+        description="Bad fields and why, at most 50 of them.",
+        examples=[{"email": "Email must be a valid address"}],
     )
     details_omitted: int | None = Field(
-        default=None, description="How many more bad fields there were than `details` lists."
+        default=None,
+        description="How many more bad fields there were than `details` lists.",
+        examples=[3],
     )
-    current_version: int | None = None
+    current_version: int | None = Field(
+        default=None,
+        description="On 412: the contact's version now, to re-read and retry against.",
+        examples=[4],
+    )
 
 
 class ContactList(BaseModel):
     """A page of the contacts list."""
 
-    data: list[Contact]
-    total: int
-    limit: int
-    offset: int
+    data: list[Contact] = Field(description="The contacts of this page, in the order asked for.")
+    total: int = Field(description="All matches, before pagination.", examples=[137])
+    limit: int = _limit(50)
+    offset: int = _offset()
 
 
 class EligibleList(BaseModel):
     """A slice of the scheduler's stream; ``next_cursor`` is null at the end."""
 
-    data: list[Contact]
-    next_cursor: str | None
+    data: list[Contact] = Field(description="Contacts that may be called now, in stream order.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next slice; null when there is none.",
+        examples=["MDE5M2E1YzYtMWY0MC03ZDJh"],
+    )
 
 
 class HistoryRecord(BaseModel):
-    """One change record of a contact (DESIGN §2)."""
+    """One change record of a contact (docs/design.md §2)."""
 
-    id: str
-    contact_id: str
-    version_before: int | None
-    version_after: int
-    source: str
-    event_id: str | None
-    call_id: str | None
-    api_key_id: str | None
-    occurred_at: datetime
-    recorded_at: datetime
-    changes: list[dict[str, Any]]
-    skipped: list[dict[str, Any]]
-    summary: str | None
+    id: str = Field(
+        description="The record's id.", examples=["0193a5d0-2c1b-7f3e-8a9d-4b6c1e2f3a4b"]
+    )
+    contact_id: str = Field(description="The contact it changed.", examples=[CONTACT_ID])
+    version_before: int | None = Field(
+        description="The contact's version before the change; null for its creation.",
+        examples=[2],
+    )
+    version_after: int = Field(description="The contact's version after the change.", examples=[3])
+    source: str = Field(
+        description="Who made the change: `api` (a person or an integration), `call` (a "
+        "call event) or `suppression` (the team's do-not-call list).",
+        examples=["call"],
+    )
+    event_id: str | None = Field(
+        description="For a call: the `call.completed` event applied.", examples=["evt_7f3a9c"]
+    )
+    call_id: str | None = Field(description="For a call: the call's id.", examples=["call_5521"])
+    api_key_id: str | None = Field(
+        description="For an API write: the id of the key that made it.", examples=[KEY_ID]
+    )
+    occurred_at: datetime = Field(
+        description="When the change happened: a call's `occurred_at`, or the write time.",
+        examples=[WHEN],
+    )
+    recorded_at: datetime = Field(description="When the record was written.", examples=[WHEN])
+    changes: list[dict[str, Any]] = Field(
+        description="Each field changed: its name, old and new value.",
+        examples=[[{"field": "job_title", "old": None, "new": "CTO"}]],
+    )
+    skipped: list[dict[str, Any]] = Field(
+        description="Values a call carried but did not write, and why.",
+        examples=[[{"field": "job_title", "value": "CEO", "reason": "low_confidence"}]],
+    )
+    summary: str | None = Field(
+        description="For a call: the extractor's summary of the conversation.",
+        examples=["Asked for pricing; call back next week."],
+    )
 
 
 class HistoryList(BaseModel):
     """A page of a contact's history, newest first, and the provenance of its current values."""
 
-    data: list[HistoryRecord]
-    total: int = Field(description="All the contact's records, before pagination.")
-    limit: int
-    offset: int
-    provenance: dict[str, dict[str, Any]]
+    data: list[HistoryRecord] = Field(description="The records of this page, newest first.")
+    total: int = Field(description="All the contact's records, before pagination.", examples=[12])
+    limit: int = _limit(50)
+    offset: int = _offset()
+    provenance: dict[str, dict[str, Any]] = Field(
+        description="For each field with a value: where the current value came from and when.",
+        examples=[{"job_title": {"source": "call", "observed_at": WHEN, "call_id": "call_5521"}}],
+    )
+
+
+_COMPANY_NAME = Field(
+    min_length=1, max_length=200, description="The company's name.", examples=["Acme Solar"]
+)
 
 
 class CompanyIn(BaseModel):
@@ -73,8 +144,12 @@ class CompanyIn(BaseModel):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
-    team_id: str | None = None
-    name: str = Field(min_length=1, max_length=200)
+    team_id: str | None = Field(
+        default=None,
+        description="The key's own team (the default); another is 403.",
+        examples=[TEAM_ID],
+    )
+    name: str = _COMPANY_NAME
 
 
 class CompanyPatch(BaseModel):
@@ -82,33 +157,37 @@ class CompanyPatch(BaseModel):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
+    name: str = _COMPANY_NAME
 
 
 class CompanyOut(BaseModel):
     """A company."""
 
-    id: str
-    team_id: str
-    name: str
-    created_at: datetime
-    updated_at: datetime
+    id: str = Field(description="The company's id, assigned by the service.", examples=[COMPANY_ID])
+    team_id: str = Field(description="The team it belongs to.", examples=[TEAM_ID])
+    name: str = Field(description="The company's name.", examples=["Acme Solar"])
+    created_at: datetime = Field(description="When it was created (UTC).", examples=[WHEN])
+    updated_at: datetime = Field(description="When it was last renamed (UTC).", examples=[WHEN])
 
 
 class CompanyList(BaseModel):
     """A page of a team's companies by name."""
 
-    data: list[CompanyOut]
-    total: int = Field(description="All matches, before pagination.")
-    limit: int
-    offset: int
+    data: list[CompanyOut] = Field(description="The companies of this page, by name.")
+    total: int = Field(description="All matches, before pagination.", examples=[8])
+    limit: int = _limit(50)
+    offset: int = _offset()
 
 
 class Health(BaseModel):
     """Liveness or readiness."""
 
-    status: str
-    checks: dict[str, str] | None = None
+    status: str = Field(description="`ok`, or `unavailable` when a check failed.", examples=["ok"])
+    checks: dict[str, str] | None = Field(
+        default=None,
+        description="readiness: each dependency and its state.",
+        examples=[{"database": "ok", "broker": "ok"}],
+    )
     queue_depth: int | None = Field(
-        default=None, description="readiness: messages waiting in the events queue"
+        default=None, description="readiness: messages waiting in the events queue", examples=[0]
     )
