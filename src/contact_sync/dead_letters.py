@@ -43,7 +43,7 @@ from sqlalchemy import (
 
 from contact_sync.db.tables import dead_letters
 from contact_sync.errors import ContactSyncError, NotFound
-from contact_sync.events import Reason
+from contact_sync.events import EventOutcome, Reason
 from contact_sync.ids import new_id
 from contact_sync.phones import normalise_phone
 from contact_sync.storable import has_unstorable
@@ -61,8 +61,8 @@ def log_entry(
     *,
     at: datetime,
     via: Via,
-    outcome: str,
-    reason: str | None,
+    outcome: EventOutcome,
+    reason: Reason | None,
     message: str | None,
     by: str | None = None,
 ) -> dict[str, Any]:

@@ -10,7 +10,7 @@ refused both writes by ``api.auth``.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
@@ -26,12 +26,13 @@ from contact_sync.dead_letters import (
     ClosedLetter,
     DeadLetter,
     DeadLetterNotFound,
+    Via,
     discard,
     get_dead_letter,
     page_dead_letters,
 )
 from contact_sync.errors import ValidationFailed
-from contact_sync.events import Reason
+from contact_sync.events import EventOutcome, Reason
 from contact_sync.replays import replay
 from contact_sync.settings import Settings, get_settings
 
@@ -72,7 +73,7 @@ class Attempt(BaseModel):
     """One delivery or replay of the letter's event."""
 
     at: datetime
-    via: Literal["delivery", "replay"]
+    via: Via
     outcome: str = Field(
         description="`dead_lettered`, or for a replay `applied`, `no_change` or `duplicate`."
     )
@@ -115,7 +116,7 @@ class DeadLetterList(BaseModel):
 class ReplayOut(BaseModel):
     """What a replay did to the event, and the letter afterwards."""
 
-    outcome: Literal["applied", "no_change", "duplicate", "dead_lettered"]
+    outcome: EventOutcome
     reason: str | None = Field(description="Why it is still parked, when it is.")
     message: str | None
     contact_id: str | None
