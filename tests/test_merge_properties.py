@@ -16,8 +16,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contact_sync.contacts import KNOWN_LEAD_STATUSES
 from contact_sync.events import CallCompleted, parse_event
+from contact_sync.lead_status import KNOWN as KNOWN_LEAD_STATUSES
 from contact_sync.lead_status import STICKY
 from contact_sync.merge import CALL_FIELDS, ContactState, MergePolicy, merge
 

@@ -27,9 +27,9 @@ from sqlalchemy import create_engine
 
 from contact_sync.api import create_app
 from contact_sync.apply import OutcomeName
-from contact_sync.contacts import KNOWN_LEAD_STATUSES
 from contact_sync.dead_letters import Via
 from contact_sync.events import Reason
+from contact_sync.lead_status import KNOWN as KNOWN_LEAD_STATUSES
 from contact_sync.query import SORTS
 from contact_sync.settings import Settings
 

@@ -16,8 +16,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from phonenumbers import PhoneNumberFormat, PhoneNumberType
 
+from contact_sync import lead_status
 from contact_sync.contacts import (
-    KNOWN_LEAD_STATUSES,
     ContactCreate,
     normalise_lead_status,
     parse_create,
@@ -523,7 +523,7 @@ def test_the_lead_status_is_normalised_to_a_lower_case_slug(raw: str, expected: 
     assert parse_patch({"leadStatus": raw}, region="US").changes() == {"lead_status": expected}
 
 
-@pytest.mark.parametrize("status", KNOWN_LEAD_STATUSES)
+@pytest.mark.parametrize("status", lead_status.KNOWN)
 def test_every_known_lead_status_is_accepted_as_is(status: str) -> None:
     assert normalise_lead_status(status) == status
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, Row, bindparam, func, insert, select, update
@@ -33,6 +33,7 @@ from contact_sync.db.tables import contact_history, contacts, processed_events, 
 from contact_sync.errors import AmbiguousContact, ContactNotFound
 from contact_sync.events import (
     CallCompleted,
+    EventOutcome,
     InvalidEvent,
     Reason,
     call_id_of,
@@ -47,7 +48,7 @@ from contact_sync.resolve import NewContact, resolve
 from contact_sync.suppression import SUPPRESSED
 from contact_sync.teams import Team
 
-OutcomeName = Literal["applied", "no_change", "duplicate", "dead_lettered"]
+OutcomeName = EventOutcome
 PLACEHOLDER_NAME = "Unknown"
 STATE_FIELDS = tuple(f.name for f in fields(ContactState) if f.name != "provenance")
 

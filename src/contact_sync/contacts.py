@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from contact_sync import lead_status
 from contact_sync.errors import ValidationFailed
 from contact_sync.phones import normalise_phone
 from contact_sync.storable import (
@@ -42,20 +43,10 @@ from contact_sync.storable import (
     is_unicode,
 )
 
-KNOWN_LEAD_STATUSES = (
-    "new",
-    "contacted",
-    "qualified",
-    "unqualified",
-    "converted",
-    "customer",
-    "churned",
-    "do_not_contact",
-)
 # The OpenAPI document's lead status: a known one, or any other slug (people may set any).
 LEAD_STATUS_SCHEMA: dict[str, Any] = {
     "anyOf": [
-        {"enum": list(KNOWN_LEAD_STATUSES), "description": "A known status."},
+        {"enum": list(lead_status.KNOWN), "description": "A known status."},
         {"type": "string", "description": "Any other status."},
     ]
 }
@@ -200,8 +191,6 @@ def check_custom_value(value: Any, *, text_checked: bool = False) -> None:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError("Custom field values must be finite JSON values") from exc
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("Custom field values must be finite JSON values")
     if has_unstorable(value, numbers=True):  # text and floats passed: an integer is too large
         raise ValueError(f"Custom field integers must lie between {MIN_INTEGER} and {MAX_INTEGER}")
 

@@ -43,7 +43,7 @@ from sqlalchemy import (
 
 from contact_sync.db.tables import dead_letters
 from contact_sync.errors import ContactSyncError, NotFound
-from contact_sync.events import Reason
+from contact_sync.events import EventOutcome, Reason
 from contact_sync.ids import new_id
 from contact_sync.phones import normalise_phone
 from contact_sync.storable import has_unstorable
@@ -61,8 +61,8 @@ def log_entry(
     *,
     at: datetime,
     via: Via,
-    outcome: str,
-    reason: str | None,
+    outcome: EventOutcome,
+    reason: Reason | None,
     message: str | None,
     by: str | None = None,
 ) -> dict[str, Any]:
@@ -326,68 +326,98 @@ def record(
     delivery adds an entry to the letter's ``attempt_log``; a replay's entry is
     written by its caller (``log_replay``), who knows who replayed it.
     """
-    existing = dead_letter_id
-    if existing is None and event_id is not None and conn.dialect.name == "postgresql":
+    problem = _Problem(storable(payload), reason, message[:2000], team_id, now)
+    delivery = log_entry(
+        at=now, via="delivery", outcome="dead_lettered", reason=reason, message=message
+    )
+    if dead_letter_id is not None:
+        if _park_again(conn, dead_letter_id, problem, None):
+            return dead_letter_id
+    elif event_id is not None:
+        existing = _open_letter_of(conn, event_id, team_id)
+        if existing is not None and _park_again(conn, existing, problem, delivery):
+            return existing
+    return _park_new(conn, problem, event_id, delivery)
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """What a delivery or a replay writes into a letter: the payload as stored, and why."""
+
+    payload: Any
+    reason: Reason
+    message: str
+    team_id: str | None
+    now: datetime
+
+
+def _open_letter_of(conn: Connection, event_id: str, team_id: str | None) -> str | None:
+    """The open letter of the event (its team and its id, as in the inbox), if there is one."""
+    if conn.dialect.name == "postgresql":
         # Two deliveries of the same bad event, parked at the same moment by two
         # workers, would both find no open letter and add one each: take turns.
         conn.execute(
             text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
             {"key": f"dead_letter:{team_id or ''}:{event_id}"},
         )
-    if existing is None and event_id is not None:
-        # The event's key is its team and its id (as in the inbox): another
-        # team's event that carries the id is another event.
-        team: ColumnElement[bool] = (
-            dead_letters.c.team_id.is_(None)
-            if team_id is None
-            else dead_letters.c.team_id == team_id
-        )
-        existing = conn.execute(
-            select(dead_letters.c.id)
-            .where(
-                dead_letters.c.event_id == event_id,
-                dead_letters.c.replayed_at.is_(None),
-                dead_letters.c.erased_at.is_(None),
-                dead_letters.c.discarded_at.is_(None),
-                team,
-            )
-            .limit(1)
-        ).scalar_one_or_none()
-    delivery = log_entry(
-        at=now, via="delivery", outcome="dead_lettered", reason=reason, message=message
+    # Another team's event that carries the id is another event.
+    team: ColumnElement[bool] = (
+        dead_letters.c.team_id.is_(None) if team_id is None else dead_letters.c.team_id == team_id
     )
-    if existing is not None:
-        current = _locked(conn, existing, None)
-        if current is not None and current.erased_at is None:
-            values: dict[str, Any] = {}
-            if dead_letter_id is None:
-                values["attempt_log"] = _appended(current.attempt_log, delivery)
-            conn.execute(
-                update(dead_letters)
-                .where(dead_letters.c.id == existing)
-                .values(
-                    team_id=func.coalesce(dead_letters.c.team_id, team_id),
-                    reason=reason,
-                    message=message[:2000],
-                    payload=storable(payload),
-                    last_seen_at=now,
-                    attempts=dead_letters.c.attempts + 1,
-                    replayed_at=None,
-                    **values,
-                )
-            )
-            return existing
+    found: str | None = conn.execute(
+        select(dead_letters.c.id)
+        .where(
+            dead_letters.c.event_id == event_id,
+            dead_letters.c.replayed_at.is_(None),
+            dead_letters.c.erased_at.is_(None),
+            dead_letters.c.discarded_at.is_(None),
+            team,
+        )
+        .limit(1)
+    ).scalar_one_or_none()
+    return found
+
+
+def _park_again(
+    conn: Connection, letter_id: str, problem: _Problem, delivery: dict[str, Any] | None
+) -> bool:
+    """Write ``problem`` into the letter (and log ``delivery``); False if it is gone or erased."""
+    current = _locked(conn, letter_id, None)
+    if current is None or current.erased_at is not None:
+        return False
+    logged = {} if delivery is None else {"attempt_log": _appended(current.attempt_log, delivery)}
+    conn.execute(
+        update(dead_letters)
+        .where(dead_letters.c.id == letter_id)
+        .values(
+            team_id=func.coalesce(dead_letters.c.team_id, problem.team_id),
+            reason=problem.reason,
+            message=problem.message,
+            payload=problem.payload,
+            last_seen_at=problem.now,
+            attempts=dead_letters.c.attempts + 1,
+            replayed_at=None,
+            **logged,
+        )
+    )
+    return True
+
+
+def _park_new(
+    conn: Connection, problem: _Problem, event_id: str | None, delivery: dict[str, Any]
+) -> str:
+    """A new letter for ``problem``; returns its id."""
     new = new_id()
     conn.execute(
         insert(dead_letters).values(
             id=new,
             event_id=event_id,
-            team_id=team_id,
-            reason=reason,
-            message=message[:2000],
-            payload=storable(payload),
-            first_seen_at=now,
-            last_seen_at=now,
+            team_id=problem.team_id,
+            reason=problem.reason,
+            message=problem.message,
+            payload=problem.payload,
+            first_seen_at=problem.now,
+            last_seen_at=problem.now,
             attempts=1,
             replayed_at=None,
             attempt_log=[delivery],
@@ -687,12 +717,34 @@ def erase_naming(conn: Connection, *, team_id: str, subject: Subject, now: datet
     becomes a tombstone and its message (which can quote the payload) a
     fixed text, in its ``attempt_log`` too.
     """
-    scope = or_(
-        dead_letters.c.team_id == team_id,
-        dead_letters.c.team_id.is_(None),
-    )
     names = Naming(subject)
-    erased: list[dict[str, Any]] = []
+    erased = [
+        _erased(row, now)
+        for row in _unerased_letters(conn, team_id)
+        if (
+            names(row.payload)
+            if row.team_id == team_id
+            else any(subject.contact_id in s for s in _strings(row.payload))
+        )
+    ]
+    if erased:
+        conn.execute(
+            update(dead_letters)
+            .where(dead_letters.c.id == bindparam("b_id"))
+            .values(
+                payload=bindparam("b_payload"),
+                message=ERASED_MESSAGE,
+                attempt_log=bindparam("b_log"),
+                erased_at=now,
+            ),
+            erased,
+        )
+    return len(erased)
+
+
+def _unerased_letters(conn: Connection, team_id: str) -> Iterator[Row[*tuple[Any, ...]]]:
+    """The team's letters and those of no team not erased yet, read ``_ERASE_PAGE`` at a time."""
+    scope = or_(dead_letters.c.team_id == team_id, dead_letters.c.team_id.is_(None))
     after = ""
     while True:
         rows = conn.execute(
@@ -708,37 +760,19 @@ def erase_naming(conn: Connection, *, team_id: str, subject: Subject, now: datet
             .order_by(dead_letters.c.id)
             .limit(_ERASE_PAGE)
         ).all()
-        for row in rows:
-            mine = row.team_id == team_id
-            named = (
-                names(row.payload)
-                if mine
-                else any(subject.contact_id in s for s in _strings(row.payload))
-            )
-            if named:
-                erased.append(
-                    {
-                        "b_id": row.id,
-                        "b_payload": _tombstone(row.event_id, row.reason, now),
-                        "b_log": [
-                            {**entry, "message": entry.get("message") and ERASED_MESSAGE}
-                            for entry in row.attempt_log or []
-                        ],
-                    }
-                )
+        yield from rows
         if len(rows) < _ERASE_PAGE:
-            break
+            return
         after = rows[-1].id
-    if erased:
-        conn.execute(
-            update(dead_letters)
-            .where(dead_letters.c.id == bindparam("b_id"))
-            .values(
-                payload=bindparam("b_payload"),
-                message=ERASED_MESSAGE,
-                attempt_log=bindparam("b_log"),
-                erased_at=now,
-            ),
-            erased,
-        )
-    return len(erased)
+
+
+def _erased(row: Row[*tuple[Any, ...]], now: datetime) -> dict[str, Any]:
+    """The parameters that erase one letter: a tombstone, and its log's messages replaced."""
+    return {
+        "b_id": row.id,
+        "b_payload": _tombstone(row.event_id, row.reason, now),
+        "b_log": [
+            {**entry, "message": entry.get("message") and ERASED_MESSAGE}
+            for entry in row.attempt_log or []
+        ],
+    }

@@ -26,13 +26,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 from tqdm import tqdm
 
 from contact_sync.db.engine import make_engine
@@ -119,9 +120,16 @@ def _event(
         event["contact_id"] = contact["id"]
     else:
         event["phone"] = contact["phone_national"]  # national format: the team's region reads it
-    if outcome != "completed":
-        return event
-    custom: dict[str, Any] = {
+    if outcome == "completed":  # only a conversation has something to extract
+        custom = _custom_fields(rng, day=day, roof=roof, kw=kw, budget=budget)
+        summary = rng.choice(SUMMARIES).format(kw=kw, day=day, roof=roof, budget=budget)
+        event["extraction"] = _extraction(rng, contact, custom, summary)
+    return event
+
+
+def _custom_fields(rng: random.Random, *, day: str, roof: str, kw: int, budget: int) -> Any:
+    """What the extractor heard of the project, some with confidence and evidence."""
+    return {
         "budget": {
             "value": budget,
             "confidence": round(rng.uniform(0.3, 0.99), 2),
@@ -132,10 +140,16 @@ def _event(
         "system_size_kw": {"value": kw, "confidence": round(rng.uniform(0.6, 0.99), 2)},
         "callback_day": rng.choice([day, None]),
     }
+
+
+def _extraction(
+    rng: random.Random, contact: dict[str, Any], custom: Any, summary: str
+) -> dict[str, Any]:
+    """An extraction of a completed call: sometimes a status, a contact field, tags, a DNC."""
     extraction: dict[str, Any] = {
         "extractor_version": "v3",
         "custom_fields": custom,
-        "summary": rng.choice(SUMMARIES).format(kw=kw, day=day, roof=roof, budget=budget),
+        "summary": summary,
     }
     if rng.random() < 0.5:
         extraction["lead_status"] = rng.choice(
@@ -153,8 +167,7 @@ def _event(
         extraction["do_not_call"] = True
     if rng.random() < 0.3:
         extraction["tags"] = rng.sample(["hot-lead", "financing", "referral", "callback"], 2)
-    event["extraction"] = extraction
-    return event
+    return extraction
 
 
 def _seed(engine: Engine, rng: random.Random, count: int) -> tuple[str, list[dict[str, Any]]]:
@@ -259,48 +272,52 @@ def _print_summary(engine: Engine, team_id: str, deliveries: int, distinct: int)
             f"{outcomes.get('no_change', 0)} changed nothing, "
             f"{deliveries - distinct} duplicates absorbed, {len(letters)} dead-lettered.\n"
         )
-        print(f"{len(changed)} of {len(rows)} contacts changed. The most updated:")
-        print(f"  {'name':<18} {'version':>7}  {'status':<12} {'dnc':<5} custom fields")
-        for r in changed[:10]:
-            fields = ", ".join(f"{k}={v}" for k, v in sorted(r.custom_fields.items()))
-            print(
-                f"  {r.first_name + ' ' + r.last_name:<18} {r.version:>7}  {r.lead_status:<12} "
-                f"{'yes' if r.do_not_call else 'no':<5} {fields[:70]}"
-            )
-        statuses: dict[str, int] = {}
-        for r in rows:
-            statuses[r.lead_status] = statuses.get(r.lead_status, 0) + 1
-        print("\nLead statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
-        dnc = [f"{r.first_name} {r.last_name}" for r in rows if r.do_not_call]
-        print("Asked not to be called again: " + (", ".join(dnc) if dnc else "nobody"))
-        inbound = [r for r in rows if r.source == "inbound-call"]
-        for r in inbound:
-            print(f"New contact from an unknown caller: {r.first_name} {r.last_name} {r.phone}")
+        _print_contacts(rows, changed)
         print("\nDead letters (parked, replayable with `contact-sync dead-letters replay`):")
         for letter in letters:
             print(f"  {letter.event_id}: {letter.reason}: {letter.message[:80]}")
         if changed:
-            star = changed[0]
-            print(f"\nHistory of {star.first_name} {star.last_name} (newest first):")
-            for record in list_history(conn, team_id=team_id, contact_id=star.id)[:6]:
-                what = (
-                    ", ".join(
-                        f"{c['field']}: {json.dumps(c['old'])} → {json.dumps(c['new'])}"
-                        for c in record["changes"]
-                    )
-                    or "no change"
-                )
-                print(
-                    f"  v{record['version_before']}→v{record['version_after']} "
-                    f"[{record['source']}] {record['occurred_at']:%Y-%m-%d %H:%M} {what[:110]}"
-                )
-                for skip in record["skipped"][:2]:
-                    print(
-                        f"      skipped {skip['field']}={json.dumps(skip['value'])}: "
-                        f"{skip['reason']}"
-                    )
-                if record["summary"]:
-                    print(f"      summary: {record['summary']}")
+            _print_history(conn, team_id, changed[0])
+
+
+def _print_contacts(rows: Sequence[Any], changed: Sequence[Any]) -> None:
+    """The most updated contacts, the statuses, who asked not to be called, who is new."""
+    print(f"{len(changed)} of {len(rows)} contacts changed. The most updated:")
+    print(f"  {'name':<18} {'version':>7}  {'status':<12} {'dnc':<5} custom fields")
+    for r in changed[:10]:
+        fields = ", ".join(f"{k}={v}" for k, v in sorted(r.custom_fields.items()))
+        print(
+            f"  {r.first_name + ' ' + r.last_name:<18} {r.version:>7}  {r.lead_status:<12} "
+            f"{'yes' if r.do_not_call else 'no':<5} {fields[:70]}"
+        )
+    statuses = Counter(r.lead_status for r in rows)
+    print("\nLead statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
+    dnc = [f"{r.first_name} {r.last_name}" for r in rows if r.do_not_call]
+    print("Asked not to be called again: " + (", ".join(dnc) if dnc else "nobody"))
+    for r in rows:
+        if r.source == "inbound-call":
+            print(f"New contact from an unknown caller: {r.first_name} {r.last_name} {r.phone}")
+
+
+def _print_history(conn: Connection, team_id: str, star: Any) -> None:
+    """The latest history records of one contact: what changed, what was skipped and why."""
+    print(f"\nHistory of {star.first_name} {star.last_name} (newest first):")
+    for record in list_history(conn, team_id=team_id, contact_id=star.id)[:6]:
+        what = (
+            ", ".join(
+                f"{c['field']}: {json.dumps(c['old'])} → {json.dumps(c['new'])}"
+                for c in record["changes"]
+            )
+            or "no change"
+        )
+        print(
+            f"  v{record['version_before']}→v{record['version_after']} "
+            f"[{record['source']}] {record['occurred_at']:%Y-%m-%d %H:%M} {what[:110]}"
+        )
+        for skip in record["skipped"][:2]:
+            print(f"      skipped {skip['field']}={json.dumps(skip['value'])}: {skip['reason']}")
+        if record["summary"]:
+            print(f"      summary: {record['summary']}")
 
 
 KEPT_FOLDER = "contact-sync-demo"
@@ -308,6 +325,10 @@ DATABASE_FILE = "demo.sqlite3"
 # Environment variables that could lead the demo to a configured server: its own
 # settings, and Celery's (CELERY_BROKER_URL overrides even an app's own broker URL).
 _CONFIGURATION_PREFIXES = ("CONTACT_SYNC_", "CELERY_")
+
+
+def _throwaway_folder() -> Path:
+    return Path(tempfile.mkdtemp(prefix="contact-sync-demo-")).resolve()
 
 
 def _new_kept_folder(parent: Path) -> Path:
@@ -361,9 +382,6 @@ def _apply(
     seed: int,
 ) -> str:
     """Seed, publish, let a real worker apply, and summarise; returns the demo team's id."""
-    from contact_sync.publisher import EventPublisher
-    from contact_sync.worker.celery_app import create_app
-
     upgrade(engine)
     rng = random.Random(seed)
     team_id, people = _seed(engine, rng, contacts_count)
@@ -376,26 +394,8 @@ def _apply(
     log = place / "worker.log"
     worker = _start_worker(env, log)
     try:
-        with EventPublisher(
-            app=create_app(settings), max_batch=20, validate_events=False
-        ) as publisher:
-            for event in deliveries:
-                publisher.publish(event)
-        done = 0
-        deadline = time.monotonic() + 180
-        with tqdm(total=distinct, unit="event", desc="applying", file=sys.stderr) as bar:
-            while done < distinct:
-                if worker.poll() is not None or time.monotonic() > deadline:
-                    raise _WorkerFailed(str(log))
-                with engine.connect() as conn:
-                    now_done = conn.execute(
-                        select(func.count())
-                        .select_from(processed_events)
-                        .where(processed_events.c.team_id == team_id)
-                    ).scalar_one()
-                bar.update(now_done - done)
-                done = now_done
-                time.sleep(0.1)
+        _publish(settings, deliveries)
+        _wait_until_applied(engine, team_id, distinct, worker, log)
         time.sleep(0.5)  # let the last duplicate deliveries be acknowledged
     finally:
         _stop(worker)
@@ -404,15 +404,42 @@ def _apply(
     return team_id
 
 
+def _publish(settings: Settings, deliveries: list[dict[str, Any]]) -> None:
+    """Send every delivery, unvalidated: the bad ones are for the worker to park."""
+    from contact_sync.publisher import EventPublisher
+    from contact_sync.worker.celery_app import create_app
+
+    with EventPublisher(app=create_app(settings), max_batch=20, validate_events=False) as publisher:
+        for event in deliveries:
+            publisher.publish(event)
+
+
+def _wait_until_applied(
+    engine: Engine, team_id: str, distinct: int, worker: subprocess.Popen[bytes], log: Path
+) -> None:
+    """Show progress until the worker has handled every distinct event (at most 3 minutes)."""
+    done = 0
+    deadline = time.monotonic() + 180
+    with tqdm(total=distinct, unit="event", desc="applying", file=sys.stderr) as bar:
+        while done < distinct:
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise _WorkerFailed(str(log))
+            with engine.connect() as conn:
+                now_done = conn.execute(
+                    select(func.count())
+                    .select_from(processed_events)
+                    .where(processed_events.c.team_id == team_id)
+                ).scalar_one()
+            bar.update(now_done - done)
+            done = now_done
+            time.sleep(0.1)
+
+
 def run_demo(
     *, keep: bool, contacts_count: int = 36, events_count: int = 300, seed: int = 7
 ) -> int:
     """Run the demo on its own SQLite file and file broker; returns the exit code."""
-    place = (
-        _new_kept_folder(Path.cwd())
-        if keep
-        else Path(tempfile.mkdtemp(prefix="contact-sync-demo-")).resolve()
-    )
+    place = _new_kept_folder(Path.cwd()) if keep else _throwaway_folder()
     database_file = place / DATABASE_FILE
     broker_folder = place / "broker"
     database_url = f"sqlite:///{database_file}"
@@ -446,12 +473,17 @@ def run_demo(
         shutil.rmtree(broker_folder, ignore_errors=True)
         if not keep_place:
             shutil.rmtree(place, ignore_errors=True)
-    if keep:
-        print(
-            f"\nKept the data in {place}; look at it with\n"
-            f"  contact-sync --database-url {shlex.quote(database_url)} "
-            f"contacts list --team {team_id}"
-        )
-    else:
-        print("\nRemoved the demo data (run with --keep to explore it).")
+    _print_where_the_data_is(place if keep else None, database_url, team_id)
     return 0
+
+
+def _print_where_the_data_is(kept: Path | None, database_url: str, team_id: str) -> None:
+    """How to look at the kept data, or that it is gone."""
+    if kept is None:
+        print("\nRemoved the demo data (run with --keep to explore it).")
+        return
+    print(
+        f"\nKept the data in {kept}; look at it with\n"
+        f"  contact-sync --database-url {shlex.quote(database_url)} "
+        f"contacts list --team {team_id}"
+    )

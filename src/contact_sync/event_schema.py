@@ -129,21 +129,27 @@ def _json_levels() -> dict[str, Any]:
     return levels
 
 
-def build_schema() -> dict[str, Any]:
-    """The schema as a JSON object."""
-    json_value = {"$ref": f"#/$defs/json_depth_{MAX_JSON_DEPTH}"}
-    extracted_value = {
+def _json_value() -> dict[str, Any]:
+    """Any JSON value, as deep as the worker allows."""
+    return {"$ref": f"#/$defs/json_depth_{MAX_JSON_DEPTH}"}
+
+
+def _extracted_value() -> dict[str, Any]:
+    return {
         "description": "A custom-field value with the extractor's confidence and quote.",
         "type": "object",
         "required": ["value"],
         "properties": {
-            "value": json_value,
+            "value": _json_value(),
             "confidence": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
             "evidence": _text(MAX_TEXT_LENGTH, null=True),
         },
         "additionalProperties": False,
     }
-    custom_field = {
+
+
+def _custom_field() -> dict[str, Any]:
+    return {
         "description": (
             "An object of value and, optionally, confidence and evidence is an extracted value "
             "and checked as one; anything else is the plain value itself."
@@ -154,9 +160,12 @@ def build_schema() -> dict[str, Any]:
             "propertyNames": {"enum": ["value", "confidence", "evidence"]},
         },
         "then": {"$ref": "#/$defs/extracted_value"},
-        "else": json_value,
+        "else": _json_value(),
     }
-    extracted_contact = {
+
+
+def _extracted_contact() -> dict[str, Any]:
+    return {
         "description": (
             "Standard fields the extractor heard, each validated like API input when merged; "
             "unknown fields are allowed (the merge skips them and names them in the history)."
@@ -167,9 +176,12 @@ def build_schema() -> dict[str, Any]:
             for name in sorted(ExtractedContact.model_fields)
         },
         "propertyNames": {"maxLength": MAX_CONTACT_FIELD_NAME_LENGTH, "pattern": NO_NUL},
-        "additionalProperties": json_value,
+        "additionalProperties": _json_value(),
     }
-    extraction = {
+
+
+def _extraction() -> dict[str, Any]:
+    return {
         "description": "What the AI extracted from the conversation.",
         "type": "object",
         "properties": {
@@ -195,6 +207,43 @@ def build_schema() -> dict[str, Any]:
         },
         "additionalProperties": False,
     }
+
+
+def _event_properties() -> dict[str, Any]:
+    """The top-level fields of the event, in the order the contract lists them."""
+    return {
+        "event_id": {
+            **_text(MAX_ID_LENGTH, min_length=1),
+            "description": "Unique within the team: a repeat is acknowledged as a duplicate.",
+        },
+        "type": {"enum": ["call.completed"]},
+        "schema_version": {"type": "integer", "const": SCHEMA_VERSION},
+        "team_id": _text(MAX_ID_LENGTH, min_length=1),
+        "call_id": _text(MAX_ID_LENGTH, min_length=1),
+        "contact_id": _text(MAX_ID_LENGTH, min_length=1, null=True),
+        "phone": {
+            **_text(MAX_PHONE_LENGTH, null=True),
+            "description": "E.164, or a national number of the team's region.",
+        },
+        "campaign_id": _text(MAX_ID_LENGTH, min_length=1, null=True),
+        "occurred_at": {
+            "description": "When the call ended: RFC 3339 with an offset.",
+            "type": "string",
+            "format": "date-time",
+            "pattern": DATE_TIME,
+        },
+        "outcome": {"enum": list(OUTCOMES)},
+        "duration_seconds": {
+            "type": ["integer", "null"],
+            "minimum": 0,
+            "maximum": MAX_DURATION_SECONDS,
+        },
+        "extraction": {"anyOf": [{"$ref": "#/$defs/extraction"}, {"type": "null"}]},
+    }
+
+
+def build_schema() -> dict[str, Any]:
+    """The schema as a JSON object."""
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://contact-sync.dev/schemas/call.completed.v1.json",
@@ -210,35 +259,7 @@ def build_schema() -> dict[str, Any]:
             "occurred_at",
             "outcome",
         ],
-        "properties": {
-            "event_id": {
-                **_text(MAX_ID_LENGTH, min_length=1),
-                "description": "Unique within the team: a repeat is acknowledged as a duplicate.",
-            },
-            "type": {"enum": ["call.completed"]},
-            "schema_version": {"type": "integer", "const": SCHEMA_VERSION},
-            "team_id": _text(MAX_ID_LENGTH, min_length=1),
-            "call_id": _text(MAX_ID_LENGTH, min_length=1),
-            "contact_id": _text(MAX_ID_LENGTH, min_length=1, null=True),
-            "phone": {
-                **_text(MAX_PHONE_LENGTH, null=True),
-                "description": "E.164, or a national number of the team's region.",
-            },
-            "campaign_id": _text(MAX_ID_LENGTH, min_length=1, null=True),
-            "occurred_at": {
-                "description": "When the call ended: RFC 3339 with an offset.",
-                "type": "string",
-                "format": "date-time",
-                "pattern": DATE_TIME,
-            },
-            "outcome": {"enum": list(OUTCOMES)},
-            "duration_seconds": {
-                "type": ["integer", "null"],
-                "minimum": 0,
-                "maximum": MAX_DURATION_SECONDS,
-            },
-            "extraction": {"anyOf": [{"$ref": "#/$defs/extraction"}, {"type": "null"}]},
-        },
+        "properties": _event_properties(),
         "additionalProperties": False,
         "anyOf": [
             {"required": ["contact_id"], "properties": {"contact_id": {"type": "string"}}},
@@ -246,10 +267,10 @@ def build_schema() -> dict[str, Any]:
         ],
         "$comment": "contact_id or phone: at least one of them, not null.",
         "$defs": {
-            "extraction": extraction,
-            "extracted_contact": extracted_contact,
-            "custom_field": custom_field,
-            "extracted_value": extracted_value,
+            "extraction": _extraction(),
+            "extracted_contact": _extracted_contact(),
+            "custom_field": _custom_field(),
+            "extracted_value": _extracted_value(),
             **_json_levels(),
         },
     }

@@ -1,6 +1,6 @@
 """The ``call.completed`` event, schema version 1 (the contract with the call pipeline).
 
-Parsing sorts failures into the dead-letter reasons of DESIGN §2, so the
+Parsing sorts failures into the dead-letter reasons (docs/design.md §2), so the
 worker can park a bad event with a code a person can act on.
 """
 
@@ -53,6 +53,8 @@ MAX_CONTACT_FIELD_NAME_LENGTH = 64
 CallOutcome = Literal["completed", "voicemail", "no_answer", "busy", "failed"]
 OUTCOMES: tuple[str, ...] = get_args(CallOutcome)
 
+# Why an event was dead-lettered: the one list of codes (the worker, the API's
+# and the CLI's ``reason`` filters and the docs all read it from here).
 Reason = Literal[
     "invalid_payload",
     "unsupported_schema_version",
@@ -61,6 +63,11 @@ Reason = Literal[
     "ambiguous_contact",
     "poison_message",
 ]
+REASONS: tuple[str, ...] = get_args(Reason)
+
+# What became of one delivered event (worker logs and metrics, replays, the inbox).
+EventOutcome = Literal["applied", "no_change", "duplicate", "dead_lettered"]
+EVENT_OUTCOMES: tuple[str, ...] = get_args(EventOutcome)
 
 
 class InvalidEvent(Exception):

@@ -40,11 +40,10 @@ from sqlalchemy.sql.elements import ColumnElement
 from contact_sync.contacts import Contact, field_errors, iana_timezones, normalise_lead_status
 from contact_sync.db.tables import contacts
 from contact_sync.errors import ValidationFailed
+from contact_sync.lead_status import STICKY
 from contact_sync.phones import search_digits
 from contact_sync.storable import is_unicode
 from contact_sync.store import CONTACT_COLUMNS, contacts_from_rows
-
-STICKY_STATUSES = ("converted", "customer", "churned", "do_not_contact")
 
 # The contacts list's orders: the default (newest first) is listed first.
 SORTS = tuple(
@@ -477,11 +476,17 @@ def _decode_cursor(cursor: str) -> str:
     return decoded
 
 
-# Literal SQL so the planner matches the partial index ix_contacts_callable
-# even under prepared statements with generic plans (see PERFORMANCE.md).
+def _sql_list(values: tuple[str, ...]) -> str:
+    """``('a', 'b')``: SQL string literals, quotes doubled."""
+    quoted = ", ".join("'" + value.replace("'", "''") + "'" for value in values)
+    return f"({quoted})"
+
+
+# Literal SQL (no bound parameters) so the planner matches the partial index
+# ix_contacts_callable even under prepared statements with generic plans.
 _CALLABLE: ColumnElement[bool] = literal_column(
     "contacts.do_not_call = false AND contacts.phone IS NOT NULL AND "
-    "contacts.lead_status NOT IN ('converted', 'customer', 'churned', 'do_not_contact')"
+    f"contacts.lead_status NOT IN {_sql_list(STICKY)}"
 )
 
 

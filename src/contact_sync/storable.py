@@ -40,23 +40,41 @@ def is_storable_text(text: str) -> bool:
     return "\x00" not in text and is_unicode(text)
 
 
-def has_unstorable(value: Any, *, numbers: bool = False) -> bool:
-    """Whether any string (key or value) in a JSON value is unstorable.
+# What ``_first_unstorable`` answers when everything can be stored (None is a JSON value).
+_STORABLE = object()
 
-    With ``numbers``, a number that is not storable counts too. Iterative, so that a
-    value nested as deep as the JSON parser allows cannot exhaust the stack.
+
+def _first_unstorable(value: Any, numbers: bool) -> Any:
+    """The first string (key or value), or with ``numbers`` number, no column holds.
+
+    Iterative, so that a value nested as deep as the JSON parser allows cannot
+    exhaust the stack; ``_STORABLE`` when there is none.
     """
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
             if not is_storable_text(item):
-                return True
+                return item
         elif isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
         elif numbers and not is_storable_number(item):
-            return True
-    return False
+            return item
+    return _STORABLE
+
+
+def has_unstorable(value: Any, *, numbers: bool = False) -> bool:
+    """Whether any string (key or value) in a JSON value is unstorable.
+
+    With ``numbers``, a number that is not storable counts too.
+    """
+    return _first_unstorable(value, numbers) is not _STORABLE
+
+
+def unstorable_text(value: Any) -> str | None:
+    """The first string (key or value) in a JSON value that no text column holds, if any."""
+    found = _first_unstorable(value, False)
+    return found if isinstance(found, str) else None

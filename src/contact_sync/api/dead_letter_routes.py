@@ -28,7 +28,6 @@ from contact_sync.api.schemas import (
     WHEN,
     DeadLetterIdPath,
 )
-from contact_sync.apply import OutcomeName
 from contact_sync.clock import utcnow
 from contact_sync.contacts import field_errors
 from contact_sync.dead_letters import (
@@ -41,7 +40,7 @@ from contact_sync.dead_letters import (
     page_dead_letters,
 )
 from contact_sync.errors import ValidationFailed
-from contact_sync.events import Reason
+from contact_sync.events import EventOutcome, Reason
 from contact_sync.replays import replay
 from contact_sync.settings import Settings, get_settings
 
@@ -104,7 +103,7 @@ class Attempt(BaseModel):
 
     at: datetime = Field(description="When it happened (UTC).", examples=[WHEN])
     via: Via = Field(description="A delivery from the queue, or a replay.", examples=["replay"])
-    outcome: OutcomeName = Field(
+    outcome: EventOutcome = Field(
         description="`dead_lettered`, or for a replay `applied`, `no_change` or `duplicate`.",
         examples=["applied"],
     )
@@ -177,7 +176,7 @@ class DeadLetterList(BaseModel):
 class ReplayOut(BaseModel):
     """What a replay did to the event, and the letter afterwards."""
 
-    outcome: OutcomeName = Field(
+    outcome: EventOutcome = Field(
         description="What the replay did: `dead_lettered` when it is still parked.",
         examples=["applied"],
     )

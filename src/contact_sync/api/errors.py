@@ -17,7 +17,13 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from contact_sync.db.engine import is_outage
-from contact_sync.errors import ForbiddenTeam, NotFound, StaleVersion, ValidationFailed
+from contact_sync.errors import (
+    ContactNotFound,
+    ForbiddenTeam,
+    NotFound,
+    StaleVersion,
+    ValidationFailed,
+)
 
 logger = logging.getLogger("contact_sync.api")
 
@@ -60,8 +66,21 @@ async def _request_invalid(_: Request, exc: Exception) -> JSONResponse:
     return validation_error(details)
 
 
+# The 404 message of each kind of missing thing; any other says "Not found".
+NOT_FOUND_MESSAGES: dict[type[NotFound], str] = {ContactNotFound: "Contact not found"}
+
+
+def not_found_message(exc: NotFound) -> str:
+    """The message for ``exc``: its own class's, or its nearest ancestor's in the table."""
+    for kind in type(exc).__mro__:
+        if kind in NOT_FOUND_MESSAGES:
+            return NOT_FOUND_MESSAGES[kind]
+    return "Not found"
+
+
 async def _not_found(_: Request, exc: Exception) -> JSONResponse:
-    return error(404, "Contact not found" if "ontact" in type(exc).__name__ else "Not found")
+    assert isinstance(exc, NotFound)
+    return error(404, not_found_message(exc))
 
 
 async def _forbidden(_: Request, exc: Exception) -> JSONResponse:

@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from contact_sync.api.errors import MAX_DETAILS
 from contact_sync.errors import ValidationFailed
+from contact_sync.storable import unstorable_text
 
 # The wire forms of the OpenAPI document's query types, and nothing more: pydantic's
 # lax parsing would also take "1.0", "+1", " 1" and "1_0" as integers, and Unix
@@ -171,24 +172,12 @@ def _bad_text(value: Any) -> str | None:
 
     JSON's ``\\ud800`` escapes decode to text that is not Unicode, which no
     database stores and no response encodes; PostgreSQL text and JSONB cannot
-    hold U+0000. Iterative: a body may nest nearly as deep as the parser allows.
+    hold U+0000.
     """
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return "Must not contain NUL characters"
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return "Must be valid Unicode text"
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return None
+    text = unstorable_text(value)
+    if text is None:
+        return None
+    return "Must not contain NUL characters" if "\x00" in text else "Must be valid Unicode text"
 
 
 def _unknown_fields(body: Any, model: type[BaseModel]) -> dict[str, str]:
