@@ -198,7 +198,16 @@ def _emitted(types: set[str], key: str) -> set[str]:
             anywhere.setdefault(name, set()).update(params)
     found: set[str] = set()
     for module, own in zip(modules, local, strict=True):
+        # Examples in the OpenAPI document show other vocabularies (a skip's reason).
+        examples = {
+            id(inner)
+            for node in ast.walk(module)
+            if isinstance(node, ast.keyword) and node.arg == "examples"
+            for inner in ast.walk(node.value)
+        }
         for node in ast.walk(module):
+            if id(node) in examples:
+                continue
             if isinstance(node, ast.Call):
                 params = _typed_callee(node, own, anywhere)
                 for index, arg in enumerate(node.args):
