@@ -7,13 +7,16 @@ value types shows.
 
 from __future__ import annotations
 
+import ast
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine, Text, bindparam, cast, select, text
 
+from contact_sync import contact_writer
 from contact_sync.apply import apply_payloads
 from contact_sync.contact_writer import (
     ContactUpdate,
@@ -207,3 +210,30 @@ def test_a_batch_write_bumps_each_contact_to_its_next_version(engine: Engine, te
     assert [(a.version, a.job_title) for a in after] == [(2, "CTO")] * 3
     seen = {"source": "api", "observed_at": AT.isoformat()}
     assert [a.provenance["job_title"] for a in after] == [seen] * 3
+
+
+def _statements_writing(path: Path, tables: set[str]) -> list[str]:
+    """``insert(t)``, ``update(t)`` and ``delete(t)`` calls on ``tables`` in a module."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in {"insert", "update", "delete"}
+            and node.args
+            and isinstance(node.args[0], ast.Name)
+            and node.args[0].id in tables
+        ):
+            found.append(f"{path.name}:{node.lineno} {node.func.id}({node.args[0].id})")
+    return found
+
+
+def test_only_the_contact_writer_writes_contact_rows_or_history() -> None:
+    package = Path(contact_writer.__file__).parent
+    writers = [
+        statement
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "contact_writer.py" and "migrations" not in path.parts
+        for statement in _statements_writing(path, {"contacts", "contact_history"})
+    ]
+    assert writers == []

@@ -9,6 +9,12 @@ idempotency (the inbox), its own dead letter, its own history record, and a
 version bump of exactly one when it changed something. Events are keyed by
 ``(team_id, event_id)``: two teams' events with one id are two events.
 
+``apply_payloads`` runs in phases, each a function below: parse, admit
+teams, claim in the inbox, resolve, merge, write (through
+``contact_sync.contact_writer``). Each phase settles the events it is the
+last to see (parked, duplicate, applied) and hands the rest on. The caller
+owns the transaction: the worker's task, a replay, or a test.
+
 Concurrency: the inbox claim comes first, so a second delivery of an event
 waits for the first transaction and then finds it applied; contacts are
 locked (``FOR NO KEY UPDATE``) in id order for the rest of this short

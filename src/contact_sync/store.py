@@ -1,8 +1,9 @@
 """Contact writes and reads made by people (API, CLI, import).
 
 Every write bumps ``version`` by one, records provenance ``api`` for the
-fields it set, and adds one history record, all in the caller's transaction.
-Call events are applied by ``contact_sync.apply``, not here.
+fields it set, and adds one history record, all in the caller's transaction
+and all through ``contact_sync.contact_writer``, the writer the event apply
+(``contact_sync.apply``) uses too.
 """
 
 from __future__ import annotations
