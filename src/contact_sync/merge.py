@@ -185,7 +185,17 @@ class _Merge:
             if reason is not None:
                 self.skip(name, extracted.value, reason)
                 continue
-            entry = replace(self.seen, confidence=extracted.confidence, evidence=extracted.evidence)
+            entry = self.seen
+            if extracted.confidence is not None or extracted.evidence is not None:
+                seen = self.seen  # built directly: ``replace`` walks the fields each time
+                entry = Observation(
+                    "call",
+                    seen.observed_at,
+                    seen.event_id,
+                    seen.call_id,
+                    extracted.confidence,
+                    extracted.evidence,
+                )
             old = self.state.custom_fields.get(key)
             if old != extracted.value:
                 self.state.custom_fields[key] = extracted.value
