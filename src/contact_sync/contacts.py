@@ -193,8 +193,6 @@ def check_custom_value(value: Any, *, text_checked: bool = False) -> None:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError("Custom field values must be finite JSON values") from exc
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("Custom field values must be finite JSON values")
     if has_unstorable(value, numbers=True):  # text and floats passed: an integer is too large
         raise ValueError(f"Custom field integers must lie between {MIN_INTEGER} and {MAX_INTEGER}")
 
