@@ -166,10 +166,9 @@ def test_history_stores_changes_with_their_reason_and_skips_in_their_json_form(
     assert row.skipped == [{"field": "email", "value": "x", "reason": "invalid: not an email"}]
 
 
-def _next(row: Any, *, team_id: str, read_version: int) -> ContactUpdate:
+def _next(row: Any, *, read_version: int) -> ContactUpdate:
     return ContactUpdate(
         contact_id=row.id,
-        team_id=team_id,
         read_version=read_version,
         version=read_version + 1,
         values={"job_title": "CTO"},
@@ -181,31 +180,22 @@ def _next(row: Any, *, team_id: str, read_version: int) -> ContactUpdate:
 def test_a_write_from_a_stale_read_changes_nothing_and_says_so(engine: Engine, team: Team) -> None:
     row = contact_row(engine, make_contact(engine, team.id).id)
     with engine.begin() as conn, pytest.raises(StaleVersion):
-        update_contact(conn, _next(row, team_id=team.id, read_version=row.version + 1))
+        update_contact(conn, _next(row, read_version=row.version + 1))
     after = contact_row(engine, row.id)
     assert (after.version, after.job_title) == (row.version, None)
-
-
-def test_a_write_naming_another_team_changes_nothing(
-    engine: Engine, team: Team, other_team: Team
-) -> None:
-    row = contact_row(engine, make_contact(engine, team.id).id)
-    with engine.begin() as conn, pytest.raises(StaleVersion):
-        update_contact(conn, _next(row, team_id=other_team.id, read_version=row.version))
-    assert contact_row(engine, row.id).version == row.version
 
 
 def test_a_batch_write_that_loses_a_compare_and_set_is_an_error(engine: Engine, team: Team) -> None:
     row = contact_row(engine, make_contact(engine, team.id).id)
     with engine.begin() as conn, pytest.raises(RuntimeError, match="under its lock"):
-        update_contacts(conn, [_next(row, team_id=team.id, read_version=row.version + 1)])
+        update_contacts(conn, [_next(row, read_version=row.version + 1)])
     assert contact_row(engine, row.id).version == row.version
 
 
 def test_a_batch_write_bumps_each_contact_to_its_next_version(engine: Engine, team: Team) -> None:
     rows = [contact_row(engine, make_contact(engine, team.id).id) for _ in range(3)]
     with engine.begin() as conn:
-        update_contacts(conn, [_next(row, team_id=team.id, read_version=1) for row in rows])
+        update_contacts(conn, [_next(row, read_version=1) for row in rows])
     after = [contact_row(engine, row.id) for row in rows]
     assert [(a.version, a.job_title) for a in after] == [(2, "CTO")] * 3
     seen = {"source": "api", "observed_at": AT.isoformat()}

@@ -216,7 +216,6 @@ def _update(target: _Contact, row: Row[Any], now: datetime) -> ContactUpdate | N
         return None  # nothing new, not even a newer observation of a value
     return ContactUpdate(
         contact_id=target.id,
-        team_id=target.team_id,
         read_version=row.version,
         version=target.version,
         values={name: getattr(target.state, name) for name in STATE_FIELDS},
