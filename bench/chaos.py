@@ -121,6 +121,7 @@ from contact_sync.db.tables import (
 from contact_sync.events import CallCompleted, parse_event
 from contact_sync.merge import ContactState, MergePolicy, merge
 from contact_sync.publisher import EventPublisher
+from contact_sync.records import provenance_from_json
 from contact_sync.settings import Settings
 from contact_sync.store import create_contact
 from contact_sync.teams import Team, create_team
@@ -1302,7 +1303,14 @@ def oracle(data: DataSet, min_confidence: float) -> dict[str, dict[str, Any]]:
             else min_confidence,
             calls_overwrite_people=team.calls_overwrite_people,
         )
-        state = ContactState(**{name: copy.deepcopy(getattr(person.row, name)) for name in names})
+        state = ContactState(
+            **{
+                name: copy.deepcopy(getattr(person.row, name))
+                for name in names
+                if name != "provenance"
+            },
+            provenance=provenance_from_json(person.row.provenance),
+        )
         for event in sorted(mine[person.id], key=lambda e: (e.occurred_at, e.event_id)):
             state = merge(state, event, policy).state
         expected[person.id] = {name: getattr(state, name) for name in STATE_FIELDS}

@@ -108,6 +108,7 @@ from contact_sync.db.engine import make_engine
 from contact_sync.db.migrate import upgrade
 from contact_sync.publisher import EventPublisher, publish_event
 from contact_sync.settings import Settings
+from contact_sync.teams import name_key
 from contact_sync.worker.celery_app import (
     QUEUE,
     TASK_APPLY,
@@ -267,9 +268,9 @@ def build_template(rng: random.Random) -> list[tuple[str, str, str]]:
     with psycopg.connect(f"{PG}/{TEMPLATE}") as conn:
         with conn.cursor() as cur:
             cur.executemany(
-                "INSERT INTO teams (id, name, default_region, calls_overwrite_people, created_at)"
-                " VALUES (%s, %s, 'US', false, %s)",
-                [(t, f"Bench {t}", now) for t in teams],
+                "INSERT INTO teams (id, name, name_key, default_region, calls_overwrite_people,"
+                " created_at) VALUES (%s, %s, %s, 'US', false, %s)",
+                [(t, f"Bench {t}", name_key(f"Bench {t}"), now) for t in teams],
             )
             with cur.copy(
                 "COPY contacts (id, team_id, first_name, last_name, email, phone, lead_status,"

@@ -169,6 +169,7 @@ def merged_in_time_order(row: Any, payloads: list[dict[str, Any]]) -> dict[str, 
     from contact_sync.apply import STATE_FIELDS
     from contact_sync.events import parse_event
     from contact_sync.merge import ContactState, MergePolicy, merge
+    from contact_sync.records import provenance_from_json
 
     now = datetime.now(UTC)
     distinct = {payload["event_id"]: payload for payload in payloads}
@@ -177,7 +178,10 @@ def merged_in_time_order(row: Any, payloads: list[dict[str, Any]]) -> dict[str, 
         key=lambda event: (event.occurred_at, event.event_id),
     )
     names = [f.name for f in dataclass_fields(ContactState)]
-    state = ContactState(**{name: copy.deepcopy(getattr(row, name)) for name in names})
+    state = ContactState(
+        **{name: copy.deepcopy(getattr(row, name)) for name in names if name != "provenance"},
+        provenance=provenance_from_json(row.provenance),
+    )
     for event in events:
         state = merge(state, event, MergePolicy()).state
     return {name: getattr(state, name) for name in STATE_FIELDS}

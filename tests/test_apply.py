@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select, text
 
-from contact_sync.apply import STATE_FIELDS, Outcome, apply_batch, apply_payloads
+from contact_sync.apply import STATE_FIELDS, Outcome, apply_payloads
 from contact_sync.db.tables import contact_history, contacts, dead_letters, processed_events
 from contact_sync.store import update_contact
 from contact_sync.teams import Team
@@ -27,7 +27,9 @@ from tests.conftest import call_event, contact_row, make_contact, merged_in_time
 
 
 def apply(engine: Engine, *payloads: Any) -> list[Outcome]:
-    return apply_batch(engine, list(payloads))
+    """Apply payloads in a transaction of their own, as the worker's task does."""
+    with engine.begin() as conn:
+        return apply_payloads(conn, list(payloads))
 
 
 def call_history(engine: Engine, contact_id: str) -> list[Any]:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, Text, cast, func, select
 
-from contact_sync.apply import apply_batch
+from contact_sync.apply import Outcome, apply_payloads
 from contact_sync.cli import main
 from contact_sync.db.tables import contact_history, contacts, dead_letters, suppressions
 from contact_sync.dead_letters import ERASED_MESSAGE
@@ -44,6 +44,12 @@ ADA = {
 }
 # Every form of the contact's data that must not survive anywhere it was erased from.
 PII = ("2025550143", "555-0143", "5550143", "2025550178", "5550178", "lovelace", "Lovelace")
+
+
+def apply_batch(engine: Engine, payloads: list[Any]) -> list[Outcome]:
+    """Apply payloads in a transaction of their own, as the worker's task does."""
+    with engine.begin() as conn:
+        return apply_payloads(conn, payloads)
 
 
 @pytest.fixture

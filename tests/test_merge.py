@@ -10,6 +10,7 @@ import pytest
 
 from contact_sync.events import CallCompleted
 from contact_sync.merge import ContactState, MergePolicy, MergeResult, merge
+from contact_sync.records import Change, Observation, Skip, observation_json
 
 T0 = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
 POLICY = MergePolicy()
@@ -44,9 +45,9 @@ def contact(**values: Any) -> ContactState:
     return ContactState(**{"first_name": "Ann", "last_name": "Lee", **values})
 
 
-def by_person(minute: int, source: str = "api") -> dict[str, Any]:
+def by_person(minute: int, source: str = "api") -> Observation:
     """Provenance of a person's write at T0 + minute, as the store records it."""
-    return {"source": source, "observed_at": (T0 + timedelta(minutes=minute)).isoformat()}
+    return Observation(source, (T0 + timedelta(minutes=minute)).isoformat())
 
 
 def merged(
@@ -60,7 +61,7 @@ def merged(
 
 
 def reasons(result: MergeResult) -> dict[str, str]:
-    return {item["field"]: item["reason"] for item in result.skipped}
+    return {item.field: item.reason for item in result.skipped}
 
 
 # 4.1 Order
@@ -74,7 +75,7 @@ def test_a_newer_call_overwrites_a_value_an_older_call_set() -> None:
     )
     assert result.state.custom_fields == {"budget": 2000}
     assert result.state.job_title == "CEO"
-    assert result.state.provenance["job_title"]["event_id"] == "evt_2"
+    assert result.state.provenance["job_title"].event_id == "evt_2"
 
 
 def test_an_older_call_never_overwrites_a_newer_value() -> None:
@@ -90,8 +91,8 @@ def test_an_older_call_never_overwrites_a_newer_value() -> None:
     assert result.state == newer
     assert result.changes == []
     assert result.skipped == [
-        {"field": "custom_fields.budget", "value": 1000, "reason": "older_than_current"},
-        {"field": "job_title", "value": "CTO", "reason": "older_than_current"},
+        Skip("custom_fields.budget", 1000, "older_than_current"),
+        Skip("job_title", "CTO", "older_than_current"),
     ]
 
 
@@ -101,7 +102,7 @@ def test_on_equal_times_the_larger_event_id_wins(order: tuple[str, str]) -> None
     events = [call(0, event_id=e, custom_fields={"product": values[e]}) for e in order]
     result = merged(contact(), *events)
     assert result.state.custom_fields == {"product": "wind"}
-    assert result.state.provenance["custom_fields.product"]["event_id"] == "evt_b"
+    assert result.state.provenance["custom_fields.product"].event_id == "evt_b"
 
 
 def test_times_are_compared_as_instants_whatever_their_offset() -> None:
@@ -117,7 +118,7 @@ def test_times_are_compared_as_instants_whatever_their_offset() -> None:
 def test_a_person_write_with_a_short_timestamp_is_compared_as_an_instant() -> None:
     state = contact(
         lead_status="warm",
-        provenance={"lead_status": {"source": "api", "observed_at": "2026-11-20T16:00:00+01:00"}},
+        provenance={"lead_status": Observation("api", "2026-11-20T16:00:00+01:00")},
     )
     older = merge(state, call(-1, lead_status="qualified"), POLICY)
     newer = merge(state, call(1, lead_status="qualified"), POLICY)
@@ -129,7 +130,7 @@ def test_a_newer_call_repeating_the_value_becomes_its_observation_without_a_chan
     first = merged(contact(), call(0, event_id="evt_1", custom_fields={"budget": 1000})).state
     result = merge(first, call(5, event_id="evt_2", custom_fields={"budget": 1000}), POLICY)
     assert result.changes == []
-    assert result.state.provenance["custom_fields.budget"]["event_id"] == "evt_2"
+    assert result.state.provenance["custom_fields.budget"].event_id == "evt_2"
 
 
 def test_each_field_follows_its_own_newest_observation() -> None:
@@ -163,9 +164,7 @@ def test_a_value_below_the_minimum_confidence_is_skipped_and_not_applied() -> No
     )
     assert result.state.custom_fields == {}
     assert "custom_fields.budget" not in result.state.provenance
-    assert result.skipped == [
-        {"field": "custom_fields.budget", "value": 50000, "reason": "low_confidence"}
-    ]
+    assert result.skipped == [Skip("custom_fields.budget", 50000, "low_confidence")]
 
 
 def test_a_value_at_the_minimum_confidence_is_applied() -> None:
@@ -194,7 +193,7 @@ def test_a_plain_value_has_no_confidence_to_check_and_is_applied() -> None:
 def test_a_custom_value_records_the_call_its_confidence_and_its_evidence() -> None:
     event = call(3, custom_fields={"budget": {"value": 5, "confidence": 0.9, "evidence": "five"}})
     result = merge(contact(), event, POLICY)
-    assert result.state.provenance["custom_fields.budget"] == {
+    assert observation_json(result.state.provenance["custom_fields.budget"]) == {
         "source": "call",
         "observed_at": "2026-11-20T15:03:00.000000+00:00",
         "event_id": "evt_1",
@@ -249,11 +248,11 @@ def test_an_invalid_value_is_skipped_and_named_while_the_rest_applies() -> None:
         None,
         None,
     )
-    skipped = {item["field"]: item for item in result.skipped}
+    skipped = {item.field: item for item in result.skipped}
     assert set(skipped) == {"email", "timezone", "phone_secondary"}
-    assert skipped["email"]["value"] == "not-an-email"
-    assert skipped["timezone"]["value"] == "Mars/Olympus"
-    assert all(item["reason"].startswith("invalid: ") for item in skipped.values())
+    assert skipped["email"].value == "not-an-email"
+    assert skipped["timezone"].value == "Mars/Olympus"
+    assert all(item.reason.startswith("invalid: ") for item in skipped.values())
 
 
 def test_a_standard_field_calls_may_not_set_is_skipped() -> None:
@@ -265,7 +264,7 @@ def test_a_standard_field_calls_may_not_set_is_skipped() -> None:
 def test_a_call_fills_an_empty_field() -> None:
     result = merge(contact(), call(contact={"timezone": "America/Chicago"}), POLICY)
     assert result.state.timezone == "America/Chicago"
-    assert result.changes == [{"field": "timezone", "old": None, "new": "America/Chicago"}]
+    assert result.changes == [Change("timezone", None, "America/Chicago")]
 
 
 def test_a_call_replaces_a_value_that_came_from_an_older_call() -> None:
@@ -343,9 +342,7 @@ def test_tags_are_the_union_of_the_contact_and_the_call() -> None:
     state = contact(tags=["vip"])
     result = merge(state, call(tags=["hot-lead", "vip", " solar ", "hot-lead"]), POLICY)
     assert result.state.tags == ["vip", "hot-lead", "solar"]
-    assert result.changes == [
-        {"field": "tags", "old": ["vip"], "new": ["vip", "hot-lead", "solar"]}
-    ]
+    assert result.changes == [Change("tags", ["vip"], ["vip", "hot-lead", "solar"])]
 
 
 def test_a_call_never_removes_a_tag() -> None:
@@ -378,7 +375,7 @@ def test_the_summary_stays_out_of_the_contact() -> None:
 def test_a_completed_call_moves_a_new_contact_to_contacted() -> None:
     result = merge(contact(), call(outcome="completed"), POLICY)
     assert result.state.lead_status == "contacted"
-    assert result.changes == [{"field": "lead_status", "old": "new", "new": "contacted"}]
+    assert result.changes == [Change("lead_status", "new", "contacted")]
 
 
 @pytest.mark.parametrize("outcome", ["voicemail", "no_answer", "busy", "failed"])
@@ -468,9 +465,9 @@ def test_an_extracted_do_not_contact_sets_the_status_and_do_not_call() -> None:
     result = merge(contact(), call(outcome="completed", lead_status="Do Not Contact"), POLICY)
     assert result.state.lead_status == "do_not_contact"
     assert result.state.do_not_call is True
-    assert sorted(result.changes, key=lambda change: change["field"]) == [
-        {"field": "do_not_call", "old": False, "new": True},
-        {"field": "lead_status", "old": "new", "new": "do_not_contact"},
+    assert sorted(result.changes, key=lambda change: change.field) == [
+        Change("do_not_call", False, True),
+        Change("lead_status", "new", "do_not_contact"),
     ]
 
 
@@ -525,7 +522,7 @@ def test_a_newer_extracted_status_replaces_one_a_person_set_earlier() -> None:
 def test_do_not_call_from_a_call_sets_it() -> None:
     result = merge(contact(), call(do_not_call=True), POLICY)
     assert result.state.do_not_call is True
-    assert result.changes == [{"field": "do_not_call", "old": False, "new": True}]
+    assert result.changes == [Change("do_not_call", False, True)]
 
 
 def test_do_not_call_from_an_older_call_still_sets_it() -> None:
@@ -541,9 +538,7 @@ def test_a_call_never_sets_do_not_call_back_to_false() -> None:
     state = contact(do_not_call=True, provenance={"do_not_call": by_person(0)})
     result = merge(state, call(5, do_not_call=False), POLICY)
     assert result.state == state
-    assert result.skipped == [
-        {"field": "do_not_call", "value": False, "reason": "only_people_clear_do_not_call"}
-    ]
+    assert result.skipped == [Skip("do_not_call", False, "only_people_clear_do_not_call")]
 
 
 def test_do_not_call_false_on_a_callable_contact_changes_nothing() -> None:
@@ -557,7 +552,7 @@ def test_do_not_call_remembers_the_earliest_call_that_asked() -> None:
     second = call(5, event_id="evt_2", do_not_call=True)
     for events in ((first, second), (second, first)):
         state = merged(contact(), *events).state
-        assert state.provenance["do_not_call"]["event_id"] == "evt_1"
+        assert state.provenance["do_not_call"].event_id == "evt_1"
 
 
 # The result
@@ -599,10 +594,10 @@ def test_changes_name_each_field_with_its_old_and_new_value() -> None:
         ),
         POLICY,
     )
-    assert sorted(result.changes, key=lambda change: change["field"]) == [
-        {"field": "custom_fields.budget", "old": 1, "new": 2},
-        {"field": "custom_fields.product", "old": None, "new": "solar"},
-        {"field": "email", "old": "ann@old.example", "new": "ann@new.example"},
-        {"field": "lead_status", "old": "new", "new": "contacted"},
-        {"field": "tags", "old": [], "new": ["hot-lead"]},
+    assert sorted(result.changes, key=lambda change: change.field) == [
+        Change("custom_fields.budget", 1, 2),
+        Change("custom_fields.product", None, "solar"),
+        Change("email", "ann@old.example", "ann@new.example"),
+        Change("lead_status", "new", "contacted"),
+        Change("tags", [], ["hot-lead"]),
     ]

@@ -20,6 +20,7 @@ from contact_sync.events import CallCompleted, parse_event
 from contact_sync.lead_status import KNOWN as KNOWN_LEAD_STATUSES
 from contact_sync.lead_status import STICKY
 from contact_sync.merge import CALL_FIELDS, ContactState, MergePolicy, merge
+from contact_sync.records import Change, Observation
 
 BASE = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
 NOW = BASE + timedelta(days=1)
@@ -121,16 +122,16 @@ PERSON_WRITES = (
 )
 
 
-def person(minute: int, source: str = "api") -> dict[str, Any]:
+def person(minute: int, source: str = "api") -> Observation:
     """Provenance as the store writes it for a person's write at BASE + minute."""
-    return {"source": source, "observed_at": (BASE + timedelta(minutes=minute)).isoformat()}
+    return Observation(source, (BASE + timedelta(minutes=minute)).isoformat())
 
 
 @st.composite
 def start_states(draw: st.DrawFn) -> ContactState:
     """A contact as people left it (a field without provenance is a placeholder)."""
     values: dict[str, Any] = {"first_name": "Unknown", "last_name": "Unknown"}
-    provenance: dict[str, dict[str, Any]] = {}
+    provenance: dict[str, Observation] = {}
     for name in CALL_FIELDS:
         write = draw(st.sampled_from(PERSON_WRITES))
         if write is None or (write[0] == "cleared" and name in ("first_name", "last_name")):
@@ -270,18 +271,18 @@ def test_the_changes_are_exactly_the_differences_between_the_states(
         before = state.copy()
         result = merge(state, event, policy)
         assert state == before  # the input is never mutated
-        assert sorted(result.changes, key=lambda c: c["field"]) == _differences(state, result.state)
+        assert sorted(result.changes, key=lambda c: c.field) == _differences(state, result.state)
         state = result.state
 
 
-def _differences(before: ContactState, after: ContactState) -> list[dict[str, Any]]:
+def _differences(before: ContactState, after: ContactState) -> list[Change]:
     changes = [
-        {"field": name, "old": getattr(before, name), "new": getattr(after, name)}
+        Change(name, getattr(before, name), getattr(after, name))
         for name in (*CALL_FIELDS, "lead_status", "do_not_call", "tags")
         if getattr(before, name) != getattr(after, name)
     ]
     for key in sorted(set(before.custom_fields) | set(after.custom_fields)):
         old, new = before.custom_fields.get(key), after.custom_fields.get(key)
         if old != new:
-            changes.append({"field": f"custom_fields.{key}", "old": old, "new": new})
-    return sorted(changes, key=lambda c: c["field"])
+            changes.append(Change(f"custom_fields.{key}", old, new))
+    return sorted(changes, key=lambda c: c.field)

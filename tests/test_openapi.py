@@ -26,16 +26,15 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine
 
 from contact_sync.api import create_app
-from contact_sync.apply import OutcomeName
 from contact_sync.dead_letters import Via
-from contact_sync.events import Reason
+from contact_sync.events import EventOutcome, Reason
 from contact_sync.lead_status import KNOWN as KNOWN_LEAD_STATUSES
 from contact_sync.query import SORTS
 from contact_sync.settings import Settings
 
 CRM = "/api/crm"
 REASONS = set(get_args(Reason))
-OUTCOMES = set(get_args(OutcomeName))
+OUTCOMES = set(get_args(EventOutcome))
 
 
 @pytest.fixture(scope="module")

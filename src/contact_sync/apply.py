@@ -9,6 +9,12 @@ idempotency (the inbox), its own dead letter, its own history record, and a
 version bump of exactly one when it changed something. Events are keyed by
 ``(team_id, event_id)``: two teams' events with one id are two events.
 
+``apply_payloads`` runs in phases, each a function below: parse, admit
+teams, claim in the inbox, resolve, merge, write (through
+``contact_sync.contact_writer``). Each phase settles the events it is the
+last to see (parked, duplicate, applied) and hands the rest on. The caller
+owns the transaction: the worker's task, a replay, or a test.
+
 Concurrency: the inbox claim comes first, so a second delivery of an event
 waits for the first transaction and then finds it applied; contacts are
 locked (``FOR NO KEY UPDATE``) in id order for the rest of this short
@@ -24,12 +30,13 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Connection, Engine, Row, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Row, func, select
 
-from contact_sync import dead_letters, inbox, suppression
+from contact_sync import contact_writer, dead_letters, inbox, suppression
 from contact_sync.clock import utcnow
+from contact_sync.contact_writer import ContactInsert, ContactUpdate, HistoryRecord
 from contact_sync.contacts import ContactPatch
-from contact_sync.db.tables import contact_history, contacts, processed_events, teams
+from contact_sync.db.tables import processed_events, teams
 from contact_sync.errors import AmbiguousContact, ContactNotFound
 from contact_sync.events import (
     CallCompleted,
@@ -44,11 +51,11 @@ from contact_sync.events import (
 from contact_sync.ids import new_id
 from contact_sync.inbox import EventKey, key_of
 from contact_sync.merge import ContactState, MergePolicy, MergeResult, merge, observation
+from contact_sync.records import Change, Observation, provenance_from_json
 from contact_sync.resolve import NewContact, resolve
 from contact_sync.suppression import SUPPRESSED
 from contact_sync.teams import Team
 
-OutcomeName = EventOutcome
 PLACEHOLDER_NAME = "Unknown"
 STATE_FIELDS = tuple(f.name for f in fields(ContactState) if f.name != "provenance")
 
@@ -63,7 +70,7 @@ _REASONS: dict[type[Exception], Reason] = {
 class Outcome:
     """What happened to one event."""
 
-    outcome: OutcomeName
+    outcome: EventOutcome
     event_id: str | None
     team_id: str | None
     contact_id: str | None = None
@@ -75,24 +82,28 @@ class Outcome:
 
 @dataclass
 class _Contact:
-    """One contact's merge in progress: its state, version and new history records."""
+    """One contact's merge in progress: its state, version, events and new history records."""
 
     id: str
     team_id: str
     state: ContactState
     version: int
     row: Row[Any] | None  # None for a contact this batch creates
+    read: dict[str, Observation] = field(default_factory=dict)  # the provenance as read
     phone: str | None = None
     suppressed: bool = False  # a new contact whose number is on the suppression list
-    history: list[dict[str, Any]] = field(default_factory=list)
+    events: list[CallCompleted] = field(default_factory=list)
+    history: list[HistoryRecord] = field(default_factory=list)
 
 
-def _state_of(row: Row[Any]) -> ContactState:
+def _stored(row: Row[Any]) -> _Contact:
+    read = provenance_from_json(row.provenance)
     values = {name: getattr(row, name) for name in STATE_FIELDS}
-    return ContactState(
+    state = ContactState(
         **{**values, "custom_fields": dict(row.custom_fields), "tags": list(row.tags)},
-        provenance=dict(row.provenance),
+        provenance=read,
     )
+    return _Contact(row.id, row.team_id, state, row.version, row, read)
 
 
 def _placeholder_name(event: CallCompleted, name: str) -> str:
@@ -107,26 +118,41 @@ def _placeholder_name(event: CallCompleted, name: str) -> str:
     return value if isinstance(value, str) else PLACEHOLDER_NAME
 
 
+def _created_by(event: CallCompleted, found: NewContact, blocked: bool, now: datetime) -> _Contact:
+    """A contact the event creates, named by its extraction where it can be."""
+    seen = observation(event)
+    # Placeholder names carry no provenance, so any call may fill them.
+    provenance = {"phone": seen, "source": seen}
+    if blocked:
+        # Not a call's observation: no call's do_not_call may replace it.
+        provenance["do_not_call"] = Observation("suppression", now.isoformat())
+    start = ContactState(
+        first_name=_placeholder_name(event, "first_name"),
+        last_name=_placeholder_name(event, "last_name"),
+        do_not_call=blocked,
+        provenance=provenance,
+    )
+    return _Contact(new_id(), found.team_id, start, 0, None, phone=found.phone, suppressed=blocked)
+
+
 def _history(
     target: _Contact, event: CallCompleted, result: MergeResult, before: int | None, now: datetime
-) -> dict[str, Any]:
+) -> HistoryRecord:
     extraction = event.extraction
-    return {
-        "id": new_id(),
-        "contact_id": target.id,
-        "team_id": event.team_id,
-        "version_before": before,
-        "version_after": target.version,
-        "source": "call",
-        "event_id": event.event_id,
-        "call_id": event.call_id,
-        "api_key_id": None,
-        "occurred_at": event.occurred_at,
-        "recorded_at": now,
-        "changes": result.changes,
-        "skipped": result.skipped,
-        "summary": extraction.summary if extraction else None,
-    }
+    return HistoryRecord(
+        contact_id=target.id,
+        team_id=event.team_id,
+        version_before=before,
+        version_after=target.version,
+        source="call",
+        occurred_at=event.occurred_at,
+        recorded_at=now,
+        changes=result.changes,
+        skipped=result.skipped,
+        event_id=event.event_id,
+        call_id=event.call_id,
+        summary=extraction.summary if extraction else None,
+    )
 
 
 def _created(target: _Contact, result: MergeResult) -> MergeResult:
@@ -138,27 +164,24 @@ def _created(target: _Contact, result: MergeResult) -> MergeResult:
     state = result.state
     values = {name: getattr(state, name) for name in STATE_FIELDS if name != "custom_fields"}
     values.update(phone=target.phone, source="inbound-call")
+    reason = {"do_not_call": SUPPRESSED} if target.suppressed else {}
     changes = [
-        {"field": name, "old": None, "new": value}
-        | ({"reason": SUPPRESSED} if name == "do_not_call" and target.suppressed else {})
+        Change(name, None, value, reason.get(name))
         for name, value in values.items()
         if value not in (None, False, [])
-    ] + [
-        {"field": f"custom_fields.{key}", "old": None, "new": value}
-        for key, value in state.custom_fields.items()
-    ]
+    ] + [Change(f"custom_fields.{key}", None, value) for key, value in state.custom_fields.items()]
     return MergeResult(state, changes, result.skipped)
 
 
 def _merge_all(
-    target: _Contact, events: list[CallCompleted], policy: MergePolicy, now: datetime
-) -> list[tuple[CallCompleted, OutcomeName, int]]:
+    target: _Contact, policy: MergePolicy, now: datetime
+) -> list[tuple[CallCompleted, EventOutcome, int]]:
     """Merge a contact's events one by one (time order: the history reads naturally).
 
     Returns each event's outcome and the version it left.
     """
-    done: list[tuple[CallCompleted, OutcomeName, int]] = []
-    for event in sorted(events, key=lambda e: (e.occurred_at, e.event_id)):
+    done: list[tuple[CallCompleted, EventOutcome, int]] = []
+    for event in sorted(target.events, key=lambda e: (e.occurred_at, e.event_id)):
         creating = target.row is None and target.version == 0
         result = merge(target.state, event, policy)
         if creating:
@@ -174,62 +197,41 @@ def _merge_all(
     return done
 
 
-def _new_contact_row(target: _Contact, now: datetime) -> dict[str, Any]:
-    return {
+def _insert(target: _Contact, now: datetime) -> ContactInsert:
+    values = {
         **{name: getattr(target.state, name) for name in STATE_FIELDS},
         "id": target.id,
         "team_id": target.team_id,
         "company_id": None,
         "phone": target.phone,
         "source": "inbound-call",
-        "provenance": target.state.provenance,
         "version": target.version,
         "created_at": now,
         "updated_at": now,
     }
+    return ContactInsert(values, target.state.provenance)
+
+
+def _update(target: _Contact, row: Row[Any], now: datetime) -> ContactUpdate | None:
+    changed = target.version != row.version
+    if not changed and target.state.provenance == target.read:
+        return None  # nothing new, not even a newer observation of a value
+    return ContactUpdate(
+        contact_id=target.id,
+        read_version=row.version,
+        version=target.version,
+        values={name: getattr(target.state, name) for name in STATE_FIELDS},
+        provenance=target.state.provenance,
+        updated_at=now if changed else row.updated_at,
+    )
 
 
 def _write(conn: Connection, targets: list[_Contact], now: datetime) -> None:
     """Store the batch's contacts and history: a fixed number of statements."""
-    created = [_new_contact_row(t, now) for t in targets if t.row is None]
-    if created:
-        conn.execute(insert(contacts), created)
-    updates = []
-    for target in targets:
-        row = target.row
-        if row is None:
-            continue
-        changed = target.version != row.version
-        if not changed and target.state.provenance == row.provenance:
-            continue  # nothing new, not even a newer observation of a value
-        updates.append(
-            {
-                **{f"b_{name}": getattr(target.state, name) for name in STATE_FIELDS},
-                "b_provenance": target.state.provenance,
-                "b_id": target.id,
-                "b_read": row.version,
-                "b_version": target.version,
-                "b_updated_at": now if changed else row.updated_at,
-            }
-        )
-    if updates:
-        written = conn.execute(
-            update(contacts)
-            .where(contacts.c.id == bindparam("b_id"), contacts.c.version == bindparam("b_read"))
-            .values(
-                {
-                    **{name: bindparam(f"b_{name}") for name in (*STATE_FIELDS, "provenance")},
-                    "version": bindparam("b_version"),
-                    "updated_at": bindparam("b_updated_at"),
-                }
-            ),
-            updates,
-        ).rowcount
-        if written not in (len(updates), -1):  # the row locks make this unreachable
-            raise RuntimeError("a locked contact changed under its lock")
-    records = [record for target in targets for record in target.history]
-    if records:
-        conn.execute(insert(contact_history), records)
+    contact_writer.insert_contacts(conn, [_insert(t, now) for t in targets if t.row is None])
+    updates = [_update(t, t.row, now) for t in targets if t.row is not None]
+    contact_writer.update_contacts(conn, [u for u in updates if u is not None])
+    contact_writer.record_history(conn, [record for t in targets for record in t.history])
 
 
 @dataclass(frozen=True)
@@ -291,6 +293,112 @@ def _duplicate(event: CallCompleted) -> Outcome:
     return Outcome("duplicate", event.event_id, event.team_id, call_id=event.call_id)
 
 
+@dataclass
+class _Batch:
+    """One apply in progress: each payload's outcome once known, and the events still in play.
+
+    ``events`` maps a payload's index to its event until the event has an
+    outcome; ``first`` maps each key to the index of its first delivery.
+    """
+
+    conn: Connection
+    payloads: Sequence[Any]
+    now: datetime
+    dead_letter_id: str | None
+    outcomes: dict[int, Outcome] = field(default_factory=dict)
+    events: dict[int, CallCompleted] = field(default_factory=dict)
+    first: dict[EventKey, int] = field(default_factory=dict)
+
+    def settle(self, index: int, outcome: Outcome) -> None:
+        self.events.pop(index, None)
+        self.outcomes[index] = outcome
+
+    def park(self, index: int, reason: Reason, message: str) -> None:
+        payload = self.payloads[index]
+        self.settle(
+            index, _dead_letter(self.conn, payload, reason, message, self.now, self.dead_letter_id)
+        )
+
+    def duplicate(self, index: int, event: CallCompleted) -> None:
+        self.settle(index, _duplicate(event))
+
+
+def _parse(batch: _Batch) -> None:
+    """Phase 1: payloads become events; the invalid are parked, a second delivery is a duplicate."""
+    for index, payload in enumerate(batch.payloads):
+        try:
+            event = parse_event(payload, now=batch.now)
+        except InvalidEvent as exc:
+            batch.park(index, exc.reason, exc.message)
+            continue
+        if key_of(event) in batch.first:  # delivered twice in one batch
+            batch.duplicate(index, event)
+        else:
+            batch.first[key_of(event)] = index
+            batch.events[index] = event
+
+
+def _admit_teams(batch: _Batch) -> dict[str, Team]:
+    """Phase 2: the events' teams; an event of no team is parked."""
+    known = _load_teams(batch.conn, {e.team_id for e in batch.events.values()})
+    for index, event in list(batch.events.items()):
+        if event.team_id not in known:
+            batch.park(index, "contact_not_found", f"no team {event.team_id}")
+    return known
+
+
+def _claim(batch: _Batch) -> None:
+    """Phase 3: claim the events in the inbox; one applied before is a duplicate."""
+    claimed = inbox.claim(batch.conn, list(batch.events.values()), batch.now)
+    for index, event in list(batch.events.items()):
+        if key_of(event) not in claimed:
+            batch.duplicate(index, event)
+
+
+def _resolve(batch: _Batch, known: dict[str, Team]) -> list[_Contact]:
+    """Phase 4: each event's contact, found or to create; an event without one is parked."""
+    resolutions = resolve(batch.conn, list(batch.events.values()), known)
+    numbers = {(f.team_id, f.phone) for f in resolutions.values() if isinstance(f, NewContact)}
+    suppressed = suppression.suppressed_numbers(batch.conn, numbers) if numbers else set()
+    targets: dict[str | NewContact, _Contact] = {}
+    for index, event in list(batch.events.items()):
+        found = resolutions[key_of(event)]
+        if isinstance(found, InvalidEvent | ContactNotFound | AmbiguousContact):
+            reason = found.reason if isinstance(found, InvalidEvent) else _REASONS[type(found)]
+            batch.park(index, reason, str(found))
+        elif isinstance(found, NewContact):
+            if found not in targets:
+                blocked = (found.team_id, found.phone) in suppressed
+                targets[found] = _created_by(event, found, blocked, batch.now)
+            targets[found].events.append(event)
+        else:
+            if found.id not in targets:
+                targets[found.id] = _stored(found)
+            targets[found.id].events.append(event)
+    return list(targets.values())
+
+
+def _merge(
+    batch: _Batch, targets: list[_Contact], known: dict[str, Team], min_confidence: float
+) -> list[tuple[EventKey, str | None, str]]:
+    """Phase 5: merge each contact's events in time order; the inbox outcome of each."""
+    applied: list[tuple[EventKey, str | None, str]] = []
+    for target in targets:
+        policy = _Policy(min_confidence).for_team(known[target.team_id])
+        for event, name, version in _merge_all(target, policy, batch.now):
+            outcome = Outcome(
+                name,
+                event.event_id,
+                event.team_id,
+                target.id,
+                version=version,
+                call_id=event.call_id,
+            )
+            batch.settle(batch.first[key_of(event)], outcome)
+            applied.append((key_of(event), target.id, name))
+    return applied
+
+
 def apply_payloads(
     conn: Connection,
     payloads: Sequence[Any],
@@ -304,113 +412,15 @@ def apply_payloads(
     Permanent problems become dead letters; transient database errors
     propagate so the caller retries the whole transaction.
     """
-    now = now or utcnow()
-    outcomes: list[Outcome | None] = [None] * len(payloads)
-    first: dict[EventKey, int] = {}
-    events: dict[int, CallCompleted] = {}
-    for index, payload in enumerate(payloads):
-        try:
-            event = parse_event(payload, now=now)
-        except InvalidEvent as exc:
-            outcomes[index] = _dead_letter(
-                conn, payload, exc.reason, exc.message, now, dead_letter_id
-            )
-            continue
-        if key_of(event) in first:  # delivered twice in one batch
-            outcomes[index] = _duplicate(event)
-        else:
-            first[key_of(event)] = index
-            events[index] = event
-
-    known_teams = _load_teams(conn, {e.team_id for e in events.values()})
-    for index, event in list(events.items()):
-        if event.team_id not in known_teams:
-            del events[index]
-            outcomes[index] = _dead_letter(
-                conn,
-                payloads[index],
-                "contact_not_found",
-                f"no team {event.team_id}",
-                now,
-                dead_letter_id,
-            )
-
-    claimed = inbox.claim(conn, list(events.values()), now)
-    for index, event in list(events.items()):
-        if key_of(event) not in claimed:
-            del events[index]
-            outcomes[index] = _duplicate(event)
-
-    resolutions = resolve(conn, list(events.values()), known_teams)
-    new_numbers = {(f.team_id, f.phone) for f in resolutions.values() if isinstance(f, NewContact)}
-    suppressed = suppression.suppressed_numbers(conn, new_numbers) if new_numbers else set()
-    targets: dict[Any, _Contact] = {}
-    grouped: dict[Any, list[CallCompleted]] = {}
-    for index, event in events.items():
-        found = resolutions[key_of(event)]
-        if isinstance(found, InvalidEvent | ContactNotFound | AmbiguousContact):
-            reason = found.reason if isinstance(found, InvalidEvent) else _REASONS[type(found)]
-            outcomes[index] = _dead_letter(
-                conn, payloads[index], reason, str(found), now, dead_letter_id
-            )
-            continue
-        if isinstance(found, NewContact):
-            key: Any = found
-            if key not in targets:
-                # Placeholder names carry no provenance, so any call may fill them.
-                provenance = {"phone": observation(event), "source": observation(event)}
-                blocked = (found.team_id, found.phone) in suppressed
-                if blocked:
-                    # Not a call's observation: no call's do_not_call may replace it.
-                    provenance["do_not_call"] = {
-                        "source": "suppression",
-                        "observed_at": now.isoformat(),
-                    }
-                start = ContactState(
-                    first_name=_placeholder_name(event, "first_name"),
-                    last_name=_placeholder_name(event, "last_name"),
-                    do_not_call=blocked,
-                    provenance=provenance,
-                )
-                targets[key] = _Contact(
-                    new_id(), found.team_id, start, 0, None, found.phone, suppressed=blocked
-                )
-        else:
-            key = found.id
-            if key not in targets:
-                targets[key] = _Contact(
-                    found.id, found.team_id, _state_of(found), found.version, found
-                )
-        grouped.setdefault(key, []).append(event)
-
-    applied: list[tuple[EventKey, str | None, str]] = []
-    for key, target in targets.items():
-        policy = _Policy(min_confidence).for_team(known_teams[target.team_id])
-        for event, name, version in _merge_all(target, grouped[key], policy, now):
-            outcomes[first[key_of(event)]] = Outcome(
-                name,
-                event.event_id,
-                event.team_id,
-                target.id,
-                version=version,
-                call_id=event.call_id,
-            )
-            applied.append((key_of(event), target.id, name))
-    _write(conn, list(targets.values()), now)
+    batch = _Batch(conn, payloads, now or utcnow(), dead_letter_id)
+    _parse(batch)
+    known = _admit_teams(batch)
+    _claim(batch)
+    targets = _resolve(batch, known)
+    applied = _merge(batch, targets, known, min_confidence)
+    _write(conn, targets, batch.now)  # phase 6
     inbox.record_outcomes(conn, applied)
-    return [o for o in outcomes if o is not None]
-
-
-def apply_batch(
-    engine: Engine,
-    payloads: Sequence[Any],
-    *,
-    min_confidence: float = 0.5,
-    now: datetime | None = None,
-) -> list[Outcome]:
-    """Apply payloads in one new transaction, committed before returning."""
-    with engine.begin() as conn:
-        return apply_payloads(conn, payloads, min_confidence=min_confidence, now=now)
+    return [batch.outcomes[index] for index in sorted(batch.outcomes)]
 
 
 def count_processed(conn: Connection) -> int:

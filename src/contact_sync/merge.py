@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from contact_sync.contacts import MAX_TAGS, ContactPatch, field_errors, normalise_lead_status
 from contact_sync.events import CallCompleted, ExtractedContact, ExtractedValue
 from contact_sync.lead_status import IMPLICIT_FROM, IMPLICIT_TO, SETTABLE_BY_CALLS, is_sticky
+from contact_sync.records import Change, Observation, Skip
 
 PEOPLE = frozenset({"api", "import"})
 CALL_FIELDS = (
@@ -48,7 +49,7 @@ class ContactState:
     """The mergeable part of a contact and the provenance of each value.
 
     ``provenance`` maps a field (``email``, ``custom_fields.budget``,
-    ``tag:hot-lead``) to ``{source, observed_at, event_id, call_id, ...}``.
+    ``tag:hot-lead``) to the observation of its current value.
     """
 
     first_name: str
@@ -62,13 +63,13 @@ class ContactState:
     do_not_call: bool = False
     custom_fields: dict[str, Any] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
-    provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
+    provenance: dict[str, Observation] = field(default_factory=dict)
 
     def copy(self) -> ContactState:
         """A copy with new containers, so the merge never mutates its input.
 
-        The merge replaces values and provenance entries but never changes
-        one in place, so they may be shared (a deep copy was a quarter of
+        The merge replaces values and observations but never changes one
+        in place, so they may be shared (a deep copy was a quarter of
         the cost of applying a batch).
         """
         return replace(
@@ -84,8 +85,8 @@ class MergeResult:
     """What a merge produced: the state, the changes and what it declined."""
 
     state: ContactState
-    changes: list[dict[str, Any]]
-    skipped: list[dict[str, Any]]
+    changes: list[Change]
+    skipped: list[Skip]
 
 
 def _key(observed_at: str, event_id: str | None) -> tuple[str, str]:
@@ -103,22 +104,17 @@ def _normalise_iso(value: str) -> str:
     return _utc_iso(datetime.fromisoformat(value))
 
 
-def observation(event: CallCompleted) -> dict[str, Any]:
-    """The provenance entry a value from this event gets."""
-    return {
-        "source": "call",
-        "observed_at": _utc_iso(event.occurred_at),
-        "event_id": event.event_id,
-        "call_id": event.call_id,
-    }
+def observation(event: CallCompleted) -> Observation:
+    """The observation a value from this event gets."""
+    return Observation("call", _utc_iso(event.occurred_at), event.event_id, event.call_id)
 
 
-def is_newer(event: CallCompleted, current: dict[str, Any] | None) -> bool:
+def is_newer(event: CallCompleted, current: Observation | None) -> bool:
     """Whether the event's observation beats the recorded one (ties: larger event_id)."""
     if current is None:
         return True
     mine = _key(_utc_iso(event.occurred_at), event.event_id)
-    theirs = _key(_normalise_iso(current["observed_at"]), current.get("event_id"))
+    theirs = _key(_normalise_iso(current.observed_at), current.event_id)
     return mine > theirs
 
 
@@ -129,19 +125,19 @@ class _Merge:
         self.state = state.copy()
         self.event = event
         self.policy = policy
-        self.changes: list[dict[str, Any]] = []
-        self.skipped: list[dict[str, Any]] = []
+        self.changes: list[Change] = []
+        self.skipped: list[Skip] = []
         self.seen = observation(event)
 
     def skip(self, name: str, value: Any, reason: str) -> None:
-        self.skipped.append({"field": name, "value": value, "reason": reason})
+        self.skipped.append(Skip(name, value, reason))
 
-    def set(self, name: str, value: Any, provenance: dict[str, Any]) -> None:
+    def set(self, name: str, value: Any, seen: Observation) -> None:
         old = getattr(self.state, name)
         if old != value:
             setattr(self.state, name, value)
-            self.changes.append({"field": name, "old": old, "new": value})
-        self.state.provenance[name] = provenance
+            self.changes.append(Change(name, old, value))
+        self.state.provenance[name] = seen
 
     def refusal(self, name: str, *, has_value: bool) -> str | None:
         """Why this call may not replace the value of ``name``, or None when it may.
@@ -153,7 +149,7 @@ class _Merge:
         if (
             has_value
             and current is not None
-            and current.get("source") in PEOPLE
+            and current.source in PEOPLE
             and not self.policy.calls_overwrite_people
         ):
             return "set_by_person"
@@ -161,7 +157,7 @@ class _Merge:
             return "older_than_current"
         return None
 
-    def keep_earliest(self, name: str, entry: dict[str, Any]) -> None:
+    def keep_earliest(self, name: str, entry: Observation) -> None:
         """Record this call as the observation of a value that only ever gets set once.
 
         Do-not-call, a call's tag, a call's ``do_not_contact`` and the implicit
@@ -171,9 +167,7 @@ class _Merge:
         observation is never replaced.
         """
         current = self.state.provenance.get(name)
-        if current is None or (
-            current.get("source") == "call" and not is_newer(self.event, current)
-        ):
+        if current is None or (current.source == "call" and not is_newer(self.event, current)):
             self.state.provenance[name] = entry
 
     def custom_fields(self, fields: dict[str, ExtractedValue]) -> None:
@@ -191,15 +185,21 @@ class _Merge:
             if reason is not None:
                 self.skip(name, extracted.value, reason)
                 continue
-            entry = dict(self.seen)
-            if extracted.confidence is not None:
-                entry["confidence"] = extracted.confidence
-            if extracted.evidence is not None:
-                entry["evidence"] = extracted.evidence
+            entry = self.seen
+            if extracted.confidence is not None or extracted.evidence is not None:
+                seen = self.seen  # built directly: ``replace`` walks the fields each time
+                entry = Observation(
+                    "call",
+                    seen.observed_at,
+                    seen.event_id,
+                    seen.call_id,
+                    extracted.confidence,
+                    extracted.evidence,
+                )
             old = self.state.custom_fields.get(key)
             if old != extracted.value:
                 self.state.custom_fields[key] = extracted.value
-                self.changes.append({"field": name, "old": old, "new": extracted.value})
+                self.changes.append(Change(name, old, extracted.value))
             self.state.provenance[name] = entry
 
     def standard_fields(self, contact: ExtractedContact) -> None:
@@ -222,16 +222,16 @@ class _Merge:
             if reason is not None:
                 self.skip(name, value, reason)
             else:
-                self.set(name, value, dict(self.seen))
+                self.set(name, value, self.seen)
 
     def lead_status(self) -> None:
         extraction = self.event.extraction
         raw = extraction.lead_status if extraction is not None else None
         current = self.state.provenance.get("lead_status")
-        implicit = current is not None and current.get("implicit", False)
+        implicit = current is not None and current.implicit
         # The implicit move is weaker than any extracted status (DESIGN §4.3):
         # an extracted status is compared with what the move replaced.
-        basis = current.get("replaces") if current is not None and implicit else current
+        basis = current.replaces if current is not None and implicit else current
         if raw is None:
             if self.event.outcome == "completed":
                 self.implicit_contacted(basis, moved=implicit)
@@ -245,7 +245,7 @@ class _Merge:
             self.do_not_call(True)
         if is_sticky(self.state.lead_status):
             if status == self.state.lead_status:
-                self.keep_earliest("lead_status", dict(self.seen))
+                self.keep_earliest("lead_status", self.seen)
             else:
                 self.skip("lead_status", status, "sticky_status")
             return
@@ -254,15 +254,15 @@ class _Merge:
             return
         # do_not_contact is a compliance signal and applies whatever the order.
         if status == "do_not_contact" or is_newer(self.event, basis):
-            self.set("lead_status", status, dict(self.seen))
+            self.set("lead_status", status, self.seen)
         else:
             self.skip("lead_status", status, "older_than_current")
 
-    def implicit_contacted(self, basis: dict[str, Any] | None, *, moved: bool) -> None:
+    def implicit_contacted(self, basis: Observation | None, *, moved: bool) -> None:
         """``new`` → ``contacted`` for a completed call that extracted no status."""
-        if basis is not None and basis.get("source") in PEOPLE and not is_newer(self.event, basis):
+        if basis is not None and basis.source in PEOPLE and not is_newer(self.event, basis):
             return  # a person set the status after this call
-        entry = {**self.seen, "implicit": True, "replaces": basis}
+        entry = replace(self.seen, implicit=True, replaces=basis)
         if self.state.lead_status == IMPLICIT_FROM:
             self.set("lead_status", IMPLICIT_TO, entry)
         elif moved:
@@ -275,9 +275,9 @@ class _Merge:
             if self.state.do_not_call:
                 self.skip("do_not_call", False, "only_people_clear_do_not_call")
         elif self.state.do_not_call:
-            self.keep_earliest("do_not_call", dict(self.seen))
+            self.keep_earliest("do_not_call", self.seen)
         else:
-            self.set("do_not_call", True, dict(self.seen))
+            self.set("do_not_call", True, self.seen)
 
     def tags(self, extracted: list[str]) -> None:
         before = list(self.state.tags)
@@ -292,15 +292,15 @@ class _Merge:
                 continue
             # The provenance marks it as a call's tag (placed after people's
             # tags) and keeps its earliest observation, as time order would.
-            self.keep_earliest(name, dict(self.seen))
+            self.keep_earliest(name, self.seen)
             if tag not in tags:
                 tags.append(tag)
         self.state.tags = _order_tags(tags, self.state.provenance)
         if self.state.tags != before:
-            self.changes.append({"field": "tags", "old": before, "new": list(self.state.tags)})
+            self.changes.append(Change("tags", before, list(self.state.tags)))
 
 
-def _order_tags(tags: list[str], provenance: dict[str, dict[str, Any]]) -> list[str]:
+def _order_tags(tags: list[str], provenance: dict[str, Observation]) -> list[str]:
     # People's tags keep their order; tags from calls follow, sorted by name:
     # an order no delivery order can change, so a late call never reorders.
     people = [t for t in tags if TAG_PREFIX + t not in provenance]

@@ -46,31 +46,14 @@ def _lock_numbers(conn: Connection, keys: list[str]) -> None:
         )
 
 
-def resolve(
-    conn: Connection, events: Sequence[CallCompleted], teams: dict[str, Team]
-) -> dict[EventKey, Resolution]:
-    """A resolution for every event, by ``(team_id, event_id)`` (events must have distinct keys).
+def _by_id(conn: Connection, events: list[CallCompleted]) -> dict[EventKey, Resolution]:
+    """Events naming their contact: the row, looked up (and locked) within the event's team.
 
-    Two teams may send the same event id: each is its own team's event.
+    Another team's row is never touched, nor reported as found.
     """
-    found: dict[EventKey, Resolution] = {}
-    by_id = [e for e in events if e.contact_id is not None]
-    by_phone: list[tuple[CallCompleted, str]] = []
-    for event in events:
-        if event.contact_id is not None:
-            continue
-        assert event.phone is not None  # parse_event requires one of the two
-        try:
-            by_phone.append(
-                (event, normalise_phone(event.phone, teams[event.team_id].default_region))
-            )
-        except ValueError as exc:
-            found[key_of(event)] = InvalidEvent("invalid_payload", f"phone: {exc}")
-
+    pairs = sorted({(e.team_id, e.contact_id) for e in events if e.contact_id is not None})
     rows: dict[str, Row[Any]] = {}
-    if by_id:
-        # Looked up (and locked) within the event's team: another team's row is never touched.
-        pairs = sorted({(e.team_id, e.contact_id) for e in by_id if e.contact_id is not None})
+    if pairs:
         for row in conn.execute(
             select(contacts)
             .where(tuple_(contacts.c.team_id, contacts.c.id).in_(pairs))
@@ -78,40 +61,76 @@ def resolve(
             .with_for_update(key_share=True)
         ):
             rows[row.id] = row
-    for event in by_id:
+    found: dict[EventKey, Resolution] = {}
+    for event in events:
         hit = rows.get(event.contact_id or "")
         found[key_of(event)] = (
             hit
             if hit is not None and hit.team_id == event.team_id
             else ContactNotFound(f"no contact {event.contact_id} in this team")
         )
-
-    if by_phone:
-        numbers = sorted({(e.team_id, phone) for e, phone in by_phone})
-        _lock_numbers(conn, [f"{team}:{phone}" for team, phone in numbers])
-        matches: dict[tuple[str, str], dict[str, Row[Any]]] = {pair: {} for pair in numbers}
-        for row in conn.execute(
-            select(contacts)
-            .where(
-                or_(
-                    tuple_(contacts.c.team_id, contacts.c.phone).in_(numbers),
-                    tuple_(contacts.c.team_id, contacts.c.phone_secondary).in_(numbers),
-                )
-            )
-            .order_by(contacts.c.id)
-            .with_for_update(key_share=True)
-        ):
-            for number in (row.phone, row.phone_secondary):
-                if (row.team_id, number) in matches:
-                    matches[(row.team_id, number)][row.id] = row
-        for event, phone in by_phone:
-            hits = matches[(event.team_id, phone)]
-            if len(hits) > 1:
-                found[key_of(event)] = AmbiguousContact(
-                    f"several contacts of this team have {phone}"
-                )
-            elif hits:
-                found[key_of(event)] = next(iter(hits.values()))
-            else:
-                found[key_of(event)] = NewContact(event.team_id, phone)
     return found
+
+
+def _numbers(
+    events: list[CallCompleted], teams: dict[str, Team]
+) -> tuple[list[tuple[CallCompleted, str]], dict[EventKey, Resolution]]:
+    """Each event's phone read in its team's region; an unreadable one makes the event invalid."""
+    readable: list[tuple[CallCompleted, str]] = []
+    invalid: dict[EventKey, Resolution] = {}
+    for event in events:
+        assert event.phone is not None  # parse_event requires a contact id or a phone
+        try:
+            readable.append(
+                (event, normalise_phone(event.phone, teams[event.team_id].default_region))
+            )
+        except ValueError as exc:
+            invalid[key_of(event)] = InvalidEvent("invalid_payload", f"phone: {exc}")
+    return readable, invalid
+
+
+def _by_phone(
+    conn: Connection, events: list[tuple[CallCompleted, str]]
+) -> dict[EventKey, Resolution]:
+    """Events naming a number: the one contact of the team with it, several, or none."""
+    if not events:
+        return {}
+    numbers = sorted({(e.team_id, phone) for e, phone in events})
+    _lock_numbers(conn, [f"{team}:{phone}" for team, phone in numbers])
+    matches: dict[tuple[str, str], dict[str, Row[Any]]] = {pair: {} for pair in numbers}
+    for row in conn.execute(
+        select(contacts)
+        .where(
+            or_(
+                tuple_(contacts.c.team_id, contacts.c.phone).in_(numbers),
+                tuple_(contacts.c.team_id, contacts.c.phone_secondary).in_(numbers),
+            )
+        )
+        .order_by(contacts.c.id)
+        .with_for_update(key_share=True)
+    ):
+        for number in (row.phone, row.phone_secondary):
+            if (row.team_id, number) in matches:
+                matches[(row.team_id, number)][row.id] = row
+    found: dict[EventKey, Resolution] = {}
+    for event, phone in events:
+        hits = matches[(event.team_id, phone)]
+        if len(hits) > 1:
+            found[key_of(event)] = AmbiguousContact(f"several contacts of this team have {phone}")
+        elif hits:
+            found[key_of(event)] = next(iter(hits.values()))
+        else:
+            found[key_of(event)] = NewContact(event.team_id, phone)
+    return found
+
+
+def resolve(
+    conn: Connection, events: Sequence[CallCompleted], teams: dict[str, Team]
+) -> dict[EventKey, Resolution]:
+    """A resolution for every event, by ``(team_id, event_id)`` (events must have distinct keys).
+
+    Two teams may send the same event id: each is its own team's event.
+    """
+    named = [e for e in events if e.contact_id is not None]
+    by_number, invalid = _numbers([e for e in events if e.contact_id is None], teams)
+    return {**invalid, **_by_id(conn, named), **_by_phone(conn, by_number)}

@@ -1,8 +1,9 @@
 """Contact writes and reads made by people (API, CLI, import).
 
 Every write bumps ``version`` by one, records provenance ``api`` for the
-fields it set, and adds one history record, all in the caller's transaction.
-Call events are applied by ``contact_sync.apply``, not here.
+fields it set, and adds one history record, all in the caller's transaction
+and all through ``contact_sync.contact_writer``, the writer the event apply
+(``contact_sync.apply``) uses too.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, func, insert, select, update
+from sqlalchemy import Connection, Row, func, select
 
+from contact_sync import contact_writer
 from contact_sync.clock import utcnow
 from contact_sync.companies import check_company
+from contact_sync.contact_writer import ContactInsert, ContactUpdate, HistoryRecord
 from contact_sync.contacts import (
     Contact,
+    ContactCreate,
     check_custom_fields_size,
     parse_create,
     parse_patch,
@@ -26,6 +30,7 @@ from contact_sync.db.tables import contact_history, contacts
 from contact_sync.dead_letters import Subject, erase_naming
 from contact_sync.errors import ContactNotFound, ForbiddenTeam, StaleVersion, ValidationFailed
 from contact_sync.ids import new_id
+from contact_sync.records import Change, Observation, provenance_from_json
 from contact_sync.suppression import SUPPRESSED, is_suppressed, suppress
 from contact_sync.teams import get_team
 
@@ -74,40 +79,50 @@ def contacts_from_rows(rows: Sequence[Row[Any]]) -> list[Contact]:
     return [_contact(dict(zip(_CONTACT_FIELDS, row, strict=True))) for row in rows]
 
 
-def _provenance(fields: dict[str, Any], *, source: str, at: datetime) -> dict[str, Any]:
-    entry = {"source": source, "observed_at": at.isoformat()}
+def _observed(fields: dict[str, Any], *, source: str, at: datetime) -> dict[str, Observation]:
+    """A person's observation of each field set (each custom field on its own)."""
+    seen = Observation(source, at.isoformat())
     keys = [name for name in fields if name != "custom_fields"]
     keys += [f"custom_fields.{key}" for key in fields.get("custom_fields") or {}]
-    return {key: dict(entry) for key in keys}
+    return dict.fromkeys(keys, seen)
 
 
-def _history_row(
+def _record(
     *,
     contact_id: str,
     team_id: str,
     version_before: int | None,
     version_after: int,
-    changes: list[dict[str, Any]],
     at: datetime,
     api_key_id: str | None,
     source: str,
-) -> dict[str, Any]:
-    return {
-        "id": new_id(),
-        "contact_id": contact_id,
-        "team_id": team_id,
-        "version_before": version_before,
-        "version_after": version_after,
-        "source": source,
-        "event_id": None,
-        "call_id": None,
-        "api_key_id": api_key_id,
-        "occurred_at": at,
-        "recorded_at": at,
-        "changes": changes,
-        "skipped": [],
-        "summary": None,
-    }
+    changes: list[Change] | None = None,
+    summary: str | None = None,
+) -> HistoryRecord:
+    """A person's write in the contact's history (no event, call or skipped values)."""
+    return HistoryRecord(
+        contact_id=contact_id,
+        team_id=team_id,
+        version_before=version_before,
+        version_after=version_after,
+        source=source,
+        occurred_at=at,
+        recorded_at=at,
+        changes=changes or [],
+        api_key_id=api_key_id,
+        summary=summary,
+    )
+
+
+def _fields_to_create(conn: Connection, *, team_id: str, data: dict[str, Any]) -> ContactCreate:
+    """The validated body of a create, checked against the team and its companies."""
+    team = get_team(conn, team_id=team_id)
+    body = parse_create(data, region=team.default_region)
+    if body.team_id is not None and body.team_id != team_id:
+        raise ForbiddenTeam("teamId does not match this team")
+    if body.company_id is not None:
+        check_company(conn, team_id=team_id, company_id=body.company_id)
+    return body
 
 
 def create_contact(
@@ -119,12 +134,7 @@ def create_contact(
     source: str = "api",
 ) -> Contact:
     """Validate ``data`` (camelCase or snake_case) and create the contact at version 1."""
-    team = get_team(conn, team_id=team_id)
-    body = parse_create(data, region=team.default_region)
-    if body.team_id is not None and body.team_id != team_id:
-        raise ForbiddenTeam("teamId does not match this team")
-    if body.company_id is not None:
-        check_company(conn, team_id=team_id, company_id=body.company_id)
+    body = _fields_to_create(conn, team_id=team_id, data=data)
     now = utcnow()
     fields = body.model_dump(exclude={"team_id"})
     fields["lead_status"] = fields["lead_status"] or "new"
@@ -135,54 +145,44 @@ def create_contact(
     set_fields = {
         k: v for k, v in fields.items() if k in body.model_fields_set and v not in (None, {}, [])
     }
-    provenance = _provenance(set_fields, source=source, at=now)
+    provenance = _observed(set_fields, source=source, at=now)
     numbers = [number for number in (body.phone, body.phone_secondary) if number]
     blocked = any(is_suppressed(conn, team_id, number) for number in numbers)
     if blocked:
         # A number of an erased do-not-call contact: do-not-call, whatever the
         # body says; a person may clear it later with a PATCH, on the record.
         fields["do_not_call"] = set_fields["do_not_call"] = True
-        provenance["do_not_call"] = {"source": "suppression", "observed_at": now.isoformat()}
-    row = {
-        **fields,
-        "id": new_id(),
-        "team_id": team_id,
-        "provenance": provenance,
-        "version": 1,
-        "created_at": now,
-        "updated_at": now,
-    }
-    conn.execute(insert(contacts).values(**row))
-    changes = [
-        {"field": name, "old": None, "new": value}
-        | ({"reason": SUPPRESSED} if blocked and name == "do_not_call" else {})
-        for name, value in set_fields.items()
-    ]
-    conn.execute(
-        insert(contact_history).values(
-            **_history_row(
-                contact_id=row["id"],
-                team_id=team_id,
-                version_before=None,
-                version_after=1,
-                changes=changes,
-                at=now,
-                api_key_id=api_key_id,
-                source=source,
-            )
-        )
+        provenance["do_not_call"] = Observation("suppression", now.isoformat())
+    row = {**fields, "id": new_id(), "team_id": team_id, "version": 1}
+    row.update(created_at=now, updated_at=now)
+    contact_writer.insert_contacts(conn, [ContactInsert(row, provenance)])
+    reason = {"do_not_call": SUPPRESSED} if blocked else {}
+    changes = [Change(name, None, value, reason.get(name)) for name, value in set_fields.items()]
+    record = _record(
+        contact_id=row["id"],
+        team_id=team_id,
+        version_before=None,
+        version_after=1,
+        at=now,
+        api_key_id=api_key_id,
+        source=source,
+        changes=changes,
     )
+    contact_writer.record_history(conn, [record])
     return Contact.model_validate(row)
 
 
-def _load(conn: Connection, *, team_id: str, contact_id: str, lock: bool) -> Row[Any]:
+def _load(
+    conn: Connection, *, team_id: str, contact_id: str, lock: bool, key_share: bool = True
+) -> Row[Any]:
     if "\x00" in contact_id:  # PostgreSQL text cannot hold it; no id contains it
         raise ContactNotFound(contact_id)
     stmt = select(contacts).where(contacts.c.id == contact_id, contacts.c.team_id == team_id)
     if lock:
         # FOR NO KEY UPDATE: blocks other writers of this row, not inserts
         # of rows that reference it (history has no FK, but companies do).
-        stmt = stmt.with_for_update(key_share=True)
+        # A delete takes FOR UPDATE: it removes the key itself.
+        stmt = stmt.with_for_update(key_share=key_share)
     row = conn.execute(stmt).one_or_none()
     if row is None:
         raise ContactNotFound(contact_id)
@@ -194,35 +194,51 @@ def get_contact(conn: Connection, *, team_id: str, contact_id: str) -> Contact:
     return contact_from_row(_load(conn, team_id=team_id, contact_id=contact_id, lock=False))
 
 
-def _diff(row: Row[Any], updates: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _merge_patch(
+    current: dict[str, Any], patch: dict[str, Any]
+) -> tuple[dict[str, Any], list[Change]]:
+    """Custom fields after a JSON merge-patch (keys given are set, null removes one).
+
+    Also returns the changes, by key.
+    """
+    merged = dict(current)
+    for key, item in patch.items():
+        if item is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = item
+    changes = [
+        Change(f"custom_fields.{key}", current.get(key), merged.get(key))
+        for key in sorted(set(current) | set(merged))
+        if current.get(key) != merged.get(key)
+    ]
+    return merged, changes
+
+
+def _diff(row: Row[Any], updates: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
     """The columns that really change and the history entries describing them."""
     new_values: dict[str, Any] = {}
-    changes: list[dict[str, Any]] = []
+    changes: list[Change] = []
     for name, value in updates.items():
         if name == "custom_fields":
-            # JSON merge-patch semantics: keys given are set, null removes one.
             current = dict(row.custom_fields)
-            merged = dict(current)
-            for key, item in value.items():
-                if item is None:
-                    merged.pop(key, None)
-                else:
-                    merged[key] = item
-            for key in sorted(set(current) | set(merged)):
-                if current.get(key) != merged.get(key):
-                    changes.append(
-                        {
-                            "field": f"custom_fields.{key}",
-                            "old": current.get(key),
-                            "new": merged.get(key),
-                        }
-                    )
+            merged, custom = _merge_patch(current, value)
             if merged != current:
                 new_values["custom_fields"] = merged
+            changes += custom
         elif getattr(row, name) != value:
             new_values[name] = value
-            changes.append({"field": name, "old": getattr(row, name), "new": value})
+            changes.append(Change(name, getattr(row, name), value))
     return new_values, changes
+
+
+def _checked_size(new_values: dict[str, Any]) -> None:
+    """Each patch is checked alone; the keys it adds to the stored ones must fit too."""
+    if "custom_fields" in new_values:
+        try:
+            check_custom_fields_size(new_values["custom_fields"])
+        except ValueError as exc:
+            raise ValidationFailed({"custom_fields": str(exc)}) from exc
 
 
 def update_contact(
@@ -252,39 +268,31 @@ def update_contact(
     new_values, changes = _diff(row, updates)
     if not changes:
         return contact_from_row(row)
-    if "custom_fields" in new_values:
-        # Each patch is checked alone; the keys it adds to the stored ones must fit too.
-        try:
-            check_custom_fields_size(new_values["custom_fields"])
-        except ValueError as exc:
-            raise ValidationFailed({"custom_fields": str(exc)}) from exc
+    _checked_size(new_values)
     now = utcnow()
-    provenance = dict(row.provenance)
-    for change in changes:
-        provenance[change["field"]] = {"source": "api", "observed_at": now.isoformat()}
-    result = conn.execute(
-        update(contacts)
-        .where(contacts.c.id == contact_id, contacts.c.version == row.version)
-        .values(**new_values, provenance=provenance, version=row.version + 1, updated_at=now)
-        .returning(*contacts.c)
-    ).one_or_none()
-    if result is None:  # unreachable under the row lock; kept as the CAS guard
-        raise StaleVersion(row.version)
-    conn.execute(
-        insert(contact_history).values(
-            **_history_row(
-                contact_id=contact_id,
-                team_id=team_id,
-                version_before=row.version,
-                version_after=row.version + 1,
-                changes=changes,
-                at=now,
-                api_key_id=api_key_id,
-                source="api",
-            )
-        )
+    provenance = provenance_from_json(row.provenance)
+    provenance.update(_observed_changes(changes, at=now))
+    next_version = ContactUpdate(
+        contact_id, row.version, row.version + 1, new_values, provenance, now
     )
-    return contact_from_row(result)
+    written = contact_writer.update_contact(conn, next_version)
+    record = _record(
+        contact_id=contact_id,
+        team_id=team_id,
+        version_before=row.version,
+        version_after=row.version + 1,
+        at=now,
+        api_key_id=api_key_id,
+        source="api",
+        changes=changes,
+    )
+    contact_writer.record_history(conn, [record])
+    return contact_from_row(written)
+
+
+def _observed_changes(changes: list[Change], *, at: datetime) -> dict[str, Observation]:
+    seen = Observation("api", at.isoformat())
+    return {change.field: seen for change in changes}
 
 
 @dataclass(frozen=True)
@@ -313,19 +321,10 @@ def delete_contact(
     stays: who (the API key's id) and when, and counts, no field values; the
     history route no longer shows it (the contact is gone), audits read it.
     """
-    if "\x00" in contact_id:  # PostgreSQL text cannot hold it; no id contains it
-        raise ContactNotFound(contact_id)
-    row = conn.execute(
-        select(contacts)
-        .where(contacts.c.id == contact_id, contacts.c.team_id == team_id)
-        .with_for_update()
-    ).one_or_none()
-    if row is None:
-        raise ContactNotFound(contact_id)
+    row = _load(conn, team_id=team_id, contact_id=contact_id, lock=True, key_share=False)
     team = get_team(conn, team_id=team_id)
     now = utcnow()
-    conn.execute(delete(contacts).where(contacts.c.id == contact_id))
-    conn.execute(delete(contact_history).where(contact_history.c.contact_id == contact_id))
+    contact_writer.delete_contact_rows(conn, team_id=team_id, contact_id=contact_id)
     numbers = [number for number in (row.phone, row.phone_secondary) if number]
     erased = erase_naming(
         conn,
@@ -334,21 +333,21 @@ def delete_contact(
         now=now,
     )
     suppressed = suppress(conn, team_id=team_id, phones=numbers, now=now) if row.do_not_call else 0
-    record = _history_row(
+    summary = (
+        f"contact deleted; {erased} dead letters erased; "
+        f"{suppressed} numbers added to the suppression list"
+    )
+    record = _record(
         contact_id=contact_id,
         team_id=team_id,
         version_before=row.version,
         version_after=row.version + 1,
-        changes=[],
         at=now,
         api_key_id=api_key_id,
         source=source,
+        summary=summary,
     )
-    record["summary"] = (
-        f"contact deleted; {erased} dead letters erased; "
-        f"{suppressed} numbers added to the suppression list"
-    )
-    conn.execute(insert(contact_history).values(**record))
+    contact_writer.record_history(conn, [record])
     return Deletion(dead_letters_erased=erased, numbers_suppressed=suppressed)
 
 

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from celery import Task
 from celery.exceptions import Reject
 
-from contact_sync.apply import Outcome, apply_batch
+from contact_sync.apply import Outcome, apply_payloads
 from contact_sync.clock import utcnow
 from contact_sync.dead_letters import record
 from contact_sync.events import MAX_BATCH, Reason, call_id_of, event_id_of, team_id_of
@@ -65,7 +65,8 @@ def _apply_isolating_failures(payloads: Sequence[Any]) -> list[Outcome]:
     engine = get_engine()
     min_confidence = get_settings().min_confidence
     try:
-        return apply_batch(engine, payloads, min_confidence=min_confidence)
+        with engine.begin() as conn:
+            return apply_payloads(conn, payloads, min_confidence=min_confidence)
     except Exception as error:
         if is_transient(error):
             raise

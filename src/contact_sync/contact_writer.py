@@ -1,0 +1,162 @@
+"""The one writer of contact rows and their history: people's writes and the event apply alike.
+
+Every change of a stored contact is a versioned compare-and-set,
+``UPDATE ... WHERE id AND version = <the version read>``, that sets the next
+version: a write made from a stale read changes nothing and is noticed. The
+team is not in that condition: the callers read and lock the row within its
+team first, and adding ``team_id`` made PostgreSQL's prepared plan of the
+batch update twice as slow (measured with the worker benchmark).
+
+New contacts and history records are inserted here too, and the
+observations, changes and skips become their stored JSON here (through
+``contact_sync.records``). Writes come as lists so that the event apply
+stays set-based: one statement for a batch's new contacts, one for its
+updates, one for its history records, whatever the batch's size. Nothing
+here begins, commits or rolls back: it all happens in the caller's
+transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, Update, bindparam, delete, insert, update
+
+from contact_sync.db.tables import contact_history, contacts
+from contact_sync.errors import StaleVersion
+from contact_sync.ids import new_id
+from contact_sync.records import Change, Observation, Skip, change_json, provenance_json, skip_json
+
+
+@dataclass(frozen=True)
+class ContactInsert:
+    """A new contact: every column but ``provenance``, and the observation of each value."""
+
+    values: Mapping[str, Any]
+    provenance: Mapping[str, Observation]
+
+
+@dataclass(frozen=True)
+class ContactUpdate:
+    """A stored contact's next version: the columns that change and all its observations."""
+
+    contact_id: str
+    read_version: int
+    version: int
+    values: Mapping[str, Any]
+    provenance: Mapping[str, Observation]
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class HistoryRecord:
+    """One write's record in a contact's history (the delete's keeps counts only)."""
+
+    contact_id: str
+    team_id: str
+    version_before: int | None
+    version_after: int
+    source: str
+    occurred_at: datetime
+    recorded_at: datetime
+    changes: Sequence[Change] = ()
+    skipped: Sequence[Skip] = ()
+    event_id: str | None = None
+    call_id: str | None = None
+    api_key_id: str | None = None
+    summary: str | None = None
+
+
+def insert_contacts(conn: Connection, new: Sequence[ContactInsert]) -> None:
+    """Insert new contacts in one statement."""
+    if new:
+        rows = [{**c.values, "provenance": provenance_json(c.provenance)} for c in new]
+        conn.execute(insert(contacts), rows)
+
+
+def _compare_and_set(columns: Sequence[str]) -> Update:
+    """The versioned update of ``columns``, ``provenance``, ``version`` and ``updated_at``."""
+    return (
+        update(contacts)
+        .where(
+            contacts.c.id == bindparam("b_id"),
+            contacts.c.version == bindparam("b_read"),
+        )
+        .values(
+            {
+                **{name: bindparam(f"b_{name}") for name in columns},
+                "provenance": bindparam("b_provenance"),
+                "version": bindparam("b_version"),
+                "updated_at": bindparam("b_updated_at"),
+            }
+        )
+    )
+
+
+def _params(change: ContactUpdate) -> dict[str, Any]:
+    return {
+        **{f"b_{name}": value for name, value in change.values.items()},
+        "b_provenance": provenance_json(change.provenance),
+        "b_id": change.contact_id,
+        "b_read": change.read_version,
+        "b_version": change.version,
+        "b_updated_at": change.updated_at,
+    }
+
+
+def update_contact(conn: Connection, change: ContactUpdate) -> Row[Any]:
+    """Write one contact's next version; the stored row, or ``StaleVersion`` if it moved on."""
+    stmt = _compare_and_set(tuple(change.values)).returning(*contacts.c)
+    row = conn.execute(stmt, _params(change)).one_or_none()
+    if row is None:
+        raise StaleVersion(change.read_version)
+    return row
+
+
+def update_contacts(conn: Connection, changes: Sequence[ContactUpdate]) -> None:
+    """Write several contacts' next versions, one statement per set of changed columns.
+
+    The callers hold the rows' locks, so a lost compare-and-set would mean a
+    lock did not hold: that is raised, never ignored.
+    """
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for change in changes:
+        groups.setdefault(tuple(change.values), []).append(_params(change))
+    for columns, params in groups.items():
+        written = conn.execute(_compare_and_set(columns), params).rowcount
+        if written not in (len(params), -1):
+            raise RuntimeError("a locked contact changed under its lock")
+
+
+def _history_row(record: HistoryRecord) -> dict[str, Any]:
+    return {
+        "id": new_id(),
+        "contact_id": record.contact_id,
+        "team_id": record.team_id,
+        "version_before": record.version_before,
+        "version_after": record.version_after,
+        "source": record.source,
+        "event_id": record.event_id,
+        "call_id": record.call_id,
+        "api_key_id": record.api_key_id,
+        "occurred_at": record.occurred_at,
+        "recorded_at": record.recorded_at,
+        "changes": [change_json(change) for change in record.changes],
+        "skipped": [skip_json(skip) for skip in record.skipped],
+        "summary": record.summary,
+    }
+
+
+def record_history(conn: Connection, records: Sequence[HistoryRecord]) -> None:
+    """Insert history records in one statement."""
+    if records:
+        conn.execute(insert(contact_history), [_history_row(record) for record in records])
+
+
+def delete_contact_rows(conn: Connection, *, team_id: str, contact_id: str) -> None:
+    """Delete a contact and its history records (the caller records the delete itself)."""
+    conn.execute(delete(contacts).where(contacts.c.id == contact_id, contacts.c.team_id == team_id))
+    conn.execute(delete(contact_history).where(contact_history.c.contact_id == contact_id))

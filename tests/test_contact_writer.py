@@ -1,0 +1,229 @@
+"""The one contact writer and the typed records it stores.
+
+Runs on PostgreSQL and SQLite (the ``engine`` fixture). The stored JSON is
+compared as the database renders it, so a change of keys, key order or
+value types shows.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, Engine, Text, bindparam, cast, select, text
+
+from contact_sync import contact_writer
+from contact_sync.apply import apply_payloads
+from contact_sync.contact_writer import (
+    ContactUpdate,
+    HistoryRecord,
+    record_history,
+    update_contact,
+    update_contacts,
+)
+from contact_sync.db.tables import contact_history, contacts
+from contact_sync.errors import StaleVersion
+from contact_sync.records import (
+    Change,
+    Observation,
+    Skip,
+    observation_from_json,
+    observation_json,
+)
+from contact_sync.store import update_contact as update_by_person
+from contact_sync.teams import Team
+from tests.conftest import call_event, contact_row, make_contact
+
+AT = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
+CALL = {
+    "source": "call",
+    "observed_at": "2026-11-20T15:00:00.000000+00:00",
+    "event_id": "evt_1",
+    "call_id": "call_1",
+}
+
+# Every shape of observation the service writes, as it is stored.
+STORED_OBSERVATIONS = [
+    {"source": "api", "observed_at": "2026-11-20T15:00:00+00:00"},
+    {"source": "import", "observed_at": "2026-11-20T16:00:00+01:00"},
+    {"source": "suppression", "observed_at": "2026-11-20T15:00:00.123456+00:00"},
+    CALL,
+    {**CALL, "confidence": 0.9, "evidence": "about five thousand"},
+    {**CALL, "confidence": 1},
+    {**CALL, "implicit": True, "replaces": None},
+    {**CALL, "implicit": True, "replaces": {"source": "api", "observed_at": "2026-11-19"}},
+    {**CALL, "implicit": True, "replaces": CALL},
+]
+
+
+@pytest.mark.parametrize("stored", STORED_OBSERVATIONS)
+def test_every_stored_observation_reads_back_to_the_same_json(stored: dict[str, Any]) -> None:
+    again = observation_json(observation_from_json(stored))
+    assert json.dumps(again) == json.dumps(stored)  # same keys, same order, same types
+
+
+def test_a_call_observation_names_its_event_and_call_a_persons_does_not() -> None:
+    assert observation_json(Observation("api", "2026-11-20")) == {
+        "source": "api",
+        "observed_at": "2026-11-20",
+    }
+    assert observation_json(Observation("call", "t", "evt_1", "call_1")) == {
+        "source": "call",
+        "observed_at": "t",
+        "event_id": "evt_1",
+        "call_id": "call_1",
+    }
+
+
+def stored_text(conn: Connection, column: Any, row_id: str) -> str:
+    """A JSON column's value as the database renders it."""
+    table = column.table
+    return str(conn.execute(select(cast(column, Text)).where(table.c.id == row_id)).scalar_one())
+
+
+def as_stored(conn: Connection, document: Any) -> str:
+    """How the database renders ``document`` (PostgreSQL normalises JSONB; SQLite keeps text)."""
+    kind = "jsonb" if conn.dialect.name == "postgresql" else "text"
+    sql = text(f"SELECT CAST(CAST(:doc AS {kind}) AS text)").bindparams(bindparam("doc"))
+    return str(conn.execute(sql, {"doc": json.dumps(document)}).scalar_one())
+
+
+def test_a_call_created_contact_stores_its_provenance_json_as_before(
+    engine: Engine, team: Team
+) -> None:
+    event = call_event(
+        team.id,
+        phone="+12025550143",
+        extraction={"custom_fields": {"budget": {"value": 5, "confidence": 0.9, "evidence": "5"}}},
+    )
+    with engine.begin() as conn:
+        [outcome] = apply_payloads(conn, [event])
+    assert outcome.contact_id is not None
+    seen = {
+        "source": "call",
+        "observed_at": datetime.fromisoformat(event["occurred_at"])
+        .astimezone(UTC)
+        .isoformat(timespec="microseconds"),
+        "event_id": event["event_id"],
+        "call_id": event["call_id"],
+    }
+    expected = {
+        "phone": seen,
+        "source": seen,
+        "custom_fields.budget": {**seen, "confidence": 0.9, "evidence": "5"},
+        "lead_status": {**seen, "implicit": True, "replaces": None},
+    }
+    with engine.connect() as conn:
+        stored = stored_text(conn, contacts.c.provenance, outcome.contact_id)
+        assert stored == as_stored(conn, expected)
+
+
+def test_a_persons_update_stores_its_change_and_provenance_json_as_before(
+    engine: Engine, team: Team
+) -> None:
+    created = make_contact(engine, team.id, email="ada@example.com")
+    with engine.begin() as conn:
+        before = json.loads(stored_text(conn, contacts.c.provenance, created.id))
+        update_by_person(conn, team_id=team.id, contact_id=created.id, data={"jobTitle": "CTO"})
+        record = conn.execute(
+            select(contact_history.c.id).where(contact_history.c.version_after == 2)
+        ).scalar_one()
+        changes = stored_text(conn, contact_history.c.changes, record)
+        assert changes == as_stored(conn, [{"field": "job_title", "old": None, "new": "CTO"}])
+        stored = stored_text(conn, contacts.c.provenance, created.id)
+        observed_at = json.loads(stored)["job_title"]["observed_at"]
+        expected = {**before, "job_title": {"source": "api", "observed_at": observed_at}}
+        assert stored == as_stored(conn, expected)
+
+
+def test_history_stores_changes_with_their_reason_and_skips_in_their_json_form(
+    engine: Engine, team: Team
+) -> None:
+    record = HistoryRecord(
+        contact_id="c1",
+        team_id=team.id,
+        version_before=1,
+        version_after=2,
+        source="call",
+        occurred_at=AT,
+        recorded_at=AT,
+        changes=[Change("do_not_call", False, True, "suppressed"), Change("tags", [], ["a"])],
+        skipped=[Skip("email", "x", "invalid: not an email")],
+        event_id="evt_1",
+        call_id="call_1",
+    )
+    with engine.begin() as conn:
+        record_history(conn, [record])
+        row = conn.execute(select(contact_history)).one()
+    assert row.changes == [
+        {"field": "do_not_call", "old": False, "new": True, "reason": "suppressed"},
+        {"field": "tags", "old": [], "new": ["a"]},
+    ]
+    assert row.skipped == [{"field": "email", "value": "x", "reason": "invalid: not an email"}]
+
+
+def _next(row: Any, *, read_version: int) -> ContactUpdate:
+    return ContactUpdate(
+        contact_id=row.id,
+        read_version=read_version,
+        version=read_version + 1,
+        values={"job_title": "CTO"},
+        provenance={"job_title": Observation("api", AT.isoformat())},
+        updated_at=AT,
+    )
+
+
+def test_a_write_from_a_stale_read_changes_nothing_and_says_so(engine: Engine, team: Team) -> None:
+    row = contact_row(engine, make_contact(engine, team.id).id)
+    with engine.begin() as conn, pytest.raises(StaleVersion):
+        update_contact(conn, _next(row, read_version=row.version + 1))
+    after = contact_row(engine, row.id)
+    assert (after.version, after.job_title) == (row.version, None)
+
+
+def test_a_batch_write_that_loses_a_compare_and_set_is_an_error(engine: Engine, team: Team) -> None:
+    row = contact_row(engine, make_contact(engine, team.id).id)
+    with engine.begin() as conn, pytest.raises(RuntimeError, match="under its lock"):
+        update_contacts(conn, [_next(row, read_version=row.version + 1)])
+    assert contact_row(engine, row.id).version == row.version
+
+
+def test_a_batch_write_bumps_each_contact_to_its_next_version(engine: Engine, team: Team) -> None:
+    rows = [contact_row(engine, make_contact(engine, team.id).id) for _ in range(3)]
+    with engine.begin() as conn:
+        update_contacts(conn, [_next(row, read_version=1) for row in rows])
+    after = [contact_row(engine, row.id) for row in rows]
+    assert [(a.version, a.job_title) for a in after] == [(2, "CTO")] * 3
+    seen = {"source": "api", "observed_at": AT.isoformat()}
+    assert [a.provenance["job_title"] for a in after] == [seen] * 3
+
+
+def _statements_writing(path: Path, tables: set[str]) -> list[str]:
+    """``insert(t)``, ``update(t)`` and ``delete(t)`` calls on ``tables`` in a module."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in {"insert", "update", "delete"}
+            and node.args
+            and isinstance(node.args[0], ast.Name)
+            and node.args[0].id in tables
+        ):
+            found.append(f"{path.name}:{node.lineno} {node.func.id}({node.args[0].id})")
+    return found
+
+
+def test_only_the_contact_writer_writes_contact_rows_or_history() -> None:
+    package = Path(contact_writer.__file__).parent
+    writers = [
+        statement
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "contact_writer.py" and "migrations" not in path.parts
+        for statement in _statements_writing(path, {"contacts", "contact_history"})
+    ]
+    assert writers == []
