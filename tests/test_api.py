@@ -22,11 +22,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, update
 
 from contact_sync.api import create_app
-from contact_sync.apply import apply_batch
 from contact_sync.db.tables import api_keys
 from contact_sync.phones import E164_MESSAGE
 from contact_sync.settings import Settings
 from contact_sync.teams import Team, create_team, issue_api_key
+from tests.conftest import apply_batch
 
 CONTACTS = "/api/crm/contacts"
 COMPANIES = "/api/crm/companies"

@@ -24,12 +24,11 @@ from alembic import command
 from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.engine import make_url
 
-from contact_sync.apply import apply_batch
 from contact_sync.db.engine import make_engine
 from contact_sync.db.migrate import alembic_config, upgrade
 from contact_sync.db.tables import dead_letters, processed_events
 from contact_sync.teams import Team, create_team
-from tests.conftest import call_event, contact_row, make_contact
+from tests.conftest import apply_batch, call_event, contact_row, make_contact
 from tests.services import redis_server
 from tests.workers import QUEUE, start_worker, stop_worker, task_envelope
 

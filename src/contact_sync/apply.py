@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import ValidationError
-from sqlalchemy import Connection, Engine, Row, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, func, insert, select, update
 
 from contact_sync import dead_letters, inbox, suppression
 from contact_sync.clock import utcnow
@@ -262,13 +262,11 @@ def _dead_letter(
     dead_letter_id: str | None,
 ) -> Outcome:
     event_id, team_id = event_id_of(payload), team_id_of(payload)
-    dead_letters.record(
+    dead_letters.park(
         conn,
-        payload=payload,
+        payloads=[payload],
         reason=reason,
         message=message,
-        event_id=event_id,
-        team_id=team_id,
         now=now,
         dead_letter_id=dead_letter_id,
     )
@@ -380,18 +378,6 @@ def apply_payloads(
     _write(conn, list(targets.values()), now)
     inbox.record_outcomes(conn, applied)
     return [o for o in outcomes if o is not None]
-
-
-def apply_batch(
-    engine: Engine,
-    payloads: Sequence[Any],
-    *,
-    min_confidence: float = 0.5,
-    now: datetime | None = None,
-) -> list[Outcome]:
-    """Apply payloads in one new transaction, committed before returning."""
-    with engine.begin() as conn:
-        return apply_payloads(conn, payloads, min_confidence=min_confidence, now=now)
 
 
 def count_processed(conn: Connection) -> int:
