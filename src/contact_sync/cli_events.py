@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from contact_sync.db.engine import make_engine, safe_url
 from contact_sync.db.unit_of_work import unit_of_work
 from contact_sync.events import Reason
-from contact_sync.settings import Settings, get_settings
+from contact_sync.settings import Settings
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -33,12 +33,15 @@ class BrokerUnreachable(Exception):
 
 
 def command_settings(args: argparse.Namespace) -> Settings:
-    """The environment's settings, this command's ``--database-url``/``--broker-url`` over them."""
+    """The environment's settings, this command's ``--database-url``/``--broker-url`` over them.
+
+    Read afresh for each command, and handed on as a value (``create_app(settings)``).
+    """
     overrides = {
         "database_url": getattr(args, "database_url", None),
         "broker_url": getattr(args, "broker_url", None),
     }
-    return get_settings().model_copy(update={k: v for k, v in overrides.items() if v})
+    return Settings().model_copy(update={k: v for k, v in overrides.items() if v})
 
 
 def _check_broker(app: Celery, settings: Settings) -> None:
