@@ -11,7 +11,8 @@ loop turn's at once. The difference between the two runs is the transport's spee
 
 from __future__ import annotations
 
-from contact_sync.worker.celery_app import TRANSPORT, app
+from contact_sync.worker.app import app
+from contact_sync.worker.celery_app import TRANSPORT
 
 if app.conf.broker_transport != TRANSPORT:
     raise SystemExit("_stock_kombu_app compares Redis transports: give it a redis:// broker")

@@ -10,7 +10,7 @@ import copy
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,9 +19,11 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
+from contact_sync.apply import Outcome, apply_payloads
 from contact_sync.db.engine import make_engine
 from contact_sync.db.migrate import upgrade
 from contact_sync.db.tables import metadata
+from contact_sync.db.unit_of_work import unit_of_work
 from contact_sync.teams import Team, create_team
 from tests.services import postgres_server, rabbitmq_vhost, redis_server
 
@@ -199,3 +201,11 @@ def pg_other_team(pg_engine: Engine) -> Team:
     """A second team on PostgreSQL."""
     with pg_engine.begin() as conn:
         return create_team(conn, name="Rival Roofing")
+
+
+def apply_batch(engine: Engine, payloads: Sequence[Any], **options: Any) -> list[Outcome]:
+    """Apply ``payloads`` in a unit of work of their own, committed, as one delivery is."""
+    with unit_of_work(engine) as uow:
+        outcomes = apply_payloads(uow.conn, payloads, **options)
+        uow.commit()
+    return outcomes

@@ -22,11 +22,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, update
 
 from contact_sync.api import create_app
-from contact_sync.apply import Outcome, apply_payloads
 from contact_sync.db.tables import api_keys
 from contact_sync.phones import E164_MESSAGE
 from contact_sync.settings import Settings
 from contact_sync.teams import Team, create_team, issue_api_key
+from tests.conftest import apply_batch
 
 CONTACTS = "/api/crm/contacts"
 COMPANIES = "/api/crm/companies"
@@ -69,12 +69,6 @@ HISTORY_FIELDS = {
     "skipped",
     "summary",
 }
-
-
-def apply_batch(engine: Engine, payloads: list[Any]) -> list[Outcome]:
-    """Apply payloads in a transaction of their own, as the worker's task does."""
-    with engine.begin() as conn:
-        return apply_payloads(conn, payloads)
 
 
 def _url(engine: Engine) -> str:

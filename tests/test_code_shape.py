@@ -9,18 +9,6 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 MAX_FUNCTION_LINES = 60
 
-# Temporary: functions being split on other branches of issue 13 (the writer and
-# unit-of-work work). Emptied when those are merged; nothing may be added here.
-NOT_YET_SPLIT = frozenset(
-    {
-        "contact_sync/worker/grouping.py:strategy",
-        "contact_sync/worker/grouping.py:_dispatch",
-        "contact_sync/worker/celery_app.py:create_app",
-        "contact_sync/cli_events.py:cmd_dead_letters_replay",
-        "contact_sync/cli_events.py:add_event_commands",
-    }
-)
-
 
 def _functions() -> Iterator[tuple[str, int]]:
     """``path:name`` and the length in lines of every function in ``src/``, migrations aside."""
@@ -35,15 +23,5 @@ def _functions() -> Iterator[tuple[str, int]]:
 
 
 def test_no_function_in_src_is_over_60_lines() -> None:
-    too_long = {
-        name: lines
-        for name, lines in _functions()
-        if lines > MAX_FUNCTION_LINES and name not in NOT_YET_SPLIT
-    }
+    too_long = {name: lines for name, lines in _functions() if lines > MAX_FUNCTION_LINES}
     assert too_long == {}
-
-
-def test_the_allow_list_names_only_functions_that_are_still_long() -> None:
-    lengths = dict(_functions())
-    short_again = {name for name in NOT_YET_SPLIT if lengths.get(name, 0) <= MAX_FUNCTION_LINES}
-    assert short_again == set(), "split now: remove them from NOT_YET_SPLIT"

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, Text, cast, func, select
 
-from contact_sync.apply import Outcome, apply_payloads
 from contact_sync.cli import main
 from contact_sync.db.tables import contact_history, contacts, dead_letters, suppressions
 from contact_sync.dead_letters import ERASED_MESSAGE
@@ -25,7 +24,7 @@ from contact_sync.settings import get_settings
 from contact_sync.store import delete_contact
 from contact_sync.suppression import SUPPRESSED, is_suppressed
 from contact_sync.teams import Team
-from tests.conftest import call_event, contact_row, make_contact
+from tests.conftest import apply_batch, call_event, contact_row, make_contact
 from tests.test_api import CONTACTS, Api, _api, _client
 
 PHONE = "+12025550143"
@@ -44,12 +43,6 @@ ADA = {
 }
 # Every form of the contact's data that must not survive anywhere it was erased from.
 PII = ("2025550143", "555-0143", "5550143", "2025550178", "5550178", "lovelace", "Lovelace")
-
-
-def apply_batch(engine: Engine, payloads: list[Any]) -> list[Outcome]:
-    """Apply payloads in a transaction of their own, as the worker's task does."""
-    with engine.begin() as conn:
-        return apply_payloads(conn, payloads)
 
 
 @pytest.fixture

@@ -24,22 +24,15 @@ from alembic import command
 from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.engine import make_url
 
-from contact_sync.apply import Outcome, apply_payloads
 from contact_sync.db.engine import make_engine
 from contact_sync.db.migrate import alembic_config, upgrade
 from contact_sync.db.tables import dead_letters, processed_events
 from contact_sync.teams import Team, create_team
-from tests.conftest import call_event, contact_row, make_contact
+from tests.conftest import apply_batch, call_event, contact_row, make_contact
 from tests.services import redis_server
 from tests.workers import QUEUE, start_worker, stop_worker, task_envelope
 
 SHARED_ID = "evt-shared"
-
-
-def apply_batch(engine: Engine, payloads: list[Any]) -> list[Outcome]:
-    """Apply payloads in a transaction of their own, as the worker's task does."""
-    with engine.begin() as conn:
-        return apply_payloads(conn, payloads)
 
 
 def downgrade(engine: Engine, revision: str) -> None:

@@ -219,6 +219,13 @@ class _Delivered(Message):  # type: ignore[misc]
         self.acked = True
 
 
+def _consumer() -> DeadLetteringConsumer:
+    """The consumer's handlers alone, on an app (they read its settings), not started."""
+    consumer = object.__new__(DeadLetteringConsumer)
+    consumer.app = create_app(Settings())
+    return consumer
+
+
 def _unknown_task_message(event: dict[str, Any]) -> _Delivered:
     body = [[event], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
     return _Delivered(
@@ -245,7 +252,7 @@ def test_an_undeliverable_message_the_database_cannot_take_now_stays_unacknowled
         f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/none?connect_timeout=2"
     )
     monkeypatch.setattr(runtime, "_engine", unreachable)
-    consumer = object.__new__(DeadLetteringConsumer)
+    consumer = _consumer()
     message = _unknown_task_message({"event_id": "evt_later"})
 
     consumer.on_unknown_task(None, message, KeyError("contact_sync.no_such_task"))
@@ -258,7 +265,7 @@ def test_an_undeliverable_message_is_parked_then_acknowledged(
     monkeypatch: pytest.MonkeyPatch, pg_engine: Engine
 ) -> None:
     monkeypatch.setattr(runtime, "_engine", pg_engine)
-    consumer = object.__new__(DeadLetteringConsumer)
+    consumer = _consumer()
     message = _unknown_task_message({"event_id": "evt_parked"})
 
     consumer.on_unknown_task(None, message, KeyError("contact_sync.no_such_task"))
@@ -281,7 +288,7 @@ def test_an_undeliverable_message_is_parked_on_a_connection_a_restart_closed(
     with pg_engine.connect() as conn:
         conn.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid or 0)})")
     monkeypatch.setattr(runtime, "_engine", engine)
-    consumer = object.__new__(DeadLetteringConsumer)
+    consumer = _consumer()
     message = _unknown_task_message({"event_id": "evt_after_restart"})
 
     consumer.on_unknown_task(None, message, KeyError("contact_sync.no_such_task"))

@@ -17,7 +17,6 @@ from contact_sync.settings import Settings
 from contact_sync.teams import create_team
 from contact_sync.worker.celery_app import QUEUE, TASK_APPLY, create_app
 from contact_sync.worker.grouping import GROUP_MAX, group_size, strategy
-from contact_sync.worker.tasks import apply_call_completed
 from tests.brokers import BROKERS, broker_for
 from tests.conftest import call_event
 from tests.workers import start_worker, stop_worker
@@ -111,7 +110,7 @@ def _consumer(pool: _Pool, timer: _Timer) -> SimpleNamespace:
 def _strategy(pool: _Pool, timer: _Timer, multiplier: int = 0) -> Any:
     app = create_app(Settings(broker_url="memory://"))
     app.conf.worker_prefetch_multiplier = multiplier
-    return strategy(apply_call_completed, app, _consumer(pool, timer))
+    return strategy(app.tasks[TASK_APPLY], app, _consumer(pool, timer))
 
 
 def test_groups_grow_while_every_pool_process_is_busy_and_go_when_one_is_free() -> None:

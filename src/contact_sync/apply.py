@@ -267,13 +267,11 @@ def _dead_letter(
     dead_letter_id: str | None,
 ) -> Outcome:
     event_id, team_id = event_id_of(payload), team_id_of(payload)
-    dead_letters.record(
+    dead_letters.park(
         conn,
-        payload=payload,
+        payloads=[payload],
         reason=reason,
         message=message,
-        event_id=event_id,
-        team_id=team_id,
         now=now,
         dead_letter_id=dead_letter_id,
     )

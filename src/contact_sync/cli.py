@@ -26,6 +26,7 @@ from contact_sync.cli_events import BrokerUnreachable, add_event_commands, port_
 from contact_sync.cli_keys import add_key_commands, add_team_commands
 from contact_sync.db.engine import InvalidDatabaseURL, is_outage, make_engine, safe_url
 from contact_sync.db.migrate import UnknownRevision, schema_problem, upgrade
+from contact_sync.db.unit_of_work import unit_of_work
 from contact_sync.errors import ContactSyncError, NotFound, ValidationFailed
 from contact_sync.logs import api_log_config
 from contact_sync.query import ContactQuery, list_contacts
@@ -77,9 +78,10 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 
 def cmd_teams_create(args: argparse.Namespace) -> None:
     """Create a team and its first API key; print both as JSON."""
-    with _engine(args).begin() as conn:
-        team = create_team(conn, name=args.name, region=args.region)
-        key = issue_api_key(conn, team_id=team.id)
+    with unit_of_work(_engine(args)) as uow:
+        team = create_team(uow.conn, name=args.name, region=args.region)
+        key = issue_api_key(uow.conn, team_id=team.id)
+        uow.commit()
     print(json.dumps({"team_id": team.id, "api_key": key.api_key}))
 
 
@@ -101,8 +103,8 @@ def cmd_contacts_list(args: argparse.Namespace) -> None:
         "offset": args.offset,
     }
     query = ContactQuery.parse({k: v for k, v in params.items() if v is not None})
-    with _engine(args).connect() as conn:
-        page = list_contacts(conn, query)
+    with unit_of_work(_engine(args)) as uow:
+        page = list_contacts(uow.conn, query)
     if args.json:
         print(json.dumps(page.to_dict()))
         return

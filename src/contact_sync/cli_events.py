@@ -10,12 +10,18 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
-from typing import Any, get_args
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, get_args
+
+from sqlalchemy import Engine
 
 from contact_sync.db.engine import make_engine, safe_url
+from contact_sync.db.unit_of_work import unit_of_work
 from contact_sync.events import Reason
-from contact_sync.settings import get_settings
+from contact_sync.settings import Settings
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 # A byte order mark: Windows tools start UTF-8 files with it, and ``cat`` of such
 # files puts it at the start of later lines too. JSON may not begin with it.
@@ -27,39 +33,39 @@ class BrokerUnreachable(Exception):
     """The broker did not answer; the message names its URL, password hidden."""
 
 
-def _apply_overrides(args: argparse.Namespace) -> None:
-    # The Celery app reads settings at import: flags become environment first.
-    if getattr(args, "database_url", None):
-        os.environ["CONTACT_SYNC_DATABASE_URL"] = args.database_url
-    if getattr(args, "broker_url", None):
-        os.environ["CONTACT_SYNC_BROKER_URL"] = args.broker_url
-    get_settings.cache_clear()
+def command_settings(args: argparse.Namespace) -> Settings:
+    """The environment's settings, this command's ``--database-url``/``--broker-url`` over them.
+
+    Read afresh for each command, and handed on as a value (``create_app(settings)``).
+    """
+    overrides = {
+        "database_url": getattr(args, "database_url", None),
+        "broker_url": getattr(args, "broker_url", None),
+    }
+    return Settings().model_copy(update={k: v for k, v in overrides.items() if v})
 
 
-def _check_broker() -> None:
-    from contact_sync.worker import app
-
-    url = get_settings().broker_url
+def _check_broker(app: Celery, settings: Settings) -> None:
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=5)
     except Exception as exc:  # kombu raises many kinds; all mean "not reachable"
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BrokerUnreachable(f"cannot reach broker {safe_url(url)}: {reason}") from None
+        url = safe_url(settings.broker_url)
+        raise BrokerUnreachable(f"cannot reach broker {url}: {reason}") from None
 
 
-def _check_database() -> None:
+def _check_database(settings: Settings) -> None:
     """Reach the database and find the schema there (a worker cannot apply events without)."""
     from contact_sync.db.migrate import schema_problem
 
-    url = get_settings().database_url
-    engine = make_engine(url)
+    engine = make_engine(settings.database_url)
     try:
         problem = schema_problem(engine)
     finally:
         engine.dispose()
     if problem:
-        raise SystemExit(_fail(f"the database at {safe_url(url)} {problem}", 4))
+        raise SystemExit(_fail(f"the database at {safe_url(settings.database_url)} {problem}", 4))
 
 
 def positive_int(text: str) -> int:
@@ -92,16 +98,17 @@ def _batch_size(text: str) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> None:
     """Run a Celery worker on the events queue (blocks until stopped)."""
+    settings = command_settings(args)
     if args.remote_control:
-        os.environ["CONTACT_SYNC_WORKER_REMOTE_CONTROL"] = "true"
-    _apply_overrides(args)
+        settings = settings.model_copy(update={"worker_remote_control": True})
     metrics_dir = None
     if args.metrics_port and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # Before prometheus-client is first imported: it picks its storage then.
+        # Before prometheus-client is first imported: it picks its storage then, and
+        # reads it from the environment only (its pool children inherit it so).
         metrics_dir = tempfile.mkdtemp(prefix="contact-sync-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
-        _run_worker(args)
+        _run_worker(args, settings)
     finally:
         # The folder this process made (one per start: they would pile up in /tmp);
         # pool children leave through os._exit and never come here.
@@ -109,14 +116,15 @@ def cmd_worker(args: argparse.Namespace) -> None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _run_worker(args: argparse.Namespace) -> None:
+def _run_worker(args: argparse.Namespace, settings: Settings) -> None:
     from contact_sync.logs import configure_logging
 
     # JSON lines from the start: Celery warns (running as root) before it sets up logging.
     configure_logging(args.loglevel)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # the schema check's chatter
-    from contact_sync.worker import QUEUE, app
+    from contact_sync.worker import QUEUE, create_app
 
+    app = create_app(settings)
     if args.metrics_port:
         # First: a port taken is found in a moment, without waiting for any server.
         from contact_sync.worker.metrics_server import serve
@@ -128,8 +136,8 @@ def _run_worker(args: argparse.Namespace) -> None:
             raise SystemExit(
                 _fail(f"cannot serve metrics on port {args.metrics_port}: {reason}", 1)
             ) from None
-    _check_database()
-    _check_broker()
+    _check_database(settings)
+    _check_broker(app, settings)
 
     argv = [
         "worker",
@@ -205,16 +213,16 @@ def cmd_publish(args: argparse.Namespace) -> None:
 
     Lines are UTF-8, with or without a byte order mark.
     """
-    # First: importing the publisher creates the Celery app from the settings,
-    # so a --broker-url applied later would be checked but not published to.
-    _apply_overrides(args)
     from kombu.exceptions import KombuError
     from tqdm import tqdm
 
     from contact_sync.publisher import EventPublisher
+    from contact_sync.worker import create_app
 
+    settings = command_settings(args)
     lines, total = _read_lines(args.file)  # a missing file is told before any broker is tried
-    _check_broker()
+    app = create_app(settings)
+    _check_broker(app, settings)
     invalid = 0
 
     def report(message: str) -> None:
@@ -225,7 +233,7 @@ def cmd_publish(args: argparse.Namespace) -> None:
     sent = messages = 0
     try:
         with (
-            EventPublisher(max_batch=args.batch_size) as publisher,
+            EventPublisher(app=app, max_batch=args.batch_size) as publisher,
             tqdm(total=total, unit="line", file=sys.stderr, disable=args.quiet) as bar,
         ):
             last = 0
@@ -240,7 +248,7 @@ def cmd_publish(args: argparse.Namespace) -> None:
     except (KombuError, OSError) as exc:  # the broker went away while sending
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BrokerUnreachable(
-            f"lost broker {safe_url(get_settings().broker_url)} after {sent} events were sent: "
+            f"lost broker {safe_url(settings.broker_url)} after {sent} events were sent: "
             f"{reason}; publishing the file again is safe (duplicates are ignored)"
         ) from None
     print(f"published {sent} events in {messages} messages; {invalid} invalid lines skipped")
@@ -256,7 +264,6 @@ def cmd_dead_letters_list(args: argparse.Namespace) -> None:
     """
     from contact_sync.dead_letters import list_dead_letter_lines, list_dead_letters
 
-    _apply_overrides(args)
     if args.limit < 1 or args.offset < 0:
         raise SystemExit(_fail("--limit must be at least 1 and --offset at least 0", 2))
     page = {
@@ -266,13 +273,13 @@ def cmd_dead_letters_list(args: argparse.Namespace) -> None:
         "limit": args.limit,
         "offset": args.offset,
     }
-    with make_engine(get_settings().database_url).connect() as conn:
+    with unit_of_work(make_engine(command_settings(args).database_url)) as uow:
         if args.json:
-            letters = list_dead_letters(conn, **page)
+            letters = list_dead_letters(uow.conn, **page)
             print(json.dumps([letter.to_dict() for letter in letters]))
             return
         # One more than the page: whether to say there are more.
-        lines = list_dead_letter_lines(conn, **{**page, "limit": args.limit + 1})
+        lines = list_dead_letter_lines(uow.conn, **{**page, "limit": args.limit + 1})
     more, lines = len(lines) > args.limit, lines[: args.limit]
     if not lines:
         print("no dead letters" if args.offset == 0 else "no dead letters at this offset")
@@ -294,86 +301,72 @@ def _operator() -> str:
         return "cli"
 
 
-def _by_event_id(conn: Any, event_id: str, team_id: str | None) -> str:
-    """The letter to replay for an event id: its team's open one, else its newest."""
-    from contact_sync.dead_letters import list_dead_letters
-
-    letters = list_dead_letters(conn, team_id=team_id, event_id=event_id)
-    where = f" in team {team_id}" if team_id else ""
-    if not letters:
-        raise SystemExit(_fail(f"no dead letter of event {event_id}{where}", 3))
-    teams = {letter.team_id for letter in letters}
-    if len(teams) > 1:
-        raise SystemExit(
-            _fail(
-                f"event id {event_id} has dead letters in {len(teams)} teams: name one with --team",
-                2,
-            )
-        )
-    return next((letter for letter in letters if letter.is_open), letters[0]).id
-
-
 def cmd_dead_letters_replay(args: argparse.Namespace) -> None:
     """Send dead letters through the apply path again; closes those that now go through.
 
     An erased letter (its contact was deleted) or a discarded one is refused:
     the event it was must not come back. ``--all`` skips them.
     """
-    from contact_sync.clock import utcnow
-    from contact_sync.dead_letters import (
-        ClosedLetter,
-        DeadLetterNotFound,
-        ErasedLetter,
-        get_dead_letter,
-        list_dead_letter_lines,
-    )
-    from contact_sync.replays import replay
+    from contact_sync.replays import EventInSeveralTeams, NoLetterToReplay, select_for_replay
 
-    _apply_overrides(args)
-    engine = make_engine(get_settings().database_url)
-    with engine.connect() as conn:
-        letters: list[Any]
-        if args.all:
-            # Ids and states only: each payload is read under its lock, one at a time.
-            letters = list_dead_letter_lines(conn, include_replayed=False, team_id=args.team)
-        else:
-            wanted = args.id or _by_event_id(conn, args.event_id, args.team)
-            found = get_dead_letter(conn, dead_letter_id=wanted, team_id=args.team)
-            if found is None:
-                where = f" in team {args.team}" if args.team else ""
-                raise SystemExit(_fail(f"no dead letter {wanted}{where}", 3))
-            letters = [found]
-    # A single letter that was erased is refused below, under its lock.
-    erased = sum(1 for letter in letters if args.all and letter.erased_at is not None)
-    letters = [letter for letter in letters if not (args.all and letter.erased_at is not None)]
-    results: list[dict[str, Any]] = []
+    settings = command_settings(args)
+    engine = make_engine(settings.database_url)
+    try:
+        with unit_of_work(engine) as uow:
+            selection = select_for_replay(
+                uow.conn, dead_letter_id=args.id, event_id=args.event_id, team_id=args.team
+            )
+    except NoLetterToReplay as exc:
+        raise SystemExit(_fail(str(exc), 3)) from None
+    except EventInSeveralTeams as exc:
+        raise SystemExit(_fail(f"{exc}: name one with --team", 2)) from None
+    outcomes, erased = _replay_each(engine, selection.letters, args.all, settings.min_confidence)
+    erased += selection.erased
+    if erased:
+        print(f"skipped {erased} erased dead letters (their contacts were deleted)")
+    if "dead_lettered" in outcomes:
+        raise SystemExit(1)
+
+
+def _replay_each(
+    engine: Engine, letters: Sequence[Any], every: bool, min_confidence: float
+) -> tuple[list[str], int]:
+    """Replay each letter in a unit of work of its own; print each outcome.
+
+    Returns the outcomes and how many letters turned out erased on the way
+    (``every``: closed letters are skipped; one named alone is refused).
+    """
+    from contact_sync.clock import utcnow
+    from contact_sync.dead_letters import ClosedLetter, DeadLetterNotFound, ErasedLetter
+    from contact_sync.replays import replay_letter
+
+    outcomes: list[str] = []
+    erased = 0
     by = _operator()
     for listed in letters:
         try:
-            with engine.begin() as conn:
-                done = replay(
-                    conn,
+            with unit_of_work(engine) as uow:
+                done = replay_letter(
+                    uow.conn,
                     dead_letter_id=listed.id,
                     team_id=None,
                     by=by,
                     now=utcnow(),
-                    min_confidence=get_settings().min_confidence,
+                    min_confidence=min_confidence,
                 )
+                uow.commit()
         except ClosedLetter as exc:
-            if not args.all:
+            if not every:
                 raise SystemExit(_fail(str(exc), 3)) from None
             erased += isinstance(exc, ErasedLetter)
             continue
         except DeadLetterNotFound:
             continue  # gone since it was listed: nothing to replay
         outcome = done.outcome
-        results.append({"id": listed.id, "outcome": outcome.outcome, "reason": outcome.reason})
+        outcomes.append(outcome.outcome)
         detail = f" ({outcome.reason}: {outcome.message})" if outcome.reason else ""
         print(f"{listed.id}: {outcome.outcome}{detail}")
-    if erased:
-        print(f"skipped {erased} erased dead letters (their contacts were deleted)")
-    if any(r["outcome"] == "dead_lettered" for r in results):
-        raise SystemExit(1)
+    return outcomes, erased
 
 
 def cmd_dead_letters_discard(args: argparse.Namespace) -> None:
@@ -381,14 +374,14 @@ def cmd_dead_letters_discard(args: argparse.Namespace) -> None:
     from contact_sync.clock import utcnow
     from contact_sync.dead_letters import ReplayedLetter, discard
 
-    _apply_overrides(args)
-    engine = make_engine(get_settings().database_url)
+    engine = make_engine(command_settings(args).database_url)
     now = utcnow()
     try:
-        with engine.begin() as conn:
+        with unit_of_work(engine) as uow:
             letter = discard(
-                conn, dead_letter_id=args.id, team_id=args.team, by=_operator(), now=now
+                uow.conn, dead_letter_id=args.id, team_id=args.team, by=_operator(), now=now
             )
+            uow.commit()
     except ReplayedLetter as exc:
         raise SystemExit(_fail(str(exc), 3)) from None
     when = letter.discarded_at.isoformat() if letter.discarded_at else "?"
@@ -402,7 +395,13 @@ def _fail(message: str, code: int) -> int:
 
 
 def add_event_commands(sub: Any) -> None:
-    """Register ``worker``, ``publish`` and ``dead-letters`` on the main parser."""
+    """Register ``worker``, ``worker-health``, ``publish`` and ``dead-letters``."""
+    _add_worker_commands(sub)
+    _add_publish_command(sub)
+    _add_dead_letter_commands(sub)
+
+
+def _add_worker_commands(sub: Any) -> None:
     worker = sub.add_parser("worker", help="run a Celery worker on the events queue")
     worker.add_argument("--concurrency", type=positive_int, help="worker processes (default: CPUs)")
     worker.add_argument("--loglevel", default="info", type=str.lower, choices=_LOG_LEVELS)
@@ -430,6 +429,8 @@ def add_event_commands(sub: Any) -> None:
     health.add_argument("--file", help="the heartbeat file (CONTACT_SYNC_WORKER_HEARTBEAT_FILE)")
     health.set_defaults(func=cmd_worker_health)
 
+
+def _add_publish_command(sub: Any) -> None:
     publish = sub.add_parser("publish", help="send events from a JSON-lines file")
     publish.add_argument("file", metavar="FILE.jsonl", help="UTF-8 JSON lines; - reads stdin")
     publish.add_argument(
@@ -438,6 +439,8 @@ def add_event_commands(sub: Any) -> None:
     publish.add_argument("--quiet", action="store_true", help="no progress bar")
     publish.set_defaults(func=cmd_publish)
 
+
+def _add_dead_letter_commands(sub: Any) -> None:
     letters = sub.add_parser("dead-letters", help="list, replay or discard parked events")
     letters_sub = letters.add_subparsers(
         dest="dead_letters_command", required=True, metavar="ACTION"

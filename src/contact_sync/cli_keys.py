@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from contact_sync.db.engine import make_engine
+from contact_sync.db.unit_of_work import unit_of_work
 from contact_sync.settings import get_settings
 from contact_sync.teams import (
     SCOPES,
@@ -44,8 +45,8 @@ def print_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 def cmd_teams_list(args: argparse.Namespace) -> None:
     """Every team, oldest first, with its number of usable (unrevoked) keys."""
-    with _engine(args).connect() as conn:
-        found = team_summaries(conn)
+    with unit_of_work(_engine(args)) as uow:
+        found = team_summaries(uow.conn)
     if args.json:
         print(json.dumps([team.to_dict() for team in found]))
         return
@@ -60,8 +61,9 @@ def cmd_teams_list(args: argparse.Namespace) -> None:
 
 def cmd_keys_create(args: argparse.Namespace) -> None:
     """Issue a key for a team; its token is printed this once."""
-    with _engine(args).begin() as conn:
-        key = issue_api_key(conn, team_id=args.team, scope=args.scope, name=args.name)
+    with unit_of_work(_engine(args)) as uow:
+        key = issue_api_key(uow.conn, team_id=args.team, scope=args.scope, name=args.name)
+        uow.commit()
     print(
         json.dumps(
             {"key_id": key.key_id, "api_key": key.api_key, "scope": key.scope, "name": key.name}
@@ -71,8 +73,8 @@ def cmd_keys_create(args: argparse.Namespace) -> None:
 
 def cmd_keys_list(args: argparse.Namespace) -> None:
     """A team's keys, revoked ones included: never the key nor its hash."""
-    with _engine(args).connect() as conn:
-        keys = list_api_keys(conn, team_id=args.team)
+    with unit_of_work(_engine(args)) as uow:
+        keys = list_api_keys(uow.conn, team_id=args.team)
     if args.json:
         print(json.dumps([key.to_dict() for key in keys]))
         return
@@ -97,8 +99,9 @@ def cmd_keys_list(args: argparse.Namespace) -> None:
 
 def cmd_keys_revoke(args: argparse.Namespace) -> None:
     """Revoke a key: the API answers 401 to it from the next request on."""
-    with _engine(args).begin() as conn:
-        key = revoke_api_key(conn, key_id=args.key_id)
+    with unit_of_work(_engine(args)) as uow:
+        key = revoke_api_key(uow.conn, key_id=args.key_id)
+        uow.commit()
     print(f"key {key.id} of team {key.team_id} is revoked (since {_when(key.revoked_at)})")
 
 

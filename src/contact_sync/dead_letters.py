@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -43,7 +43,7 @@ from sqlalchemy import (
 
 from contact_sync.db.tables import dead_letters
 from contact_sync.errors import ContactSyncError, NotFound
-from contact_sync.events import EventOutcome, Reason
+from contact_sync.events import EventOutcome, Reason, event_id_of, team_id_of
 from contact_sync.ids import new_id
 from contact_sync.phones import normalise_phone
 from contact_sync.storable import has_unstorable
@@ -424,6 +424,39 @@ def _park_new(
         )
     )
     return new
+
+
+def park(
+    conn: Connection,
+    *,
+    payloads: Sequence[Any],
+    reason: Reason,
+    message: str,
+    now: datetime,
+    events: Sequence[Any] | None = None,
+    dead_letter_id: str | None = None,
+) -> list[str]:
+    """Dead-letter each payload in the caller's transaction; returns the letters' ids.
+
+    The one writer of dead letters: the apply path, the tasks and the consumer
+    all park through it. A letter is keyed by the event its payload carries:
+    the payload itself, or ``events[i]`` when the payload wraps it (a message
+    kept as received). ``dead_letter_id``: the letter a replay parks again.
+    """
+    keys = payloads if events is None else events
+    return [
+        record(
+            conn,
+            payload=payload,
+            reason=reason,
+            message=message,
+            event_id=event_id_of(event),
+            team_id=team_id_of(event),
+            now=now,
+            dead_letter_id=dead_letter_id,
+        )
+        for payload, event in zip(payloads, keys, strict=True)
+    ]
 
 
 def mark_replayed(conn: Connection, *, dead_letter_id: str, now: datetime) -> None:

@@ -29,7 +29,7 @@ log = logging.getLogger("contact_sync.publisher")
 
 
 def _default_app() -> Celery:
-    from contact_sync.worker import app
+    from contact_sync.worker.app import app
 
     return app
 

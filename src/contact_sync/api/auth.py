@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 
 from contact_sync.api.rate_limit import RateLimited, RateLimiter
 from contact_sync.clock import utcnow
+from contact_sync.db.unit_of_work import unit_of_work
 from contact_sync.errors import ForbiddenTeam
 from contact_sync.teams import Scope, find_key, needs_touch, touch_key
 
@@ -62,14 +63,15 @@ def caller(
     if len(token) > 200 or not token.isascii() or "\x00" in token:
         raise HTTPException(401, "Invalid API key", headers={"WWW-Authenticate": "Bearer"})
     engine = engine_of(request)
-    with engine.connect() as conn:
-        found = find_key(conn, api_key=token)
+    with unit_of_work(engine) as uow:
+        found = find_key(uow.conn, api_key=token)
     if found is None:
         raise HTTPException(401, "Invalid API key", headers={"WWW-Authenticate": "Bearer"})
     now = utcnow()
     if needs_touch(found, now):
-        with engine.begin() as conn:
-            touch_key(conn, key_id=found.id, now=now)
+        with unit_of_work(engine) as uow:
+            touch_key(uow.conn, key_id=found.id, now=now)
+            uow.commit()
     limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
     if limiter is not None:
         try:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from pydantic.alias_generators import to_camel
 from starlette.concurrency import run_in_threadpool
 
+from contact_sync import replays
 from contact_sync.api.auth import Caller, CallerDep, EngineDep
 from contact_sync.api.params import query_parameters, read_query
 from contact_sync.api.routes import _errors
@@ -30,6 +31,7 @@ from contact_sync.api.schemas import (
 )
 from contact_sync.clock import utcnow
 from contact_sync.contacts import field_errors
+from contact_sync.db.unit_of_work import unit_of_work
 from contact_sync.dead_letters import (
     ClosedLetter,
     DeadLetter,
@@ -41,7 +43,6 @@ from contact_sync.dead_letters import (
 )
 from contact_sync.errors import ValidationFailed
 from contact_sync.events import EventOutcome, Reason
-from contact_sync.replays import replay
 from contact_sync.settings import Settings, get_settings
 
 router = APIRouter(prefix="/api/crm", tags=["dead letters"])
@@ -239,9 +240,9 @@ def _letter(letter: DeadLetter) -> dict[str, Any]:
 def list_letters(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str, Any]:
     query = _read(request, DeadLetterQuery)
     team_id = caller.team(query["team_id"])
-    with engine.connect() as conn:
+    with unit_of_work(engine) as uow:
         page = page_dead_letters(
-            conn,
+            uow.conn,
             team_id=team_id,
             reason=query["reason"],
             is_open=query["open"],
@@ -262,8 +263,8 @@ def get_letter(
     dead_letter_id: DeadLetterIdPath, request: Request, caller: CallerDep, engine: EngineDep
 ) -> dict[str, Any]:
     team_id = _team(request, caller)
-    with engine.connect() as conn:
-        letter = get_dead_letter(conn, dead_letter_id=dead_letter_id, team_id=team_id)
+    with unit_of_work(engine) as uow:
+        letter = get_dead_letter(uow.conn, dead_letter_id=dead_letter_id, team_id=team_id)
     if letter is None:
         raise HTTPException(404, NOT_FOUND)
     return _letter(letter)
@@ -290,15 +291,16 @@ async def replay_letter(
 
     def write() -> dict[str, Any]:
         try:
-            with engine.begin() as conn:
-                done = replay(
-                    conn,
+            with unit_of_work(engine) as uow:
+                done = replays.replay_letter(
+                    uow.conn,
                     dead_letter_id=dead_letter_id,
                     team_id=team_id,
                     by=caller.key_id,
                     now=utcnow(),
                     min_confidence=min_confidence,
                 )
+                uow.commit()
         except DeadLetterNotFound:
             raise HTTPException(404, NOT_FOUND) from None
         except ClosedLetter as exc:
@@ -333,14 +335,15 @@ async def discard_letter(
 
     def write() -> dict[str, Any]:
         try:
-            with engine.begin() as conn:
+            with unit_of_work(engine) as uow:
                 letter = discard(
-                    conn,
+                    uow.conn,
                     dead_letter_id=dead_letter_id,
                     team_id=team_id,
                     by=caller.key_id,
                     now=utcnow(),
                 )
+                uow.commit()
         except DeadLetterNotFound:
             raise HTTPException(404, NOT_FOUND) from None
         except ClosedLetter as exc:

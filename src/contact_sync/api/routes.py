@@ -46,6 +46,7 @@ from contact_sync.companies import (
     rename_company,
 )
 from contact_sync.contacts import LEAD_STATUS_SCHEMA, Contact, ContactCreate, ContactPatch
+from contact_sync.db.unit_of_work import unit_of_work
 from contact_sync.errors import ValidationFailed
 from contact_sync.query import (
     SORTS,
@@ -287,8 +288,9 @@ async def create(request: Request, caller: CallerDep, engine: EngineDep) -> JSON
     team_id = _body_team(caller, body)
 
     def write() -> JSONResponse:
-        with engine.begin() as conn:
-            contact = create_contact(conn, team_id=team_id, data=body, api_key_id=caller.key_id)
+        with unit_of_work(engine) as uow:
+            contact = create_contact(uow.conn, team_id=team_id, data=body, api_key_id=caller.key_id)
+            uow.commit()
         return _contact_response(contact, 201)
 
     # Validation, database work and rendering leave the event loop, as in the sync routes.
@@ -306,8 +308,8 @@ def list_(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str, A
     values = read_query(request, ContactQuery, overrides=_LIST_OVERRIDES, messages=_LIST_MESSAGES)
     values["team_id"] = caller.team(values.get("team_id"))
     query = ContactQuery.parse(values)
-    with engine.connect() as conn:
-        return list_contacts(conn, query).to_dict()
+    with unit_of_work(engine) as uow:
+        return list_contacts(uow.conn, query).to_dict()
 
 
 @router.get(
@@ -323,8 +325,8 @@ def eligible(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str
     )
     values["team_id"] = caller.team(values.get("team_id"))
     query = EligibleQuery.parse(values)
-    with engine.connect() as conn:
-        return list_eligible(conn, query).to_dict()
+    with unit_of_work(engine) as uow:
+        return list_eligible(uow.conn, query).to_dict()
 
 
 @router.get(
@@ -334,8 +336,8 @@ def eligible(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str
     summary="Get a contact",
 )
 def get(contact_id: ContactIdPath, caller: CallerDep, engine: EngineDep) -> JSONResponse:
-    with engine.connect() as conn:
-        contact = get_contact(conn, team_id=caller.team_id, contact_id=contact_id)
+    with unit_of_work(engine) as uow:
+        contact = get_contact(uow.conn, team_id=caller.team_id, contact_id=contact_id)
     return _contact_response(contact)
 
 
@@ -375,15 +377,16 @@ async def patch(
     body = await read_json(request, ContactPatch)
 
     def write() -> JSONResponse:
-        with engine.begin() as conn:
+        with unit_of_work(engine) as uow:
             contact = update_contact(
-                conn,
+                uow.conn,
                 team_id=caller.team_id,
                 contact_id=contact_id,
                 data=body,
                 expected_version=expected,
                 api_key_id=caller.key_id,
             )
+            uow.commit()
         return _contact_response(contact)
 
     return await run_in_threadpool(write)
@@ -400,10 +403,11 @@ async def patch(
     "a contact created later with one of them is do-not-call from the start.",
 )
 def delete(contact_id: ContactIdPath, caller: CallerDep, engine: EngineDep) -> Response:
-    with engine.begin() as conn:
+    with unit_of_work(engine) as uow:
         delete_contact(
-            conn, team_id=caller.team_id, contact_id=contact_id, api_key_id=caller.key_id
+            uow.conn, team_id=caller.team_id, contact_id=contact_id, api_key_id=caller.key_id
         )
+        uow.commit()
     return Response(status_code=204)
 
 
@@ -418,9 +422,9 @@ def history(
     contact_id: ContactIdPath, request: Request, caller: CallerDep, engine: EngineDep
 ) -> dict[str, Any]:
     query = HistoryQuery.parse(read_query(request, HistoryQuery))
-    with engine.connect() as conn:
+    with unit_of_work(engine) as uow:
         records = list_history(
-            conn,
+            uow.conn,
             team_id=caller.team_id,
             contact_id=contact_id,
             limit=query.limit,
@@ -429,8 +433,8 @@ def history(
         if query.offset == 0 and len(records) < query.limit:
             total = len(records)  # the page holds every record: no count needed
         else:
-            total = count_history(conn, team_id=caller.team_id, contact_id=contact_id)
-        provenance = contact_provenance(conn, team_id=caller.team_id, contact_id=contact_id)
+            total = count_history(uow.conn, team_id=caller.team_id, contact_id=contact_id)
+        provenance = contact_provenance(uow.conn, team_id=caller.team_id, contact_id=contact_id)
     return {
         "data": records,
         "total": total,
@@ -467,8 +471,10 @@ async def create_company_(request: Request, caller: CallerDep, engine: EngineDep
     team_id = _body_team(caller, body)
 
     def write() -> dict[str, Any]:
-        with engine.begin() as conn:
-            return create_company(conn, team_id=team_id, name=body.get("name")).__dict__
+        with unit_of_work(engine) as uow:
+            company = create_company(uow.conn, team_id=team_id, name=body.get("name"))
+            uow.commit()
+        return company.__dict__
 
     return await run_in_threadpool(write)
 
@@ -484,9 +490,9 @@ def companies(request: Request, caller: CallerDep, engine: EngineDep) -> dict[st
     values = read_query(request, CompanyQuery)
     values["team_id"] = caller.team(values.get("team_id"))
     query = CompanyQuery.parse(values)
-    with engine.connect() as conn:
+    with unit_of_work(engine) as uow:
         page = find_companies(
-            conn,
+            uow.conn,
             team_id=query.team_id,
             search=query.search,
             limit=query.limit,
@@ -507,8 +513,8 @@ def companies(request: Request, caller: CallerDep, engine: EngineDep) -> dict[st
     summary="Get a company",
 )
 def get_company_(company_id: CompanyIdPath, caller: CallerDep, engine: EngineDep) -> dict[str, Any]:
-    with engine.connect() as conn:
-        return get_company(conn, team_id=caller.team_id, company_id=company_id).__dict__
+    with unit_of_work(engine) as uow:
+        return get_company(uow.conn, team_id=caller.team_id, company_id=company_id).__dict__
 
 
 @router.patch(
@@ -524,10 +530,11 @@ async def patch_company(
     body = _company_body(await read_json(request, CompanyPatch), CompanyPatch)
 
     def write() -> dict[str, Any]:
-        with engine.begin() as conn:
+        with unit_of_work(engine) as uow:
             company = rename_company(
-                conn, team_id=caller.team_id, company_id=company_id, name=body.get("name")
+                uow.conn, team_id=caller.team_id, company_id=company_id, name=body.get("name")
             )
+            uow.commit()
         return company.__dict__
 
     return await run_in_threadpool(write)
@@ -543,8 +550,9 @@ async def patch_company(
 )
 def delete_company_(company_id: CompanyIdPath, caller: CallerDep, engine: EngineDep) -> Response:
     try:
-        with engine.begin() as conn:
-            delete_company(conn, team_id=caller.team_id, company_id=company_id)
+        with unit_of_work(engine) as uow:
+            delete_company(uow.conn, team_id=caller.team_id, company_id=company_id)
+            uow.commit()
     except CompanyInUse as exc:
         return error(409, str(exc))
     return Response(status_code=204)

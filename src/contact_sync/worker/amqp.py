@@ -15,8 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
-from contact_sync.settings import get_settings
-from contact_sync.worker.celery_app import POISON_QUEUE, TASK_APPLY, TASK_APPLY_BATCH
+from contact_sync.worker.celery_app import POISON_QUEUE, TASK_APPLY, TASK_APPLY_BATCH, settings_of
 from contact_sync.worker.consumer import DeadLetteringConsumer
 from contact_sync.worker.poison import broker_poison_reason
 
@@ -89,6 +88,6 @@ class Consumer(DeadLetteringConsumer):
     def update_strategies(self) -> None:
         """Celery's strategies, each behind the broker's poison count."""
         super().update_strategies()
-        limit = get_settings().poison_max_attempts
+        limit = settings_of(self.app).poison_max_attempts
         for task in (TASK_APPLY, TASK_APPLY_BATCH):
             self.strategies[task] = parking_poison(self, task, self.strategies[task], limit)

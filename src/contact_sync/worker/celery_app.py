@@ -28,7 +28,7 @@ from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 
 from contact_sync.logs import configure_logging
-from contact_sync.settings import Settings, get_settings
+from contact_sync.settings import Settings
 
 QUEUE = "contact_sync.events"
 TASK_APPLY = "contact_sync.apply_call_completed"
@@ -113,55 +113,83 @@ class ContactSyncCelery(Celery):  # type: ignore[misc]
         return self.subclass_with_self("contact_sync.worker.output:JsonWorker")
 
 
-def create_app(settings: Settings) -> Celery:
-    """A Celery app for ``settings``; tasks live in ``contact_sync.worker.tasks``."""
-    celery = ContactSyncCelery(
-        "contact_sync", broker=settings.broker_url, include=["contact_sync.worker.tasks"]
-    )
-    transport_options: dict[str, Any] = {}
-    consumer = "contact_sync.worker.consumer:DeadLetteringConsumer"
-    if settings.broker_url.startswith(("redis://", "rediss://")):
-        # kombu's Redis transport, with messages taken into an in-transit list
-        # instead of popped: a worker killed while taking one cannot lose it.
-        celery.conf.broker_transport = TRANSPORT
-        transport_options.update(
-            # The visibility timeout must exceed the longest a message may sit
-            # prefetched, waiting for a retry countdown, or running: Redis
-            # redelivers it after this.
-            visibility_timeout=settings.visibility_timeout_seconds,
-            # Each worker looks for messages past their visibility timeout (left by
-            # a worker that died, or stranded by a broker restart) every 10 s; kombu
-            # 5.7 scans only on every 10th look by default, so they came back up to
-            # 100 s late. One scan is one ZRANGE: scan every time.
-            unacked_restore_throttle=1,
-            prefetch_bytes=settings.worker_prefetch_bytes,
-        )
-    if uses_amqp(settings.broker_url):
-        # Every publish waits for the broker's confirmation that the queue took
-        # it (replicated, for a quorum queue): a refused or lost publish raises
-        # instead of vanishing. RabbitMQ needs no visibility timeout (it
-        # redelivers when the consumer's channel closes) and bounds prefetch per
-        # consumer, so the Redis options above do not apply.
-        transport_options["confirm_publish"] = True
-        celery.conf.update(
-            task_queues=event_queues(),
-            # Quorum queues refuse global QoS; Celery sees the quorum queue and
-            # sets the prefetch per consumer (the default, kept explicit).
-            worker_detect_quorum_queues=True,
-        )
+SETTINGS_KEY = "contact_sync_settings"
+
+
+def _redis_options(celery: Celery, settings: Settings) -> dict[str, Any]:
+    """kombu's Redis transport, with messages taken into an in-transit list
+    instead of popped: a worker killed while taking one cannot lose it."""
+    celery.conf.broker_transport = TRANSPORT
+    return {
+        # The visibility timeout must exceed the longest a message may sit
+        # prefetched, waiting for a retry countdown, or running: Redis
+        # redelivers it after this.
+        "visibility_timeout": settings.visibility_timeout_seconds,
+        # Each worker looks for messages past their visibility timeout (left by
+        # a worker that died, or stranded by a broker restart) every 10 s; kombu
+        # 5.7 scans only on every 10th look by default, so they came back up to
+        # 100 s late. One scan is one ZRANGE: scan every time.
+        "unacked_restore_throttle": 1,
+        "prefetch_bytes": settings.worker_prefetch_bytes,
+    }
+
+
+def _amqp_options(celery: Celery) -> dict[str, Any]:
+    """Every publish waits for the broker's confirmation that the queue took
+    it (replicated, for a quorum queue): a refused or lost publish raises
+    instead of vanishing. RabbitMQ needs no visibility timeout (it redelivers
+    when the consumer's channel closes) and bounds prefetch per consumer, so
+    the Redis options do not apply."""
+    celery.conf.update(
+        task_queues=event_queues(),
+        # Quorum queues refuse global QoS; Celery sees the quorum queue and
+        # sets the prefetch per consumer (the default, kept explicit).
+        worker_detect_quorum_queues=True,
         # The same consumer, with the broker's delivery count for poison
         # messages and the poison queue consumed (worker/amqp.py).
-        consumer = "contact_sync.worker.amqp:Consumer"
-    if settings.broker_url.startswith("filesystem://"):
-        # The embedded broker of the demo: message files in one folder, no server.
-        folder = Path(settings.broker_folder).resolve()
-        (folder / "control").mkdir(parents=True, exist_ok=True)
-        transport_options.update(
-            data_folder_in=str(folder),
-            data_folder_out=str(folder),
-            control_folder=str(folder / "control"),
-            polling_interval=0.05,
-        )
+        worker_consumer="contact_sync.worker.amqp:Consumer",
+    )
+    return {"confirm_publish": True}
+
+
+def _folder_options(settings: Settings) -> dict[str, Any]:
+    """The embedded broker of the demo: message files in one folder, no server."""
+    folder = Path(settings.broker_folder).resolve()
+    (folder / "control").mkdir(parents=True, exist_ok=True)
+    return {
+        "data_folder_in": str(folder),
+        "data_folder_out": str(folder),
+        "control_folder": str(folder / "control"),
+        "polling_interval": 0.05,
+    }
+
+
+def _transport_options(celery: Celery, settings: Settings) -> dict[str, Any]:
+    url = settings.broker_url
+    if url.startswith(("redis://", "rediss://")):
+        return _redis_options(celery, settings)
+    if uses_amqp(url):
+        return _amqp_options(celery)
+    if url.startswith("filesystem://"):
+        return _folder_options(settings)
+    return {}
+
+
+def create_app(settings: Settings) -> Celery:
+    """The one way to build the Celery app: from ``settings``, with the two tasks registered.
+
+    Nothing is read from the environment here: the CLI builds its app from
+    the settings it parsed, ``contact_sync.worker.app`` from the environment.
+    The settings travel with the app (``settings_of``) to its tasks.
+    """
+    from contact_sync.worker.tasks import register_tasks
+
+    celery = ContactSyncCelery("contact_sync", broker=settings.broker_url)
+    celery.conf.update(
+        worker_consumer="contact_sync.worker.consumer:DeadLetteringConsumer",
+        **{SETTINGS_KEY: settings},
+    )
+    transport_options = _transport_options(celery, settings)
     celery.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -181,12 +209,17 @@ def create_app(settings: Settings) -> Celery:
         # Remote control (inspect, revoke, shutdown, ...) is consumed from the broker,
         # where any publisher can broadcast: off unless ops opt in (README, "Security").
         worker_enable_remote_control=settings.worker_remote_control,
-        worker_consumer=consumer,
     )
+    register_tasks(celery)
     return celery
 
 
-app = create_app(get_settings())
+def settings_of(celery: Celery) -> Settings:
+    """The settings ``celery`` was built from (by ``create_app``)."""
+    settings = celery.conf.get(SETTINGS_KEY)
+    if not isinstance(settings, Settings):
+        raise TypeError("this Celery app was not built by contact_sync's create_app")
+    return settings
 
 
 @setup_logging.connect

@@ -37,10 +37,10 @@ from kombu import compression
 from kombu.utils.json import dumps
 
 from contact_sync.clock import utcnow
-from contact_sync.dead_letters import record
-from contact_sync.events import event_id_of, team_id_of
+from contact_sync.db.unit_of_work import unit_of_work
+from contact_sync.dead_letters import park
 from contact_sync.metrics import EVENTS
-from contact_sync.worker.celery_app import TASK_APPLY, TASK_APPLY_BATCH
+from contact_sync.worker.celery_app import TASK_APPLY, TASK_APPLY_BATCH, settings_of
 from contact_sync.worker.failures import is_transient
 
 # The only task names this worker runs: the contract of docs/celery-message.md.
@@ -62,7 +62,7 @@ def _text(body: Any) -> Any:
     return body
 
 
-def _park(payload: Any, text: str, message: Any) -> bool:
+def _park(app: Any, payload: Any, text: str, message: Any) -> bool:
     """Park ``payload`` and acknowledge ``message``; whether it was parked.
 
     This runs in the worker's main process, inside Celery's consumer: an
@@ -71,21 +71,10 @@ def _park(payload: Any, text: str, message: Any) -> bool:
     instead: Redis hands it out again after the visibility timeout (at once
     if this worker stops), and it is parked then.
     """
-    from contact_sync.worker.runtime import get_engine
-
     event = payload.get("event") if isinstance(payload, dict) else None
     for attempt in (1, 2):
         try:
-            with get_engine().begin() as conn:
-                record(
-                    conn,
-                    payload=payload,
-                    reason="invalid_payload",
-                    message=text[:2000],
-                    event_id=event_id_of(event),
-                    team_id=team_id_of(event),
-                    now=utcnow(),
-                )
+            _park_once(app, payload, event, text)
             break
         except Exception as error:
             # Once more at once: the first failure is often a pooled connection that
@@ -102,6 +91,22 @@ def _park(payload: Any, text: str, message: Any) -> bool:
     log.warning(text, extra={"outcome": "dead_lettered", "reason": "invalid_payload"})
     message.ack()
     return True
+
+
+def _park_once(app: Any, payload: Any, event: Any, text: str) -> None:
+    """One unit of work: the message kept as received, keyed by the event it carries."""
+    from contact_sync.worker.runtime import get_engine
+
+    with unit_of_work(get_engine(settings_of(app))) as uow:
+        park(
+            uow.conn,
+            payloads=[payload],
+            events=[event],
+            reason="invalid_payload",
+            message=text[:2000],
+            now=utcnow(),
+        )
+        uow.commit()
 
 
 def _body(body: Any, message: Any) -> Any:
@@ -286,7 +291,7 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
             "body_base64": _base64(message.body),
         }
         exc = InvalidTaskError(f"compressed message ({name!r}) refused")
-        if _park(payload, f"compressed message refused (compression {name!r})", message):
+        if _park(self.app, payload, f"compressed message refused (compression {name!r})", message):
             signals.task_rejected.send(sender=self, message=message, exc=exc)
 
     def on_task_not_allowed(self, name: str, message: Any) -> None:
@@ -301,6 +306,7 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
             return self.on_unknown_task(None, message, KeyError(name))
         body = _body(None, message)
         if not _park(
+            self.app,
             {"task": name, "event": _first_arg(body), "body": body},
             f"task not allowed {name[:200]!r}: {_ONLY}",
             message,
@@ -324,12 +330,15 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
             if isinstance(malformed, str)
             else f"message body could not be decoded: {exc}"
         )
-        if _park({"raw_body": _text(message.body)}, reason, message):
+        if _park(self.app, {"raw_body": _text(message.body)}, reason, message):
             signals.task_rejected.send(sender=self, message=message, exc=exc)
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
         if _park(
-            {"raw_body": _body(body, message)}, "message is not a Celery task message", message
+            self.app,
+            {"raw_body": _body(body, message)},
+            "message is not a Celery task message",
+            message,
         ):
             signals.task_rejected.send(sender=self, message=message, exc=None)
 
@@ -341,6 +350,7 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
             (fields.get("task"), fields.get("id")) if isinstance(fields, dict) else (None, None)
         )
         if not _park(
+            self.app,
             {"task": name, "event": _first_arg(body), "body": body},
             f"unknown task {str(name)[:200]!r}: {_ONLY}",
             message,
@@ -354,6 +364,7 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
         if _park(
+            self.app,
             {"body": _body(body, message), "headers": _text(str(message.headers))},
             f"invalid task message: {exc}",
             message,

@@ -52,8 +52,7 @@ from celery.worker.strategy import hybrid_to_proto2, proto1_to_proto2
 
 from contact_sync.worker.celery_app import TASK_APPLY
 from contact_sync.worker.consumer import check_task_headers
-from contact_sync.worker.tasks import apply_call_completed as task_object
-from contact_sync.worker.tasks import malformed, redelivered, run_message
+from contact_sync.worker.tasks import malformed, redelivered, run_message, worker_app
 
 GROUP_MAX = 100
 GROUP_LINGER_SECONDS = 0.002
@@ -64,26 +63,28 @@ log = logging.getLogger("contact_sync.worker")
 Item = tuple[str, bool, Any, Any]
 
 
-def _apply(items: list[Item]) -> None:
+def _apply(app: Any, items: list[Item]) -> None:
     fresh: list[Any] = []
     for key, again, args, kwargs in items:
         if not isinstance(args, list) or len(args) != 1 or kwargs:
-            malformed(args, kwargs, "the task takes exactly one positional argument: the event")
+            expected = "the task takes exactly one positional argument: the event"
+            malformed(app, args, kwargs, expected)
         elif again:
-            run_message(key, True, [args[0]])
+            run_message(app, key, True, [args[0]])
         else:
             fresh.append(args[0])
     if fresh:
-        run_message(f"group:{items[0][0]}", False, fresh)
+        run_message(app, f"group:{items[0][0]}", False, fresh)
 
 
-def _signal_each(items: list[Item], hostname: str | None, send: Callable[[Item], Any]) -> None:
+def _signal_each(
+    task: Any, items: list[Item], hostname: str | None, send: Callable[[Item], Any]
+) -> None:
     """Call ``send`` for each message with its request as the task's current one.
 
     Receivers read ``sender.request`` (``task_success`` passes nothing
     else), so each message's context is pushed as Celery's tracer does.
     """
-    task = task_object
     for item in items:
         key, again, args, kwargs = item
         task.request_stack.push(
@@ -104,6 +105,14 @@ def _signal_each(items: list[Item], hostname: str | None, send: Callable[[Item],
             task.request_stack.pop()
 
 
+_TASK_SIGNALS = (
+    signals.task_prerun,
+    signals.task_postrun,
+    signals.task_success,
+    signals.task_failure,
+)
+
+
 def apply_group(items: list[Item], hostname: str | None = None) -> float:
     """Run in a pool process: apply a group of one-event messages; returns its runtime.
 
@@ -113,51 +122,47 @@ def apply_group(items: list[Item], hostname: str | None = None) -> float:
     outcome: its messages commit or are requeued together). A ``Reject``
     (requeue) sends no ``task_failure``, as in Celery.
     """
-    task = task_object
-    watched = any(
-        s.receivers
-        for s in (
-            signals.task_prerun,
-            signals.task_postrun,
-            signals.task_success,
-            signals.task_failure,
-        )
-    )
+    app = worker_app()
     started = time.monotonic()
-    if not watched:
-        _apply(items)
+    if not any(s.receivers for s in _TASK_SIGNALS):
+        _apply(app, items)
         return time.monotonic() - started
+    return _apply_signalled(app, items, hostname, started)
+
+
+def _apply_signalled(app: Any, items: list[Item], hostname: str | None, started: float) -> float:
+    task = app.tasks[TASK_APPLY]
 
     def prerun(item: Item) -> None:
         signals.task_prerun.send(
             sender=task, task_id=item[0], task=task, args=item[2], kwargs=item[3]
         )
 
-    _signal_each(items, hostname, prerun)
+    _signal_each(task, items, hostname, prerun)
     try:
-        _apply(items)
+        _apply(app, items)
     except Reject as error:
-        _signal_each(items, hostname, _postrun(REJECTED, error))
+        _signal_each(task, items, hostname, _postrun(task, REJECTED, error))
         raise
     except Exception as error:
-        _signal_each(items, hostname, _failure(error, ExceptionInfo()))
+        _signal_each(task, items, hostname, _failure(task, error, ExceptionInfo()))
         raise
     runtime = time.monotonic() - started
 
     def success(item: Item) -> None:
         signals.task_success.send(sender=task, result=None, runtime=runtime)
-        _postrun(SUCCESS, None)(item)
+        _postrun(task, SUCCESS, None)(item)
 
-    _signal_each(items, hostname, success)
+    _signal_each(task, items, hostname, success)
     return runtime
 
 
-def _postrun(state: str, retval: Any) -> Callable[[Item], None]:
+def _postrun(task: Any, state: str, retval: Any) -> Callable[[Item], None]:
     def send(item: Item) -> None:
         signals.task_postrun.send(
-            sender=task_object,
+            sender=task,
             task_id=item[0],
-            task=task_object,
+            task=task,
             args=item[2],
             kwargs=item[3],
             retval=retval,
@@ -167,10 +172,10 @@ def _postrun(state: str, retval: Any) -> Callable[[Item], None]:
     return send
 
 
-def _failure(error: Exception, einfo: Any) -> Callable[[Item], None]:
+def _failure(task: Any, error: Exception, einfo: Any) -> Callable[[Item], None]:
     def send(item: Item) -> None:
         signals.task_failure.send(
-            sender=task_object,
+            sender=task,
             task_id=item[0],
             exception=error,
             args=item[2],
@@ -178,7 +183,7 @@ def _failure(error: Exception, einfo: Any) -> Callable[[Item], None]:
             traceback=error.__traceback__,
             einfo=einfo,
         )
-        _postrun(FAILURE, error)(item)
+        _postrun(task, FAILURE, error)(item)
 
     return send
 
@@ -248,131 +253,98 @@ def _exception(error: Any) -> Any:
     return getattr(exception, "exc", exception)
 
 
-def strategy(task: Any, app: Any, consumer: Any, **_: Any) -> Any:
-    """Celery's strategy hook for ``contact_sync.apply_call_completed``."""
-    pool = consumer.pool
-    timer = consumer.timer
-    hostname = consumer.hostname
-    eventer = consumer.event_dispatcher
-    app_utc = app.uses_utc_timezone()
-    processes = max(1, int(getattr(pool, "limit", None) or 1))
-    multiplier = int(getattr(getattr(app, "conf", None), "worker_prefetch_multiplier", 0) or 0)
-    most = group_size(multiplier * processes, processes) if multiplier > 0 else GROUP_MAX
-    lock = threading.Lock()
-    held: list[Any] = []  # Celery Requests, reserved and waiting for a pool process
-    flush_scheduled = False
-    running = 0  # groups handed to the pool and not finished
-    log.info("group commit", extra={"pool_processes": processes, "group_max": most})
+class _Dispatched:
+    """The pool's callbacks for one group handed to it."""
 
-    def take() -> list[list[Any]]:
-        nonlocal flush_scheduled, running
-        groups: list[list[Any]] = []
-        with lock:
-            flush_scheduled = False
-            # A full group goes even when every process is busy: the pool hands
-            # it to the first one that frees up.
-            while held and (running < processes or len(held) >= most):
-                groups.append(held[:most])
-                del held[:most]
-                running += 1
-        return groups
+    def __init__(self, owner: GroupCommit, group: list[Any]) -> None:
+        self.owner = owner
+        self.group = group
+        self.done = False
 
-    def flush() -> None:
-        nonlocal running
-        while groups := take():
-            emptied = False
-            for group in groups:
-                # Checked as Celery checks a request before it goes to the pool: a
-                # revoked one is acknowledged, announced and skipped.
-                live = [request for request in group if not request.revoked()]
-                if live:
-                    _dispatch(live)
-                else:
-                    with lock:
-                        running -= 1
-                    emptied = True
-            if not emptied:
-                return
+    def accepted(self, pid: int, time_accepted: float) -> None:
+        # A pool process took the group: its messages are active. (The result
+        # can come before this notice; the messages are finished by then.)
+        if not self.done:
+            for request in self.group:
+                request.on_accepted(pid, time_accepted)
 
-    def finished() -> None:
-        nonlocal running
-        with lock:
-            running -= 1
-        flush()
+    def committed(self, runtime: Any) -> None:
+        self.done = True
+        for request in self.group:
+            task_ready(request, successful=True)
+            request.acknowledge()
+            request.send_event("task-succeeded", result="None", runtime=runtime)
+        self.owner.finished()
 
-    def _dispatch(group: list[Any]) -> None:
-        done = False
-
-        def accepted(pid: int, time_accepted: float) -> None:
-            # A pool process took the group: its messages are active. (The result
-            # can come before this notice; the messages are finished by then.)
-            if not done:
-                for request in group:
-                    request.on_accepted(pid, time_accepted)
-
-        def committed(runtime: Any) -> None:
-            nonlocal done
-            done = True
-            for request in group:
-                task_ready(request, successful=True)
-                request.acknowledge()
-                request.send_event("task-succeeded", result="None", runtime=runtime)
-            finished()
-
-        def failed(error: Any) -> None:
-            # The pool process died, hit a time limit, or the group raised: give
-            # every message back to the broker, as reject_on_worker_lost would
-            # (Celery then sends task-rejected with requeue=True). A message
-            # revoked with --terminate was acknowledged already.
-            nonlocal done
-            done = True
-            log.warning(
-                "group requeued",
-                extra={"messages": len(group), "error": saferepr(_exception(error), 500)},
-            )
-            for request in group:
-                task_ready(request)
-                request.reject(requeue=True)
-            finished()
-
-        def timed_out(soft: bool, timeout: float) -> None:
-            log.warning(
-                "group time limit exceeded",
-                extra={"messages": len(group), "soft": soft, "timeout_s": timeout},
-            )
-
-        hard, soft = _time_limits(task, group)
-        result = pool.apply_async(
-            apply_group,
-            args=(
-                [
-                    (r.id, redelivered(r.delivery_info, r.request_dict), r.args, r.kwargs)
-                    for r in group
-                ],
-                hostname,
-            ),
-            accept_callback=accepted,
-            timeout_callback=timed_out,
-            callback=committed,
-            error_callback=failed,
-            soft_timeout=soft,
-            timeout=hard,
-            correlation_id=group[0].id,
+    def failed(self, error: Any) -> None:
+        # The pool process died, hit a time limit, or the group raised: give
+        # every message back to the broker, as reject_on_worker_lost would
+        # (Celery then sends task-rejected with requeue=True). A message
+        # revoked with --terminate was acknowledged already.
+        self.done = True
+        log.warning(
+            "group requeued",
+            extra={"messages": len(self.group), "error": saferepr(_exception(error), 500)},
         )
-        if result is not None:
-            # Celery's Request.terminate/cancel reach the pool job through this.
-            reference = weakref.ref(result)
-            for request in group:
-                request._apply_result = reference
+        for request in self.group:
+            task_ready(request)
+            request.reject(requeue=True)
+        self.owner.finished()
 
-    def handle(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **__: Any) -> None:
-        nonlocal flush_scheduled
+    def timed_out(self, soft: bool, timeout: float) -> None:
+        log.warning(
+            "group time limit exceeded",
+            extra={"messages": len(self.group), "soft": soft, "timeout_s": timeout},
+        )
+
+
+class GroupCommit:
+    """Celery's strategy for ``contact_sync.apply_call_completed``: group commit.
+
+    Messages are held in the worker's main process and handed to the pool in
+    groups of at most ``most``; ``running`` counts groups not yet finished.
+    Celery calls ``handle`` from its consumer loop; the pool's callbacks and
+    the linger timer call ``flush`` and ``finished``, hence the lock.
+    """
+
+    def __init__(self, task: Any, app: Any, consumer: Any) -> None:
+        self.task, self.app, self.consumer = task, app, consumer
+        # Taken now, as Celery's own strategy takes them when the consumer (re)starts.
+        self.pool, self.timer = consumer.pool, consumer.timer
+        self.hostname, self.eventer = consumer.hostname, consumer.event_dispatcher
+        self.app_utc = app.uses_utc_timezone()
+        self.processes = max(1, int(getattr(self.pool, "limit", None) or 1))
+        multiplier = int(getattr(getattr(app, "conf", None), "worker_prefetch_multiplier", 0) or 0)
+        self.most = (
+            group_size(multiplier * self.processes, self.processes) if multiplier > 0 else GROUP_MAX
+        )
+        self.lock = threading.Lock()
+        self.held: list[Any] = []  # Celery Requests, reserved and waiting for a pool process
+        self.flush_scheduled = False
+        self.running = 0
+        log.info("group commit", extra={"pool_processes": self.processes, "group_max": self.most})
+
+    def handle(
+        self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any
+    ) -> None:
+        """Take one message: reserve it, announce it as Celery does, and hold it for a group."""
         # InvalidTaskError and DecodeError are handled (parked) by the consumer.
-        request = _request(task, app, consumer, message, body, ack, reject, app_utc)
+        request = _request(
+            self.task, self.app, self.consumer, message, body, ack, reject, self.app_utc
+        )
         if (request.expires or request.id in revoked_ids) and request.revoked():
             return
-        signals.task_received.send(sender=consumer, request=request)
-        if eventer is not None and eventer.enabled and task.send_events:
+        self._announce(request)
+        task_reserved(request)
+        if callbacks:
+            for callback in callbacks:
+                callback(request)
+        self._hold(request)
+
+    def _announce(self, request: Any) -> None:
+        signals.task_received.send(sender=self.consumer, request=request)
+        eventer = self.eventer
+        if eventer is not None and eventer.enabled and self.task.send_events:
             eventer.send(
                 "task-received",
                 uuid=request.id,
@@ -385,19 +357,78 @@ def strategy(task: Any, app: Any, consumer: Any, **_: Any) -> Any:
                 eta=request.eta and request.eta.isoformat(),
                 expires=request.expires and request.expires.isoformat(),
             )
-        task_reserved(request)
-        if callbacks:
-            for callback in callbacks:
-                callback(request)
-        with lock:
-            held.append(request)
-            full = len(held) >= most
-            schedule = not full and not flush_scheduled and running < processes
-            if schedule:
-                flush_scheduled = True
-        if full:
-            flush()
-        elif schedule:
-            timer.call_after(GROUP_LINGER_SECONDS, flush)
 
-    return handle
+    def _hold(self, request: Any) -> None:
+        with self.lock:
+            self.held.append(request)
+            full = len(self.held) >= self.most
+            schedule = not full and not self.flush_scheduled and self.running < self.processes
+            if schedule:
+                self.flush_scheduled = True
+        if full:
+            self.flush()
+        elif schedule:
+            self.timer.call_after(GROUP_LINGER_SECONDS, self.flush)
+
+    def _take(self) -> list[list[Any]]:
+        groups: list[list[Any]] = []
+        with self.lock:
+            self.flush_scheduled = False
+            # A full group goes even when every process is busy: the pool hands
+            # it to the first one that frees up.
+            while self.held and (self.running < self.processes or len(self.held) >= self.most):
+                groups.append(self.held[: self.most])
+                del self.held[: self.most]
+                self.running += 1
+        return groups
+
+    def flush(self) -> None:
+        """Hand every group that may go now to the pool."""
+        while groups := self._take():
+            emptied = False
+            for group in groups:
+                # Checked as Celery checks a request before it goes to the pool: a
+                # revoked one is acknowledged, announced and skipped.
+                live = [request for request in group if not request.revoked()]
+                if live:
+                    self._dispatch(live)
+                else:
+                    with self.lock:
+                        self.running -= 1
+                    emptied = True
+            if not emptied:
+                return
+
+    def finished(self) -> None:
+        """A group committed or was requeued: its pool process is free for the next."""
+        with self.lock:
+            self.running -= 1
+        self.flush()
+
+    def _dispatch(self, group: list[Any]) -> None:
+        run = _Dispatched(self, group)
+        hard, soft = _time_limits(self.task, group)
+        items = [
+            (r.id, redelivered(r.delivery_info, r.request_dict), r.args, r.kwargs) for r in group
+        ]
+        result = self.pool.apply_async(
+            apply_group,
+            args=(items, self.hostname),
+            accept_callback=run.accepted,
+            timeout_callback=run.timed_out,
+            callback=run.committed,
+            error_callback=run.failed,
+            soft_timeout=soft,
+            timeout=hard,
+            correlation_id=group[0].id,
+        )
+        if result is not None:
+            # Celery's Request.terminate/cancel reach the pool job through this.
+            reference = weakref.ref(result)
+            for request in group:
+                request._apply_result = reference
+
+
+def strategy(task: Any, app: Any, consumer: Any, **_: Any) -> Any:
+    """Celery's strategy hook for ``contact_sync.apply_call_completed``."""
+    return GroupCommit(task, app, consumer).handle

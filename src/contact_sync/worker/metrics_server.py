@@ -51,12 +51,14 @@ def serve(port: int, app: Any, queue: str, host: str = "127.0.0.1") -> None:
     from prometheus_client.multiprocess import MultiProcessCollector
 
     from contact_sync.metrics import OpenDeadLetters
+    from contact_sync.worker.celery_app import settings_of
     from contact_sync.worker.runtime import get_engine
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     registry.register(QueueDepth(app, queue))
-    registry.register(OpenDeadLetters(get_engine))
+    settings = settings_of(app)
+    registry.register(OpenDeadLetters(lambda: get_engine(settings)))
     start_http_server(port, addr=host, registry=registry)
 
 

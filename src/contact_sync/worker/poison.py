@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Connection, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -28,37 +28,35 @@ def poison_text(limit: int) -> str:
     )
 
 
-def count_attempt(engine: Engine, message_key: str) -> int:
-    """Record one more delivery of ``message_key`` (committed at once); returns the count.
+def count_attempt(conn: Connection, *, message_key: str) -> int:
+    """Record one more delivery of ``message_key``; returns the count.
 
-    The first delivery was never counted, so a redelivery starts at 2.
+    The first delivery was never counted, so a redelivery starts at 2. The
+    caller commits it at once, in a unit of its own: a count that rolled back
+    with the work it guards could never reach the limit.
     """
     now = utcnow()
-    with engine.begin() as conn:
-        insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    conn.execute(
+        insert(delivery_attempts)
+        .values(message_key=message_key, attempts=2, updated_at=now)
+        .on_conflict_do_update(
+            index_elements=[delivery_attempts.c.message_key],
+            set_={"attempts": delivery_attempts.c.attempts + 1, "updated_at": now},
+        )
+    )
+    return int(
         conn.execute(
-            insert(delivery_attempts)
-            .values(message_key=message_key, attempts=2, updated_at=now)
-            .on_conflict_do_update(
-                index_elements=[delivery_attempts.c.message_key],
-                set_={"attempts": delivery_attempts.c.attempts + 1, "updated_at": now},
+            select(delivery_attempts.c.attempts).where(
+                delivery_attempts.c.message_key == message_key
             )
-        )
-        return int(
-            conn.execute(
-                select(delivery_attempts.c.attempts).where(
-                    delivery_attempts.c.message_key == message_key
-                )
-            ).scalar_one()
-        )
+        ).scalar_one()
+    )
 
 
-def forget(engine: Engine, message_key: str) -> None:
+def forget(conn: Connection, *, message_key: str) -> None:
     """The message finished: drop its count."""
-    with engine.begin() as conn:
-        conn.execute(
-            delete(delivery_attempts).where(delivery_attempts.c.message_key == message_key)
-        )
+    conn.execute(delete(delivery_attempts).where(delivery_attempts.c.message_key == message_key))
 
 
 def _count(value: Any) -> int:

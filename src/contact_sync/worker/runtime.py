@@ -5,16 +5,16 @@ from __future__ import annotations
 from sqlalchemy import Engine
 
 from contact_sync.db.engine import make_engine
-from contact_sync.settings import get_settings
+from contact_sync.settings import Settings
 
 _engine: Engine | None = None
 
 
-def get_engine() -> Engine:
-    """This process's engine, made on first use."""
+def get_engine(settings: Settings) -> Engine:
+    """This process's engine, made on first use from the settings its app was built from."""
     global _engine
     if _engine is None:
-        _engine = make_engine(get_settings().database_url, pool_size=2, pre_ping=False)
+        _engine = make_engine(settings.database_url, pool_size=2, pre_ping=False)
     return _engine
 
 

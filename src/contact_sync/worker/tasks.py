@@ -7,16 +7,17 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from celery import Task
+from celery import Celery, Task, current_app
 from celery.exceptions import Reject
 
 from contact_sync.apply import Outcome, apply_payloads
 from contact_sync.clock import utcnow
-from contact_sync.dead_letters import record
+from contact_sync.db.unit_of_work import unit_of_work
+from contact_sync.dead_letters import park
 from contact_sync.events import MAX_BATCH, Reason, call_id_of, event_id_of, team_id_of
 from contact_sync.metrics import APPLY_SECONDS, CONFLICT_RETRIES, EVENTS
-from contact_sync.settings import get_settings
-from contact_sync.worker.celery_app import TASK_APPLY, TASK_APPLY_BATCH, app, uses_amqp
+from contact_sync.settings import Settings
+from contact_sync.worker.celery_app import TASK_APPLY, TASK_APPLY_BATCH, settings_of, uses_amqp
 from contact_sync.worker.failures import backoff_seconds, is_transient
 from contact_sync.worker.poison import count_attempt, forget, poison_text
 from contact_sync.worker.runtime import get_engine
@@ -30,20 +31,13 @@ def redelivered(delivery_info: Any, headers: Any) -> bool:
     return bool((delivery_info or {}).get("redelivered") or (headers or {}).get("redelivered"))
 
 
-def _park(payloads: Sequence[Any], reason: Reason, message: str) -> list[Outcome]:
-    """Dead-letter every payload of a message in one transaction."""
-    now = utcnow()
-    with get_engine().begin() as conn:
-        for payload in payloads:
-            record(
-                conn,
-                payload=payload,
-                reason=reason,
-                message=message,
-                event_id=event_id_of(payload),
-                team_id=team_id_of(payload),
-                now=now,
-            )
+def _park(
+    settings: Settings, payloads: Sequence[Any], reason: Reason, message: str
+) -> list[Outcome]:
+    """Dead-letter every payload of a message in one unit of work."""
+    with unit_of_work(get_engine(settings)) as uow:
+        park(uow.conn, payloads=payloads, reason=reason, message=message, now=utcnow())
+        uow.commit()
     return [
         Outcome(
             "dead_lettered",
@@ -57,38 +51,59 @@ def _park(payloads: Sequence[Any], reason: Reason, message: str) -> list[Outcome
     ]
 
 
-def _apply_isolating_failures(payloads: Sequence[Any]) -> list[Outcome]:
+def _apply(settings: Settings, payloads: Sequence[Any]) -> list[Outcome]:
+    """Apply payloads in one unit of work, committed before returning."""
+    with unit_of_work(get_engine(settings)) as uow:
+        outcomes = apply_payloads(uow.conn, payloads, min_confidence=settings.min_confidence)
+        uow.commit()
+    return outcomes
+
+
+def _apply_isolating_failures(settings: Settings, payloads: Sequence[Any]) -> list[Outcome]:
     """Apply the batch; if it fails on something not transient, find the culprit.
 
     Each payload is then tried alone, so only the one that breaks is parked.
     """
-    engine = get_engine()
-    min_confidence = get_settings().min_confidence
     try:
-        with engine.begin() as conn:
-            return apply_payloads(conn, payloads, min_confidence=min_confidence)
+        return _apply(settings, payloads)
     except Exception as error:
         if is_transient(error):
             raise
         if len(payloads) == 1:
             log.exception("event cannot be applied", extra={"event_id": event_id_of(payloads[0])})
-            return _park(payloads, "poison_message", f"applying failed: {error!r}"[:2000])
+            message = f"applying failed: {error!r}"[:2000]
+            return _park(settings, payloads, "poison_message", message)
     outcomes: list[Outcome] = []
     for payload in payloads:
-        outcomes += _apply_isolating_failures([payload])
+        outcomes += _apply_isolating_failures(settings, [payload])
     return outcomes
 
 
-def _retrying_transient(work: Callable[[], _T], key: str) -> _T:
+def _count_attempt(settings: Settings, key: str) -> int:
+    """Count a delivery, committed at once (it must outlive a worker that dies next)."""
+    with unit_of_work(get_engine(settings)) as uow:
+        count = count_attempt(uow.conn, message_key=key)
+        uow.commit()
+    return count
+
+
+def _forget(settings: Settings, key: str) -> None:
+    with unit_of_work(get_engine(settings)) as uow:
+        forget(uow.conn, message_key=key)
+        uow.commit()
+
+
+def _retrying_transient(work: Callable[[], _T], key: str, *, seconds: float) -> _T:
     """Run ``work``, retrying transient errors in place with jittered backoff.
 
-    Retrying here rather than with ``Task.retry`` keeps the message on its
-    original delivery: ``Task.retry`` republishes it with an ETA, and ETA
-    messages on Redis can be lost (we saw batch messages vanish that way).
-    If the error outlasts ``transient_retry_seconds`` the message is
-    requeued, never dropped and never dead-lettered.
+    Each try is a whole unit of work, opened again. Retrying here rather than
+    with ``Task.retry`` keeps the message on its original delivery:
+    ``Task.retry`` republishes it with an ETA, and ETA messages on Redis can
+    be lost (we saw batch messages vanish that way). If the error outlasts
+    ``seconds`` (``transient_retry_seconds``) the message is requeued, never
+    dropped and never dead-lettered.
     """
-    deadline = time.monotonic() + get_settings().transient_retry_seconds
+    deadline = time.monotonic() + seconds
     attempt = 0
     while True:
         try:
@@ -109,21 +124,26 @@ def _retrying_transient(work: Callable[[], _T], key: str) -> _T:
             attempt += 1
 
 
-def _deliver(key: str, again: bool, payloads: Sequence[Any]) -> list[Outcome]:
+def _deliver(app: Celery, key: str, again: bool, payloads: Sequence[Any]) -> list[Outcome]:
     """Apply a message's payloads once, or park them if the message is poison."""
+    settings = settings_of(app)
+
+    def retrying(work: Callable[[], _T]) -> _T:
+        return _retrying_transient(work, key, seconds=settings.transient_retry_seconds)
+
     if not again or uses_amqp(app.conf.broker_url):
         # RabbitMQ counts deliveries itself: its poison messages were parked
         # before reaching a pool process (worker/amqp.py).
-        return _retrying_transient(lambda: _apply_isolating_failures(payloads), key)
+        return retrying(lambda: _apply_isolating_failures(settings, payloads))
     # Counted once per delivery (not per retry inside it): only deliveries
     # that never finished, because their worker died, make a message poison.
-    limit = get_settings().poison_max_attempts
-    if _retrying_transient(lambda: count_attempt(get_engine(), key), key) > limit:
+    limit = settings.poison_max_attempts
+    if retrying(lambda: _count_attempt(settings, key)) > limit:
         message = poison_text(limit)
-        outcomes = _retrying_transient(lambda: _park(payloads, "poison_message", message), key)
+        outcomes = retrying(lambda: _park(settings, payloads, "poison_message", message))
     else:
-        outcomes = _retrying_transient(lambda: _apply_isolating_failures(payloads), key)
-    _retrying_transient(lambda: forget(get_engine(), key), key)
+        outcomes = retrying(lambda: _apply_isolating_failures(settings, payloads))
+    retrying(lambda: _forget(settings, key))
     return outcomes
 
 
@@ -155,10 +175,16 @@ def _report(key: str, outcomes: Sequence[Outcome], elapsed: float) -> None:
     )
 
 
-def run_message(key: str, again: bool, payloads: Sequence[Any]) -> None:
+def worker_app() -> Celery:
+    """The app this worker process runs (Celery makes it current when the worker starts)."""
+    app: Celery = current_app._get_current_object()
+    return app
+
+
+def run_message(app: Celery, key: str, again: bool, payloads: Sequence[Any]) -> None:
     """Apply one message's payloads (``again``: it was delivered before) and log each outcome."""
     started = time.perf_counter()
-    outcomes = _deliver(key, again, payloads)
+    outcomes = _deliver(app, key, again, payloads)
     _report(key, outcomes, time.perf_counter() - started)
 
 
@@ -169,6 +195,7 @@ def park_poison(key: str, task: str, args: Any, kwargs: Any, why: str) -> None:
     not shaped as the task takes them, is kept as ``{"args", "kwargs"}``.
     """
     started = time.perf_counter()
+    settings = settings_of(worker_app())
     single = isinstance(args, list) and len(args) == 1 and not kwargs
     if single and task == TASK_APPLY:
         payloads = [args[0]]
@@ -177,45 +204,44 @@ def park_poison(key: str, task: str, args: Any, kwargs: Any, why: str) -> None:
     else:
         payloads = [{"args": args, "kwargs": kwargs}]
     outcomes = (
-        _retrying_transient(lambda: _park(payloads, "poison_message", why), key) if payloads else []
+        _retrying_transient(
+            lambda: _park(settings, payloads, "poison_message", why),
+            key,
+            seconds=settings.transient_retry_seconds,
+        )
+        if payloads
+        else []
     )
     _report(key, outcomes, time.perf_counter() - started)
 
 
 def _task_run(task: Task, payloads: Sequence[Any]) -> None:
     request = task.request
-    run_message(str(request.id), redelivered(request.delivery_info, request.headers), payloads)
+    again = redelivered(request.delivery_info, request.headers)
+    run_message(task.app, str(request.id), again, payloads)
 
 
-def malformed(args: Any, kwargs: Any, expected: str) -> None:
+def malformed(app: Celery, args: Any, kwargs: Any, expected: str) -> None:
     """Park a message whose arguments are not what the task takes."""
-    _park([{"args": args, "kwargs": kwargs}], "invalid_payload", expected)
+    _park(settings_of(app), [{"args": args, "kwargs": kwargs}], "invalid_payload", expected)
     EVENTS.labels("dead_lettered").inc()
     log.warning("malformed message", extra={"outcome": "dead_lettered", "reason": expected})
 
 
-# Messages of this task are grouped in the worker (see worker/grouping.py);
-# the function body still serves direct calls and eager runs.
-@app.task(
-    name=TASK_APPLY,
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    Strategy="contact_sync.worker.grouping:strategy",
-)
 def apply_call_completed(self: Task, *args: Any, **kwargs: Any) -> None:
     """Apply one ``call.completed`` event (the single positional argument)."""
     if len(args) != 1 or kwargs:
-        malformed(list(args), kwargs, "the task takes exactly one positional argument: the event")
+        expected = "the task takes exactly one positional argument: the event"
+        malformed(self.app, list(args), kwargs, expected)
         return
     _task_run(self, [args[0]])
 
 
-@app.task(name=TASK_APPLY_BATCH, bind=True, acks_late=True, reject_on_worker_lost=True)
 def apply_call_completed_batch(self: Task, *args: Any, **kwargs: Any) -> None:
     """Apply a list of up to 500 events, each with every guarantee it has alone."""
     if len(args) != 1 or kwargs or not isinstance(args[0], list) or len(args[0]) > MAX_BATCH:
         malformed(
+            self.app,
             list(args),
             kwargs,
             f"the task takes one positional argument: a list of ≤ {MAX_BATCH} events",
@@ -223,3 +249,16 @@ def apply_call_completed_batch(self: Task, *args: Any, **kwargs: Any) -> None:
         return
     if args[0]:
         _task_run(self, args[0])
+
+
+def register_tasks(app: Celery) -> None:
+    """Register the two contract tasks on ``app`` (``create_app`` does, for every app).
+
+    Messages of the one-event task are grouped in the worker (worker/grouping.py);
+    its function body still serves direct calls and eager runs.
+    """
+    options: dict[str, Any] = {"bind": True, "acks_late": True, "reject_on_worker_lost": True}
+    app.task(name=TASK_APPLY, Strategy="contact_sync.worker.grouping:strategy", **options)(
+        apply_call_completed
+    )
+    app.task(name=TASK_APPLY_BATCH, **options)(apply_call_completed_batch)

@@ -1,0 +1,64 @@
+"""The Celery app is built by ``create_app(settings)``; ``contact_sync.worker.app`` is the one
+``celery -A`` finds, built from the environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from contact_sync.cli import main
+from contact_sync.settings import Settings
+from contact_sync.worker.celery_app import TASK_APPLY, TASK_APPLY_BATCH, create_app, settings_of
+
+UNREACHABLE_BROKER = "redis://127.0.0.1:1/0"
+
+
+def test_every_app_built_has_the_two_contract_tasks() -> None:
+    for url in ("memory://", "redis://127.0.0.1:1/3"):
+        app = create_app(Settings(broker_url=url))
+        assert {TASK_APPLY, TASK_APPLY_BATCH} <= set(app.tasks)
+        assert app.tasks[TASK_APPLY].app is app
+        assert app.tasks[TASK_APPLY].Strategy == "contact_sync.worker.grouping:strategy"
+
+
+def test_an_app_carries_the_settings_it_was_built_from() -> None:
+    settings = Settings(broker_url="memory://", min_confidence=0.9)
+    assert settings_of(create_app(settings)) is settings
+
+
+def test_celery_dash_a_finds_the_app_built_from_the_environment(tmp_path: Path) -> None:
+    probe = (
+        "import json\n"
+        "from celery.app.utils import find_app\n"
+        "app = find_app('contact_sync.worker.app')\n"
+        "print(json.dumps([app.conf.broker_url, sorted(app.tasks)]))\n"
+    )
+    env = {**os.environ, "CONTACT_SYNC_BROKER_URL": "memory://"}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    broker_url, tasks = json.loads(done.stdout)
+    assert broker_url == "memory://"
+    assert {TASK_APPLY, TASK_APPLY_BATCH} <= set(tasks)
+
+
+def test_the_cli_gives_its_flags_to_the_app_and_leaves_the_environment_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_text("")
+    before = dict(os.environ)
+    try:
+        code = main(["--broker-url", UNREACHABLE_BROKER, "publish", str(events), "--quiet"])
+        after = dict(os.environ)
+    finally:
+        os.environ.clear()
+        os.environ.update(before)
+    assert code == 5
+    assert f"cannot reach broker {UNREACHABLE_BROKER}" in capsys.readouterr().err
+    assert after == before
