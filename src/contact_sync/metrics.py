@@ -58,14 +58,16 @@ class OpenDeadLetters(Collector):
         self._counts: dict[str, int] = {}
 
     def _current(self) -> dict[str, int] | None:
+        from contact_sync.db.unit_of_work import unit_of_work
         from contact_sync.dead_letters import count_open_by_reason
 
         with self._lock:
             now = self.clock()
             if self._read_at is None or now - self._read_at >= self.cache_seconds:
                 try:
-                    with self.engine().connect() as conn:
-                        self._counts = count_open_by_reason(conn)
+                    # A scrape is an entry point: it reads in a unit of work of its own.
+                    with unit_of_work(self.engine()) as uow:
+                        self._counts = count_open_by_reason(uow.conn)
                 except Exception as error:  # a scrape must not fail because the database is away
                     log.warning("open dead letters unreadable", extra={"error": repr(error)[:300]})
                     self._read_at = None
