@@ -30,7 +30,7 @@ from contact_sync.query import (
 )
 from contact_sync.store import create_contact, update_contact
 from contact_sync.teams import Team, create_team
-from tests.conftest import make_contact
+from tests.factories import make_contact
 
 DB_HYPOTHESIS = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

@@ -9,7 +9,7 @@ from sqlalchemy import Engine, event
 
 from contact_sync.query import ContactQuery, EligibleQuery, list_contacts, list_eligible
 from contact_sync.teams import Team
-from tests.conftest import make_contact
+from tests.factories import make_contact
 
 
 @contextmanager

@@ -35,7 +35,7 @@ from contact_sync.store import (
     update_contact,
 )
 from contact_sync.teams import Team, authenticate, create_team, get_team, issue_api_key
-from tests.conftest import make_contact
+from tests.factories import make_contact
 
 
 def update(engine: Engine, team_id: str, contact_id: str, data: dict[str, Any], **kw: Any) -> Any:
