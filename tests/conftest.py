@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import make_url
 
 from contact_sync.db.engine import make_engine
@@ -75,11 +75,19 @@ def database_url(request: pytest.FixtureRequest) -> str:
     return url
 
 
+# The databases a test committed rows to: the next ``conn`` test there empties them first.
+_COMMITTED_TO: set[str] = set()
+
+
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
-    """An engine on empty tables."""
+    """An engine on empty tables; what the test commits stays until the next test empties them.
+
+    For tests where several connections or processes write (the worker, the API server).
+    """
     engine = make_engine(database_url)
     empty_tables(engine)
+    _COMMITTED_TO.add(database_url)
     yield engine
     engine.dispose()
 
@@ -89,8 +97,38 @@ def pg_engine(postgres_url: str) -> Iterator[Engine]:
     """An engine on empty PostgreSQL tables, for tests that only make sense there."""
     engine = make_engine(postgres_url)
     empty_tables(engine)
+    _COMMITTED_TO.add(postgres_url)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def _rollback_engines() -> Iterator[dict[str, Engine]]:
+    engines: dict[str, Engine] = {}
+    yield engines
+    for engine in engines.values():
+        engine.dispose()
+
+
+@pytest.fixture
+def conn(database_url: str, _rollback_engines: dict[str, Engine]) -> Iterator[Connection]:
+    """One connection in a transaction that is rolled back after the test.
+
+    Cheaper than emptying the tables for tests that write through this connection alone:
+    nothing they write is ever committed. Services never commit, so all of it is undone.
+    """
+    if database_url not in _rollback_engines:
+        _rollback_engines[database_url] = make_engine(database_url)
+    engine = _rollback_engines[database_url]
+    if database_url in _COMMITTED_TO:
+        empty_tables(engine)
+        _COMMITTED_TO.discard(database_url)
+    with engine.connect() as connection:
+        transaction = connection.begin()
+        try:
+            yield connection
+        finally:
+            transaction.rollback()
 
 
 @pytest.fixture

@@ -11,11 +11,13 @@ import base64
 import copy
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Connection, Engine, select, text
 
 from contact_sync.db.tables import contacts, metadata
 from contact_sync.teams import IssuedKey, Team, create_team, issue_api_key
@@ -46,25 +48,39 @@ def call_event(team_id: str, *, minutes: float = 0, **fields: Any) -> dict[str, 
 
 # --- teams, keys and contacts (through the real services) --------------------------
 
+# Where a builder writes: an engine (a transaction of its own, committed), or the test's
+# connection (the ``conn`` fixture: a savepoint in its transaction, rolled back after the test).
+Database = Engine | Connection
 
-def make_team(engine: Engine, name: str | None = None, **options: Any) -> Team:
+
+@contextmanager
+def _writing(db: Database) -> Iterator[Connection]:
+    if isinstance(db, Connection):
+        with db.begin_nested():
+            yield db
+        return
+    with db.begin() as conn:
+        yield conn
+
+
+def make_team(db: Database, name: str | None = None, **options: Any) -> Team:
     """A team (US unless ``region`` says otherwise); a unique name unless one is given."""
-    with engine.begin() as conn:
+    with _writing(db) as conn:
         return create_team(conn, name=name or f"Team {uuid.uuid4().hex[:8]}", **options)
 
 
-def make_key(engine: Engine, team_id: str, *, scope: str = "write") -> IssuedKey:
+def make_key(db: Database, team_id: str, *, scope: str = "write") -> IssuedKey:
     """An API key of the team (``scope`` ``read`` or ``write``)."""
-    with engine.begin() as conn:
+    with _writing(db) as conn:
         return issue_api_key(conn, team_id=team_id, scope=scope)
 
 
-def make_contact(engine: Engine, team_id: str, **fields: Any) -> Any:
+def make_contact(db: Database, team_id: str, **fields: Any) -> Any:
     """A contact created through the store, as a person would (Ada Lovelace unless overridden)."""
     from contact_sync.store import create_contact
 
     data: dict[str, Any] = {"first_name": "Ada", "last_name": "Lovelace", **fields}
-    with engine.begin() as conn:
+    with _writing(db) as conn:
         return create_contact(conn, team_id=team_id, data=data)
 
 
