@@ -113,14 +113,19 @@ def merged_in_time_order(row: Any, payloads: list[dict[str, Any]]) -> dict[str, 
 
 
 def empty_tables(engine: Engine) -> None:
-    """Delete every row of every table: a clean slate when several processes wrote."""
-    names = [t.name for t in reversed(metadata.sorted_tables)]
+    """Delete every row of every table: a clean slate when several processes wrote.
+
+    DELETE rather than TRUNCATE: on tables of a few rows TRUNCATE costs PostgreSQL ~250 ms
+    (new files for each table), DELETE ~15 ms, and the suite empties the tables before more
+    than a thousand tests. The lock keeps what TRUNCATE guaranteed: it waits for the
+    transactions in flight (a worker's), and none writes until the tables are empty.
+    """
+    names = [t.name for t in reversed(metadata.sorted_tables)]  # children first
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
-            conn.execute(text(f"TRUNCATE {', '.join(names)} CASCADE"))
-        else:
-            for name in names:
-                conn.execute(text(f"DELETE FROM {name}"))
+            conn.execute(text(f"LOCK TABLE {', '.join(names)} IN ACCESS EXCLUSIVE MODE"))
+        for name in names:
+            conn.execute(text(f"DELETE FROM {name}"))
 
 
 # --- Celery messages as a non-Python publisher writes them -------------------------
