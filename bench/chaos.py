@@ -72,7 +72,6 @@ many messages the default limit of 3 would have parked; RabbitMQ counts deliveri
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import copy
 import glob
@@ -142,7 +141,10 @@ DATABASE = "chaos"
 BROKER_FAULT = "broker"
 REDIS_FAULTS = ("redis_kill", "redis_shutdown")
 AMQP_FAULTS = ("amqp_close_all", "amqp_close_one")
-EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+# Events and hand-built Celery messages come from the tests' factories, so the bench and the
+# tests send the same contract.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.factories import call_event, envelope, task_body, task_headers  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -471,7 +473,7 @@ def _marker() -> str:
 
 
 def _task_headers(task: str = TASK_APPLY) -> dict[str, Any]:
-    return {"lang": "py", "task": task, "id": str(uuid.uuid4())}
+    return task_headers(task)
 
 
 class RawSender(Protocol):
@@ -609,7 +611,7 @@ class RedisBroker:
         items: list[Malformed] = []
         for _ in range(sets):
             headers = {**_task_headers(), "note": _marker()}
-            envelope = json.loads(_envelope(Raw(json.dumps([[{}], {}, EMBED]).encode(), headers)))
+            envelope = json.loads(_envelope(Raw(task_body([{}]), headers)))
             no_properties = {k: v for k, v in envelope.items() if k != "properties"}
             no_body = {k: v for k, v in envelope.items() if k != "body"}
             bad_base64 = {**envelope, "body": f"!!{_marker()} is not base64!!"}
@@ -820,7 +822,7 @@ class AmqpBroker:
         """Messages whose headers, content type or body no worker can use."""
 
         def call(marker: str) -> bytes:
-            return json.dumps([[{"note": marker}], {}, EMBED]).encode()
+            return task_body([{"note": marker}])
 
         def note(marker: str) -> bytes:
             return json.dumps({"note": marker}).encode()
@@ -1197,21 +1199,12 @@ def _envelope(raw: Raw) -> str:
 
     Each call makes a new delivery tag: each push is a message of its own.
     """
-    envelope: dict[str, Any] = {
-        "body": base64.b64encode(raw.body).decode(),
-        "content-encoding": raw.content_encoding,
-        "content-type": raw.content_type,
-        "properties": {
-            "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
-            "delivery_info": {"exchange": "", "routing_key": QUEUE},
-            "delivery_mode": 2,
-            "priority": 0,
-        },
-    }
-    if raw.headers is not None:
-        envelope["headers"] = raw.headers
-    return json.dumps(envelope)
+    return envelope(
+        raw.body,
+        content_type=raw.content_type,
+        content_encoding=raw.content_encoding,
+        headers=raw.headers,
+    )
 
 
 def generate(
@@ -1231,15 +1224,13 @@ def generate(
         else:
             minutes = rng.randrange(0, 2 * 24 * 60)
         times[person.id].append(minutes)
-        event: dict[str, Any] = {
-            "event_id": f"evt_{uuid.uuid4().hex[:10]}_{index:05d}",
-            "type": "call.completed",
-            "schema_version": 1,
-            "team_id": person.team.id,
-            "call_id": f"call_{uuid.uuid4().hex[:12]}",
-            "occurred_at": _when(rng, base, minutes),
-            "outcome": rng.choice(OUTCOMES),
-        }
+        event = call_event(
+            person.team.id,
+            event_id=f"evt_{uuid.uuid4().hex[:10]}_{index:05d}",
+            call_id=f"call_{uuid.uuid4().hex[:12]}",
+            occurred_at=_when(rng, base, minutes),
+            outcome=rng.choice(OUTCOMES),
+        )
         if person.phone is not None and rng.random() < 0.2:
             event["phone"] = _national(person.phone) if rng.random() < 0.5 else person.phone
         else:

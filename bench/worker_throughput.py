@@ -120,6 +120,9 @@ from contact_sync.worker.celery_app import (
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
+sys.path.insert(0, str(BENCH_DIR.parent))  # tests.factories: the messages the tests send
+
+from tests.factories import call_event, envelope, task_body, task_headers  # noqa: E402
 
 from _naive_tasks import TASK_NAIVE, simple_merge  # noqa: E402
 from _noop_tasks import TASK_NOOP  # noqa: E402
@@ -366,18 +369,16 @@ def _event(
         extraction["tags"] = rng.sample(TAGS, rng.randint(1, 2))
     if rng.random() < 0.005:
         extraction["do_not_call"] = True
-    event: dict[str, Any] = {
-        "event_id": event_id,
-        "type": "call.completed",
-        "schema_version": 1,
-        "team_id": team,
-        "call_id": f"call_{event_id}",
-        "phone": phone,
-        "occurred_at": _iso(occurred),
-        "outcome": rng.choice(("completed",) * 8 + ("voicemail", "no_answer")),
-        "duration_seconds": rng.randint(5, 900),
-        "extraction": extraction,
-    }
+    event = call_event(
+        team,
+        event_id=event_id,
+        call_id=f"call_{event_id}",
+        phone=phone,
+        occurred_at=_iso(occurred),
+        outcome=rng.choice(("completed",) * 8 + ("voicemail", "no_answer")),
+        duration_seconds=rng.randint(5, 900),
+        extraction=extraction,
+    )
     if rng.random() < 0.8:
         event["contact_id"] = cid
     return event
@@ -435,43 +436,24 @@ def fresh_events(
 
 
 def raw_message(task: str, args: list[Any]) -> bytes:
-    """A Celery protocol-2 message as kombu's Redis transport stores it (docs/design.md §3)."""
-    task_id = str(uuid.uuid4())
-    body = json.dumps(
-        [args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    """A Celery protocol-2 message as kombu's Redis transport stores it (docs/celery-message.md),
+    with the headers Celery's own publisher adds."""
+    headers = task_headers(
+        task,
+        parent_id=None,
+        group=None,
+        retries=0,
+        eta=None,
+        expires=None,
+        timelimit=[None, None],
+        argsrepr="(...)",
+        kwargsrepr="{}",
+        origin="bench",
+        ignore_result=True,
     )
-    return json.dumps(
-        {
-            "body": base64.b64encode(body.encode()).decode(),
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": {
-                "lang": "py",
-                "task": task,
-                "id": task_id,
-                "root_id": task_id,
-                "parent_id": None,
-                "group": None,
-                "retries": 0,
-                "eta": None,
-                "expires": None,
-                "timelimit": [None, None],
-                "argsrepr": "(...)",
-                "kwargsrepr": "{}",
-                "origin": "bench",
-                "ignore_result": True,
-            },
-            "properties": {
-                "correlation_id": task_id,
-                "reply_to": "",
-                "delivery_mode": 2,
-                "delivery_info": {"exchange": "", "routing_key": QUEUE},
-                "priority": 0,
-                "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
-            },
-        }
-    ).encode()
+    headers["root_id"] = headers["id"]
+    message = envelope(task_body(args), task, headers=headers)
+    return message.encode()
 
 
 class Broker:

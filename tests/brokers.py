@@ -12,7 +12,6 @@ import contextlib
 import json
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,8 +21,8 @@ import redis
 from kombu.connection import Connection
 
 from contact_sync.worker.celery_app import POISON_QUEUE, event_queues, queue_depth, uses_amqp
+from tests.factories import QUEUE, envelope, task_body, task_headers
 from tests.services import rabbitmqctl
-from tests.workers import EMBED, QUEUE, envelope
 
 BROKERS = ("redis", "amqp")
 
@@ -69,14 +68,14 @@ class Broker:
                 body,
                 content_type=content_type,
                 content_encoding="utf-8",
-                headers={"lang": "py", "task": task, "id": str(uuid.uuid4())},
+                headers=task_headers(task),
                 properties={"delivery_mode": 2},
             )
             channel.basic_publish(message, exchange="", routing_key=QUEUE)
 
     def push_task(self, args: list[Any], task: str = "contact_sync.apply_call_completed") -> None:
         """Send the message of a task call with positional ``args``."""
-        self.push(json.dumps([args, {}, EMBED]).encode(), task)
+        self.push(task_body(args), task)
 
     def waiting(self) -> int:
         """Messages in the queue that no consumer holds."""

@@ -1,30 +1,26 @@
 """Shared fixtures: a fresh database per test session on each backend.
 
 Integration tests take the ``engine`` fixture and run on both PostgreSQL and
-SQLite; each test starts from empty tables.
+SQLite; each test starts from empty tables. Builders of test data live in
+``tests/factories.py``.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from collections.abc import Iterator
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import make_url
 
-from contact_sync.apply import Outcome, apply_payloads
 from contact_sync.db.engine import make_engine
 from contact_sync.db.migrate import upgrade
-from contact_sync.db.tables import metadata
-from contact_sync.db.unit_of_work import unit_of_work
 from contact_sync.teams import Team, create_team
+from tests.factories import empty_tables
 from tests.services import postgres_server, rabbitmq_vhost, redis_server
 
 
@@ -71,16 +67,6 @@ def amqp_url() -> Iterator[str]:
         yield url
 
 
-def _truncate(engine: Engine) -> None:
-    names = [t.name for t in reversed(metadata.sorted_tables)]
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text(f"TRUNCATE {', '.join(names)} CASCADE"))
-        else:
-            for name in names:
-                conn.execute(text(f"DELETE FROM {name}"))
-
-
 @pytest.fixture(params=["postgresql", "sqlite"])
 def database_url(request: pytest.FixtureRequest) -> str:
     """The URL of an empty, migrated database; the test runs once per backend."""
@@ -89,11 +75,19 @@ def database_url(request: pytest.FixtureRequest) -> str:
     return url
 
 
+# The databases a test committed rows to: the next ``conn`` test there empties them first.
+_COMMITTED_TO: set[str] = set()
+
+
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
-    """An engine on empty tables."""
+    """An engine on empty tables; what the test commits stays until the next test empties them.
+
+    For tests where several connections or processes write (the worker, the API server).
+    """
     engine = make_engine(database_url)
-    _truncate(engine)
+    empty_tables(engine)
+    _COMMITTED_TO.add(database_url)
     yield engine
     engine.dispose()
 
@@ -102,9 +96,39 @@ def engine(database_url: str) -> Iterator[Engine]:
 def pg_engine(postgres_url: str) -> Iterator[Engine]:
     """An engine on empty PostgreSQL tables, for tests that only make sense there."""
     engine = make_engine(postgres_url)
-    _truncate(engine)
+    empty_tables(engine)
+    _COMMITTED_TO.add(postgres_url)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def _rollback_engines() -> Iterator[dict[str, Engine]]:
+    engines: dict[str, Engine] = {}
+    yield engines
+    for engine in engines.values():
+        engine.dispose()
+
+
+@pytest.fixture
+def conn(database_url: str, _rollback_engines: dict[str, Engine]) -> Iterator[Connection]:
+    """One connection in a transaction that is rolled back after the test.
+
+    Cheaper than emptying the tables for tests that write through this connection alone:
+    nothing they write is ever committed. Services never commit, so all of it is undone.
+    """
+    if database_url not in _rollback_engines:
+        _rollback_engines[database_url] = make_engine(database_url)
+    engine = _rollback_engines[database_url]
+    if database_url in _COMMITTED_TO:
+        empty_tables(engine)
+        _COMMITTED_TO.discard(database_url)
+    with engine.connect() as connection:
+        transaction = connection.begin()
+        try:
+            yield connection
+        finally:
+            transaction.rollback()
 
 
 @pytest.fixture
@@ -121,74 +145,6 @@ def other_team(engine: Engine) -> Team:
         return create_team(conn, name="Rival Roofing")
 
 
-def make_contact(engine: Engine, team_id: str, **fields: Any) -> Any:
-    """Create a contact through the real service (a factory for tests)."""
-    from contact_sync.store import create_contact
-
-    data: dict[str, Any] = {"first_name": "Ada", "last_name": "Lovelace", **fields}
-    with engine.begin() as conn:
-        return create_contact(conn, team_id=team_id, data=data)
-
-
-# --- call events (apply service and worker tests) -------------------------------
-
-# Events happen a day before the test runs: in the past, so never "in the future".
-EVENT_BASE = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
-
-
-def call_event(team_id: str, *, minutes: float = 0, **fields: Any) -> dict[str, Any]:
-    """A valid ``call.completed`` payload ``minutes`` after ``EVENT_BASE``; ``fields`` override."""
-    event: dict[str, Any] = {
-        "event_id": f"evt_{uuid.uuid4().hex}",
-        "type": "call.completed",
-        "schema_version": 1,
-        "team_id": team_id,
-        "call_id": f"call_{uuid.uuid4().hex[:16]}",
-        "occurred_at": (EVENT_BASE + timedelta(minutes=minutes)).isoformat(),
-        "outcome": "completed",
-    }
-    event.update(fields)
-    return event
-
-
-def contact_row(engine: Engine, contact_id: str) -> Any:
-    """The stored contact row (with provenance and version)."""
-    from sqlalchemy import select
-
-    from contact_sync.db.tables import contacts
-
-    with engine.connect() as conn:
-        return conn.execute(select(contacts).where(contacts.c.id == contact_id)).one()
-
-
-def merged_in_time_order(row: Any, payloads: list[dict[str, Any]]) -> dict[str, Any]:
-    """The oracle: the contact ``row`` after each distinct event once, in time order.
-
-    Uses the pure merge only; returns the mergeable fields as they should be stored.
-    """
-    from dataclasses import fields as dataclass_fields
-
-    from contact_sync.apply import STATE_FIELDS
-    from contact_sync.events import parse_event
-    from contact_sync.merge import ContactState, MergePolicy, merge
-    from contact_sync.records import provenance_from_json
-
-    now = datetime.now(UTC)
-    distinct = {payload["event_id"]: payload for payload in payloads}
-    events = sorted(
-        (parse_event(payload, now=now) for payload in distinct.values()),
-        key=lambda event: (event.occurred_at, event.event_id),
-    )
-    names = [f.name for f in dataclass_fields(ContactState)]
-    state = ContactState(
-        **{name: copy.deepcopy(getattr(row, name)) for name in names if name != "provenance"},
-        provenance=provenance_from_json(row.provenance),
-    )
-    for event in events:
-        state = merge(state, event, MergePolicy()).state
-    return {name: getattr(state, name) for name in STATE_FIELDS}
-
-
 @pytest.fixture
 def pg_team(pg_engine: Engine) -> Team:
     """A US team on PostgreSQL."""
@@ -201,11 +157,3 @@ def pg_other_team(pg_engine: Engine) -> Team:
     """A second team on PostgreSQL."""
     with pg_engine.begin() as conn:
         return create_team(conn, name="Rival Roofing")
-
-
-def apply_batch(engine: Engine, payloads: Sequence[Any], **options: Any) -> list[Outcome]:
-    """Apply ``payloads`` in a unit of work of their own, committed, as one delivery is."""
-    with unit_of_work(engine) as uow:
-        outcomes = apply_payloads(uow.conn, payloads, **options)
-        uow.commit()
-    return outcomes

@@ -26,7 +26,7 @@ from contact_sync.db.tables import api_keys
 from contact_sync.phones import E164_MESSAGE
 from contact_sync.settings import Settings
 from contact_sync.teams import Team, create_team, issue_api_key
-from tests.conftest import apply_batch
+from tests.factories import apply_batch, call_event
 
 CONTACTS = "/api/crm/contacts"
 COMPANIES = "/api/crm/companies"
@@ -528,20 +528,17 @@ def test_history_shows_a_call_event_with_its_ids_and_summary(api: Api) -> None:
     [outcome] = apply_batch(
         api.engine,
         [
-            {
-                "event_id": "evt_api_history_1",
-                "type": "call.completed",
-                "schema_version": 1,
-                "team_id": api.team.id,
-                "call_id": "call_1",
-                "contact_id": created["id"],
-                "occurred_at": occurred,
-                "outcome": "completed",
-                "extraction": {
+            call_event(
+                api.team.id,
+                event_id="evt_api_history_1",
+                call_id="call_1",
+                contact_id=created["id"],
+                occurred_at=occurred,
+                extraction={
                     "custom_fields": {"budget": 50000},
                     "summary": "Wants a 6 kW system.",
                 },
-            }
+            )
         ],
     )
     assert outcome.outcome == "applied"

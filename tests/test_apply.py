@@ -23,7 +23,7 @@ from contact_sync.apply import STATE_FIELDS, Outcome, apply_payloads
 from contact_sync.db.tables import contact_history, contacts, dead_letters, processed_events
 from contact_sync.store import update_contact
 from contact_sync.teams import Team
-from tests.conftest import call_event, contact_row, make_contact, merged_in_time_order
+from tests.factories import call_event, contact_row, make_contact, merged_in_time_order
 
 
 def apply(engine: Engine, *payloads: Any) -> list[Outcome]:

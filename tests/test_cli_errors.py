@@ -33,8 +33,7 @@ import contact_sync.db.migrations.versions as versions
 from contact_sync.cli import build_parser, main
 from contact_sync.db.engine import make_engine
 from contact_sync.db.migrate import upgrade
-from tests.conftest import call_event
-from tests.workers import QUEUE
+from tests.factories import QUEUE, call_event
 
 UNREACHABLE_DB = "postgresql+psycopg://u:secret@127.0.0.1:1/x"
 UNREACHABLE_DB_SHOWN = "postgresql+psycopg://u:***@127.0.0.1:1/x"

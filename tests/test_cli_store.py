@@ -26,7 +26,7 @@ from contact_sync.db.engine import make_engine
 from contact_sync.db.tables import teams
 from contact_sync.query import ContactQuery, list_contacts
 from contact_sync.teams import Team, authenticate
-from tests.conftest import make_contact
+from tests.factories import make_contact
 
 UNREACHABLE = "postgresql+psycopg://u:secret@127.0.0.1:1/x"
 SCHEMA_TABLES = {

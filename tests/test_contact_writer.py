@@ -36,7 +36,7 @@ from contact_sync.records import (
 )
 from contact_sync.store import update_contact as update_by_person
 from contact_sync.teams import Team
-from tests.conftest import call_event, contact_row, make_contact
+from tests.factories import call_event, contact_row, make_contact
 
 AT = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
 CALL = {

@@ -34,7 +34,7 @@ from contact_sync.dead_letters import ERASED_MESSAGE, LOG_LIMIT
 from contact_sync.events import Reason
 from contact_sync.settings import get_settings
 from contact_sync.teams import Team, issue_api_key
-from tests.conftest import call_event, make_contact
+from tests.factories import call_event, make_contact
 from tests.test_api import Api, _api, _client, assert_error, assert_validation_error
 
 LETTERS = "/api/crm/dead-letters"
@@ -135,7 +135,9 @@ def test_the_list_is_the_teams_letters_newest_first_with_total_limit_and_offset(
 ) -> None:
     mine = [park(api.engine, lost(api.team.id), minutes=m) for m in (1, 3, 2)]
     park(api.engine, lost(api.other_team.id), minutes=4)
-    park(api.engine, {"event_id": "evt_no_team", "type": "call.completed"}, minutes=5)
+    no_team = call_event("", event_id="evt_no_team")
+    del no_team["team_id"]
+    park(api.engine, no_team, minutes=5)
     newest_first = [mine[1], mine[2], mine[0]]
 
     response = api.get(LETTERS)

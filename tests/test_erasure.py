@@ -24,7 +24,7 @@ from contact_sync.settings import get_settings
 from contact_sync.store import delete_contact
 from contact_sync.suppression import SUPPRESSED, is_suppressed
 from contact_sync.teams import Team
-from tests.conftest import apply_batch, call_event, contact_row, make_contact
+from tests.factories import apply_batch, call_event, contact_row, make_contact
 from tests.test_api import CONTACTS, Api, _api, _client
 
 PHONE = "+12025550143"

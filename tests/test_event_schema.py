@@ -49,6 +49,7 @@ from contact_sync.events import (
     parse_event,
 )
 from contact_sync.storable import MAX_INTEGER, MIN_INTEGER
+from tests.factories import call_event
 
 NOW = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
 SHIPPED_TEXT = (resources.files("contact_sync") / "schemas" / "call_completed.v1.json").read_text(
@@ -72,16 +73,13 @@ def worker_refusal(payload: Any) -> str | None:
 
 
 def valid(**overrides: Any) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "event_id": "evt_1",
-        "type": "call.completed",
-        "schema_version": 1,
-        "team_id": "team_1",
-        "call_id": "call_1",
-        "contact_id": "ct_1",
-        "occurred_at": "2026-11-20T14:04:05Z",
-        "outcome": "completed",
-    }
+    event = call_event(
+        "team_1",
+        event_id="evt_1",
+        call_id="call_1",
+        contact_id="ct_1",
+        occurred_at="2026-11-20T14:04:05Z",
+    )
     event.update(overrides)
     return {key: value for key, value in event.items() if value is not ...}
 
@@ -314,15 +312,13 @@ def rfc3339(draw: st.DrawFn) -> str:
 
 @st.composite
 def valid_events(draw: st.DrawFn) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "event_id": draw(ids),
-        "type": "call.completed",
-        "schema_version": 1,
-        "team_id": draw(ids),
-        "call_id": draw(ids),
-        "occurred_at": draw(rfc3339()),
-        "outcome": draw(st.sampled_from(OUTCOMES)),
-    }
+    event = call_event(
+        draw(ids),
+        event_id=draw(ids),
+        call_id=draw(ids),
+        occurred_at=draw(rfc3339()),
+        outcome=draw(st.sampled_from(OUTCOMES)),
+    )
     who = draw(st.sampled_from(["contact_id", "phone", "both", "contact_id+null", "phone+null"]))
     if who in ("contact_id", "both", "contact_id+null"):
         event["contact_id"] = draw(ids)

@@ -8,22 +8,20 @@ from typing import Any
 import pytest
 
 from contact_sync.events import CallCompleted, ExtractedValue, InvalidEvent, parse_event
+from tests.factories import call_event
 
 NOW = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
 
 
 def payload(**overrides: Any) -> dict[str, Any]:
     """A valid event as the call pipeline sends it; ``None`` removes a key."""
-    event: dict[str, Any] = {
-        "event_id": "evt_1",
-        "type": "call.completed",
-        "schema_version": 1,
-        "team_id": "team_1",
-        "call_id": "call_1",
-        "contact_id": "ct_1",
-        "occurred_at": "2026-11-20T14:04:05Z",
-        "outcome": "completed",
-    }
+    event = call_event(
+        "team_1",
+        event_id="evt_1",
+        call_id="call_1",
+        contact_id="ct_1",
+        occurred_at="2026-11-20T14:04:05Z",
+    )
     event.update(overrides)
     return {key: value for key, value in event.items() if value is not None}
 

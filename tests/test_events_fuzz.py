@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contact_sync.events import CallCompleted, InvalidEvent, parse_event
+from tests.factories import call_event
 
 NOW = datetime(2026, 11, 26, tzinfo=UTC)
 json_values = st.recursive(
@@ -22,16 +23,13 @@ json_values = st.recursive(
     ),
     max_leaves=20,
 )
-VALID = {
-    "event_id": "evt_1",
-    "type": "call.completed",
-    "schema_version": 1,
-    "team_id": "team_1",
-    "call_id": "call_1",
-    "phone": "+12025551234",
-    "occurred_at": "2026-11-20T15:04:05Z",
-    "outcome": "completed",
-}
+VALID = call_event(
+    "team_1",
+    event_id="evt_1",
+    call_id="call_1",
+    phone="+12025551234",
+    occurred_at="2026-11-20T15:04:05Z",
+)
 
 
 def _decode(payload: Any) -> None:

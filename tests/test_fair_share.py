@@ -34,7 +34,7 @@ from contact_sync.contacts import parse_create, parse_patch
 from contact_sync.db.tables import contacts
 from contact_sync.settings import RateLimit, Settings
 from contact_sync.teams import Team, create_team, issue_api_key
-from tests.conftest import make_contact
+from tests.factories import make_contact
 
 CONTACTS = "/api/crm/contacts"
 JSON = {"Content-Type": "application/json"}

@@ -49,7 +49,16 @@ from contact_sync.db.tables import (
 from contact_sync.store import create_contact, update_contact
 from contact_sync.teams import Team, create_team
 from contact_sync.worker.celery_app import TASK_APPLY, TASK_APPLY_BATCH
-from tests.conftest import _truncate, call_event, make_contact
+from tests.factories import (
+    EMBED,
+    QUEUE,
+    call_event,
+    empty_tables,
+    envelope,
+    make_contact,
+    task_body,
+    task_envelope,
+)
 from tests.test_api import (
     COMPANIES,
     CONTACTS,
@@ -60,7 +69,7 @@ from tests.test_api import (
     assert_error,
     assert_validation_error,
 )
-from tests.workers import EMBED, QUEUE, envelope, start_worker, stop_worker, task_envelope
+from tests.workers import start_worker, stop_worker
 
 # Redis databases of the other worker tests: 7 (test_worker), 8 (test_worker_hostile),
 # 9 (test_worker_metrics), 10 (test_worker_grouping, test_worker_faults), 11 (bench),
@@ -915,7 +924,7 @@ def module_target(worker: Worker, postgres_url: str) -> Iterator[Target]:
     fresh database (a truncation per test would double the module's time).
     """
     engine = make_engine(postgres_url)
-    _truncate(engine)
+    empty_tables(engine)
     with engine.begin() as conn:
         team = create_team(conn, name="Hostile")
         other = create_team(conn, name="Rival")
@@ -992,7 +1001,7 @@ def _deep(depth: int) -> Any:
 
 
 def _event_body(t: Target) -> bytes:
-    return json.dumps([[t.event()], {}, EMBED]).encode()
+    return task_body([t.event()])
 
 
 # (name, the hostile message built for a target)
@@ -1006,7 +1015,7 @@ WORKER_CASES: list[tuple[str, Callable[[Target], Hostile]]] = [
     (
         "no-arguments",
         lambda t: Hostile(
-            envelope(json.dumps([[], {}, EMBED]).encode()),
+            envelope(task_body([])),
             "invalid_payload",
             {"args": [], "kwargs": {}},
         ),
@@ -1018,7 +1027,7 @@ WORKER_CASES: list[tuple[str, Callable[[Target], Hostile]]] = [
     (
         "keyword-argument",
         lambda t: Hostile(
-            envelope(json.dumps([[], {"event": 1}, EMBED]).encode()),
+            envelope(task_body([], {"event": 1})),
             "invalid_payload",
             {"args": [], "kwargs": {"event": 1}},
         ),

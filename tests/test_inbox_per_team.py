@@ -28,9 +28,9 @@ from contact_sync.db.engine import make_engine
 from contact_sync.db.migrate import alembic_config, upgrade
 from contact_sync.db.tables import dead_letters, processed_events
 from contact_sync.teams import Team, create_team
-from tests.conftest import apply_batch, call_event, contact_row, make_contact
+from tests.factories import QUEUE, apply_batch, call_event, contact_row, make_contact, task_envelope
 from tests.services import redis_server
-from tests.workers import QUEUE, start_worker, stop_worker, task_envelope
+from tests.workers import start_worker, stop_worker
 
 SHARED_ID = "evt-shared"
 

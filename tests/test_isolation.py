@@ -57,7 +57,7 @@ from contact_sync.settings import Settings, get_settings
 from contact_sync.store import create_contact, update_contact
 from contact_sync.teams import Team, create_team, hash_key, issue_api_key
 from tests.brokers import BROKERS, Broker, broker_for
-from tests.conftest import call_event, contact_row
+from tests.factories import call_event, contact_row
 from tests.test_api import COMPANIES, CONTACTS, ELIGIBLE, Api, assert_error
 from tests.workers import start_worker, stop_worker
 

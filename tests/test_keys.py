@@ -35,7 +35,7 @@ from contact_sync.db.engine import make_engine
 from contact_sync.db.migrate import alembic_config, upgrade
 from contact_sync.db.tables import api_keys, dead_letters, teams
 from contact_sync.teams import Team, create_team, hash_key, issue_api_key, name_key
-from tests.conftest import call_event, make_contact
+from tests.factories import call_event, make_contact
 from tests.test_api import CONTACTS, Api, _api, _client, assert_error
 from tests.test_hostile_input import DATA_TABLES, snapshot
 from tests.test_isolation import api_routes

@@ -11,6 +11,7 @@ import pytest
 from contact_sync.events import CallCompleted
 from contact_sync.merge import ContactState, MergePolicy, MergeResult, merge
 from contact_sync.records import Change, Observation, Skip, observation_json
+from tests.factories import call_event
 
 T0 = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
 POLICY = MergePolicy()
@@ -26,16 +27,14 @@ def call(
 ) -> CallCompleted:
     """A call ``minute`` minutes after T0; a voicemail unless said otherwise, so the
     implicit ``new`` → ``contacted`` move stays out of tests about other rules."""
-    payload: dict[str, Any] = {
-        "event_id": event_id,
-        "type": "call.completed",
-        "schema_version": 1,
-        "team_id": "team_1",
-        "call_id": f"call_{event_id}",
-        "contact_id": "ct_1",
-        "occurred_at": occurred_at or (T0 + timedelta(minutes=minute)).isoformat(),
-        "outcome": outcome,
-    }
+    payload = call_event(
+        "team_1",
+        event_id=event_id,
+        call_id=f"call_{event_id}",
+        contact_id="ct_1",
+        occurred_at=occurred_at or (T0 + timedelta(minutes=minute)).isoformat(),
+        outcome=outcome,
+    )
     if extraction:
         payload["extraction"] = extraction
     return CallCompleted.model_validate(payload)

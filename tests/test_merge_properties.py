@@ -21,6 +21,7 @@ from contact_sync.lead_status import KNOWN as KNOWN_LEAD_STATUSES
 from contact_sync.lead_status import STICKY
 from contact_sync.merge import CALL_FIELDS, ContactState, MergePolicy, merge
 from contact_sync.records import Change, Observation
+from tests.factories import call_event
 
 BASE = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
 NOW = BASE + timedelta(days=1)
@@ -90,17 +91,15 @@ def event_sets(draw: st.DrawFn) -> list[CallCompleted]:
     ids = draw(st.lists(st.sampled_from(EVENT_IDS), min_size=2, max_size=8, unique=True))
     events = []
     for event_id in ids:
-        payload = {
-            "event_id": event_id,
-            "type": "call.completed",
-            "schema_version": 1,
-            "team_id": "team_1",
-            "call_id": f"call_{event_id}",
-            "contact_id": "ct_1",
-            "occurred_at": draw(st.sampled_from(OCCURRED_AT)),
-            "outcome": draw(st.sampled_from(OUTCOMES)),
-            "extraction": draw(extractions()),
-        }
+        payload = call_event(
+            "team_1",
+            event_id=event_id,
+            call_id=f"call_{event_id}",
+            contact_id="ct_1",
+            occurred_at=draw(st.sampled_from(OCCURRED_AT)),
+            outcome=draw(st.sampled_from(OUTCOMES)),
+            extraction=draw(extractions()),
+        )
         events.append(parse_event(payload, now=NOW))
     return events
 

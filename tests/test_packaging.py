@@ -257,7 +257,17 @@ def test_ci_installs_the_lock_and_reruns_the_worker_tests_on_the_lowest_versions
     text = (ROOT / ".ci" / "run").read_text()
     assert "pip install -q -c constraints.txt -e '.[dev]'" in text
     assert "-r constraints-lowest.txt" in text
-    assert text.index("-r constraints-lowest.txt") > text.index("\npytest\n")
+    assert text.index("-r constraints-lowest.txt") > text.index("\ncoverage run -m pytest ")
+
+
+def test_ci_measures_branch_coverage_of_subprocesses_and_prints_the_total() -> None:
+    text = (ROOT / ".ci" / "run").read_text()
+    assert "\ncoverage combine" in text
+    assert "coverage report --format=total" in text
+    run = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["coverage"]["run"]
+    assert run["branch"] is True
+    assert run["parallel"] is True
+    assert {"subprocess", "fork", "_exit"} <= set(run["patch"])
 
 
 @pytest.mark.slow

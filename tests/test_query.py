@@ -1,6 +1,7 @@
 """The read module (docs/design.md §7): the contacts list and the scheduler's eligible stream.
 
-Every database test runs on both PostgreSQL and SQLite (the ``engine`` fixture).
+Every database test runs on both PostgreSQL and SQLite, in one transaction rolled back after
+it (the ``conn`` fixture).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, update
+from sqlalchemy import Connection, update
 
 from contact_sync.companies import Company, create_company
 from contact_sync.contacts import Contact
@@ -30,35 +31,44 @@ from contact_sync.query import (
 )
 from contact_sync.store import create_contact, update_contact
 from contact_sync.teams import Team, create_team
-from tests.conftest import make_contact
+from tests.factories import make_contact
 
 DB_HYPOTHESIS = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
 
-def page(engine: Engine, **params: Any) -> ContactPage:
+@pytest.fixture
+def team(conn: Connection) -> Team:
+    """A US team, in the test's transaction."""
+    return create_team(conn, name="Acme Solar")
+
+
+@pytest.fixture
+def other_team(conn: Connection) -> Team:
+    """A second team, for isolation checks."""
+    return create_team(conn, name="Rival Roofing")
+
+
+def page(conn: Connection, **params: Any) -> ContactPage:
     """The contacts list for these query parameters (camelCase or snake_case)."""
-    with engine.connect() as conn:
-        return list_contacts(conn, ContactQuery.parse(params))
+    return list_contacts(conn, ContactQuery.parse(params))
 
 
-def ids(engine: Engine, **params: Any) -> list[str]:
-    return [c.id for c in page(engine, **params).data]
+def ids(conn: Connection, **params: Any) -> list[str]:
+    return [c.id for c in page(conn, **params).data]
 
 
-def eligible(engine: Engine, **params: Any) -> EligiblePage:
-    with engine.connect() as conn:
-        return list_eligible(conn, EligibleQuery.parse(params))
+def eligible(conn: Connection, **params: Any) -> EligiblePage:
+    return list_eligible(conn, EligibleQuery.parse(params))
 
 
-def eligible_ids(engine: Engine, **params: Any) -> set[str]:
-    return {c.id for c in eligible(engine, **params).data}
+def eligible_ids(conn: Connection, **params: Any) -> set[str]:
+    return {c.id for c in eligible(conn, **params).data}
 
 
-def set_created_at(engine: Engine, contact_id: str, when: datetime) -> None:
-    with engine.begin() as conn:
-        conn.execute(update(contacts).where(contacts.c.id == contact_id).values(created_at=when))
+def set_created_at(conn: Connection, contact_id: str, when: datetime) -> None:
+    conn.execute(update(contacts).where(contacts.c.id == contact_id).values(created_at=when))
 
 
 def query_errors(model: type[ContactQuery] | type[EligibleQuery], params: dict[str, Any]) -> Any:
@@ -86,16 +96,15 @@ class Cast:
 
 
 @pytest.fixture
-def cast(engine: Engine, team: Team) -> Cast:
-    with engine.begin() as conn:
-        engines = create_company(conn, team_id=team.id, name="Analytical Engines")
-        navy = create_company(conn, team_id=team.id, name="US Navy")
+def cast(conn: Connection, team: Team) -> Cast:
+    engines = create_company(conn, team_id=team.id, name="Analytical Engines")
+    navy = create_company(conn, team_id=team.id, name="US Navy")
     return Cast(
         team=team,
         engines=engines,
         navy=navy,
         ada=make_contact(
-            engine,
+            conn,
             team.id,
             email="ada@analytical.org",
             phone="(202) 555-1234",
@@ -103,7 +112,7 @@ def cast(engine: Engine, team: Team) -> Cast:
             lead_status="qualified",
         ),
         grace=make_contact(
-            engine,
+            conn,
             team.id,
             first_name="Grace",
             last_name="Hopper",
@@ -112,7 +121,7 @@ def cast(engine: Engine, team: Team) -> Cast:
             company_id=engines.id,
         ),
         alan=make_contact(
-            engine,
+            conn,
             team.id,
             first_name="Alan",
             last_name="Turing",
@@ -122,7 +131,7 @@ def cast(engine: Engine, team: Team) -> Cast:
             do_not_call=True,
         ),
         elodie=make_contact(
-            engine,
+            conn,
             team.id,
             first_name="Élodie",
             last_name="Durand",
@@ -130,7 +139,7 @@ def cast(engine: Engine, team: Team) -> Cast:
             do_not_call=True,
         ),
         katherine=make_contact(
-            engine,
+            conn,
             team.id,
             first_name="Katherine",
             last_name="Johnson",
@@ -143,14 +152,14 @@ def cast(engine: Engine, team: Team) -> Cast:
     )
 
 
-def found(engine: Engine, cast: Cast, **params: Any) -> set[str]:
+def found(conn: Connection, cast: Cast, **params: Any) -> set[str]:
     """The names of the cast members the list returns."""
     by_id = {
         c.id: name
         for name, c in vars(cast).items()
         if isinstance(c, Contact)  # the people, not the team or companies
     }
-    result = page(engine, team_id=cast.team.id, **params)
+    result = page(conn, team_id=cast.team.id, **params)
     assert result.total == len(result.data)  # small enough for one page
     return {by_id[c.id] for c in result.data}
 
@@ -158,52 +167,54 @@ def found(engine: Engine, cast: Cast, **params: Any) -> set[str]:
 # --- filters, alone and combined ---------------------------------------------------
 
 
-def test_without_filters_every_contact_of_the_team_is_listed(engine: Engine, cast: Cast) -> None:
-    result = page(engine, team_id=cast.team.id)
+def test_without_filters_every_contact_of_the_team_is_listed(conn: Connection, cast: Cast) -> None:
+    result = page(conn, team_id=cast.team.id)
     assert {c.id for c in result.data} == cast.all()
     assert (result.total, result.limit, result.offset) == (5, 50, 0)
 
 
-def test_the_company_filter_alone(engine: Engine, cast: Cast) -> None:
-    assert found(engine, cast, company_id=cast.engines.id) == {"ada", "grace", "katherine"}
-    assert found(engine, cast, companyId=cast.navy.id) == {"alan"}
-    assert found(engine, cast, company_id="no-such-company") == set()
+def test_the_company_filter_alone(conn: Connection, cast: Cast) -> None:
+    assert found(conn, cast, company_id=cast.engines.id) == {"ada", "grace", "katherine"}
+    assert found(conn, cast, companyId=cast.navy.id) == {"alan"}
+    assert found(conn, cast, company_id="no-such-company") == set()
 
 
-def test_the_lead_status_filter_alone_normalises_its_input(engine: Engine, cast: Cast) -> None:
-    assert found(engine, cast, lead_status="qualified") == {"ada", "elodie", "katherine"}
-    assert found(engine, cast, leadStatus="Qualified") == {"ada", "elodie", "katherine"}
-    assert found(engine, cast, lead_status="New") == {"grace"}
-    assert found(engine, cast, lead_status="churned") == set()
+def test_the_lead_status_filter_alone_normalises_its_input(conn: Connection, cast: Cast) -> None:
+    assert found(conn, cast, lead_status="qualified") == {"ada", "elodie", "katherine"}
+    assert found(conn, cast, leadStatus="Qualified") == {"ada", "elodie", "katherine"}
+    assert found(conn, cast, lead_status="New") == {"grace"}
+    assert found(conn, cast, lead_status="churned") == set()
 
 
-def test_the_do_not_call_filter_alone(engine: Engine, cast: Cast) -> None:
-    assert found(engine, cast, do_not_call=True) == {"alan", "elodie", "katherine"}
-    assert found(engine, cast, doNotCall=False) == {"ada", "grace"}
+def test_the_do_not_call_filter_alone(conn: Connection, cast: Cast) -> None:
+    assert found(conn, cast, do_not_call=True) == {"alan", "elodie", "katherine"}
+    assert found(conn, cast, doNotCall=False) == {"ada", "grace"}
 
 
-def test_the_has_phone_filter_alone_looks_at_the_primary_phone(engine: Engine, cast: Cast) -> None:
-    assert found(engine, cast, has_phone=True) == {"ada", "alan", "katherine"}
+def test_the_has_phone_filter_alone_looks_at_the_primary_phone(
+    conn: Connection, cast: Cast
+) -> None:
+    assert found(conn, cast, has_phone=True) == {"ada", "alan", "katherine"}
     # Grace has only a secondary number: she has no phone to call.
-    assert found(engine, cast, hasPhone=False) == {"grace", "elodie"}
+    assert found(conn, cast, hasPhone=False) == {"grace", "elodie"}
 
 
-def test_the_search_filter_alone(engine: Engine, cast: Cast) -> None:
-    assert found(engine, cast, search="hopper") == {"grace"}
+def test_the_search_filter_alone(conn: Connection, cast: Cast) -> None:
+    assert found(conn, cast, search="hopper") == {"grace"}
 
 
-def test_filters_combine_with_and(engine: Engine, cast: Cast) -> None:
+def test_filters_combine_with_and(conn: Connection, cast: Cast) -> None:
     engines = cast.engines.id
-    assert found(engine, cast, company_id=engines, lead_status="qualified") == {"ada", "katherine"}
+    assert found(conn, cast, company_id=engines, lead_status="qualified") == {"ada", "katherine"}
     assert found(
-        engine, cast, company_id=engines, lead_status="qualified", do_not_call=False, has_phone=True
+        conn, cast, company_id=engines, lead_status="qualified", do_not_call=False, has_phone=True
     ) == {"ada"}
-    assert found(engine, cast, lead_status="qualified", do_not_call=True, has_phone=False) == {
+    assert found(conn, cast, lead_status="qualified", do_not_call=True, has_phone=False) == {
         "elodie"
     }
-    assert found(engine, cast, company_id=engines, search="nasa") == {"katherine"}
-    assert found(engine, cast, search="555", do_not_call=True) == {"katherine"}
-    assert found(engine, cast, company_id=cast.navy.id, lead_status="qualified") == set()
+    assert found(conn, cast, company_id=engines, search="nasa") == {"katherine"}
+    assert found(conn, cast, search="555", do_not_call=True) == {"katherine"}
+    assert found(conn, cast, company_id=cast.navy.id, lead_status="qualified") == set()
 
 
 # --- search --------------------------------------------------------------------------
@@ -234,21 +245,21 @@ SEARCHES = {
 
 
 def test_search_matches_names_email_and_phone_digits_case_insensitively(
-    engine: Engine, cast: Cast
+    conn: Connection, cast: Cast
 ) -> None:
-    results = {search: found(engine, cast, search=search) for search in SEARCHES}
+    results = {search: found(conn, cast, search=search) for search in SEARCHES}
     assert results == SEARCHES
 
 
-def test_a_blank_search_is_no_filter(engine: Engine, cast: Cast) -> None:
-    assert len(found(engine, cast, search="   ")) == 5
+def test_a_blank_search_is_no_filter(conn: Connection, cast: Cast) -> None:
+    assert len(found(conn, cast, search="   ")) == 5
 
 
 def test_search_finds_lower_case_input_in_non_ascii_upper_case_names(
-    engine: Engine, team: Team
+    conn: Connection, team: Team
 ) -> None:
-    upper = make_contact(engine, team.id, first_name="ÉLODIE", last_name="ØSTERGÅRD")
-    assert ids(engine, team_id=team.id, search="élodie østergård") == [upper.id]
+    upper = make_contact(conn, team.id, first_name="ÉLODIE", last_name="ØSTERGÅRD")
+    assert ids(conn, team_id=team.id, search="élodie østergård") == [upper.id]
 
 
 SPECIAL_NAMES = ["50% Off", "a_b", "axb", "Back\\slash", "Slash/Name", "O'Brien", 'Quote"Mark']
@@ -269,12 +280,12 @@ LITERAL_SEARCHES = {
 }
 
 
-def test_wildcards_escapes_and_quotes_in_a_search_are_literal(engine: Engine, team: Team) -> None:
+def test_wildcards_escapes_and_quotes_in_a_search_are_literal(conn: Connection, team: Team) -> None:
     for name in SPECIAL_NAMES:
-        make_contact(engine, team.id, first_name=name, last_name="Zed")
+        make_contact(conn, team.id, first_name=name, last_name="Zed")
     results = {}
     for search in LITERAL_SEARCHES:
-        result = page(engine, team_id=team.id, search=search)
+        result = page(conn, team_id=team.id, search=search)
         assert result.total == len(result.data)
         results[search] = [c.first_name for c in result.data]
     assert results == LITERAL_SEARCHES
@@ -290,50 +301,51 @@ SEARCH_ALPHABET = st.sampled_from(list("abcXYZ019 %_\\/'\"-.@éÉ"))
 @example(needle="\\")
 @example(needle="/%")
 def test_any_text_in_a_name_is_found_by_searching_for_it_literally(
-    engine: Engine, needle: str
+    conn: Connection, needle: str
 ) -> None:
-    with engine.begin() as conn:
-        # One team per example: team names are unique.
-        team = create_team(conn, name=f"Search team {uuid.uuid4().hex}")
-        target = create_contact(
-            conn, team_id=team.id, data={"first_name": f"Q{needle}Q", "last_name": "Zed"}
-        )
-        decoy = create_contact(
-            conn, team_id=team.id, data={"first_name": "Plain", "last_name": "Person"}
-        )
-    found_ids = ids(engine, team_id=team.id, search=needle)
+    # One team per example: team names are unique.
+    team = create_team(conn, name=f"Search team {uuid.uuid4().hex}")
+    target = create_contact(
+        conn, team_id=team.id, data={"first_name": f"Q{needle}Q", "last_name": "Zed"}
+    )
+    decoy = create_contact(
+        conn, team_id=team.id, data={"first_name": "Plain", "last_name": "Person"}
+    )
+    found_ids = ids(conn, team_id=team.id, search=needle)
     assert target.id in found_ids
     # The decoy matches only if the text really is in "Plain Person".
     assert (decoy.id in found_ids) == (needle.strip().lower() in "plain person")
 
 
 def test_a_search_of_wildcards_alone_matches_no_contact_without_them(
-    engine: Engine, team: Team
+    conn: Connection, team: Team
 ) -> None:
-    make_contact(engine, team.id, email="ada@example.com", phone="(202) 555-1234")
+    make_contact(conn, team.id, email="ada@example.com", phone="(202) 555-1234")
     for wildcard in ("%", "_", "%_%", "__"):
-        result = page(engine, team_id=team.id, search=wildcard)
+        result = page(conn, team_id=team.id, search=wildcard)
         assert (result.data, result.total) == ([], 0), wildcard
 
 
-def test_search_matches_an_email_containing_wildcards_literally(engine: Engine, team: Team) -> None:
-    target = make_contact(engine, team.id, email="first_last@example.com")
-    make_contact(engine, team.id, email="firstxlast@example.com")
-    assert ids(engine, team_id=team.id, search="first_last") == [target.id]
+def test_search_matches_an_email_containing_wildcards_literally(
+    conn: Connection, team: Team
+) -> None:
+    target = make_contact(conn, team.id, email="first_last@example.com")
+    make_contact(conn, team.id, email="firstxlast@example.com")
+    assert ids(conn, team_id=team.id, search="first_last") == [target.id]
 
 
 # --- pagination, total, order ----------------------------------------------------------
 
 
 def test_pages_follow_limit_and_offset_and_total_counts_every_match(
-    engine: Engine, team: Team
+    conn: Connection, team: Team
 ) -> None:
     base = datetime(2026, 1, 1, tzinfo=UTC)
-    created = [make_contact(engine, team.id, first_name=f"P{i}") for i in range(7)]
+    created = [make_contact(conn, team.id, first_name=f"P{i}") for i in range(7)]
     for i, contact in enumerate(created):
-        set_created_at(engine, contact.id, base + timedelta(minutes=i))
+        set_created_at(conn, contact.id, base + timedelta(minutes=i))
     newest_first = [c.id for c in reversed(created)]
-    pages = [page(engine, team_id=team.id, limit=3, offset=offset) for offset in (0, 3, 6, 9)]
+    pages = [page(conn, team_id=team.id, limit=3, offset=offset) for offset in (0, 3, 6, 9)]
     assert [[c.id for c in p.data] for p in pages] == [
         newest_first[0:3],
         newest_first[3:6],
@@ -344,46 +356,48 @@ def test_pages_follow_limit_and_offset_and_total_counts_every_match(
     assert [(p.limit, p.offset) for p in pages] == [(3, 0), (3, 3), (3, 6), (3, 9)]
 
 
-def test_total_counts_the_filtered_matches_before_pagination(engine: Engine, team: Team) -> None:
+def test_total_counts_the_filtered_matches_before_pagination(conn: Connection, team: Team) -> None:
     for i in range(5):
-        make_contact(engine, team.id, first_name=f"Q{i}", lead_status="qualified")
+        make_contact(conn, team.id, first_name=f"Q{i}", lead_status="qualified")
     for i in range(3):
-        make_contact(engine, team.id, first_name=f"N{i}")
-    first = page(engine, team_id=team.id, lead_status="qualified", limit=2)
+        make_contact(conn, team.id, first_name=f"N{i}")
+    first = page(conn, team_id=team.id, lead_status="qualified", limit=2)
     assert (len(first.data), first.total) == (2, 5)
-    exact = page(engine, team_id=team.id, lead_status="qualified", limit=5)
+    exact = page(conn, team_id=team.id, lead_status="qualified", limit=5)
     assert (len(exact.data), exact.total) == (5, 5)
-    last = page(engine, team_id=team.id, lead_status="qualified", limit=2, offset=4)
+    last = page(conn, team_id=team.id, lead_status="qualified", limit=2, offset=4)
     assert (len(last.data), last.total) == (1, 5)
-    assert page(engine, team_id=team.id, limit=500).total == 8
+    assert page(conn, team_id=team.id, limit=500).total == 8
 
 
 def test_contacts_are_ordered_newest_created_first_whatever_the_insertion_order(
-    engine: Engine, team: Team
+    conn: Connection, team: Team
 ) -> None:
     base = datetime(2026, 3, 1, 12, tzinfo=UTC)
-    a, b, c = (make_contact(engine, team.id, first_name=n) for n in ("A", "B", "C"))
-    set_created_at(engine, a.id, base + timedelta(hours=2))
-    set_created_at(engine, b.id, base)
-    set_created_at(engine, c.id, base + timedelta(hours=1))
-    assert ids(engine, team_id=team.id) == [a.id, c.id, b.id]
+    a, b, c = (make_contact(conn, team.id, first_name=n) for n in ("A", "B", "C"))
+    set_created_at(conn, a.id, base + timedelta(hours=2))
+    set_created_at(conn, b.id, base)
+    set_created_at(conn, c.id, base + timedelta(hours=1))
+    assert ids(conn, team_id=team.id) == [a.id, c.id, b.id]
 
 
-def test_contacts_created_at_the_same_instant_are_ordered_by_id(engine: Engine, team: Team) -> None:
+def test_contacts_created_at_the_same_instant_are_ordered_by_id(
+    conn: Connection, team: Team
+) -> None:
     same = datetime(2026, 3, 1, 12, tzinfo=UTC)
-    created = [make_contact(engine, team.id, first_name=f"T{i}") for i in range(4)]
+    created = [make_contact(conn, team.id, first_name=f"T{i}") for i in range(4)]
     for contact in created:
-        set_created_at(engine, contact.id, same)
+        set_created_at(conn, contact.id, same)
     expected = sorted((c.id for c in created), reverse=True)
-    assert ids(engine, team_id=team.id) == expected
+    assert ids(conn, team_id=team.id) == expected
     # The tie-break makes pages disjoint and complete.
-    paged = ids(engine, team_id=team.id, limit=2) + ids(engine, team_id=team.id, limit=2, offset=2)
+    paged = ids(conn, team_id=team.id, limit=2) + ids(conn, team_id=team.id, limit=2, offset=2)
     assert paged == expected
 
 
-def test_a_page_serialises_to_the_api_shape(engine: Engine, team: Team) -> None:
-    contact = make_contact(engine, team.id, custom_fields={"budget": 5}, tags=["hot"])
-    body = json.loads(json.dumps(page(engine, team_id=team.id, limit=10).to_dict()))
+def test_a_page_serialises_to_the_api_shape(conn: Connection, team: Team) -> None:
+    contact = make_contact(conn, team.id, custom_fields={"budget": 5}, tags=["hot"])
+    body = json.loads(json.dumps(page(conn, team_id=team.id, limit=10).to_dict()))
     assert set(body) == {"data", "total", "limit", "offset"}
     assert (body["total"], body["limit"], body["offset"]) == (1, 10, 0)
     [item] = body["data"]
@@ -397,10 +411,12 @@ def test_a_page_serialises_to_the_api_shape(engine: Engine, team: Team) -> None:
 # --- team isolation ------------------------------------------------------------------
 
 
-def test_another_teams_contacts_never_appear(engine: Engine, team: Team, other_team: Team) -> None:
-    ours = make_contact(engine, team.id, phone="(202) 555-1234", lead_status="qualified")
-    make_contact(engine, other_team.id, phone="(202) 555-1234", lead_status="qualified")
-    make_contact(engine, other_team.id, first_name="Grace", do_not_call=True)
+def test_another_teams_contacts_never_appear(
+    conn: Connection, team: Team, other_team: Team
+) -> None:
+    ours = make_contact(conn, team.id, phone="(202) 555-1234", lead_status="qualified")
+    make_contact(conn, other_team.id, phone="(202) 555-1234", lead_status="qualified")
+    make_contact(conn, other_team.id, first_name="Grace", do_not_call=True)
     for params in (
         {},
         {"search": "ada"},
@@ -409,26 +425,25 @@ def test_another_teams_contacts_never_appear(engine: Engine, team: Team, other_t
         {"has_phone": True},
         {"do_not_call": False},
     ):
-        result = page(engine, team_id=team.id, **params)
+        result = page(conn, team_id=team.id, **params)
         assert [c.id for c in result.data] == [ours.id], params
         assert result.total == 1
-    assert page(engine, team_id=team.id, do_not_call=True).total == 0
+    assert page(conn, team_id=team.id, do_not_call=True).total == 0
 
 
 def test_a_company_of_another_team_matches_nothing(
-    engine: Engine, team: Team, other_team: Team
+    conn: Connection, team: Team, other_team: Team
 ) -> None:
-    with engine.begin() as conn:
-        rival = create_company(conn, team_id=other_team.id, name="Rival Co")
-    make_contact(engine, team.id)
-    make_contact(engine, other_team.id, company_id=rival.id)
-    result = page(engine, team_id=team.id, company_id=rival.id)
+    rival = create_company(conn, team_id=other_team.id, name="Rival Co")
+    make_contact(conn, team.id)
+    make_contact(conn, other_team.id, company_id=rival.id)
+    result = page(conn, team_id=team.id, company_id=rival.id)
     assert (result.data, result.total) == ([], 0)
 
 
-def test_an_unknown_team_has_no_contacts(engine: Engine, team: Team) -> None:
-    make_contact(engine, team.id)
-    assert page(engine, team_id="no-such-team").total == 0
+def test_an_unknown_team_has_no_contacts(conn: Connection, team: Team) -> None:
+    make_contact(conn, team.id)
+    assert page(conn, team_id="no-such-team").total == 0
 
 
 # --- query validation (pure) ------------------------------------------------------------
@@ -498,35 +513,35 @@ def test_limit_errors_are_never_clamped() -> None:
 
 
 def test_eligible_excludes_do_not_call_phoneless_and_sticky_statuses(
-    engine: Engine, team: Team
+    conn: Connection, team: Team
 ) -> None:
     phone = "(202) 555-1234"
     callable_ids = {
-        make_contact(engine, team.id, phone=phone, lead_status=status).id
+        make_contact(conn, team.id, phone=phone, lead_status=status).id
         for status in ("new", "contacted", "qualified", "unqualified", "hot_prospect")
     }
-    make_contact(engine, team.id, phone=phone, do_not_call=True)
-    make_contact(engine, team.id)  # no phone at all
-    make_contact(engine, team.id, phone_secondary=phone)  # only a secondary number
+    make_contact(conn, team.id, phone=phone, do_not_call=True)
+    make_contact(conn, team.id)  # no phone at all
+    make_contact(conn, team.id, phone_secondary=phone)  # only a secondary number
     for sticky in ("converted", "customer", "churned", "Do Not Contact"):
-        make_contact(engine, team.id, phone=phone, lead_status=sticky)
-    result = eligible(engine, team_id=team.id)
+        make_contact(conn, team.id, phone=phone, lead_status=sticky)
+    result = eligible(conn, team_id=team.id)
     assert {c.id for c in result.data} == callable_ids
     assert result.next_cursor is None
 
 
 def test_eligible_never_lists_another_teams_contacts(
-    engine: Engine, team: Team, other_team: Team
+    conn: Connection, team: Team, other_team: Team
 ) -> None:
-    ours = make_contact(engine, team.id, phone="(202) 555-1234")
-    make_contact(engine, other_team.id, phone="(202) 555-1234")
-    assert eligible_ids(engine, team_id=team.id) == {ours.id}
+    ours = make_contact(conn, team.id, phone="(202) 555-1234")
+    make_contact(conn, other_team.id, phone="(202) 555-1234")
+    assert eligible_ids(conn, team_id=team.id) == {ours.id}
 
 
-def test_without_at_there_is_no_window_filter(engine: Engine, team: Team) -> None:
-    tokyo = make_contact(engine, team.id, phone="(202) 555-1234", timezone="Asia/Tokyo")
-    chicago = make_contact(engine, team.id, phone="(202) 555-1234", timezone="America/Chicago")
-    assert eligible_ids(engine, team_id=team.id, windowStart="03:00", windowEnd="03:01") == {
+def test_without_at_there_is_no_window_filter(conn: Connection, team: Team) -> None:
+    tokyo = make_contact(conn, team.id, phone="(202) 555-1234", timezone="Asia/Tokyo")
+    chicago = make_contact(conn, team.id, phone="(202) 555-1234", timezone="America/Chicago")
+    assert eligible_ids(conn, team_id=team.id, windowStart="03:00", windowEnd="03:01") == {
         tokyo.id,
         chicago.id,
     }
@@ -544,36 +559,34 @@ CHICAGO_WINDOW = {
 
 
 def test_the_window_is_read_in_the_contacts_timezone_start_inclusive_end_exclusive(
-    engine: Engine, team: Team
+    conn: Connection, team: Team
 ) -> None:
-    chicago = make_contact(engine, team.id, phone="(202) 555-1234", timezone="America/Chicago")
-    inside = {
-        at: chicago.id in eligible_ids(engine, team_id=team.id, at=at) for at in CHICAGO_WINDOW
-    }
+    chicago = make_contact(conn, team.id, phone="(202) 555-1234", timezone="America/Chicago")
+    inside = {at: chicago.id in eligible_ids(conn, team_id=team.id, at=at) for at in CHICAGO_WINDOW}
     assert inside == CHICAGO_WINDOW
 
 
-def test_contacts_without_a_timezone_use_the_default_timezone(engine: Engine, team: Team) -> None:
-    floating = make_contact(engine, team.id, phone="(202) 555-1234")
+def test_contacts_without_a_timezone_use_the_default_timezone(conn: Connection, team: Team) -> None:
+    floating = make_contact(conn, team.id, phone="(202) 555-1234")
     at_nine_in_new_york = "2026-01-15T14:00:00Z"  # 23:00 in Tokyo
-    assert eligible_ids(engine, team_id=team.id, at=at_nine_in_new_york) == {floating.id}
-    assert eligible_ids(engine, team_id=team.id, at="2026-01-15T13:59:00Z") == set()
-    assert eligible_ids(engine, team_id=team.id, at="2026-01-15T22:00:00Z") == set()  # 17:00
+    assert eligible_ids(conn, team_id=team.id, at=at_nine_in_new_york) == {floating.id}
+    assert eligible_ids(conn, team_id=team.id, at="2026-01-15T13:59:00Z") == set()
+    assert eligible_ids(conn, team_id=team.id, at="2026-01-15T22:00:00Z") == set()  # 17:00
     assert (
-        eligible_ids(engine, team_id=team.id, at=at_nine_in_new_york, defaultTimezone="Asia/Tokyo")
+        eligible_ids(conn, team_id=team.id, at=at_nine_in_new_york, defaultTimezone="Asia/Tokyo")
         == set()
     )
     assert eligible_ids(
-        engine, team_id=team.id, at="2026-01-15T00:00:00Z", default_timezone="Asia/Tokyo"
+        conn, team_id=team.id, at="2026-01-15T00:00:00Z", default_timezone="Asia/Tokyo"
     ) == {floating.id}  # 09:00 in Tokyo
 
 
-def test_the_contacts_own_timezone_wins_over_the_default(engine: Engine, team: Team) -> None:
-    tokyo = make_contact(engine, team.id, phone="(202) 555-1234", timezone="Asia/Tokyo")
-    floating = make_contact(engine, team.id, phone="(202) 555-1234")
+def test_the_contacts_own_timezone_wins_over_the_default(conn: Connection, team: Team) -> None:
+    tokyo = make_contact(conn, team.id, phone="(202) 555-1234", timezone="Asia/Tokyo")
+    floating = make_contact(conn, team.id, phone="(202) 555-1234")
     at = "2026-01-15T00:30:00Z"  # 09:30 Tokyo, 19:30 New York
-    assert eligible_ids(engine, team_id=team.id, at=at) == {tokyo.id}
-    assert eligible_ids(engine, team_id=team.id, at=at, default_timezone="Asia/Tokyo") == {
+    assert eligible_ids(conn, team_id=team.id, at=at) == {tokyo.id}
+    assert eligible_ids(conn, team_id=team.id, at=at, default_timezone="Asia/Tokyo") == {
         tokyo.id,
         floating.id,
     }
@@ -590,24 +603,24 @@ OVERNIGHT_WINDOW = {
 }
 
 
-def test_a_window_whose_start_is_after_its_end_spans_midnight(engine: Engine, team: Team) -> None:
-    london = make_contact(engine, team.id, phone="(202) 555-1234", timezone="Europe/London")
+def test_a_window_whose_start_is_after_its_end_spans_midnight(conn: Connection, team: Team) -> None:
+    london = make_contact(conn, team.id, phone="(202) 555-1234", timezone="Europe/London")
     inside = {}
     for utc_time in OVERNIGHT_WINDOW:
         at = f"2026-01-15T{utc_time}:00Z"  # London is on UTC in January
         found_ids = eligible_ids(
-            engine, team_id=team.id, at=at, windowStart="22:00", windowEnd="06:00"
+            conn, team_id=team.id, at=at, windowStart="22:00", windowEnd="06:00"
         )
         inside[utc_time] = london.id in found_ids
     assert inside == OVERNIGHT_WINDOW
 
 
 def test_keyset_pages_return_every_eligible_contact_exactly_once(
-    engine: Engine, team: Team
+    conn: Connection, team: Team
 ) -> None:
-    wanted = {make_contact(engine, team.id, phone="(202) 555-1234").id for _ in range(11)}
+    wanted = {make_contact(conn, team.id, phone="(202) 555-1234").id for _ in range(11)}
     for _ in range(3):
-        make_contact(engine, team.id, phone="(202) 555-1234", do_not_call=True)
+        make_contact(conn, team.id, phone="(202) 555-1234", do_not_call=True)
     seen: list[str] = []
     sizes: list[int] = []
     cursor: str | None = None
@@ -615,7 +628,7 @@ def test_keyset_pages_return_every_eligible_contact_exactly_once(
         params: dict[str, Any] = {"team_id": team.id, "limit": 4}
         if cursor is not None:
             params["cursor"] = cursor
-        result = eligible(engine, **params)
+        result = eligible(conn, **params)
         seen += [c.id for c in result.data]
         sizes.append(len(result.data))
         cursor = result.next_cursor
@@ -627,48 +640,47 @@ def test_keyset_pages_return_every_eligible_contact_exactly_once(
     assert seen == sorted(seen)  # keyset order
 
 
-def test_the_last_full_page_has_no_next_cursor(engine: Engine, team: Team) -> None:
+def test_the_last_full_page_has_no_next_cursor(conn: Connection, team: Team) -> None:
     for _ in range(4):
-        make_contact(engine, team.id, phone="(202) 555-1234")
-    first = eligible(engine, team_id=team.id, limit=2)
+        make_contact(conn, team.id, phone="(202) 555-1234")
+    first = eligible(conn, team_id=team.id, limit=2)
     assert first.next_cursor is not None
-    second = eligible(engine, team_id=team.id, limit=2, cursor=first.next_cursor)
+    second = eligible(conn, team_id=team.id, limit=2, cursor=first.next_cursor)
     assert len(second.data) == 2
     assert second.next_cursor is None
 
 
-def test_keyset_pages_stay_consistent_while_contacts_change(engine: Engine, team: Team) -> None:
-    created = [make_contact(engine, team.id, phone="(202) 555-1234") for _ in range(6)]
-    first = eligible(engine, team_id=team.id, limit=3)
+def test_keyset_pages_stay_consistent_while_contacts_change(conn: Connection, team: Team) -> None:
+    created = [make_contact(conn, team.id, phone="(202) 555-1234") for _ in range(6)]
+    first = eligible(conn, team_id=team.id, limit=3)
     first_ids = [c.id for c in first.data]
     later = [c for c in created if c.id not in first_ids]
-    with engine.begin() as conn:
-        update_contact(conn, team_id=team.id, contact_id=later[0].id, data={"do_not_call": True})
-        update_contact(conn, team_id=team.id, contact_id=first_ids[0], data={"notes": "edited"})
-    newcomer = make_contact(engine, team.id, phone="(202) 555-1234")
-    rest = eligible(engine, team_id=team.id, limit=10, cursor=first.next_cursor)
+    update_contact(conn, team_id=team.id, contact_id=later[0].id, data={"do_not_call": True})
+    update_contact(conn, team_id=team.id, contact_id=first_ids[0], data={"notes": "edited"})
+    newcomer = make_contact(conn, team.id, phone="(202) 555-1234")
+    rest = eligible(conn, team_id=team.id, limit=10, cursor=first.next_cursor)
     rest_ids = [c.id for c in rest.data]
     assert rest_ids == [later[1].id, later[2].id, newcomer.id]
     assert not set(rest_ids) & set(first_ids)
 
 
 def test_a_cursor_this_service_did_not_issue_is_rejected_naming_cursor(
-    engine: Engine, team: Team
+    conn: Connection, team: Team
 ) -> None:
-    make_contact(engine, team.id, phone="(202) 555-1234")
+    make_contact(conn, team.id, phone="(202) 555-1234")
     for cursor in ("not a cursor!", "AA", "%%%", "YQ==", "Zm9v\x00", "ÿÿÿÿ", "A"):
         with pytest.raises(ValidationFailed) as caught:
-            eligible(engine, team_id=team.id, cursor=cursor)
+            eligible(conn, team_id=team.id, cursor=cursor)
         assert list(caught.value.details) == ["cursor"], cursor
 
 
 @DB_HYPOTHESIS
 @given(cursor=st.text(max_size=40))
 def test_any_cursor_text_gives_a_page_or_a_validation_error_never_a_crash(
-    engine: Engine, team: Team, cursor: str
+    conn: Connection, team: Team, cursor: str
 ) -> None:
     try:
-        result = eligible(engine, team_id=team.id, cursor=cursor)
+        result = eligible(conn, team_id=team.id, cursor=cursor)
     except ValidationFailed as exc:
         errors = list(exc.details)
     else:
@@ -677,10 +689,10 @@ def test_any_cursor_text_gives_a_page_or_a_validation_error_never_a_crash(
     assert errors in ([], ["cursor"])
 
 
-def test_an_eligible_page_serialises_to_the_api_shape(engine: Engine, team: Team) -> None:
+def test_an_eligible_page_serialises_to_the_api_shape(conn: Connection, team: Team) -> None:
     for _ in range(2):
-        make_contact(engine, team.id, phone="(202) 555-1234")
-    body = json.loads(json.dumps(eligible(engine, team_id=team.id, limit=1).to_dict()))
+        make_contact(conn, team.id, phone="(202) 555-1234")
+    body = json.loads(json.dumps(eligible(conn, team_id=team.id, limit=1).to_dict()))
     assert set(body) == {"data", "next_cursor"}
     assert len(body["data"]) == 1
     assert isinstance(body["next_cursor"], str)

@@ -5,44 +5,51 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, event
+import pytest
+from sqlalchemy import Connection, event
 
 from contact_sync.query import ContactQuery, EligibleQuery, list_contacts, list_eligible
-from contact_sync.teams import Team
-from tests.conftest import make_contact
+from contact_sync.teams import Team, create_team
+from tests.factories import make_contact
+
+
+@pytest.fixture
+def team(conn: Connection) -> Team:
+    """A US team, in the test's transaction."""
+    return create_team(conn, name="Acme Solar")
 
 
 @contextmanager
-def counting(engine: Engine) -> Iterator[list[str]]:
+def counting(conn: Connection) -> Iterator[list[str]]:
     statements: list[str] = []
 
     def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
         statements.append(statement)
 
-    event.listen(engine, "before_cursor_execute", record)
+    event.listen(conn, "before_cursor_execute", record)
     try:
         yield statements
     finally:
-        event.remove(engine, "before_cursor_execute", record)
+        event.remove(conn, "before_cursor_execute", record)
 
 
 def test_a_list_page_takes_one_query_and_one_count_whatever_its_size(
-    engine: Engine, team: Team
+    conn: Connection, team: Team
 ) -> None:
     for i in range(30):
-        make_contact(engine, team.id, phone=f"+1202555{1000 + i}", tags=["a"])
+        make_contact(conn, team.id, phone=f"+1202555{1000 + i}", tags=["a"])
     for limit in (5, 25):
-        with engine.connect() as conn, counting(engine) as statements:
+        with counting(conn) as statements:
             page = list_contacts(conn, ContactQuery(team_id=team.id, limit=limit, offset=2))
         assert len(page.data) == limit
         assert page.total == 30
         assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 2
 
 
-def test_an_eligible_page_takes_one_query(engine: Engine, team: Team) -> None:
+def test_an_eligible_page_takes_one_query(conn: Connection, team: Team) -> None:
     for i in range(12):
-        make_contact(engine, team.id, phone=f"+1202555{2000 + i}")
-    with engine.connect() as conn, counting(engine) as statements:
+        make_contact(conn, team.id, phone=f"+1202555{2000 + i}")
+    with counting(conn) as statements:
         page = list_eligible(conn, EligibleQuery(team_id=team.id, limit=10))
     assert len(page.data) == 10
     assert page.next_cursor is not None

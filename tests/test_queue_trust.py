@@ -40,8 +40,9 @@ from contact_sync.settings import Settings
 from contact_sync.teams import create_team
 from contact_sync.worker.celery_app import TASK_APPLY, TASK_APPLY_BATCH, create_app, event_queues
 from tests.brokers import BROKERS, Broker, broker_for
-from tests.conftest import call_event as _call_event
-from tests.workers import EMBED, QUEUE, start_worker, stop_worker
+from tests.factories import QUEUE, envelope, task_body, task_headers
+from tests.factories import call_event as _call_event
+from tests.workers import start_worker, stop_worker
 
 pytestmark = pytest.mark.slow
 
@@ -123,20 +124,10 @@ def send(
 ) -> None:
     """Put one message with exactly ``headers`` on the queue, as any publisher could."""
     if broker.kind == "redis":
-        entry = {
-            "body": base64.b64encode(body).decode(),
-            "content-encoding": content_encoding,
-            "content-type": content_type,
-            "headers": headers,
-            "properties": {
-                "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
-                "delivery_info": {"exchange": "", "routing_key": QUEUE},
-                "delivery_mode": 2,
-                "priority": 0,
-            },
-        }
-        broker.redis.lpush(QUEUE, json.dumps(entry))
+        entry = envelope(
+            body, content_type=content_type, content_encoding=content_encoding, headers=headers
+        )
+        broker.redis.lpush(QUEUE, entry)
         return
     with Connection(broker.url, transport_options={"confirm_publish": True}) as conn:
         channel = conn.channel()
@@ -150,14 +141,6 @@ def send(
             properties={"delivery_mode": 2},
         )
         channel.basic_publish(message, exchange="", routing_key=QUEUE)
-
-
-def task_headers(task: str, **extra: Any) -> dict[str, Any]:
-    return {"lang": "py", "task": task, "id": str(uuid.uuid4()), **extra}
-
-
-def task_body(args: list[Any], embed: dict[str, Any] | None = None) -> bytes:
-    return json.dumps([args, {}, embed or EMBED]).encode()
 
 
 def args_for(task: str, event: dict[str, Any]) -> list[Any]:
@@ -256,7 +239,7 @@ def test_a_publishers_linked_tasks_are_dropped_never_sent(
     }
     send(
         worker.broker,
-        task_body([[applied]], embed),
+        task_body([[applied]], embed=embed),
         task_headers(TASK_APPLY_BATCH),
     )
     _until(lambda: _seen(pg_engine, [applied["event_id"]]), "the batch to be applied", worker)

@@ -40,7 +40,7 @@ from contact_sync.worker.celery_app import (
 from contact_sync.worker.metrics_server import QueueDepth
 from contact_sync.worker.poison import poison_text
 from tests.brokers import Broker, broker_for
-from tests.conftest import call_event, contact_row, make_contact
+from tests.factories import call_event, contact_row, make_contact
 from tests.services import rabbitmqctl
 from tests.workers import start_worker, stop_worker
 

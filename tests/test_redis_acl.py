@@ -32,7 +32,7 @@ from contact_sync.settings import Settings
 from contact_sync.teams import Team, issue_api_key
 from contact_sync.worker.celery_app import QUEUE
 from contact_sync.worker.celery_app import create_app as create_celery
-from tests.conftest import call_event
+from tests.factories import call_event
 from tests.workers import start_worker, stop_worker
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,6 +27,7 @@ from contact_sync.settings import Settings
 from contact_sync.teams import create_team
 from contact_sync.worker.celery_app import TASK_APPLY_BATCH, create_app
 from tests.brokers import BROKERS, Broker
+from tests.factories import QUEUE, task_envelope
 from tests.test_queue_trust import (
     Worker,
     _seen,
@@ -38,7 +39,7 @@ from tests.test_queue_trust import (
     task_body,
     task_headers,
 )
-from tests.workers import QUEUE, stop_worker, task_envelope
+from tests.workers import stop_worker
 
 pytestmark = pytest.mark.slow
 
@@ -165,7 +166,7 @@ def test_redis_publisher_users_of_the_readme_may_send_events_and_do_nothing_else
                 sys.executable,
                 "-c",
                 "from contact_sync.publisher import publish_event as p; "
-                "from tests.conftest import call_event as e; p(e('team', phone='+12025550123'))",
+                "from tests.factories import call_event as e; p(e('team', phone='+12025550123'))",
             ],
             env={**os.environ, "CONTACT_SYNC_BROKER_URL": url.format("cs-publisher")},
             capture_output=True,

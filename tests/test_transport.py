@@ -27,8 +27,8 @@ from contact_sync.teams import create_team
 from contact_sync.worker import transport
 from contact_sync.worker.celery_app import create_app
 from contact_sync.worker.tasks import redelivered
-from tests.conftest import call_event
-from tests.workers import envelope, start_worker, stop_worker, task_envelope
+from tests.factories import call_event, envelope, task_envelope
+from tests.workers import start_worker, stop_worker
 
 QUEUE = "contact_sync.events"
 BROKER_DB = 11

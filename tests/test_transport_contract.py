@@ -30,7 +30,7 @@ from contact_sync.db.migrate import upgrade
 from contact_sync.settings import Settings
 from contact_sync.worker import kombu_hooks, transport
 from contact_sync.worker.celery_app import create_app
-from tests.workers import task_envelope
+from tests.factories import task_envelope
 
 QUEUE = "contact_sync.events"
 BROKER_DB = 12

@@ -23,7 +23,7 @@ from contact_sync.worker.transport import (
     read_entry,
     redelivered_entry,
 )
-from tests.workers import task_envelope
+from tests.factories import task_envelope
 
 QUEUE = "contact_sync.events"
 # kombu's JSON reader turns {"__type__": ..., "__value__": ...} into Python objects.

@@ -22,7 +22,7 @@ from contact_sync.api.dead_letter_routes import DeadLetterQuery
 from contact_sync.events import EVENT_OUTCOMES, REASONS
 from contact_sync.query import EligibleQuery, list_eligible
 from contact_sync.teams import Team
-from tests.conftest import make_contact
+from tests.factories import make_contact
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "contact_sync"
 Params = dict[str, set[int | str]]  # per callable name, its typed parameters

@@ -35,7 +35,7 @@ from contact_sync.settings import Settings
 from contact_sync.teams import Team
 from contact_sync.worker.celery_app import QUEUE, TASK_APPLY, TASK_APPLY_BATCH, create_app
 from tests.brokers import BROKERS, Broker, broker_for
-from tests.conftest import call_event, contact_row, make_contact, merged_in_time_order
+from tests.factories import call_event, contact_row, make_contact, merged_in_time_order
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,8 +38,8 @@ from contact_sync.worker import runtime
 from contact_sync.worker.celery_app import create_app
 from contact_sync.worker.consumer import DeadLetteringConsumer
 from tests.brokers import BROKERS, Broker, broker_for
-from tests.conftest import call_event
-from tests.workers import start_worker, stop_worker, task_envelope
+from tests.factories import call_event, task_body, task_envelope, task_headers
+from tests.workers import start_worker, stop_worker
 
 QUEUE = "contact_sync.events"
 BROKER_DB = 10
@@ -227,12 +226,11 @@ def _consumer() -> DeadLetteringConsumer:
 
 
 def _unknown_task_message(event: dict[str, Any]) -> _Delivered:
-    body = [[event], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
     return _Delivered(
-        body=json.dumps(body).encode(),
+        body=task_body([event]),
         content_type="application/json",
         content_encoding="utf-8",
-        headers={"lang": "py", "task": "contact_sync.no_such_task", "id": str(uuid.uuid4())},
+        headers=task_headers("contact_sync.no_such_task"),
     )
 
 

@@ -18,7 +18,7 @@ from contact_sync.teams import create_team
 from contact_sync.worker.celery_app import QUEUE, TASK_APPLY, create_app
 from contact_sync.worker.grouping import GROUP_MAX, group_size, strategy
 from tests.brokers import BROKERS, broker_for
-from tests.conftest import call_event
+from tests.factories import call_event
 from tests.workers import start_worker, stop_worker
 
 

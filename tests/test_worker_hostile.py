@@ -19,6 +19,7 @@ from sqlalchemy import Engine, func, select
 from contact_sync.db.tables import dead_letters, processed_events
 from contact_sync.teams import create_team
 from tests.brokers import BROKERS, Broker, broker_for
+from tests.factories import call_event, task_body
 from tests.workers import start_worker, stop_worker
 
 
@@ -56,27 +57,18 @@ def test_undecodable_unknown_and_nul_messages_are_dead_lettered_and_the_worker_s
 ) -> None:
     with pg_engine.begin() as conn:
         team = create_team(conn, name="Hostile")
-    good = {
-        "event_id": "evt_after_the_storm",
-        "type": "call.completed",
-        "schema_version": 1,
-        "team_id": team.id,
-        "call_id": "call_1",
-        "phone": "+12025550199",
-        "occurred_at": datetime.now(UTC).isoformat(),
-        "outcome": "completed",
-    }
+    good = call_event(
+        team.id,
+        event_id="evt_after_the_storm",
+        call_id="call_1",
+        phone="+12025550199",
+        occurred_at=datetime.now(UTC).isoformat(),
+    )
     nul_event = {**good, "event_id": "evt_nul", "call_id": "call\x00nul"}
-    args = [[nul_event], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
     broker.push(b"{this is not json", "contact_sync.apply_call_completed")
     broker.push(json.dumps([[good], {}, {}]).encode(), "contact_sync.no_such_task")
-    broker.push(json.dumps(args).encode(), "contact_sync.apply_call_completed")
-    broker.push(
-        json.dumps(
-            [[good], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
-        ).encode(),
-        "contact_sync.apply_call_completed",
-    )
+    broker.push(task_body([nul_event]), "contact_sync.apply_call_completed")
+    broker.push(task_body([good]), "contact_sync.apply_call_completed")
     count = select(func.count()).select_from(dead_letters)
     assert _wait_for(pg_engine, count, 3) == 3
     applied = (

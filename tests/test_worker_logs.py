@@ -17,7 +17,7 @@ from sqlalchemy import Engine, select, text
 from contact_sync.db.tables import contacts
 from contact_sync.teams import Team
 from tests.brokers import broker_for
-from tests.conftest import call_event
+from tests.factories import call_event
 from tests.workers import start_worker, stop_worker
 
 EMAIL = "ada.lovelace.secret@example.org"

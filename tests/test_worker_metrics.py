@@ -16,6 +16,7 @@ from contact_sync.settings import Settings
 from contact_sync.teams import create_team
 from contact_sync.worker.celery_app import QUEUE, TASK_APPLY, create_app
 from tests.brokers import BROKERS, broker_for
+from tests.factories import call_event
 from tests.workers import start_worker, stop_worker
 
 
@@ -49,16 +50,13 @@ def test_the_worker_serves_event_counters_and_queue_depth(
     )
     try:
         app = create_app(Settings(broker_url=broker))
-        event = {
-            "event_id": "evt_metrics_1",
-            "type": "call.completed",
-            "schema_version": 1,
-            "team_id": team.id,
-            "call_id": "call_1",
-            "phone": "+12025550123",
-            "occurred_at": datetime.now(UTC).isoformat(),
-            "outcome": "completed",
-        }
+        event = call_event(
+            team.id,
+            event_id="evt_metrics_1",
+            call_id="call_1",
+            phone="+12025550123",
+            occurred_at=datetime.now(UTC).isoformat(),
+        )
         for _ in range(2):  # the second delivery is a duplicate
             app.send_task(TASK_APPLY, args=[event], queue=QUEUE)
         app.send_task(TASK_APPLY, args=[{"not": "an event"}], queue=QUEUE)

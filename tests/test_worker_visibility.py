@@ -36,8 +36,8 @@ from contact_sync.db.tables import dead_letters, processed_events
 from contact_sync.settings import Settings
 from contact_sync.teams import create_team
 from contact_sync.worker.celery_app import QUEUE, TASK_APPLY, TASK_APPLY_BATCH, create_app
-from tests.conftest import call_event
-from tests.workers import envelope, stop_worker, task_envelope
+from tests.factories import call_event, envelope, task_envelope
+from tests.workers import stop_worker
 
 pytestmark = pytest.mark.slow
 

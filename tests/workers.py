@@ -1,49 +1,13 @@
-"""Real worker processes and hand-built broker messages, shared by the worker tests."""
+"""Real worker processes for the worker tests (their messages: ``tests/factories.py``)."""
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
-from typing import Any
-
-QUEUE = "contact_sync.events"
-EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-
-
-def envelope(
-    body: bytes,
-    task: str = "contact_sync.apply_call_completed",
-    *,
-    content_type: str = "application/json",
-) -> str:
-    """A Celery protocol-2 message as docs/celery-message.md describes, around ``body``."""
-    return json.dumps(
-        {
-            "body": base64.b64encode(body).decode(),
-            "content-encoding": "utf-8",
-            "content-type": content_type,
-            "headers": {"lang": "py", "task": task, "id": str(uuid.uuid4())},
-            "properties": {
-                "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
-                "delivery_info": {"exchange": "", "routing_key": QUEUE},
-                "delivery_mode": 2,
-                "priority": 0,
-            },
-        }
-    )
-
-
-def task_envelope(args: list[Any], task: str = "contact_sync.apply_call_completed") -> str:
-    """The message of a task call with positional ``args``."""
-    return envelope(json.dumps([args, {}, EMBED]).encode(), task)
 
 
 def start_worker(
