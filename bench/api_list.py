@@ -51,9 +51,9 @@ import psycopg
 from sqlalchemy import delete
 from sqlalchemy.engine import make_url
 
+from contact_sync.accounts.teams import issue_api_key
 from contact_sync.db.engine import make_engine, safe_url
 from contact_sync.db.tables import api_keys
-from contact_sync.teams import issue_api_key
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/contact_sync_bench"
 FALLBACK_DATABASE = "contact_sync_api_bench"
@@ -169,7 +169,7 @@ def _free_port() -> int:
 def api_server(url: str) -> Iterator[str]:
     """``contact-sync api`` on a free port of 127.0.0.1; its base URL."""
     port = _free_port()
-    command = [sys.executable, "-m", "contact_sync.cli", "api", "--host", "127.0.0.1"]
+    command = [sys.executable, "-m", "contact_sync.cli.main", "api", "--host", "127.0.0.1"]
     env = {**os.environ, "CONTACT_SYNC_DATABASE_URL": url}
     with tempfile.NamedTemporaryFile("w+", prefix="api-bench-", suffix=".log") as log:
         process = subprocess.Popen(

@@ -108,7 +108,12 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from sqlalchemy import Engine, select
 
-from contact_sync.apply import STATE_FIELDS
+from contact_sync.accounts.teams import Team, create_team
+from contact_sync.calls.apply import STATE_FIELDS
+from contact_sync.calls.events import CallCompleted, parse_event
+from contact_sync.calls.merge import ContactState, MergePolicy, merge
+from contact_sync.contacts.records import provenance_from_json
+from contact_sync.contacts.store import create_contact
 from contact_sync.db.engine import make_engine
 from contact_sync.db.migrate import upgrade
 from contact_sync.db.tables import (
@@ -117,13 +122,7 @@ from contact_sync.db.tables import (
     dead_letters,
     processed_events,
 )
-from contact_sync.events import CallCompleted, parse_event
-from contact_sync.merge import ContactState, MergePolicy, merge
-from contact_sync.publisher import EventPublisher
-from contact_sync.records import provenance_from_json
 from contact_sync.settings import Settings
-from contact_sync.store import create_contact
-from contact_sync.teams import Team, create_team
 from contact_sync.worker.celery_app import (
     POISON_QUEUE,
     QUEUE,
@@ -132,6 +131,7 @@ from contact_sync.worker.celery_app import (
     event_queues,
     queue_depth,
 )
+from contact_sync.worker.publisher import EventPublisher
 
 T = TypeVar("T")
 
@@ -921,7 +921,7 @@ class Workers:
         number = len(self.slots[slot])
         log_path = self.root / f"worker{slot}.{number}.log"
         command = [
-            sys.executable, "-m", "contact_sync.cli", "worker",
+            sys.executable, "-m", "contact_sync.cli.main", "worker",
             "--concurrency", str(self.concurrency), "--hostname", f"chaos{slot}.{number}@%h",
         ]  # fmt: skip
         with log_path.open("ab") as handle:  # a file, not a pipe nobody reads

@@ -2,9 +2,9 @@
 
 Seeds a dedicated PostgreSQL database (``contact_sync_bench``, never ``test``) with realistic
 contacts spread evenly over teams, migrated by the project's own Alembic migrations, then times
-random queries of each kind *through the read module* (``contact_sync.query``) on one pooled
-SQLAlchemy connection, the way the API and the scheduler call it, and checks each kind against
-the targets of issue 7:
+random queries of each kind *through the read module* (``contact_sync.contacts.query``) on one
+pooled SQLAlchemy connection, the way the API and the scheduler call it, and checks each kind
+against the targets of issue 7:
 
 - a list page with filters, ``total`` included: p95 <= 15 ms;
 - a search page, ``total`` included: p95 <= 30 ms;
@@ -48,16 +48,16 @@ from psycopg import sql
 from sqlalchemy import Connection, Engine, event, func, select
 from sqlalchemy.engine import make_url
 
-from contact_sync.db.engine import make_engine, safe_url
-from contact_sync.db.migrate import upgrade
-from contact_sync.db.tables import contacts
-from contact_sync.query import (
+from contact_sync.contacts.query import (
     ContactQuery,
     EligibleQuery,
     _filters,
     list_contacts,
     list_eligible,
 )
+from contact_sync.db.engine import make_engine, safe_url
+from contact_sync.db.migrate import upgrade
+from contact_sync.db.tables import contacts
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/contact_sync_bench"
 SCALE_CONTACTS = 100_000

@@ -34,7 +34,7 @@ Modes (``--modes``, default all), each with 2 worker processes:
 - ``ceiling``: a Celery no-op task (``bench/_noop_tasks.py``) draining the same messages; a
   few pool/prefetch configurations are tried on a sample and the best one drains them all;
 - ``ours``: the real ``contact_sync.apply_call_completed``, one event per message, worker
-  ``python -m contact_sync.cli worker --concurrency 2``;
+  ``python -m contact_sync.cli.main worker --concurrency 2``;
 - ``batch``: the real ``contact_sync.apply_call_completed_batch`` fed by the project's
   ``EventPublisher`` (batches of up to 500), same worker;
 - ``ours_stock``, ``batch_stock``: the same worker (tasks, group-commit strategy, consumer,
@@ -104,11 +104,10 @@ import redis
 from kombu.connection import Connection
 from psycopg import sql
 
+from contact_sync.accounts.teams import name_key
 from contact_sync.db.engine import make_engine
 from contact_sync.db.migrate import upgrade
-from contact_sync.publisher import EventPublisher, publish_event
 from contact_sync.settings import Settings
-from contact_sync.teams import name_key
 from contact_sync.worker.celery_app import (
     QUEUE,
     TASK_APPLY,
@@ -117,6 +116,7 @@ from contact_sync.worker.celery_app import (
     queue_depth,
     uses_amqp,
 )
+from contact_sync.worker.publisher import EventPublisher, publish_event
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
@@ -626,7 +626,7 @@ def ours_worker(
     runner: Processes, name: str, broker_url: str, stock: bool = False
 ) -> subprocess.Popen[bytes]:
     """``contact-sync worker``; with ``stock``, the same worker on stock kombu's transport."""
-    argv = [sys.executable, "-m", "contact_sync.cli", "worker", "--concurrency", str(WORKERS)]
+    argv = [sys.executable, "-m", "contact_sync.cli.main", "worker", "--concurrency", str(WORKERS)]
     if stock:  # the arguments cli_events.cmd_worker gives Celery
         argv = [
             sys.executable, "-m", "celery", "-A", "_stock_kombu_app", "worker",

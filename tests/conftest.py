@@ -17,9 +17,9 @@ import pytest
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import make_url
 
+from contact_sync.accounts.teams import Team, create_team
 from contact_sync.db.engine import make_engine
 from contact_sync.db.migrate import upgrade
-from contact_sync.teams import Team, create_team
 from tests.factories import empty_tables
 from tests.services import postgres_server, rabbitmq_vhost, redis_server
 

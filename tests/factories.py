@@ -19,10 +19,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, select, text
 
-from contact_sync.apply import Outcome, apply_payloads
+from contact_sync.accounts.teams import IssuedKey, Team, create_team, issue_api_key
+from contact_sync.calls.apply import Outcome, apply_payloads
 from contact_sync.db.tables import contacts, metadata
 from contact_sync.db.unit_of_work import unit_of_work
-from contact_sync.teams import IssuedKey, Team, create_team, issue_api_key
 
 # --- call events (apply service, worker, API and bench) --------------------------
 
@@ -79,7 +79,7 @@ def make_key(db: Database, team_id: str, *, scope: str = "write") -> IssuedKey:
 
 def make_contact(db: Database, team_id: str, **fields: Any) -> Any:
     """A contact created through the store, as a person would (Ada Lovelace unless overridden)."""
-    from contact_sync.store import create_contact
+    from contact_sync.contacts.store import create_contact
 
     data: dict[str, Any] = {"first_name": "Ada", "last_name": "Lovelace", **fields}
     with _writing(db) as conn:
@@ -97,10 +97,10 @@ def merged_in_time_order(row: Any, payloads: list[dict[str, Any]]) -> dict[str, 
 
     Uses the pure merge only; returns the mergeable fields as they should be stored.
     """
-    from contact_sync.apply import STATE_FIELDS
-    from contact_sync.events import parse_event
-    from contact_sync.merge import ContactState, MergePolicy, merge
-    from contact_sync.records import provenance_from_json
+    from contact_sync.calls.apply import STATE_FIELDS
+    from contact_sync.calls.events import parse_event
+    from contact_sync.calls.merge import ContactState, MergePolicy, merge
+    from contact_sync.contacts.records import provenance_from_json
 
     now = datetime.now(UTC)
     distinct = {payload["event_id"]: payload for payload in payloads}
@@ -144,7 +144,7 @@ def empty_tables(engine: Engine) -> None:
 
 # --- Celery messages as a non-Python publisher writes them -------------------------
 
-QUEUE = "contact_sync.events"
+QUEUE = "contact_sync.calls.events"
 TASK_APPLY = "contact_sync.apply_call_completed"
 TASK_APPLY_BATCH = "contact_sync.apply_call_completed_batch"
 # The third element of a protocol-2 body: no callbacks, errbacks, chain or chord.

@@ -21,11 +21,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, update
 
+from contact_sync.accounts.teams import Team, create_team, issue_api_key
 from contact_sync.api import create_app
+from contact_sync.contacts.phones import E164_MESSAGE
 from contact_sync.db.tables import api_keys
-from contact_sync.phones import E164_MESSAGE
 from contact_sync.settings import Settings
-from contact_sync.teams import Team, create_team, issue_api_key
 from tests.factories import apply_batch, call_event
 
 CONTACTS = "/api/crm/contacts"

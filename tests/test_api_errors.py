@@ -6,10 +6,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from contact_sync.accounts.teams import KeyNotFound
 from contact_sync.api.errors import install
-from contact_sync.dead_letters import DeadLetterNotFound
 from contact_sync.errors import CompanyNotFound, ContactNotFound, NotFound, TeamNotFound
-from contact_sync.teams import KeyNotFound
+from contact_sync.ops.dead_letters import DeadLetterNotFound
 
 
 class ContactNoteNotFound(NotFound):

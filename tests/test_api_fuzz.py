@@ -29,12 +29,12 @@ from schemathesis.specs.openapi.checks import (
 )
 from sqlalchemy import Engine
 
+from contact_sync.accounts.teams import create_team, issue_api_key
 from contact_sync.api import create_app
-from contact_sync.companies import create_company
+from contact_sync.contacts.companies import create_company
+from contact_sync.contacts.store import create_contact
 from contact_sync.db.engine import make_engine
 from contact_sync.settings import Settings
-from contact_sync.store import create_contact
-from contact_sync.teams import create_team, issue_api_key
 
 # bench/fuzz_api.py raises this for a deeper run of the same test.
 EXAMPLES = int(os.environ.get("CONTACT_SYNC_FUZZ_EXAMPLES", "20"))

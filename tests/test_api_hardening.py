@@ -30,10 +30,10 @@ import httpx
 import pytest
 from sqlalchemy import Engine, func, select
 
+from contact_sync.accounts.teams import Team
 from contact_sync.api import create_app
 from contact_sync.db.tables import companies, contacts
 from contact_sync.settings import Settings
-from contact_sync.teams import Team
 from tests.test_api import (
     COMPANIES,
     CONTACTS,
@@ -94,7 +94,7 @@ def server(redis_url: str) -> Iterator[Server]:
         log_path = Path(tmp) / "api.log"
         with log_path.open("w") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "contact_sync.cli", "api", "--port", str(port)],
+                [sys.executable, "-m", "contact_sync.cli.main", "api", "--port", str(port)],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -23,11 +23,11 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.event import listen
 
+from contact_sync.calls.events import Reason
 from contact_sync.clock import utcnow
 from contact_sync.db.engine import make_engine
-from contact_sync.dead_letters import record
-from contact_sync.events import Reason
 from contact_sync.metrics import OpenDeadLetters
+from contact_sync.ops.dead_letters import record
 
 SEARCH = "ada.secret@example.org"
 
@@ -40,7 +40,7 @@ def _free_port() -> int:
 
 def _cli(env: dict[str, str], *args: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "contact_sync.cli", *args],
+        [sys.executable, "-m", "contact_sync.cli.main", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -103,7 +103,7 @@ def test_the_api_serves_request_metrics_by_route_and_logs_json_access_lines(
     out, err = tmp_path / "stdout.log", tmp_path / "stderr.log"
     with out.open("w") as stdout, err.open("w") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "contact_sync.cli", "api", "--port", str(port)],
+            [sys.executable, "-m", "contact_sync.cli.main", "api", "--port", str(port)],
             env=env,
             stdout=stdout,
             stderr=stderr,

@@ -31,11 +31,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 
+from contact_sync.accounts.teams import create_team, issue_api_key
 from contact_sync.api import create_app
 from contact_sync.db.engine import make_engine
 from contact_sync.db.migrate import upgrade
 from contact_sync.settings import Settings
-from contact_sync.teams import create_team, issue_api_key
 
 CLOSED_PORT_URL = "postgresql+psycopg://u:secret@127.0.0.1:1/x"
 CONTACTS = "/api/crm/contacts"

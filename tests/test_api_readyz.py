@@ -22,10 +22,10 @@ import httpx
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
+from contact_sync.accounts.teams import Team, issue_api_key
 from contact_sync.api import create_app
 from contact_sync.api.readiness import Readiness, broker_check
 from contact_sync.settings import Settings
-from contact_sync.teams import Team, issue_api_key
 
 CALLERS = 45
 

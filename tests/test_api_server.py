@@ -33,7 +33,7 @@ def _free_port() -> int:
 
 def _cli(env: dict[str, str], *args: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "contact_sync.cli", *args],
+        [sys.executable, "-m", "contact_sync.cli.main", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -72,7 +72,7 @@ def server(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Server]:
         log_path = Path(tmp) / "api.log"
         with log_path.open("w") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "contact_sync.cli", "api", "--port", str(port)],
+                [sys.executable, "-m", "contact_sync.cli.main", "api", "--port", str(port)],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -61,10 +61,10 @@ from schemathesis.specs.openapi.checks import (
 )
 from sqlalchemy import Engine
 
+from contact_sync.accounts.teams import create_team, issue_api_key
 from contact_sync.api import create_app
 from contact_sync.db.engine import make_engine
 from contact_sync.settings import Settings
-from contact_sync.teams import create_team, issue_api_key
 
 # bench/fuzz_api.py --stateful raises these for a deeper run.
 SCENARIOS = int(os.environ.get("CONTACT_SYNC_FUZZ_SCENARIOS", "40"))

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select, text
 
-from contact_sync.apply import STATE_FIELDS, Outcome, apply_payloads
+from contact_sync.accounts.teams import Team
+from contact_sync.calls.apply import STATE_FIELDS, Outcome, apply_payloads
+from contact_sync.contacts.store import update_contact
 from contact_sync.db.tables import contact_history, contacts, dead_letters, processed_events
-from contact_sync.store import update_contact
-from contact_sync.teams import Team
 from tests.factories import call_event, contact_row, make_contact, merged_in_time_order
 
 
@@ -66,7 +66,7 @@ def inbox(engine: Engine, event_id: str) -> Any:
 def run_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CONTACT_SYNC_DATABASE_URL": database_url}
     return subprocess.run(
-        [sys.executable, "-m", "contact_sync.cli", *args],
+        [sys.executable, "-m", "contact_sync.cli.main", *args],
         env=env,
         capture_output=True,
         text=True,

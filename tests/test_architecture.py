@@ -27,15 +27,15 @@ ENTRY_POINTS = {
     "api/auth.py": "the key check and its last-used touch",
     "api/readiness.py": "/readyz pings the database",
     # Command-line entry points.
-    "cli.py": "CLI commands",
-    "cli_events.py": "CLI commands",
-    "cli_keys.py": "CLI commands",
+    "cli/main.py": "CLI commands",
+    "cli/events.py": "CLI commands",
+    "cli/keys.py": "CLI commands",
     # Worker entry points: the tasks (apply, poison counting, parking) and the
     # consumer's parking of messages Celery cannot run.
     "worker/tasks.py": "Celery tasks",
     "worker/consumer.py": "the consumer's parking",
     # The demo drives its own database as an operator would.
-    "demo.py": "the demo",
+    "cli/demo.py": "the demo",
 }
 
 
@@ -106,11 +106,11 @@ def _environment_writes(tree: ast.Module) -> Iterator[tuple[int, str]]:
 ENVIRONMENT_WRITES = {
     # prometheus-client picks its multiprocess storage from this variable only, when
     # it is first imported; the worker's pool children inherit it.
-    ("cli_events.py", "PROMETHEUS_MULTIPROC_DIR"),
+    ("cli/events.py", "PROMETHEUS_MULTIPROC_DIR"),
 }
 # The demo scrubs the whole environment for its duration (and restores it): Celery
 # itself reads CELERY_BROKER_URL from it, which would reach a deployment's broker.
-ENVIRONMENT_SCRUBBERS = frozenset({"demo.py"})
+ENVIRONMENT_SCRUBBERS = frozenset({"cli/demo.py"})
 
 
 def test_no_module_configures_itself_through_the_environment() -> None:

@@ -30,7 +30,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 import contact_sync.db.migrations.versions as versions
-from contact_sync.cli import build_parser, main
+from contact_sync.cli.main import build_parser, main
 from contact_sync.db.engine import make_engine
 from contact_sync.db.migrate import upgrade
 from tests.factories import QUEUE, call_event
@@ -64,10 +64,10 @@ def run_cli(
     stdin: bytes | None = None,
     timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m contact_sync.cli ARGS`` with no ``CONTACT_SYNC_`` setting but ``env``."""
+    """``python -m contact_sync.cli.main ARGS`` with no ``CONTACT_SYNC_`` setting but ``env``."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("CONTACT_SYNC_")}
     result = subprocess.run(
-        [sys.executable, "-m", "contact_sync.cli", *args],
+        [sys.executable, "-m", "contact_sync.cli.main", *args],
         env={**environment, **(env or {})},
         cwd=cwd,
         input=stdin if stdin is not None else b"",
@@ -458,7 +458,7 @@ def test_publish_that_loses_the_broker_midway_says_how_far_it_got_in_one_line(
         _wait_for(lambda: _answers(client), "the private redis-server")
         environment = {k: v for k, v in os.environ.items() if not k.startswith("CONTACT_SYNC_")}
         publisher = subprocess.Popen(
-            [sys.executable, "-m", "contact_sync.cli", "publish", "-", "--quiet"],
+            [sys.executable, "-m", "contact_sync.cli.main", "publish", "-", "--quiet"],
             env={**environment, "CONTACT_SYNC_BROKER_URL": url},
             cwd=tmp_path,
             stdin=subprocess.PIPE,
@@ -556,7 +556,7 @@ def test_a_reader_that_goes_away_ends_the_command_quietly_with_status_141(
     environment = {k: v for k, v in os.environ.items() if not k.startswith("CONTACT_SYNC_")}
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "contact_sync.cli", *command.split()],
+            [sys.executable, "-m", "contact_sync.cli.main", *command.split()],
             env={**environment, "CONTACT_SYNC_DATABASE_URL": migrated_sqlite_url},
             cwd=tmp_path,
             stdout=writer,
@@ -713,7 +713,7 @@ def test_a_bug_is_one_line_naming_a_file_that_keeps_its_traceback(
         raise RuntimeError("a bug\nwith a second line")
 
     parser = build_parser()
-    monkeypatch.setattr("contact_sync.cli.build_parser", lambda: parser)
+    monkeypatch.setattr("contact_sync.cli.main.build_parser", lambda: parser)
     parser.set_defaults(func=broken)
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):

@@ -20,12 +20,12 @@ import pytest
 from sqlalchemy import Engine, inspect, select
 from sqlalchemy.engine import make_url
 
-from contact_sync.cli import build_parser, main
-from contact_sync.companies import create_company
+from contact_sync.accounts.teams import Team, authenticate
+from contact_sync.cli.main import build_parser, main
+from contact_sync.contacts.companies import create_company
+from contact_sync.contacts.query import ContactQuery, list_contacts
 from contact_sync.db.engine import make_engine
 from contact_sync.db.tables import teams
-from contact_sync.query import ContactQuery, list_contacts
-from contact_sync.teams import Team, authenticate
 from tests.factories import make_contact
 
 UNREACHABLE = "postgresql+psycopg://u:secret@127.0.0.1:1/x"
@@ -45,12 +45,12 @@ SCHEMA_TABLES = {
 def run_cli(
     *args: str, url: str | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m contact_sync.cli ARGS`` with only our database setting in the env."""
+    """Run ``python -m contact_sync.cli.main ARGS`` with only our database setting in the env."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONTACT_SYNC_")}
     if url is not None:
         env["CONTACT_SYNC_DATABASE_URL"] = url
     return subprocess.run(
-        [sys.executable, "-m", "contact_sync.cli", *args],
+        [sys.executable, "-m", "contact_sync.cli.main", *args],
         env=env,
         cwd=cwd,
         capture_output=True,
@@ -395,7 +395,7 @@ def test_help_works_on_each_store_subcommand_of_the_real_program(tmp_path: Path)
         (
             path,
             subprocess.Popen(
-                [sys.executable, "-m", "contact_sync.cli", *path, "--help"],
+                [sys.executable, "-m", "contact_sync.cli.main", *path, "--help"],
                 env=env,
                 cwd=tmp_path,
                 stdout=subprocess.PIPE,

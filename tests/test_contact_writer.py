@@ -16,9 +16,18 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, Engine, Text, bindparam, cast, select, text
 
-from contact_sync import contact_writer
-from contact_sync.apply import apply_payloads
-from contact_sync.contact_writer import (
+from contact_sync.accounts.teams import Team
+from contact_sync.calls.apply import apply_payloads
+from contact_sync.contacts import writer as contact_writer
+from contact_sync.contacts.records import (
+    Change,
+    Observation,
+    Skip,
+    observation_from_json,
+    observation_json,
+)
+from contact_sync.contacts.store import update_contact as update_by_person
+from contact_sync.contacts.writer import (
     ContactUpdate,
     HistoryRecord,
     record_history,
@@ -27,15 +36,6 @@ from contact_sync.contact_writer import (
 )
 from contact_sync.db.tables import contact_history, contacts
 from contact_sync.errors import StaleVersion
-from contact_sync.records import (
-    Change,
-    Observation,
-    Skip,
-    observation_from_json,
-    observation_json,
-)
-from contact_sync.store import update_contact as update_by_person
-from contact_sync.teams import Team
 from tests.factories import call_event, contact_row, make_contact
 
 AT = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
@@ -219,11 +219,12 @@ def _statements_writing(path: Path, tables: set[str]) -> list[str]:
 
 
 def test_only_the_contact_writer_writes_contact_rows_or_history() -> None:
-    package = Path(contact_writer.__file__).parent
+    writer = Path(contact_writer.__file__)
+    package = writer.parents[1]  # src/contact_sync
     writers = [
         statement
         for path in sorted(package.rglob("*.py"))
-        if path.name != "contact_writer.py" and "migrations" not in path.parts
+        if path != writer and "migrations" not in path.parts
         for statement in _statements_writing(path, {"contacts", "contact_history"})
     ]
     assert writers == []

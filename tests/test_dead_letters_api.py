@@ -26,14 +26,14 @@ from typing import Any, get_args
 import pytest
 from sqlalchemy import Engine, Text, cast, select, update
 
-from contact_sync import dead_letters as letters_module
-from contact_sync.apply import apply_payloads
-from contact_sync.cli import main
+from contact_sync.accounts.teams import Team, issue_api_key
+from contact_sync.calls.apply import apply_payloads
+from contact_sync.calls.events import Reason
+from contact_sync.cli.main import main
 from contact_sync.db.tables import contacts, dead_letters
-from contact_sync.dead_letters import ERASED_MESSAGE, LOG_LIMIT
-from contact_sync.events import Reason
+from contact_sync.ops import dead_letters as letters_module
+from contact_sync.ops.dead_letters import ERASED_MESSAGE, LOG_LIMIT
 from contact_sync.settings import get_settings
-from contact_sync.teams import Team, issue_api_key
 from tests.factories import call_event, make_contact
 from tests.test_api import Api, _api, _client, assert_error, assert_validation_error
 

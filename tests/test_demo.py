@@ -17,7 +17,7 @@ def test_the_demo_runs_on_a_fresh_directory_with_no_settings_and_leaves_nothing(
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONTACT_SYNC_")}
     done = subprocess.run(
-        [sys.executable, "-m", "contact_sync.cli", "demo"],
+        [sys.executable, "-m", "contact_sync.cli.main", "demo"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -41,7 +41,7 @@ def test_the_demo_keeps_its_data_in_a_folder_here_and_prints_the_command_to_list
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONTACT_SYNC_")}
     done = subprocess.run(
-        [sys.executable, "-m", "contact_sync.cli", "demo", "--keep"],
+        [sys.executable, "-m", "contact_sync.cli.main", "demo", "--keep"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -55,7 +55,7 @@ def test_the_demo_keeps_its_data_in_a_folder_here_and_prints_the_command_to_list
         if line.strip().startswith("contact-sync --database-url")
     ]
     listing = subprocess.run(
-        [sys.executable, "-m", "contact_sync.cli", *shlex.split(command)[1:]],
+        [sys.executable, "-m", "contact_sync.cli.main", *shlex.split(command)[1:]],
         cwd=tmp_path,
         env=env,
         capture_output=True,

@@ -62,7 +62,7 @@ def _state(engine: Engine, client: redis.Redis) -> dict[str, Any]:
 
 def _demo(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "contact_sync.cli", *args],
+        [sys.executable, "-m", "contact_sync.cli.main", *args],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, Text, cast, func, select
 
-from contact_sync.cli import main
+from contact_sync.accounts.teams import Team
+from contact_sync.cli.main import main
+from contact_sync.contacts.store import delete_contact
+from contact_sync.contacts.suppression import SUPPRESSED, is_suppressed
 from contact_sync.db.tables import contact_history, contacts, dead_letters, suppressions
-from contact_sync.dead_letters import ERASED_MESSAGE
+from contact_sync.ops.dead_letters import ERASED_MESSAGE
 from contact_sync.settings import get_settings
-from contact_sync.store import delete_contact
-from contact_sync.suppression import SUPPRESSED, is_suppressed
-from contact_sync.teams import Team
 from tests.factories import apply_batch, call_event, contact_row, make_contact
 from tests.test_api import CONTACTS, Api, _api, _client
 

@@ -32,9 +32,8 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from jsonschema_specifications import REGISTRY
 
-from contact_sync import event_schema
-from contact_sync.contacts import MAX_CUSTOM_FIELDS_BYTES, MAX_TAGS
-from contact_sync.events import (
+from contact_sync.calls import event_schema
+from contact_sync.calls.events import (
     MAX_DURATION_SECONDS,
     MAX_EXTRACTOR_VERSION_LENGTH,
     MAX_ID_LENGTH,
@@ -48,6 +47,7 @@ from contact_sync.events import (
     InvalidEvent,
     parse_event,
 )
+from contact_sync.contacts.model import MAX_CUSTOM_FIELDS_BYTES, MAX_TAGS
 from contact_sync.storable import MAX_INTEGER, MIN_INTEGER
 from tests.factories import call_event
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from contact_sync.events import CallCompleted, ExtractedValue, InvalidEvent, parse_event
+from contact_sync.calls.events import CallCompleted, ExtractedValue, InvalidEvent, parse_event
 from tests.factories import call_event
 
 NOW = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)

@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contact_sync.events import CallCompleted, InvalidEvent, parse_event
+from contact_sync.calls.events import CallCompleted, InvalidEvent, parse_event
 from tests.factories import call_event
 
 NOW = datetime(2026, 11, 26, tzinfo=UTC)

@@ -27,13 +27,13 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
+from contact_sync.accounts.teams import Team, create_team, issue_api_key
 from contact_sync.api import create_app
 from contact_sync.api import params as api_params
 from contact_sync.api.rate_limit import KEY_PREFIX
-from contact_sync.contacts import parse_create, parse_patch
+from contact_sync.contacts.model import parse_create, parse_patch
 from contact_sync.db.tables import contacts
 from contact_sync.settings import RateLimit, Settings
-from contact_sync.teams import Team, create_team, issue_api_key
 from tests.factories import make_contact
 
 CONTACTS = "/api/crm/contacts"

@@ -32,8 +32,10 @@ import pytest
 import redis
 from sqlalchemy import Engine, Table, delete, func, inspect, select
 
-from contact_sync.apply import apply_payloads
-from contact_sync.companies import create_company
+from contact_sync.accounts.teams import Team, create_team
+from contact_sync.calls.apply import apply_payloads
+from contact_sync.contacts.companies import create_company
+from contact_sync.contacts.store import create_contact, update_contact
 from contact_sync.db.engine import make_engine
 from contact_sync.db.tables import (
     api_keys,
@@ -46,8 +48,6 @@ from contact_sync.db.tables import (
     suppressions,
     teams,
 )
-from contact_sync.store import create_contact, update_contact
-from contact_sync.teams import Team, create_team
 from contact_sync.worker.celery_app import TASK_APPLY, TASK_APPLY_BATCH
 from tests.factories import (
     EMBED,

@@ -24,10 +24,10 @@ from alembic import command
 from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.engine import make_url
 
+from contact_sync.accounts.teams import Team, create_team
 from contact_sync.db.engine import make_engine
 from contact_sync.db.migrate import alembic_config, upgrade
 from contact_sync.db.tables import dead_letters, processed_events
-from contact_sync.teams import Team, create_team
 from tests.factories import QUEUE, apply_batch, call_event, contact_row, make_contact, task_envelope
 from tests.services import redis_server
 from tests.workers import start_worker, stop_worker

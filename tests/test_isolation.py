@@ -38,11 +38,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Connection, Engine, Text, cast, delete, or_, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
+from contact_sync.accounts.teams import Team, create_team, hash_key, issue_api_key
 from contact_sync.api import create_app
-from contact_sync.apply import apply_payloads
-from contact_sync.cli import build_parser, main
+from contact_sync.calls.apply import apply_payloads
+from contact_sync.cli.main import build_parser, main
 from contact_sync.clock import utcnow
-from contact_sync.companies import create_company
+from contact_sync.contacts.companies import create_company
+from contact_sync.contacts.query import ContactQuery, EligibleQuery, list_eligible
+from contact_sync.contacts.store import create_contact, update_contact
 from contact_sync.db.tables import (
     api_keys,
     companies,
@@ -52,10 +55,7 @@ from contact_sync.db.tables import (
     processed_events,
     teams,
 )
-from contact_sync.query import ContactQuery, EligibleQuery, list_eligible
 from contact_sync.settings import Settings, get_settings
-from contact_sync.store import create_contact, update_contact
-from contact_sync.teams import Team, create_team, hash_key, issue_api_key
 from tests.brokers import BROKERS, Broker, broker_for
 from tests.factories import call_event, contact_row
 from tests.test_api import COMPANIES, CONTACTS, ELIGIBLE, Api, assert_error
@@ -1851,7 +1851,7 @@ def _publish_with_cli(worker: Worker, events: list[dict[str, Any]], folder: Path
     path.write_text("".join(json.dumps(event) + "\n" for event in events))
     broker = ["--broker-url", worker.broker_url]
     result = subprocess.run(
-        [sys.executable, "-m", "contact_sync.cli", "publish", str(path), "--quiet", *broker],
+        [sys.executable, "-m", "contact_sync.cli.main", "publish", str(path), "--quiet", *broker],
         capture_output=True,
         text=True,
         timeout=60,

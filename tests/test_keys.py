@@ -28,13 +28,13 @@ from sqlalchemy import Engine, event, func, inspect, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
+from contact_sync.accounts.teams import Team, create_team, hash_key, issue_api_key, name_key
 from contact_sync.api.auth import READ_ONLY
-from contact_sync.apply import apply_payloads
-from contact_sync.cli import main
+from contact_sync.calls.apply import apply_payloads
+from contact_sync.cli.main import main
 from contact_sync.db.engine import make_engine
 from contact_sync.db.migrate import alembic_config, upgrade
 from contact_sync.db.tables import api_keys, dead_letters, teams
-from contact_sync.teams import Team, create_team, hash_key, issue_api_key, name_key
 from tests.factories import call_event, make_contact
 from tests.test_api import CONTACTS, Api, _api, _client, assert_error
 from tests.test_hostile_input import DATA_TABLES, snapshot

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select
 
-from contact_sync.cli import main
+from contact_sync.accounts.teams import Team
+from contact_sync.cli.main import main
 from contact_sync.clock import utcnow
 from contact_sync.db.tables import companies, contacts
-from contact_sync.dead_letters import record
+from contact_sync.ops.dead_letters import record
 from contact_sync.settings import get_settings
-from contact_sync.teams import Team
 from tests.test_api import (
     COMPANIES,
     CONTACTS,

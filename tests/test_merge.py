@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from contact_sync.events import CallCompleted
-from contact_sync.merge import ContactState, MergePolicy, MergeResult, merge
-from contact_sync.records import Change, Observation, Skip, observation_json
+from contact_sync.calls.events import CallCompleted
+from contact_sync.calls.merge import ContactState, MergePolicy, MergeResult, merge
+from contact_sync.contacts.records import Change, Observation, Skip, observation_json
 from tests.factories import call_event
 
 T0 = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)

@@ -16,11 +16,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contact_sync.events import CallCompleted, parse_event
-from contact_sync.lead_status import KNOWN as KNOWN_LEAD_STATUSES
-from contact_sync.lead_status import STICKY
-from contact_sync.merge import CALL_FIELDS, ContactState, MergePolicy, merge
-from contact_sync.records import Change, Observation
+from contact_sync.calls.events import CallCompleted, parse_event
+from contact_sync.calls.merge import CALL_FIELDS, ContactState, MergePolicy, merge
+from contact_sync.contacts.lead_status import KNOWN as KNOWN_LEAD_STATUSES
+from contact_sync.contacts.lead_status import STICKY
+from contact_sync.contacts.records import Change, Observation
 from tests.factories import call_event
 
 BASE = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)

@@ -26,10 +26,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine
 
 from contact_sync.api import create_app
-from contact_sync.dead_letters import Via
-from contact_sync.events import EventOutcome, Reason
-from contact_sync.lead_status import KNOWN as KNOWN_LEAD_STATUSES
-from contact_sync.query import SORTS
+from contact_sync.calls.events import EventOutcome, Reason
+from contact_sync.contacts.lead_status import KNOWN as KNOWN_LEAD_STATUSES
+from contact_sync.contacts.query import SORTS
+from contact_sync.ops.dead_letters import Via
 from contact_sync.settings import Settings
 
 CRM = "/api/crm"
@@ -253,7 +253,7 @@ def api_process() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="contact-sync-docs-") as tmp:
         port = _free_port()
         env = {**os.environ, "CONTACT_SYNC_DATABASE_URL": f"sqlite:///{Path(tmp) / 'db.sqlite3'}"}
-        cli = [sys.executable, "-m", "contact_sync.cli"]
+        cli = [sys.executable, "-m", "contact_sync.cli.main"]
         subprocess.run([*cli, "migrate"], env=env, capture_output=True, check=True, timeout=120)
         command = [*cli, "api", "--port", str(port)]
         log = (Path(tmp) / "api.log").open("w")

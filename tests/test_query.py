@@ -17,11 +17,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Connection, update
 
-from contact_sync.companies import Company, create_company
-from contact_sync.contacts import Contact
-from contact_sync.db.tables import contacts
-from contact_sync.errors import ValidationFailed
-from contact_sync.query import (
+from contact_sync.accounts.teams import Team, create_team
+from contact_sync.contacts.companies import Company, create_company
+from contact_sync.contacts.model import Contact
+from contact_sync.contacts.query import (
     ContactPage,
     ContactQuery,
     EligiblePage,
@@ -29,8 +28,9 @@ from contact_sync.query import (
     list_contacts,
     list_eligible,
 )
-from contact_sync.store import create_contact, update_contact
-from contact_sync.teams import Team, create_team
+from contact_sync.contacts.store import create_contact, update_contact
+from contact_sync.db.tables import contacts
+from contact_sync.errors import ValidationFailed
 from tests.factories import make_contact
 
 DB_HYPOTHESIS = settings(

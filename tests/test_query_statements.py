@@ -8,8 +8,8 @@ from contextlib import contextmanager
 import pytest
 from sqlalchemy import Connection, event
 
-from contact_sync.query import ContactQuery, EligibleQuery, list_contacts, list_eligible
-from contact_sync.teams import Team, create_team
+from contact_sync.accounts.teams import Team, create_team
+from contact_sync.contacts.query import ContactQuery, EligibleQuery, list_contacts, list_eligible
 from tests.factories import make_contact
 
 

@@ -32,12 +32,12 @@ from kombu import compression
 from kombu.connection import Connection
 from sqlalchemy import Engine, Text, cast, event, func, insert, select
 
-from contact_sync.cli import main
+from contact_sync.accounts.teams import create_team
+from contact_sync.cli.main import main
 from contact_sync.clock import utcnow
 from contact_sync.db.tables import dead_letters, processed_events
-from contact_sync.dead_letters import record
+from contact_sync.ops.dead_letters import record
 from contact_sync.settings import Settings
-from contact_sync.teams import create_team
 from contact_sync.worker.celery_app import TASK_APPLY, TASK_APPLY_BATCH, create_app, event_queues
 from tests.brokers import BROKERS, Broker, broker_for
 from tests.factories import QUEUE, envelope, task_body, task_headers
@@ -311,7 +311,7 @@ class _PeakMemory:
 # (VmHWM: after exec, so not the test process' pages a fork shares at first).
 _PEAK_OF_CLI = (
     "import sys\n"
-    "from contact_sync.cli import main\n"
+    "from contact_sync.cli.main import main\n"
     "code = main(sys.argv[1:])\n"
     "peak = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
     "print('peak-kib', peak, file=sys.stderr)\n"

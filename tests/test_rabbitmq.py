@@ -25,11 +25,10 @@ from kombu.connection import Connection
 from kombu.entity import Queue
 from sqlalchemy import Engine, func, select
 
+from contact_sync.accounts.teams import Team
 from contact_sync.api import create_app as create_api
 from contact_sync.db.tables import dead_letters, delivery_attempts, processed_events
-from contact_sync.publisher import EventPublisher, publish_event
 from contact_sync.settings import Settings
-from contact_sync.teams import Team
 from contact_sync.worker.celery_app import (
     DELIVERY_LIMIT,
     POISON_QUEUE,
@@ -39,6 +38,7 @@ from contact_sync.worker.celery_app import (
 )
 from contact_sync.worker.metrics_server import QueueDepth
 from contact_sync.worker.poison import poison_text
+from contact_sync.worker.publisher import EventPublisher, publish_event
 from tests.brokers import Broker, broker_for
 from tests.factories import call_event, contact_row, make_contact
 from tests.services import rabbitmqctl
@@ -113,7 +113,7 @@ def test_the_worker_declares_quorum_queues_and_every_publisher_declares_the_same
         path = tmp_path / "events.jsonl"
         path.write_text(json.dumps(events[2]) + "\n")
         cli = subprocess.run(
-            [sys.executable, "-m", "contact_sync.cli", "publish", str(path), "--quiet"],
+            [sys.executable, "-m", "contact_sync.cli.main", "publish", str(path), "--quiet"],
             env={**os.environ, "CONTACT_SYNC_BROKER_URL": broker.url},
             capture_output=True,
             text=True,

@@ -25,13 +25,13 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 
+from contact_sync.accounts.teams import Team, issue_api_key
 from contact_sync.api import create_app as create_api
 from contact_sync.db.tables import contacts
-from contact_sync.publisher import EventPublisher, publish_event
 from contact_sync.settings import Settings
-from contact_sync.teams import Team, issue_api_key
 from contact_sync.worker.celery_app import QUEUE
 from contact_sync.worker.celery_app import create_app as create_celery
+from contact_sync.worker.publisher import EventPublisher, publish_event
 from tests.factories import call_event
 from tests.workers import start_worker, stop_worker
 

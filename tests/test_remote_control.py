@@ -23,8 +23,8 @@ import redis
 from celery import Celery
 from sqlalchemy import Engine
 
+from contact_sync.accounts.teams import create_team
 from contact_sync.settings import Settings
-from contact_sync.teams import create_team
 from contact_sync.worker.celery_app import TASK_APPLY_BATCH, create_app
 from tests.brokers import BROKERS, Broker
 from tests.factories import QUEUE, task_envelope
@@ -108,7 +108,14 @@ def test_remote_control_is_opt_in_with_a_flag_or_the_environment(
 
 
 def _health(worker: Worker, max_age: float) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "contact_sync.cli", "worker-health", "--max-age", str(max_age)]
+    argv = [
+        sys.executable,
+        "-m",
+        "contact_sync.cli.main",
+        "worker-health",
+        "--max-age",
+        str(max_age),
+    ]
     env = {**os.environ, "CONTACT_SYNC_WORKER_HEARTBEAT_FILE": str(worker.heartbeat)}
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
 
@@ -138,10 +145,10 @@ def test_worker_health_follows_the_consumers_heartbeat_without_remote_control(
 
 # --- who may write to the broker at all (README, "Security") --------------------------------
 
-RAW_PUBLISHER_ACL = ("resetkeys", "~contact_sync.events", "resetchannels", "-@all", "+lpush")
+RAW_PUBLISHER_ACL = ("resetkeys", "~contact_sync.calls.events", "resetchannels", "-@all", "+lpush")
 PYTHON_PUBLISHER_ACL = (
     "resetkeys",
-    "~contact_sync.events*",
+    "~contact_sync.calls.events*",
     "~_kombu.binding*",
     "resetchannels",
     "-@all",
@@ -165,7 +172,7 @@ def test_redis_publisher_users_of_the_readme_may_send_events_and_do_nothing_else
             [
                 sys.executable,
                 "-c",
-                "from contact_sync.publisher import publish_event as p; "
+                "from contact_sync.worker.publisher import publish_event as p; "
                 "from tests.factories import call_event as e; p(e('team', phone='+12025550123'))",
             ],
             env={**os.environ, "CONTACT_SYNC_BROKER_URL": url.format("cs-publisher")},

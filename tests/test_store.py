@@ -16,18 +16,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, Engine, func, select
 
-from contact_sync.companies import create_company, list_companies
-from contact_sync.contacts import Contact
-from contact_sync.db.tables import api_keys, contact_history, contacts
-from contact_sync.errors import (
-    ContactNotFound,
-    ForbiddenTeam,
-    StaleVersion,
-    TeamNotFound,
-    ValidationFailed,
-)
-from contact_sync.phones import E164_MESSAGE
-from contact_sync.store import (
+from contact_sync.accounts.teams import Team, authenticate, create_team, get_team, issue_api_key
+from contact_sync.contacts.companies import create_company, list_companies
+from contact_sync.contacts.model import Contact
+from contact_sync.contacts.phones import E164_MESSAGE
+from contact_sync.contacts.store import (
     CONTACT_COLUMNS,
     contact_from_row,
     contacts_from_rows,
@@ -37,7 +30,14 @@ from contact_sync.store import (
     list_history,
     update_contact,
 )
-from contact_sync.teams import Team, authenticate, create_team, get_team, issue_api_key
+from contact_sync.db.tables import api_keys, contact_history, contacts
+from contact_sync.errors import (
+    ContactNotFound,
+    ForbiddenTeam,
+    StaleVersion,
+    TeamNotFound,
+    ValidationFailed,
+)
 from tests.factories import make_contact, make_team
 
 

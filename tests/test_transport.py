@@ -21,16 +21,16 @@ import redis
 from celery import Celery
 from sqlalchemy import Engine, func, select
 
+from contact_sync.accounts.teams import create_team
 from contact_sync.db.tables import dead_letters, processed_events
 from contact_sync.settings import Settings
-from contact_sync.teams import create_team
 from contact_sync.worker import transport
 from contact_sync.worker.celery_app import create_app
 from contact_sync.worker.tasks import redelivered
 from tests.factories import call_event, envelope, task_envelope
 from tests.workers import start_worker, stop_worker
 
-QUEUE = "contact_sync.events"
+QUEUE = "contact_sync.calls.events"
 BROKER_DB = 11
 
 

@@ -32,7 +32,7 @@ from contact_sync.worker import kombu_hooks, transport
 from contact_sync.worker.celery_app import create_app
 from tests.factories import task_envelope
 
-QUEUE = "contact_sync.events"
+QUEUE = "contact_sync.calls.events"
 BROKER_DB = 12
 
 
@@ -173,7 +173,7 @@ def test_a_worker_refuses_to_start_on_a_kombu_that_lacks_a_hook(
     }
 
     done = subprocess.run(
-        [sys.executable, "-m", "contact_sync.cli", "worker", "--concurrency", "1"],
+        [sys.executable, "-m", "contact_sync.cli.main", "worker", "--concurrency", "1"],
         env=environment,
         capture_output=True,
         timeout=120,

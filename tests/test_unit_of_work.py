@@ -8,11 +8,11 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import DBAPIError
 
+from contact_sync.accounts.teams import create_team
 from contact_sync.clock import utcnow
 from contact_sync.db.tables import dead_letters, delivery_attempts, teams
 from contact_sync.db.unit_of_work import unit_of_work
-from contact_sync.dead_letters import park
-from contact_sync.teams import create_team
+from contact_sync.ops.dead_letters import park
 from contact_sync.worker.poison import count_attempt, forget
 
 

@@ -16,21 +16,21 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from phonenumbers import PhoneNumberFormat, PhoneNumberType
 
-from contact_sync import lead_status
-from contact_sync.contacts import (
+from contact_sync.contacts import lead_status
+from contact_sync.contacts.model import (
     ContactCreate,
     normalise_lead_status,
     parse_create,
     parse_patch,
 )
-from contact_sync.errors import ValidationFailed
-from contact_sync.phones import (
+from contact_sync.contacts.phones import (
     E164_MESSAGE,
     is_valid_region,
     normalise_phone,
     phone_message,
     search_digits,
 )
+from contact_sync.errors import ValidationFailed
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 NAMES = {"first_name": "Ada", "last_name": "Lovelace"}

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, Engine, event, text
 
-from contact_sync import lead_status
+from contact_sync.accounts.teams import Team
 from contact_sync.api.dead_letter_routes import DeadLetterQuery
-from contact_sync.events import EVENT_OUTCOMES, REASONS
-from contact_sync.query import EligibleQuery, list_eligible
-from contact_sync.teams import Team
+from contact_sync.calls.events import EVENT_OUTCOMES, REASONS
+from contact_sync.contacts import lead_status
+from contact_sync.contacts.query import EligibleQuery, list_eligible
 from tests.factories import make_contact
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "contact_sync"

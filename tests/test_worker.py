@@ -28,12 +28,12 @@ import pytest
 from celery import Celery
 from sqlalchemy import Engine, func, select
 
-from contact_sync.apply import STATE_FIELDS
+from contact_sync.accounts.teams import Team
+from contact_sync.calls.apply import STATE_FIELDS
 from contact_sync.db.tables import contact_history, dead_letters, processed_events
-from contact_sync.publisher import EventPublisher, publish_event
 from contact_sync.settings import Settings
-from contact_sync.teams import Team
 from contact_sync.worker.celery_app import QUEUE, TASK_APPLY, TASK_APPLY_BATCH, create_app
+from contact_sync.worker.publisher import EventPublisher, publish_event
 from tests.brokers import BROKERS, Broker, broker_for
 from tests.factories import call_event, contact_row, make_contact, merged_in_time_order
 
@@ -124,7 +124,7 @@ def worker(
     # A file, not a pipe: nobody reads a pipe while tests run, and a full one blocks the worker.
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "contact_sync.cli", "worker", "--concurrency", "2"],
+            [sys.executable, "-m", "contact_sync.cli.main", "worker", "--concurrency", "2"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from contact_sync.cli import main
+from contact_sync.cli.main import main
 from contact_sync.settings import Settings
 from contact_sync.worker.celery_app import TASK_APPLY, TASK_APPLY_BATCH, create_app, settings_of
 

@@ -27,21 +27,21 @@ from celery import Celery
 from kombu import Message
 from sqlalchemy import Engine, func, select
 
+from contact_sync.accounts.teams import create_team
 from contact_sync.clock import utcnow
 from contact_sync.db.engine import make_engine
 from contact_sync.db.tables import dead_letters, processed_events
-from contact_sync.dead_letters import record
-from contact_sync.publisher import EventPublisher
+from contact_sync.ops.dead_letters import record
 from contact_sync.settings import Settings
-from contact_sync.teams import create_team
 from contact_sync.worker import runtime
 from contact_sync.worker.celery_app import create_app
 from contact_sync.worker.consumer import DeadLetteringConsumer
+from contact_sync.worker.publisher import EventPublisher
 from tests.brokers import BROKERS, Broker, broker_for
 from tests.factories import call_event, task_body, task_envelope, task_headers
 from tests.workers import start_worker, stop_worker
 
-QUEUE = "contact_sync.events"
+QUEUE = "contact_sync.calls.events"
 BROKER_DB = 10
 
 
@@ -156,7 +156,7 @@ def test_messages_published_as_a_waiting_worker_is_killed_are_not_lost(
         team = create_team(conn, name="Killed while waiting")
     events = [call_event(team.id, phone=f"+1202555013{n}") for n in range(5)]
     doomed = subprocess.Popen(
-        [sys.executable, "-m", "contact_sync.cli", "worker", "--concurrency", "1"],
+        [sys.executable, "-m", "contact_sync.cli.main", "worker", "--concurrency", "1"],
         env={
             **os.environ,
             "CONTACT_SYNC_DATABASE_URL": postgres_url,

@@ -12,9 +12,9 @@ import pytest
 from kombu.message import Message
 from sqlalchemy import Engine, func, select
 
+from contact_sync.accounts.teams import create_team
 from contact_sync.db.tables import contact_history, processed_events
 from contact_sync.settings import Settings
-from contact_sync.teams import create_team
 from contact_sync.worker.celery_app import QUEUE, TASK_APPLY, create_app
 from contact_sync.worker.grouping import GROUP_MAX, group_size, strategy
 from tests.brokers import BROKERS, broker_for

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select
 
+from contact_sync.accounts.teams import create_team
 from contact_sync.db.tables import dead_letters, processed_events
-from contact_sync.teams import create_team
 from tests.brokers import BROKERS, Broker, broker_for
 from tests.factories import call_event, task_body
 from tests.workers import start_worker, stop_worker

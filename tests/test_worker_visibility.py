@@ -32,9 +32,9 @@ from celery import Celery
 from sqlalchemy import Engine, func, select
 from sqlalchemy.engine import make_url
 
+from contact_sync.accounts.teams import create_team
 from contact_sync.db.tables import dead_letters, processed_events
 from contact_sync.settings import Settings
-from contact_sync.teams import create_team
 from contact_sync.worker.celery_app import QUEUE, TASK_APPLY, TASK_APPLY_BATCH, create_app
 from tests.factories import call_event, envelope, task_envelope
 from tests.workers import stop_worker

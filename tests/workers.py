@@ -38,7 +38,7 @@ def start_worker(
             [
                 sys.executable,
                 "-m",
-                "contact_sync.cli",
+                "contact_sync.cli.main",
                 "worker",
                 "--concurrency",
                 str(concurrency),

@@ -4,7 +4,7 @@ The public Python surface: the read module's query and page objects, and the
 publisher that the call pipeline's Python side uses.
 """
 
-from contact_sync.query import ContactPage, ContactQuery, EligiblePage, EligibleQuery
+from contact_sync.contacts.query import ContactPage, ContactQuery, EligiblePage, EligibleQuery
 
 __all__ = ["ContactPage", "ContactQuery", "EligiblePage", "EligibleQuery"]
 __version__ = "0.1.0"

@@ -37,7 +37,7 @@ _TASK_ARGUMENTS = frozenset({"args", "kwargs", "argsrepr", "kwargsrepr"})
 
 
 class NoTaskArguments(logging.Filter):
-    """Removes a task's arguments from Celery's records of it (DESIGN §16: no PII in logs).
+    """Removes a task's arguments from Celery's records of it (docs/design.md §16: no PII in logs).
 
     Celery's line for a task that failed, was rejected or retried (``celery.app.trace``)
     carries the arguments, the whole event, in ``extra={"data": ...}``, which the JSON

@@ -13,7 +13,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
-from contact_sync.events import Reason
+from contact_sync.calls.events import Reason
 
 EVENTS = Counter(
     "contact_sync_events_total",
@@ -59,7 +59,7 @@ class OpenDeadLetters(Collector):
 
     def _current(self) -> dict[str, int] | None:
         from contact_sync.db.unit_of_work import unit_of_work
-        from contact_sync.dead_letters import count_open_by_reason
+        from contact_sync.ops.dead_letters import count_open_by_reason
 
         with self._lock:
             now = self.clock()

@@ -9,11 +9,11 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 
+from contact_sync.accounts.teams import Scope, find_key, needs_touch, touch_key
 from contact_sync.api.rate_limit import RateLimited, RateLimiter
 from contact_sync.clock import utcnow
 from contact_sync.db.unit_of_work import unit_of_work
 from contact_sync.errors import ForbiddenTeam
-from contact_sync.teams import Scope, find_key, needs_touch, touch_key
 
 _bearer = HTTPBearer(
     auto_error=False, description="A team API key from `contact-sync teams create`."

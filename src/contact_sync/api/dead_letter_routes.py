@@ -3,7 +3,7 @@
 Every route is scoped to the key's team: a letter of another team, or one
 whose team could not be read from its payload (operators see those with
 ``contact-sync dead-letters``), is 404 exactly as an id that does not exist.
-Replay takes the CLI's path (``contact_sync.replays``); a ``read`` key is
+Replay takes the CLI's path (``contact_sync.ops.replays``); a ``read`` key is
 refused both writes by ``api.auth``.
 """
 
@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from pydantic.alias_generators import to_camel
 from starlette.concurrency import run_in_threadpool
 
-from contact_sync import replays
 from contact_sync.api.auth import Caller, CallerDep, EngineDep
 from contact_sync.api.params import query_parameters, read_query
 from contact_sync.api.routes import _errors
@@ -29,10 +28,13 @@ from contact_sync.api.schemas import (
     WHEN,
     DeadLetterIdPath,
 )
+from contact_sync.calls.events import EventOutcome, Reason
 from contact_sync.clock import utcnow
-from contact_sync.contacts import field_errors
+from contact_sync.contacts.model import field_errors
 from contact_sync.db.unit_of_work import unit_of_work
-from contact_sync.dead_letters import (
+from contact_sync.errors import ValidationFailed
+from contact_sync.ops import replays
+from contact_sync.ops.dead_letters import (
     ClosedLetter,
     DeadLetter,
     DeadLetterNotFound,
@@ -41,8 +43,6 @@ from contact_sync.dead_letters import (
     get_dead_letter,
     page_dead_letters,
 )
-from contact_sync.errors import ValidationFailed
-from contact_sync.events import EventOutcome, Reason
 from contact_sync.settings import Settings, get_settings
 
 router = APIRouter(prefix="/api/crm", tags=["dead letters"])

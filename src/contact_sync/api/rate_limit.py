@@ -1,4 +1,4 @@
-"""Per-key rate limits: a token bucket per API key (DESIGN §16, fair share).
+"""Per-key rate limits: a token bucket per API key (docs/design.md §16, fair share).
 
 A key's bucket holds up to ``burst`` tokens and refills at ``per_second``; each
 authenticated request takes one, and a request that finds none is answered 429 with

@@ -1,4 +1,4 @@
-"""The contacts and companies endpoints (DESIGN §7).
+"""The contacts and companies endpoints (docs/design.md §7).
 
 Each route translates the request, calls one service in one transaction,
 and translates the result; errors are mapped in ``api.errors``.
@@ -37,7 +37,7 @@ from contact_sync.api.schemas import (
     ErrorBody,
     HistoryList,
 )
-from contact_sync.companies import (
+from contact_sync.contacts.companies import (
     CompanyInUse,
     create_company,
     delete_company,
@@ -45,10 +45,8 @@ from contact_sync.companies import (
     get_company,
     rename_company,
 )
-from contact_sync.contacts import LEAD_STATUS_SCHEMA, Contact, ContactCreate, ContactPatch
-from contact_sync.db.unit_of_work import unit_of_work
-from contact_sync.errors import ValidationFailed
-from contact_sync.query import (
+from contact_sync.contacts.model import LEAD_STATUS_SCHEMA, Contact, ContactCreate, ContactPatch
+from contact_sync.contacts.query import (
     SORTS,
     CompanyQuery,
     ContactQuery,
@@ -57,7 +55,7 @@ from contact_sync.query import (
     list_contacts,
     list_eligible,
 )
-from contact_sync.store import (
+from contact_sync.contacts.store import (
     count_history,
     create_contact,
     delete_contact,
@@ -65,7 +63,9 @@ from contact_sync.store import (
     list_history,
     update_contact,
 )
-from contact_sync.store import get_provenance as contact_provenance
+from contact_sync.contacts.store import get_provenance as contact_provenance
+from contact_sync.db.unit_of_work import unit_of_work
+from contact_sync.errors import ValidationFailed
 
 
 def _dependant_query(dependant: Dependant) -> set[str]:

@@ -13,7 +13,7 @@ from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from contact_sync.contacts import Contact
+from contact_sync.contacts.model import Contact
 
 TEAM_ID = "0193a5c4-7e2b-7c41-9a3e-5d8f2b1c6e70"
 CONTACT_ID = "0193a5c6-1f40-7d2a-8b6e-2c9d4e7f1a35"

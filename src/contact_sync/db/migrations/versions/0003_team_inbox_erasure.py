@@ -14,7 +14,7 @@ Create Date: 2026-12-02
   payload replaced by a tombstone; such a letter is never replayed. An index by team
   serves erasure, which reads a team's letters.
 - ``teams.suppression_key`` and ``suppressions``: the keyed hashes of the numbers of
-  deleted do-not-call contacts (``contact_sync.suppression``).
+  deleted do-not-call contacts (``contact_sync.contacts.suppression``).
 """
 
 from __future__ import annotations

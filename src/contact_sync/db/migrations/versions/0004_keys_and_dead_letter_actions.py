@@ -7,14 +7,14 @@ Create Date: 2026-12-04
 - ``api_keys``: ``name`` (optional, for people), ``scope`` (``write`` or ``read``; every
   key made before is ``write``, as it could write) and ``last_used_at`` (refreshed at most
   once a minute). ``revoked_at`` exists since 0001.
-- ``teams.name_key``: ``contact_sync.teams.name_key(name)``, under a unique index, so that
+- ``teams.name_key``: ``contact_sync.accounts.teams.name_key(name)``, under a unique index, so that
   a second team named like a first one, in any case, is refused. **Existing duplicates are
   renamed, not refused**: the oldest team of each name keeps it and each later one gets
   `` (2)``, `` (3)``… appended (and a warning names it), so that the migration never stops a
   deploy; no id, key or row moves, and a rename is undone with one ``UPDATE`` if wanted.
 - ``dead_letters``: ``discarded_at``/``discarded_by`` (closed by a person, never deleted),
   ``attempt_log`` (each delivery and replay with its outcome, reason and message; a letter
-  of before starts with an empty log, which ``contact_sync.dead_letters`` reads as the one
+  of before starts with an empty log, which ``contact_sync.ops.dead_letters`` reads as the one
   delivery its columns describe), and an index for a team's letters newest first.
 """
 
@@ -26,8 +26,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
+from contact_sync.accounts.teams import name_key
 from contact_sync.db.types import UTCDateTime
-from contact_sync.teams import name_key
 
 revision = "0004"
 down_revision = "0003"

@@ -21,11 +21,11 @@ from typing import Any
 
 from celery import Celery
 
+from contact_sync.calls.events import MAX_BATCH, parse_event
 from contact_sync.clock import utcnow
-from contact_sync.events import MAX_BATCH, parse_event
 from contact_sync.worker.celery_app import QUEUE, TASK_APPLY, TASK_APPLY_BATCH, queue_depth
 
-log = logging.getLogger("contact_sync.publisher")
+log = logging.getLogger("contact_sync.worker.publisher")
 
 
 def _default_app() -> Celery:

@@ -1,4 +1,4 @@
-"""Which contact each event is about, found for a whole batch at once (DESIGN §3).
+"""Which contact each event is about, found for a whole batch at once (docs/design.md §3).
 
 By ``contact_id`` within the event's team; else by ``phone`` (read in the
 team's region) against the team's contacts' ``phone`` or ``phone_secondary``:
@@ -14,12 +14,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, or_, select, text, tuple_
 
+from contact_sync.accounts.teams import Team
+from contact_sync.calls.events import CallCompleted, InvalidEvent
+from contact_sync.calls.inbox import EventKey, key_of
+from contact_sync.contacts.phones import normalise_phone
 from contact_sync.db.tables import contacts
 from contact_sync.errors import AmbiguousContact, ContactNotFound
-from contact_sync.events import CallCompleted, InvalidEvent
-from contact_sync.inbox import EventKey, key_of
-from contact_sync.phones import normalise_phone
-from contact_sync.teams import Team
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ batch update twice as slow (measured with the worker benchmark).
 
 New contacts and history records are inserted here too, and the
 observations, changes and skips become their stored JSON here (through
-``contact_sync.records``). Writes come as lists so that the event apply
+``contact_sync.contacts.records``). Writes come as lists so that the event apply
 stays set-based: one statement for a batch's new contacts, one for its
 updates, one for its history records, whatever the batch's size. Nothing
 here begins, commits or rolls back: it all happens in the caller's
@@ -25,10 +25,17 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, Update, bindparam, delete, insert, update
 
+from contact_sync.contacts.records import (
+    Change,
+    Observation,
+    Skip,
+    change_json,
+    provenance_json,
+    skip_json,
+)
 from contact_sync.db.tables import contact_history, contacts
 from contact_sync.errors import StaleVersion
 from contact_sync.ids import new_id
-from contact_sync.records import Change, Observation, Skip, change_json, provenance_json, skip_json
 
 
 @dataclass(frozen=True)

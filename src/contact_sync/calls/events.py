@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from contact_sync.contacts import (
+from contact_sync.contacts.model import (
     MAX_CUSTOM_FIELDS,
     MAX_CUSTOM_FIELDS_BYTES,
     MAX_TAGS,
@@ -286,6 +286,6 @@ def team_id_of(payload: Any) -> str | None:
 
 def json_schema() -> dict[str, Any]:
     """The JSON Schema shipped for publishers in other languages (``event_schema.py``)."""
-    from contact_sync.event_schema import build_schema
+    from contact_sync.calls.event_schema import build_schema
 
     return build_schema()

@@ -15,8 +15,9 @@ from datetime import datetime
 
 from sqlalchemy import Connection
 
-from contact_sync.apply import Outcome, apply_payloads
-from contact_sync.dead_letters import (
+from contact_sync.calls.apply import Outcome, apply_payloads
+from contact_sync.errors import ContactSyncError, NotFound
+from contact_sync.ops.dead_letters import (
     DeadLetter,
     DeadLetterLine,
     DeadLetterNotFound,
@@ -28,7 +29,6 @@ from contact_sync.dead_letters import (
     mark_replayed,
     take_for_replay,
 )
-from contact_sync.errors import ContactSyncError, NotFound
 
 
 @dataclass(frozen=True)

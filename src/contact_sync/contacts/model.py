@@ -31,9 +31,9 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from contact_sync import lead_status
+from contact_sync.contacts import lead_status
+from contact_sync.contacts.phones import normalise_phone
 from contact_sync.errors import ValidationFailed
-from contact_sync.phones import normalise_phone
 from contact_sync.storable import (
     MAX_INTEGER,
     MIN_INTEGER,

@@ -2,8 +2,8 @@
 
 Every write bumps ``version`` by one, records provenance ``api`` for the
 fields it set, and adds one history record, all in the caller's transaction
-and all through ``contact_sync.contact_writer``, the writer the event apply
-(``contact_sync.apply``) uses too.
+and all through ``contact_sync.contacts.writer``, the writer the event apply
+(``contact_sync.calls.apply``) uses too.
 """
 
 from __future__ import annotations
@@ -15,24 +15,24 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, func, select
 
-from contact_sync import contact_writer
+from contact_sync.accounts.teams import get_team
 from contact_sync.clock import utcnow
-from contact_sync.companies import check_company
-from contact_sync.contact_writer import ContactInsert, ContactUpdate, HistoryRecord
-from contact_sync.contacts import (
+from contact_sync.contacts import writer as contact_writer
+from contact_sync.contacts.companies import check_company
+from contact_sync.contacts.model import (
     Contact,
     ContactCreate,
     check_custom_fields_size,
     parse_create,
     parse_patch,
 )
+from contact_sync.contacts.records import Change, Observation, provenance_from_json
+from contact_sync.contacts.suppression import SUPPRESSED, is_suppressed, suppress
+from contact_sync.contacts.writer import ContactInsert, ContactUpdate, HistoryRecord
 from contact_sync.db.tables import contact_history, contacts
-from contact_sync.dead_letters import Subject, erase_naming
 from contact_sync.errors import ContactNotFound, ForbiddenTeam, StaleVersion, ValidationFailed
 from contact_sync.ids import new_id
-from contact_sync.records import Change, Observation, provenance_from_json
-from contact_sync.suppression import SUPPRESSED, is_suppressed, suppress
-from contact_sync.teams import get_team
+from contact_sync.ops.dead_letters import Subject, erase_naming
 
 # Read paths never load provenance: the public contact does not show it, and
 # on real rows it is the largest column.

@@ -15,16 +15,16 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from contact_sync.db.engine import make_engine
-from contact_sync.db.unit_of_work import unit_of_work
-from contact_sync.settings import get_settings
-from contact_sync.teams import (
+from contact_sync.accounts.teams import (
     SCOPES,
     issue_api_key,
     list_api_keys,
     revoke_api_key,
     team_summaries,
 )
+from contact_sync.db.engine import make_engine
+from contact_sync.db.unit_of_work import unit_of_work
+from contact_sync.settings import get_settings
 
 
 def _engine(args: argparse.Namespace) -> Engine:

@@ -1,4 +1,4 @@
-"""The pure merge of a ``call.completed`` event into a contact (DESIGN §4).
+"""The pure merge of a ``call.completed`` event into a contact (docs/design.md §4).
 
 No I/O: a function of (state with provenance, event, policy) that returns the
 new state, the changes and the skipped values. Every rule is written so the
@@ -17,10 +17,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from contact_sync.contacts import MAX_TAGS, ContactPatch, field_errors, normalise_lead_status
-from contact_sync.events import CallCompleted, ExtractedContact, ExtractedValue
-from contact_sync.lead_status import IMPLICIT_FROM, IMPLICIT_TO, SETTABLE_BY_CALLS, is_sticky
-from contact_sync.records import Change, Observation, Skip
+from contact_sync.calls.events import CallCompleted, ExtractedContact, ExtractedValue
+from contact_sync.contacts.lead_status import (
+    IMPLICIT_FROM,
+    IMPLICIT_TO,
+    SETTABLE_BY_CALLS,
+    is_sticky,
+)
+from contact_sync.contacts.model import MAX_TAGS, ContactPatch, field_errors, normalise_lead_status
+from contact_sync.contacts.records import Change, Observation, Skip
 
 PEOPLE = frozenset({"api", "import"})
 CALL_FIELDS = (
@@ -143,7 +148,7 @@ class _Merge:
         """Why this call may not replace the value of ``name``, or None when it may.
 
         People's values (``api``, ``import``) win over calls unless the team
-        opts in; otherwise the newest observation wins (DESIGN §4.1, §4.2).
+        opts in; otherwise the newest observation wins (docs/design.md §4.1, §4.2).
         """
         current = self.state.provenance.get(name)
         if (
@@ -229,7 +234,7 @@ class _Merge:
         raw = extraction.lead_status if extraction is not None else None
         current = self.state.provenance.get("lead_status")
         implicit = current is not None and current.implicit
-        # The implicit move is weaker than any extracted status (DESIGN §4.3):
+        # The implicit move is weaker than any extracted status (docs/design.md §4.3):
         # an extracted status is compared with what the move replaced.
         basis = current.replaces if current is not None and implicit else current
         if raw is None:

@@ -8,12 +8,12 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
 
+from contact_sync.accounts.teams import get_team
 from contact_sync.clock import utcnow
 from contact_sync.db.tables import companies, contacts
 from contact_sync.errors import CompanyNotFound, ContactSyncError, ForbiddenTeam, ValidationFailed
 from contact_sync.ids import new_id
 from contact_sync.storable import is_storable_text
-from contact_sync.teams import get_team
 
 
 @dataclass(frozen=True)

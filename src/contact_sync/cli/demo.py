@@ -36,12 +36,12 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select
 from tqdm import tqdm
 
+from contact_sync.accounts.teams import create_team
+from contact_sync.contacts.store import create_contact, list_history
 from contact_sync.db.engine import make_engine
 from contact_sync.db.migrate import upgrade
 from contact_sync.db.tables import contacts, dead_letters, processed_events
 from contact_sync.settings import Settings, get_settings
-from contact_sync.store import create_contact, list_history
-from contact_sync.teams import create_team
 
 FIRST = [
     "Maria",
@@ -227,7 +227,7 @@ def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         [
             sys.executable,
             "-m",
-            "contact_sync.cli",
+            "contact_sync.cli.main",
             "worker",
             "--pool",
             "solo",
@@ -406,8 +406,8 @@ def _apply(
 
 def _publish(settings: Settings, deliveries: list[dict[str, Any]]) -> None:
     """Send every delivery, unvalidated: the bad ones are for the worker to park."""
-    from contact_sync.publisher import EventPublisher
     from contact_sync.worker.celery_app import create_app
+    from contact_sync.worker.publisher import EventPublisher
 
     with EventPublisher(app=create_app(settings), max_batch=20, validate_events=False) as publisher:
         for event in deliveries:

@@ -1,4 +1,4 @@
-"""The apply use case: claim events, resolve their contacts, merge, store (DESIGN §3–§5).
+"""The apply use case: claim events, resolve their contacts, merge, store (docs/design.md §3–§5).
 
 A batch is applied with a fixed number of set-based statements, whatever
 its size: one inbox claim, one lookup per kind of resolution, a look at
@@ -11,7 +11,7 @@ version bump of exactly one when it changed something. Events are keyed by
 
 ``apply_payloads`` runs in phases, each a function below: parse, admit
 teams, claim in the inbox, resolve, merge, write (through
-``contact_sync.contact_writer``). Each phase settles the events it is the
+``contact_sync.contacts.writer``). Each phase settles the events it is the
 last to see (parked, duplicate, applied) and hands the rest on. The caller
 owns the transaction: the worker's task, a replay, or a test.
 
@@ -32,13 +32,9 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import Connection, Row, func, select
 
-from contact_sync import contact_writer, dead_letters, inbox, suppression
-from contact_sync.clock import utcnow
-from contact_sync.contact_writer import ContactInsert, ContactUpdate, HistoryRecord
-from contact_sync.contacts import ContactPatch
-from contact_sync.db.tables import processed_events, teams
-from contact_sync.errors import AmbiguousContact, ContactNotFound
-from contact_sync.events import (
+from contact_sync.accounts.teams import Team
+from contact_sync.calls import inbox
+from contact_sync.calls.events import (
     CallCompleted,
     EventOutcome,
     InvalidEvent,
@@ -48,13 +44,20 @@ from contact_sync.events import (
     parse_event,
     team_id_of,
 )
+from contact_sync.calls.inbox import EventKey, key_of
+from contact_sync.calls.merge import ContactState, MergePolicy, MergeResult, merge, observation
+from contact_sync.calls.resolve import NewContact, resolve
+from contact_sync.clock import utcnow
+from contact_sync.contacts import suppression
+from contact_sync.contacts import writer as contact_writer
+from contact_sync.contacts.model import ContactPatch
+from contact_sync.contacts.records import Change, Observation, provenance_from_json
+from contact_sync.contacts.suppression import SUPPRESSED
+from contact_sync.contacts.writer import ContactInsert, ContactUpdate, HistoryRecord
+from contact_sync.db.tables import processed_events, teams
+from contact_sync.errors import AmbiguousContact, ContactNotFound
 from contact_sync.ids import new_id
-from contact_sync.inbox import EventKey, key_of
-from contact_sync.merge import ContactState, MergePolicy, MergeResult, merge, observation
-from contact_sync.records import Change, Observation, provenance_from_json
-from contact_sync.resolve import NewContact, resolve
-from contact_sync.suppression import SUPPRESSED
-from contact_sync.teams import Team
+from contact_sync.ops import dead_letters
 
 PLACEHOLDER_NAME = "Unknown"
 STATE_FIELDS = tuple(f.name for f in fields(ContactState) if f.name != "provenance")

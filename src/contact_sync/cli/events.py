@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, get_args
 
 from sqlalchemy import Engine
 
+from contact_sync.calls.events import Reason
 from contact_sync.db.engine import make_engine, safe_url
 from contact_sync.db.unit_of_work import unit_of_work
-from contact_sync.events import Reason
 from contact_sync.settings import Settings
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ def port_number(text: str) -> int:
 
 
 def _batch_size(text: str) -> int:
-    from contact_sync.events import MAX_BATCH
+    from contact_sync.calls.events import MAX_BATCH
 
     value = positive_int(text)
     if value > MAX_BATCH:
@@ -171,8 +171,8 @@ def _read_lines(name: str) -> tuple[Iterable[bytes], int | None]:
 
 def _events(lines: Iterable[bytes], report: Any) -> Iterator[tuple[int, Any]]:
     """``(line number, event)`` for each line that holds one; ``report`` gets the others."""
-    from contact_sync.events import InvalidEvent
-    from contact_sync.publisher import validate
+    from contact_sync.calls.events import InvalidEvent
+    from contact_sync.worker.publisher import validate
 
     for number, raw in enumerate(lines, start=1):
         line = raw.removeprefix(_BOM)
@@ -216,8 +216,8 @@ def cmd_publish(args: argparse.Namespace) -> None:
     from kombu.exceptions import KombuError
     from tqdm import tqdm
 
-    from contact_sync.publisher import EventPublisher
     from contact_sync.worker import create_app
+    from contact_sync.worker.publisher import EventPublisher
 
     settings = command_settings(args)
     lines, total = _read_lines(args.file)  # a missing file is told before any broker is tried
@@ -262,7 +262,7 @@ def cmd_dead_letters_list(args: argparse.Namespace) -> None:
 
     The table reads no payload; ``--json`` gives whole letters, a page at a time.
     """
-    from contact_sync.dead_letters import list_dead_letter_lines, list_dead_letters
+    from contact_sync.ops.dead_letters import list_dead_letter_lines, list_dead_letters
 
     if args.limit < 1 or args.offset < 0:
         raise SystemExit(_fail("--limit must be at least 1 and --offset at least 0", 2))
@@ -307,7 +307,7 @@ def cmd_dead_letters_replay(args: argparse.Namespace) -> None:
     An erased letter (its contact was deleted) or a discarded one is refused:
     the event it was must not come back. ``--all`` skips them.
     """
-    from contact_sync.replays import EventInSeveralTeams, NoLetterToReplay, select_for_replay
+    from contact_sync.ops.replays import EventInSeveralTeams, NoLetterToReplay, select_for_replay
 
     settings = command_settings(args)
     engine = make_engine(settings.database_url)
@@ -337,8 +337,8 @@ def _replay_each(
     (``every``: closed letters are skipped; one named alone is refused).
     """
     from contact_sync.clock import utcnow
-    from contact_sync.dead_letters import ClosedLetter, DeadLetterNotFound, ErasedLetter
-    from contact_sync.replays import replay_letter
+    from contact_sync.ops.dead_letters import ClosedLetter, DeadLetterNotFound, ErasedLetter
+    from contact_sync.ops.replays import replay_letter
 
     outcomes: list[str] = []
     erased = 0
@@ -372,7 +372,7 @@ def _replay_each(
 def cmd_dead_letters_discard(args: argparse.Namespace) -> None:
     """Close a dead letter without applying it; it is kept, with who and when."""
     from contact_sync.clock import utcnow
-    from contact_sync.dead_letters import ReplayedLetter, discard
+    from contact_sync.ops.dead_letters import ReplayedLetter, discard
 
     engine = make_engine(command_settings(args).database_url)
     now = utcnow()

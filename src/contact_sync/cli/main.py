@@ -22,16 +22,16 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from contact_sync.cli_events import BrokerUnreachable, add_event_commands, port_number
-from contact_sync.cli_keys import add_key_commands, add_team_commands
+from contact_sync.accounts.teams import create_team, issue_api_key
+from contact_sync.cli.events import BrokerUnreachable, add_event_commands, port_number
+from contact_sync.cli.keys import add_key_commands, add_team_commands
+from contact_sync.contacts.query import ContactQuery, list_contacts
 from contact_sync.db.engine import InvalidDatabaseURL, is_outage, make_engine, safe_url
 from contact_sync.db.migrate import UnknownRevision, schema_problem, upgrade
 from contact_sync.db.unit_of_work import unit_of_work
 from contact_sync.errors import ContactSyncError, NotFound, ValidationFailed
 from contact_sync.logs import api_log_config
-from contact_sync.query import ContactQuery, list_contacts
 from contact_sync.settings import get_settings
-from contact_sync.teams import create_team, issue_api_key
 
 
 class _Parser(argparse.ArgumentParser):
@@ -175,7 +175,7 @@ def cmd_api(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """The whole flow on the demo's own files: ``--database-url`` and the environment are unused."""
-    from contact_sync.demo import run_demo
+    from contact_sync.cli.demo import run_demo
 
     code = run_demo(keep=args.keep)
     if code:

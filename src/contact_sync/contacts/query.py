@@ -37,13 +37,13 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
-from contact_sync.contacts import Contact, field_errors, iana_timezones, normalise_lead_status
+from contact_sync.contacts.lead_status import STICKY
+from contact_sync.contacts.model import Contact, field_errors, iana_timezones, normalise_lead_status
+from contact_sync.contacts.phones import search_digits
+from contact_sync.contacts.store import CONTACT_COLUMNS, contacts_from_rows
 from contact_sync.db.tables import contacts
 from contact_sync.errors import ValidationFailed
-from contact_sync.lead_status import STICKY
-from contact_sync.phones import search_digits
 from contact_sync.storable import is_unicode
-from contact_sync.store import CONTACT_COLUMNS, contacts_from_rows
 
 # The contacts list's orders: the default (newest first) is listed first.
 SORTS = tuple(

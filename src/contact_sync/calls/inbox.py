@@ -2,7 +2,7 @@
 
 An event claims its ``(team_id, event_id)`` key before anything else in its
 transaction; a second delivery's claim waits for the first transaction and
-then finds the row. The key holds the team (DESIGN §2 as amended; README,
+then finds the row. The key holds the team (docs/design.md §2; README,
 "The event path"): event ids are unique within a team's pipeline, so the
 same id in another team is another event and applies on its own. A row
 left by a dead-lettered attempt is taken over, so a replay, or a corrected
@@ -19,8 +19,8 @@ from sqlalchemy import Connection, bindparam, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from contact_sync.calls.events import CallCompleted
 from contact_sync.db.tables import processed_events
-from contact_sync.events import CallCompleted
 
 EventKey = tuple[str, str]
 """``(team_id, event_id)``: what identifies an event."""

@@ -41,11 +41,11 @@ from sqlalchemy import (
     update,
 )
 
+from contact_sync.calls.events import EventOutcome, Reason, event_id_of, team_id_of
+from contact_sync.contacts.phones import normalise_phone
 from contact_sync.db.tables import dead_letters
 from contact_sync.errors import ContactSyncError, NotFound
-from contact_sync.events import EventOutcome, Reason, event_id_of, team_id_of
 from contact_sync.ids import new_id
-from contact_sync.phones import normalise_phone
 from contact_sync.storable import has_unstorable
 
 ERASED_MESSAGE = "erased: the contact this event named was deleted"

@@ -9,7 +9,7 @@ field keys, nesting depth). So the schema is written here from the same
 constants the model uses, and ``tests/test_event_schema.py`` compares the two
 verdicts on generated events.
 
-``python -m contact_sync.event_schema`` rewrites the shipped file; ``--check``
+``python -m contact_sync.calls.event_schema`` rewrites the shipped file; ``--check``
 exits 1 when it is out of date.
 """
 
@@ -22,13 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from contact_sync.contacts import (
-    MAX_CUSTOM_FIELDS,
-    MAX_CUSTOM_FIELDS_BYTES,
-    MAX_JSON_DEPTH,
-    MAX_TAGS,
-)
-from contact_sync.events import (
+from contact_sync.calls.events import (
     FUTURE_TOLERANCE,
     MAX_CONTACT_FIELD_NAME_LENGTH,
     MAX_DURATION_SECONDS,
@@ -43,9 +37,15 @@ from contact_sync.events import (
     SCHEMA_VERSION,
     ExtractedContact,
 )
+from contact_sync.contacts.model import (
+    MAX_CUSTOM_FIELDS,
+    MAX_CUSTOM_FIELDS_BYTES,
+    MAX_JSON_DEPTH,
+    MAX_TAGS,
+)
 from contact_sync.storable import MAX_INTEGER, MIN_INTEGER
 
-SCHEMA_PATH = Path(__file__).parent / "schemas" / "call_completed.v1.json"
+SCHEMA_PATH = Path(__file__).parent.parent / "schemas" / "call_completed.v1.json"
 
 # No database stores U+0000, so the worker refuses it in any string or key.
 NO_NUL = "^[^\\u0000]*$"
@@ -283,13 +283,13 @@ def render() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Rewrite the shipped schema, or with ``--check`` say whether it is current."""
-    parser = argparse.ArgumentParser(prog="python -m contact_sync.event_schema")
+    parser = argparse.ArgumentParser(prog="python -m contact_sync.calls.event_schema")
     parser.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
     args = parser.parse_args(argv)
     text = render()
     if args.check:
         if SCHEMA_PATH.read_text(encoding="utf-8") != text:
-            print(f"{SCHEMA_PATH} is out of date: run python -m contact_sync.event_schema")
+            print(f"{SCHEMA_PATH} is out of date: run python -m contact_sync.calls.event_schema")
             return 1
         return 0
     SCHEMA_PATH.write_text(text, encoding="utf-8")

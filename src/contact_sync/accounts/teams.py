@@ -29,10 +29,10 @@ from sqlalchemy import Connection, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from contact_sync.clock import utcnow
+from contact_sync.contacts.phones import is_valid_region
 from contact_sync.db.tables import api_keys, teams
 from contact_sync.errors import NotFound, TeamNotFound, ValidationFailed
 from contact_sync.ids import new_id
-from contact_sync.phones import is_valid_region
 
 KEY_PREFIX = "cs_"
 Scope = Literal["read", "write"]

@@ -1,0 +1,1 @@
+"""What operators act on: dead letters and their replay."""
