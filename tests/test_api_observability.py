@@ -26,8 +26,8 @@ from sqlalchemy.event import listen
 from contact_sync.calls.events import Reason
 from contact_sync.clock import utcnow
 from contact_sync.db.engine import make_engine
-from contact_sync.metrics import OpenDeadLetters
 from contact_sync.ops.dead_letters import record
+from contact_sync.ops.metrics import OpenDeadLetters
 
 SEARCH = "ada.secret@example.org"
 

@@ -128,3 +128,57 @@ def test_the_environment_rules_see_the_writes_they_allow() -> None:
     writes = {(name, what) for name, tree in _modules() for _, what in _environment_writes(tree)}
     assert writes >= ENVIRONMENT_WRITES
     assert any(name in ENVIRONMENT_SCRUBBERS for name, _ in writes)
+
+
+# The dependency rule of docs/design.md §10: imports point inward.
+KERNEL = ("settings.py", "clock.py", "ids.py", "errors.py", "logs.py", "storable.py")
+PURE_DOMAIN = (
+    "contacts/model.py",
+    "contacts/phones.py",
+    "contacts/lead_status.py",
+    "contacts/records.py",
+    "calls/events.py",
+    "calls/merge.py",
+)
+INFRASTRUCTURE = ("sqlalchemy", "psycopg", "celery", "kombu", "redis", "fastapi", "starlette")
+OUTER_PACKAGES = ("db", "worker", "api", "cli", "ops")
+
+
+def _imports(name: str) -> set[str]:
+    """Every module ``name`` imports, at the top or inside a function."""
+    tree = ast.parse((SRC / name).read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def _package_modules(found: set[str]) -> set[str]:
+    return {m for m in found if m == "contact_sync" or m.startswith("contact_sync.")}
+
+
+def test_the_shared_kernel_imports_nothing_else_of_the_package() -> None:
+    kernel = {f"contact_sync.{name.removesuffix('.py')}" for name in KERNEL}
+    outward = {
+        name: sorted(_package_modules(_imports(name)) - kernel)
+        for name in KERNEL
+        if _package_modules(_imports(name)) - kernel
+    }
+    assert outward == {}
+
+
+def test_the_pure_domain_imports_no_infrastructure() -> None:
+    def infrastructure(module: str) -> bool:
+        top = module.split(".")[0]
+        outer = module.split(".")[1] if top == "contact_sync" and "." in module else ""
+        return top in INFRASTRUCTURE or outer in OUTER_PACKAGES
+
+    outward = {
+        name: sorted(m for m in _imports(name) if infrastructure(m))
+        for name in PURE_DOMAIN
+        if any(infrastructure(m) for m in _imports(name))
+    }
+    assert outward == {}

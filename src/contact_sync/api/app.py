@@ -20,7 +20,7 @@ from contact_sync.api.readiness import Readiness, probe
 from contact_sync.api.routes import router
 from contact_sync.api.schemas import Health
 from contact_sync.db.engine import make_engine
-from contact_sync.metrics import OpenDeadLetters
+from contact_sync.ops.metrics import OpenDeadLetters
 from contact_sync.settings import Settings, get_settings
 
 

@@ -1,1 +1,1 @@
-"""What operators act on: dead letters and their replay."""
+"""What operators act on and watch: dead letters, their replay, and the Prometheus metrics."""

@@ -50,7 +50,7 @@ def serve(port: int, app: Any, queue: str, host: str = "127.0.0.1") -> None:
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    from contact_sync.metrics import OpenDeadLetters
+    from contact_sync.ops.metrics import OpenDeadLetters
     from contact_sync.worker.celery_app import settings_of
     from contact_sync.worker.runtime import get_engine
 

@@ -30,7 +30,7 @@ APPLY_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
-log = logging.getLogger("contact_sync.metrics")
+log = logging.getLogger("contact_sync.ops.metrics")
 
 
 class OpenDeadLetters(Collector):
