@@ -26,7 +26,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from contact_sync.worker.celery_app import event_queues, uses_amqp
 
-QUEUE = "contact_sync.calls.events"
+QUEUE = "contact_sync.events"
 TASK_NAIVE = "bench.naive_apply"
 STICKY = frozenset({"converted", "customer", "churned", "do_not_contact"})
 STANDARD = (

@@ -17,7 +17,7 @@ from celery import Celery
 
 from contact_sync.worker.celery_app import event_queues, uses_amqp
 
-QUEUE = "contact_sync.calls.events"
+QUEUE = "contact_sync.events"
 TASK_NOOP = "bench.noop"
 
 app = Celery("bench_noop", broker=os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/11"))

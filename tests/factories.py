@@ -144,7 +144,7 @@ def empty_tables(engine: Engine) -> None:
 
 # --- Celery messages as a non-Python publisher writes them -------------------------
 
-QUEUE = "contact_sync.calls.events"
+QUEUE = "contact_sync.events"
 TASK_APPLY = "contact_sync.apply_call_completed"
 TASK_APPLY_BATCH = "contact_sync.apply_call_completed_batch"
 # The third element of a protocol-2 body: no callbacks, errbacks, chain or chord.

@@ -145,10 +145,10 @@ def test_worker_health_follows_the_consumers_heartbeat_without_remote_control(
 
 # --- who may write to the broker at all (README, "Security") --------------------------------
 
-RAW_PUBLISHER_ACL = ("resetkeys", "~contact_sync.calls.events", "resetchannels", "-@all", "+lpush")
+RAW_PUBLISHER_ACL = ("resetkeys", "~contact_sync.events", "resetchannels", "-@all", "+lpush")
 PYTHON_PUBLISHER_ACL = (
     "resetkeys",
-    "~contact_sync.calls.events*",
+    "~contact_sync.events*",
     "~_kombu.binding*",
     "resetchannels",
     "-@all",

@@ -30,7 +30,7 @@ from contact_sync.worker.tasks import redelivered
 from tests.factories import call_event, envelope, task_envelope
 from tests.workers import start_worker, stop_worker
 
-QUEUE = "contact_sync.calls.events"
+QUEUE = "contact_sync.events"
 BROKER_DB = 11
 
 

@@ -32,7 +32,7 @@ from contact_sync.worker import kombu_hooks, transport
 from contact_sync.worker.celery_app import create_app
 from tests.factories import task_envelope
 
-QUEUE = "contact_sync.calls.events"
+QUEUE = "contact_sync.events"
 BROKER_DB = 12
 
 

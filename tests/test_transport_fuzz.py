@@ -25,7 +25,7 @@ from contact_sync.worker.transport import (
 )
 from tests.factories import task_envelope
 
-QUEUE = "contact_sync.calls.events"
+QUEUE = "contact_sync.events"
 # kombu's JSON reader turns {"__type__": ..., "__value__": ...} into Python objects.
 type_markers = st.fixed_dictionaries(
     {

@@ -62,3 +62,17 @@ def test_the_cli_gives_its_flags_to_the_app_and_leaves_the_environment_alone(
     assert code == 5
     assert f"cannot reach broker {UNREACHABLE_BROKER}" in capsys.readouterr().err
     assert after == before
+
+
+def test_the_queue_and_task_names_are_the_published_contract() -> None:
+    """Publishers in other languages hard-code these names (docs/celery-message.md):
+    a rename of a module must never rename them."""
+    from contact_sync.worker.celery_app import POISON_QUEUE, QUEUE, TASK_APPLY, TASK_APPLY_BATCH
+
+    assert QUEUE == "contact_sync.events"
+    assert POISON_QUEUE == "contact_sync.events.poison"
+    assert TASK_APPLY == "contact_sync.apply_call_completed"
+    assert TASK_APPLY_BATCH == "contact_sync.apply_call_completed_batch"
+    contract = (Path(__file__).resolve().parents[1] / "docs" / "celery-message.md").read_text()
+    assert f"**`{QUEUE}`**" in contract
+    assert TASK_APPLY in contract and TASK_APPLY_BATCH in contract

@@ -41,7 +41,7 @@ from tests.brokers import BROKERS, Broker, broker_for
 from tests.factories import call_event, task_body, task_envelope, task_headers
 from tests.workers import start_worker, stop_worker
 
-QUEUE = "contact_sync.calls.events"
+QUEUE = "contact_sync.events"
 BROKER_DB = 10
 
 

@@ -122,7 +122,7 @@ def test_every_line_a_worker_writes_on_stdout_and_stderr_is_json(
     assert worker.returncode == 0
     records = _json_lines(out) + _json_lines(err)
     [start] = [r for r in records if r["message"] == "worker starting"]
-    assert start["queues"] == ["contact_sync.calls.events"]
+    assert start["queues"] == ["contact_sync.events"]
     assert start["concurrency"] == 1
     assert start["hostname"].startswith("celery@")
     assert start["broker"] == broker.url

@@ -77,7 +77,7 @@ def test_the_worker_serves_event_counters_and_queue_depth(
         assert 'contact_sync_events_total{outcome="applied"} 1.0' in text
         assert 'contact_sync_events_total{outcome="duplicate"} 1.0' in text
         assert 'contact_sync_events_total{outcome="dead_lettered"} 1.0' in text
-        assert 'contact_sync_queue_depth{queue="contact_sync.calls.events"} 0.0' in text
+        assert 'contact_sync_queue_depth{queue="contact_sync.events"} 0.0' in text
         assert "contact_sync_apply_seconds_count" in text
         assert worker.poll() is None
     finally:

@@ -30,14 +30,14 @@ from kombu.entity import Exchange, Queue
 from contact_sync.logs import configure_logging
 from contact_sync.settings import Settings
 
-QUEUE = "contact_sync.calls.events"
+QUEUE = "contact_sync.events"
 TASK_APPLY = "contact_sync.apply_call_completed"
 TASK_APPLY_BATCH = "contact_sync.apply_call_completed_batch"
 TRANSPORT = "contact_sync.worker.transport:Transport"
 
 # RabbitMQ only: where the broker itself dead-letters a message returned more than
 # DELIVERY_LIMIT times; the worker consumes it and parks each message as poison.
-POISON_QUEUE = "contact_sync.calls.events.poison"
+POISON_QUEUE = "contact_sync.events.poison"
 # Our own count parks a message that killed its worker ``poison_max_attempts`` times
 # (3 by default) first; the broker's limit lies well above it and catches only what
 # never reached our count (a message returned by many restarts while prefetched), and
