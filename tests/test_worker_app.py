@@ -75,4 +75,5 @@ def test_the_queue_and_task_names_are_the_published_contract() -> None:
     assert TASK_APPLY_BATCH == "contact_sync.apply_call_completed_batch"
     contract = (Path(__file__).resolve().parents[1] / "docs" / "celery-message.md").read_text()
     assert f"**`{QUEUE}`**" in contract
-    assert TASK_APPLY in contract and TASK_APPLY_BATCH in contract
+    assert TASK_APPLY in contract
+    assert TASK_APPLY_BATCH in contract

@@ -38,8 +38,8 @@ from kombu.utils.json import dumps
 
 from contact_sync.clock import utcnow
 from contact_sync.db.unit_of_work import unit_of_work
-from contact_sync.ops.metrics import EVENTS
 from contact_sync.ops.dead_letters import park
+from contact_sync.ops.metrics import EVENTS
 from contact_sync.worker.celery_app import TASK_APPLY, TASK_APPLY_BATCH, settings_of
 from contact_sync.worker.failures import is_transient
 

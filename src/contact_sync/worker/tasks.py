@@ -14,8 +14,8 @@ from contact_sync.calls.apply import Outcome, apply_payloads
 from contact_sync.calls.events import MAX_BATCH, Reason, call_id_of, event_id_of, team_id_of
 from contact_sync.clock import utcnow
 from contact_sync.db.unit_of_work import unit_of_work
-from contact_sync.ops.metrics import APPLY_SECONDS, CONFLICT_RETRIES, EVENTS
 from contact_sync.ops.dead_letters import park
+from contact_sync.ops.metrics import APPLY_SECONDS, CONFLICT_RETRIES, EVENTS
 from contact_sync.settings import Settings
 from contact_sync.worker.celery_app import TASK_APPLY, TASK_APPLY_BATCH, settings_of, uses_amqp
 from contact_sync.worker.failures import backoff_seconds, is_transient
