@@ -41,7 +41,7 @@ DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -99,7 +99,7 @@ def postgres_server() -> Iterator[str]:
     from pytest_postgresql.executors.proc import PostgreSQLExecutor
 
     tmp = tempfile.mkdtemp(prefix="contact-sync-pg-")
-    port = _free_port()
+    port = free_port()
     executor = PostgreSQLExecutor(
         executable=pg_ctl,
         host="127.0.0.1",
@@ -135,7 +135,7 @@ def redis_server() -> Iterator[str]:
     from pytest_redis.executor.process import RedisExecutor
 
     tmp = tempfile.mkdtemp(prefix="contact-sync-redis-")
-    port = _free_port()
+    port = free_port()
     executor = RedisExecutor(
         executable=binary,
         databases=16,

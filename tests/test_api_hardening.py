@@ -34,6 +34,7 @@ from contact_sync.accounts.teams import Team
 from contact_sync.api import create_app
 from contact_sync.db.tables import companies, contacts
 from contact_sync.settings import Settings
+from tests.services import free_port
 from tests.test_api import (
     COMPANIES,
     CONTACTS,
@@ -44,7 +45,7 @@ from tests.test_api import (
     assert_error,
     assert_validation_error,
 )
-from tests.test_api_server import _cli, _free_port
+from tests.workers import run_cli
 
 AT = "2026-11-20T15:00:00Z"
 
@@ -88,9 +89,9 @@ def server(redis_url: str) -> Iterator[Server]:
             "CONTACT_SYNC_DATABASE_URL": f"sqlite:///{Path(tmp) / 'api.sqlite3'}",
             "CONTACT_SYNC_BROKER_URL": redis_url,
         }
-        _cli(env, "migrate")
-        api_key = json.loads(_cli(env, "teams", "create", "--name", "Log Lines"))["api_key"]
-        port = _free_port()
+        run_cli(env, "migrate")
+        api_key = json.loads(run_cli(env, "teams", "create", "--name", "Log Lines"))["api_key"]
+        port = free_port()
         log_path = Path(tmp) / "api.log"
         with log_path.open("w") as log:
             process = subprocess.Popen(

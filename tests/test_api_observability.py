@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,27 +27,10 @@ from contact_sync.clock import utcnow
 from contact_sync.db.engine import make_engine
 from contact_sync.ops.dead_letters import record
 from contact_sync.ops.metrics import OpenDeadLetters
+from tests.services import free_port
+from tests.workers import run_cli
 
 SEARCH = "ada.secret@example.org"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _cli(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "contact_sync.cli.main", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 def _json_lines(path: Path) -> list[dict[str, Any]]:
@@ -84,8 +66,8 @@ def test_the_api_serves_request_metrics_by_route_and_logs_json_access_lines(
         "CONTACT_SYNC_API_RATE_LIMIT_PER_SECOND": "0.001",
         "CONTACT_SYNC_API_RATE_LIMIT_BURST": "3",
     }
-    _cli(env, "migrate")
-    created = json.loads(_cli(env, "teams", "create", "--name", "Observed"))
+    run_cli(env, "migrate")
+    created = json.loads(run_cli(env, "teams", "create", "--name", "Observed"))
     engine = make_engine(database_url)
     with engine.begin() as conn:
         for event_id in ("evt_1", "evt_2"):
@@ -99,7 +81,7 @@ def test_the_api_serves_request_metrics_by_route_and_logs_json_access_lines(
                 now=utcnow(),
             )
     engine.dispose()
-    port = _free_port()
+    port = free_port()
     out, err = tmp_path / "stdout.log", tmp_path / "stderr.log"
     with out.open("w") as stdout, err.open("w") as stderr:
         process = subprocess.Popen(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,26 +21,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.services import free_port
+from tests.workers import run_cli
+
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _cli(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "contact_sync.cli.main", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 @dataclass(frozen=True)
@@ -66,9 +49,9 @@ def server(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Server]:
             # the socket buffers (no reset while the client is still writing).
             "CONTACT_SYNC_API_MAX_BODY_BYTES": "65536",
         }
-        _cli(env, "migrate")
-        created = json.loads(_cli(env, "teams", "create", "--name", "Socket Solar"))
-        port = _free_port()
+        run_cli(env, "migrate")
+        created = json.loads(run_cli(env, "teams", "create", "--name", "Socket Solar"))
+        port = free_port()
         log_path = Path(tmp) / "api.log"
         with log_path.open("w") as log:
             process = subprocess.Popen(

@@ -34,6 +34,7 @@ from contact_sync.cli.main import build_parser, main
 from contact_sync.db.engine import make_engine
 from contact_sync.db.migrate import upgrade
 from tests.factories import QUEUE, call_event
+from tests.services import free_port
 
 UNREACHABLE_DB = "postgresql+psycopg://u:secret@127.0.0.1:1/x"
 UNREACHABLE_DB_SHOWN = "postgresql+psycopg://u:***@127.0.0.1:1/x"
@@ -436,16 +437,10 @@ def _wait_for(condition: Any, what: str, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_publish_that_loses_the_broker_midway_says_how_far_it_got_in_one_line(
     tmp_path: Path,
 ) -> None:
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
         cwd=tmp_path,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from contact_sync.contacts.lead_status import KNOWN as KNOWN_LEAD_STATUSES
 from contact_sync.contacts.query import SORTS
 from contact_sync.ops.dead_letters import Via
 from contact_sync.settings import Settings
+from tests.services import free_port
 
 CRM = "/api/crm"
 REASONS = set(get_args(Reason))
@@ -241,17 +241,11 @@ def test_the_pages_are_not_rate_limited(client: TestClient) -> None:
     assert all(client.get(page).status_code == 200 for _ in range(5) for page in pages)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def api_process() -> Iterator[str]:
     """``contact-sync api`` on an empty SQLite file: the pages need no database."""
     with tempfile.TemporaryDirectory(prefix="contact-sync-docs-") as tmp:
-        port = _free_port()
+        port = free_port()
         env = {**os.environ, "CONTACT_SYNC_DATABASE_URL": f"sqlite:///{Path(tmp) / 'db.sqlite3'}"}
         cli = [sys.executable, "-m", "contact_sync.cli.main"]
         subprocess.run([*cli, "migrate"], env=env, capture_output=True, check=True, timeout=120)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from contact_sync.worker.celery_app import QUEUE
 from contact_sync.worker.celery_app import create_app as create_celery
 from contact_sync.worker.publisher import EventPublisher, publish_event
 from tests.factories import call_event
+from tests.services import free_port
 from tests.workers import start_worker, stop_worker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,12 +53,6 @@ class AclRedis:
         return redis.Redis.from_url(self.url(user))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclRedis]:
     folder = tmp_path_factory.mktemp("acl-redis")
@@ -68,7 +62,7 @@ def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclRedis]:
         **{f"REDIS_{user.upper()}_PASSWORD": password for user, password in passwords.items()},
         "REDIS_ACL_FILE": str(folder / "users.acl"),
     }
-    port = _free_port()
+    port = free_port()
     log = folder / "redis.log"
     # What start.sh passes on to redis-server: a throwaway server on loopback.
     options = ("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(folder))

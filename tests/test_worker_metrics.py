@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 import urllib.request
@@ -17,13 +16,8 @@ from contact_sync.settings import Settings
 from contact_sync.worker.celery_app import QUEUE, TASK_APPLY, create_app
 from tests.brokers import BROKERS, broker_for
 from tests.factories import call_event
+from tests.services import free_port
 from tests.workers import start_worker, stop_worker
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _scrape(port: int) -> str:
@@ -39,7 +33,7 @@ def test_the_worker_serves_event_counters_and_queue_depth(
     broker = broker_for(request, kind, redis_db=9).url
     with pg_engine.begin() as conn:
         team = create_team(conn, name="Metrics")
-    port = _free_port()
+    port = free_port()
     worker = start_worker(
         postgres_url,
         broker,
@@ -97,7 +91,7 @@ def _metrics_worker(
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
     """A worker serving metrics, with its temporary files in a folder of the test's own."""
     broker = broker_for(request, "redis", redis_db=9).url
-    port = _free_port()
+    port = free_port()
     tmp = tmp_path / "tmp"
     tmp.mkdir(parents=True)
     worker = start_worker(
@@ -172,7 +166,7 @@ def test_messages_parked_before_a_task_runs_count_as_dead_lettered_and_stay_open
     request: pytest.FixtureRequest, pg_engine: Engine, postgres_url: str, tmp_path: Path
 ) -> None:
     broker = broker_for(request, "redis", redis_db=9)
-    port = _free_port()
+    port = free_port()
     worker = start_worker(
         postgres_url, broker.url, tmp_path / "worker.log", extra_args=("--metrics-port", str(port))
     )

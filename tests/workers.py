@@ -68,3 +68,17 @@ def stop_worker(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def run_cli(env: dict[str, str], *args: str) -> str:
+    """Run ``contact-sync ARGS`` in a process of its own; its stdout (it must succeed)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "contact_sync.cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
