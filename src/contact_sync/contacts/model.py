@@ -12,7 +12,7 @@ import math
 import re
 from datetime import datetime
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from zoneinfo import available_timezones
 
 from email_validator import EmailNotValidError
@@ -477,21 +477,24 @@ def field_errors(error: ValidationError) -> dict[str, str]:
     return details
 
 
-def parse_create(data: Any, *, region: str) -> ContactCreate:
-    """Validate a create body, raising ``ValidationFailed`` with per-field messages."""
+_Body = TypeVar("_Body", ContactCreate, ContactPatch)
+
+
+def _parse_body(model: type[_Body], data: Any, region: str) -> _Body:
+    """Validate a body as ``model``, raising ``ValidationFailed`` with per-field messages."""
     if not isinstance(data, dict):
         raise ValidationFailed({"body": "Must be a JSON object"})
     try:
-        return ContactCreate.model_validate(data, context={"region": region})
+        return model.model_validate(data, context={"region": region})
     except ValidationError as exc:
         raise ValidationFailed(field_errors(exc)) from exc
+
+
+def parse_create(data: Any, *, region: str) -> ContactCreate:
+    """Validate a create body (see ``_parse_body``)."""
+    return _parse_body(ContactCreate, data, region)
 
 
 def parse_patch(data: Any, *, region: str) -> ContactPatch:
-    """Validate a patch body, raising ``ValidationFailed`` with per-field messages."""
-    if not isinstance(data, dict):
-        raise ValidationFailed({"body": "Must be a JSON object"})
-    try:
-        return ContactPatch.model_validate(data, context={"region": region})
-    except ValidationError as exc:
-        raise ValidationFailed(field_errors(exc)) from exc
+    """Validate a patch body (see ``_parse_body``)."""
+    return _parse_body(ContactPatch, data, region)
