@@ -139,6 +139,8 @@ PURE_DOMAIN = (
     "contacts/records.py",
     "calls/events.py",
     "calls/merge.py",
+    "scheduling/numbers.py",
+    "scheduling/policy.py",
 )
 INFRASTRUCTURE = ("sqlalchemy", "psycopg", "celery", "kombu", "redis", "fastapi", "starlette")
 OUTER_PACKAGES = ("db", "worker", "api", "cli", "ops")

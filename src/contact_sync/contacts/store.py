@@ -36,7 +36,11 @@ from contact_sync.ops.dead_letters import Subject, erase_naming
 
 # Read paths never load provenance: the public contact does not show it, and
 # on real rows it is the largest column.
-CONTACT_COLUMNS = tuple(c for c in contacts.c if c.name != "provenance")
+# Stored for queries, not shown: the observations and what the number says.
+_INTERNAL = frozenset({"provenance", "phone_zone", "phone_state"})
+# The ledger's three read-only fields (docs/design.md §11) are shown by the contact model.
+_NOT_YET_SHOWN = frozenset({"call_count", "last_called_at", "last_call_outcome"})
+CONTACT_COLUMNS = tuple(c for c in contacts.c if c.name not in _INTERNAL | _NOT_YET_SHOWN)
 
 
 _CONTACT_FIELDS = tuple(Contact.model_fields)

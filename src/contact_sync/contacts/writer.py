@@ -36,6 +36,7 @@ from contact_sync.contacts.records import (
 from contact_sync.db.tables import contact_history, contacts
 from contact_sync.errors import StaleVersion
 from contact_sync.ids import new_id
+from contact_sync.scheduling.numbers import phone_facts
 
 
 @dataclass(frozen=True)
@@ -77,10 +78,21 @@ class HistoryRecord:
     summary: str | None = None
 
 
+def _with_number_facts(values: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``values`` and, when they set the primary number, what it says (zone and state)."""
+    if "phone" not in values:
+        return values
+    zone, state = phone_facts(values["phone"])
+    return {**values, "phone_zone": zone, "phone_state": state}
+
+
 def insert_contacts(conn: Connection, new: Sequence[ContactInsert]) -> None:
     """Insert new contacts in one statement."""
     if new:
-        rows = [{**c.values, "provenance": provenance_json(c.provenance)} for c in new]
+        rows = [
+            {**_with_number_facts(c.values), "provenance": provenance_json(c.provenance)}
+            for c in new
+        ]
         conn.execute(insert(contacts), rows)
 
 
@@ -105,7 +117,7 @@ def _compare_and_set(columns: Sequence[str]) -> Update:
 
 def _params(change: ContactUpdate) -> dict[str, Any]:
     return {
-        **{f"b_{name}": value for name, value in change.values.items()},
+        **{f"b_{name}": value for name, value in _with_number_facts(change.values).items()},
         "b_provenance": provenance_json(change.provenance),
         "b_id": change.contact_id,
         "b_read": change.read_version,
@@ -116,7 +128,7 @@ def _params(change: ContactUpdate) -> dict[str, Any]:
 
 def update_contact(conn: Connection, change: ContactUpdate) -> Row[Any]:
     """Write one contact's next version; the stored row, or ``StaleVersion`` if it moved on."""
-    stmt = _compare_and_set(tuple(change.values)).returning(*contacts.c)
+    stmt = _compare_and_set(tuple(_with_number_facts(change.values))).returning(*contacts.c)
     row = conn.execute(stmt, _params(change)).one_or_none()
     if row is None:
         raise StaleVersion(change.read_version)
@@ -131,7 +143,7 @@ def update_contacts(conn: Connection, changes: Sequence[ContactUpdate]) -> None:
     """
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for change in changes:
-        groups.setdefault(tuple(change.values), []).append(_params(change))
+        groups.setdefault(tuple(_with_number_facts(change.values)), []).append(_params(change))
     for columns, params in groups.items():
         written = conn.execute(_compare_and_set(columns), params).rowcount
         if written not in (len(params), -1):

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 from contact_sync.db.types import JsonDocument, UTCDateTime
@@ -84,6 +85,13 @@ contacts = Table(
     Column("version", Integer, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # Read-only, from the calls ledger; kept by the event apply, not versioned.
+    Column("call_count", Integer, nullable=False, server_default="0"),
+    Column("last_called_at", UTCDateTime),
+    Column("last_call_outcome", String(16)),
+    # What the primary number says (scheduling/numbers.py); kept by the contact writer.
+    Column("phone_zone", String(64)),
+    Column("phone_state", String(2)),
 )
 
 contact_history = Table(
@@ -103,6 +111,48 @@ contact_history = Table(
     Column("changes", JsonDocument, nullable=False),
     Column("skipped", JsonDocument, nullable=False),
     Column("summary", Text),
+)
+
+# The ledger of calls (docs/design.md §11): one row per (team, call_id).
+calls = Table(
+    "calls",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("team_id", String(36), ForeignKey("teams.id", ondelete="CASCADE"), nullable=False),
+    Column("contact_id", String(36), ForeignKey("contacts.id", ondelete="CASCADE"), nullable=False),
+    Column("call_id", String(200), nullable=False),
+    Column("event_id", String(200), nullable=False),
+    Column("campaign_id", String(200)),
+    Column("direction", String(8), nullable=False),  # "outbound" or "inbound"
+    Column("outcome", String(16), nullable=False),
+    Column("duration_seconds", Integer),
+    Column("started_at", UTCDateTime),
+    Column("ended_at", UTCDateTime, nullable=False),
+    Column("phone", String(16)),
+    Column("summary", Text),
+    Column("recorded_at", UTCDateTime, nullable=False),
+    UniqueConstraint("team_id", "call_id", name="ux_calls_team_call"),
+)
+
+# A team's calling policy (docs/design.md §12); no row means the defaults.
+calling_policies = Table(
+    "calling_policies",
+    metadata,
+    Column("team_id", String(36), ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True),
+    Column("policy", JsonDocument, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("updated_by", String(100)),  # the key's id, or "cli:<user>"
+)
+
+calling_policy_changes = Table(
+    "calling_policy_changes",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("team_id", String(36), ForeignKey("teams.id", ondelete="CASCADE"), nullable=False),
+    Column("changed_at", UTCDateTime, nullable=False),
+    Column("changed_by", String(100)),
+    Column("old", JsonDocument, nullable=False),
+    Column("new", JsonDocument, nullable=False),
 )
 
 # Keyed by team and event id: one team's id never swallows another team's event.
