@@ -24,6 +24,7 @@ ENTRY_POINTS = {
     # HTTP entry points: each route (and the key check before it) opens its unit.
     "api/routes.py": "HTTP routes",
     "api/dead_letter_routes.py": "HTTP routes",
+    "api/policy_routes.py": "HTTP routes",
     "api/auth.py": "the key check and its last-used touch",
     "api/readiness.py": "/readyz pings the database",
     # Command-line entry points.
