@@ -31,6 +31,7 @@ ENTRY_POINTS = {
     "cli/main.py": "CLI commands",
     "cli/events.py": "CLI commands",
     "cli/keys.py": "CLI commands",
+    "cli/policy.py": "CLI commands",
     # Worker entry points: the tasks (apply, poison counting, parking) and the
     # consumer's parking of messages Celery cannot run.
     "worker/tasks.py": "Celery tasks",
