@@ -70,15 +70,23 @@ def stop_worker(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def run_cli(env: dict[str, str], *args: str) -> str:
-    """Run ``contact-sync ARGS`` in a process of its own; its stdout (it must succeed)."""
-    done = subprocess.run(
+def cli_process(
+    env: dict[str, str], *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``contact-sync ARGS`` in a process of its own (``stdin`` as its input); its result."""
+    return subprocess.run(
         [sys.executable, "-m", "contact_sync.cli.main", *args],
         env=env,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+def run_cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
+    """Run ``contact-sync ARGS`` in a process of its own; its stdout (it must succeed)."""
+    done = cli_process(env, *args, stdin=stdin)
     assert done.returncode == 0, done.stderr
     return done.stdout
