@@ -48,6 +48,8 @@ from contact_sync.contacts.query import ContactQuery, EligibleQuery, list_eligib
 from contact_sync.contacts.store import create_contact, update_contact
 from contact_sync.db.tables import (
     api_keys,
+    calling_policies,
+    calling_policy_changes,
     companies,
     contact_history,
     contacts,
@@ -68,6 +70,8 @@ LETTER = f"{LETTERS}/{{dead_letter_id}}"
 REPLAY = f"{LETTER}/replay"
 DISCARD = f"{LETTER}/discard"
 NO_LETTER = "Dead letter not found"
+POLICY = "/api/crm/calling-policy"
+POLICY_HISTORY = f"{POLICY}/history"
 COMPANY = f"{COMPANIES}/{{company_id}}"
 COMPANY_NOT_FOUND = "Not found"
 SHARED_PHONE = "+12025550100"  # a number that a contact of each team has
@@ -226,6 +230,8 @@ def snapshot(engine: Engine, side: Side) -> dict[str, list[tuple[Any, ...]]]:
             processed_events.c.team_id == team_id, processed_events.c.contact_id.in_(ids)
         ),
         dead_letters: or_(dead_letters.c.team_id == team_id, dead_letters.c.id == side.letter_id),
+        calling_policies: calling_policies.c.team_id == team_id,
+        calling_policy_changes: calling_policy_changes.c.team_id == team_id,
     }
     with engine.connect() as conn:
         return {table.name: _text_rows(conn, table, test) for table, test in where.items()}
@@ -796,6 +802,30 @@ PROBES: list[Probe] = [
     Probe("get A's letter", "GET", LETTER, 200, path={"dead_letter_id": "<a.letter>"}),
     Probe("replay A's letter", "POST", REPLAY, 200, path={"dead_letter_id": "<a.letter>"}),
     Probe("discard A's letter", "POST", DISCARD, 200, path={"dead_letter_id": "<a.letter>"}),
+    # The calling policy: the key's team only; B's team named anywhere is 403.
+    Probe("get B's policy", "GET", POLICY, 403, params={"teamId": "<b.team>"}),
+    Probe("B's policy history", "GET", POLICY_HISTORY, 403, params={"team_id": "<b.team>"}),
+    Probe(
+        "replace B's policy by query",
+        "PUT",
+        POLICY,
+        403,
+        params={"teamId": "<b.team>"},
+        body={"maxAttemptsPerDay": 1},
+    ),
+    *(
+        Probe(
+            f"replace B's policy by body {name}",
+            "PUT",
+            POLICY,
+            403,
+            body={name: "<b.team>", "maxAttemptsPerDay": 1},
+        )
+        for name in ("teamId", "team_id")
+    ),
+    Probe("get A's policy", "GET", POLICY, 200),
+    Probe("A's policy history", "GET", POLICY_HISTORY, 200),
+    Probe("replace A's policy", "PUT", POLICY, 200, body={"maxAttemptsPerDay": 2}),
 ]
 
 # Routes anyone may call: no key, and nothing of any team in them.
