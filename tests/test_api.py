@@ -754,6 +754,9 @@ def test_the_openapi_document_describes_every_endpoint(api: Api) -> None:
         ("GET", f"{COMPANIES}/{{company_id}}"),
         ("PATCH", f"{COMPANIES}/{{company_id}}"),
         ("DELETE", f"{COMPANIES}/{{company_id}}"),
+        ("GET", "/api/crm/calling-policy"),
+        ("PUT", "/api/crm/calling-policy"),
+        ("GET", "/api/crm/calling-policy/history"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),
     }
