@@ -78,8 +78,13 @@ def cmd_policy_show(args: argparse.Namespace) -> None:
 
 def cmd_policy_set(args: argparse.Namespace) -> None:
     """Replace the team's policy with the file's; print what is stored afterwards."""
-    policy = read_policy_file(args.file)  # before any connection: a bad file costs none
-    with unit_of_work(_engine(args)) as uow:
+    engine = _engine(args)
+    # The database and the team first (a short unit of work), then the file: no lock is
+    # held while standard input is read.
+    with unit_of_work(engine) as uow:
+        get_team(uow.conn, team_id=args.team)
+    policy = read_policy_file(args.file)
+    with unit_of_work(engine) as uow:
         stored = save_policy(uow.conn, args.team, policy, _operator())
         uow.commit()
     print(json.dumps(stored.to_dict(), indent=2))
