@@ -18,7 +18,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from sqlalchemy import Connection, Engine, func, select
 
 from contact_sync.accounts.teams import Team
 from contact_sync.db.tables import calling_policy_changes
+from contact_sync.db.unit_of_work import unit_of_work
 from contact_sync.errors import TeamNotFound
 from contact_sync.scheduling.policies import (
     get_policy,
@@ -109,6 +112,26 @@ def test_history_is_newest_first_each_old_the_previous_new(conn: Connection) -> 
     assert [c.old["max_attempts_total"] for c in page.data] == [2, 1]
     assert [c.changed_by for c in page.data] == ["key-2", "key-1"]
     assert policy_changes(conn, team.id, limit=10, offset=4).data == []
+
+
+def test_concurrent_writers_leave_a_history_whose_olds_chain(engine: Engine, team: Team) -> None:
+    """Each entry's ``old`` is the entry before's ``new``: writers of a team wait their turn."""
+
+    def write(cap: int) -> None:
+        with unit_of_work(engine) as uow:
+            save_policy(uow.conn, team.id, parse_policy({"max_attempts_total": cap}), f"k{cap}")
+            uow.commit()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(write, range(1, 13)))
+    with engine.connect() as conn:
+        entries = policy_changes(conn, team.id, limit=100, offset=0).data[::-1]
+        final = load_policy(conn, team.id)
+    assert len(entries) == 12
+    assert entries[0].old == DEFAULTS
+    for before, after in pairwise(entries):
+        assert after.old == before.new
+    assert entries[-1].new == policy_json(final)
 
 
 def test_a_team_that_does_not_exist_cannot_be_given_a_policy(conn: Connection) -> None:
