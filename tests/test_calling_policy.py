@@ -337,6 +337,20 @@ def test_cli_a_bad_file_is_one_line_naming_the_key_and_exit_2(
         assert get_policy(conn, team.id).updated_at is None
 
 
+def test_cli_policy_of_a_reaches_a_only(
+    cli_env: dict[str, str], team: Team, other_team: Team
+) -> None:
+    run_cli(cli_env, "policy", "set", "--team", team.id, "-", stdin='{"maxAttemptsTotal": 4}')
+    theirs = json.loads(run_cli(cli_env, "policy", "show", "--team", other_team.id))
+    assert theirs == {**DEFAULTS, "updated_at": None, "updated_by": None}
+    their_history = json.loads(run_cli(cli_env, "policy", "history", "--team", other_team.id))
+    assert (their_history["total"], their_history["data"]) == (0, [])
+    run_cli(cli_env, "policy", "set", "--team", other_team.id, "-", stdin='{"days": ["mon"]}')
+    ours = json.loads(run_cli(cli_env, "policy", "show", "--team", team.id))
+    assert (ours["max_attempts_total"], ours["days"]) == (4, DEFAULTS["days"])
+    assert json.loads(run_cli(cli_env, "policy", "history", "--team", team.id))["total"] == 1
+
+
 def test_cli_an_unknown_team_is_not_found(cli_env: dict[str, str]) -> None:
     for args in (("show",), ("history",)):
         done = cli_process(cli_env, "policy", *args, "--team", "no-such-team")
