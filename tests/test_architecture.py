@@ -24,12 +24,14 @@ ENTRY_POINTS = {
     # HTTP entry points: each route (and the key check before it) opens its unit.
     "api/routes.py": "HTTP routes",
     "api/dead_letter_routes.py": "HTTP routes",
+    "api/field_routes.py": "HTTP routes",
     "api/auth.py": "the key check and its last-used touch",
     "api/readiness.py": "/readyz pings the database",
     # Command-line entry points.
     "cli/main.py": "CLI commands",
     "cli/events.py": "CLI commands",
     "cli/keys.py": "CLI commands",
+    "cli/fields.py": "CLI commands",
     # Worker entry points: the tasks (apply, poison counting, parking) and the
     # consumer's parking of messages Celery cannot run.
     "worker/tasks.py": "Celery tasks",
@@ -141,6 +143,10 @@ PURE_DOMAIN = (
     "calls/merge.py",
     "scheduling/numbers.py",
     "scheduling/policy.py",
+    "fields/definitions.py",
+    "fields/coerce.py",
+    "fields/patterns.py",
+    "fields/schema.py",
 )
 INFRASTRUCTURE = ("sqlalchemy", "psycopg", "celery", "kombu", "redis", "fastapi", "starlette")
 OUTER_PACKAGES = ("db", "worker", "api", "cli", "ops")
