@@ -52,31 +52,13 @@ class _Body(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
 
-class OptionDoc(_Body):
-    """One choice of a select or multi-select field."""
-
-    value: str = Field(
-        min_length=1, max_length=64, description="What is stored.", examples=["solar"]
-    )
-    label: str | None = Field(
-        default=None,
-        max_length=100,
-        description="What people read (the value by default).",
-        examples=["Solar"],
-    )
-    aliases: list[str] = Field(
-        default_factory=list,
-        max_length=MAX_ALIASES,
-        description=f"Other words for it, matched without case (at most {MAX_ALIASES}).",
-        examples=[["pv", "solar panels"]],
-    )
-
-
 _OPTIONS = Field(
     default=None,
     max_length=MAX_OPTIONS,
-    description=f"For select and multi_select: 1 to {MAX_OPTIONS} options; a change may add "
-    "options and aliases, not remove an option.",
+    description=f"For select and multi_select: 1 to {MAX_OPTIONS} options, each `value` (what "
+    f"is stored, 1 to 64 characters), `label` (what people read; the value by default) and "
+    f"`aliases` (other words for it, at most {MAX_ALIASES}); matched without case or extra "
+    "spaces. A change may add options and aliases, not remove an option.",
     examples=[[{"value": "solar", "label": "Solar", "aliases": ["pv", "solar panels"]}]],
 )
 _MIN = Field(default=None, description="For number and integer: the least value.", examples=[0])
@@ -116,7 +98,7 @@ class FieldIn(_Body):
     )
     type: FieldType = Field(description="The type of the values.", examples=["number"])
     description: str | None = _DESCRIPTION
-    options: list[OptionDoc] | None = _OPTIONS
+    options: list[dict[str, Any]] | None = _OPTIONS
     min: float | None = _MIN
     max: float | None = _MAX
     pattern: str | None = _PATTERN
@@ -134,7 +116,7 @@ class FieldPatch(_Body):
         examples=["Budget (USD)"],
     )
     description: str | None = _DESCRIPTION
-    options: list[OptionDoc] | None = _OPTIONS
+    options: list[dict[str, Any]] | None = _OPTIONS
     min: float | None = _MIN
     max: float | None = _MAX
     pattern: str | None = _PATTERN

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
-from types import MappingProxyType
 from typing import Any
 
 from pydantic import ValidationError
@@ -42,7 +41,6 @@ CALL_FIELDS = (
     "preferred_contact_method",
 )
 TAG_PREFIX = "tag:"
-_NO_DEFINITIONS: Mapping[str, FieldDefinition] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -53,7 +51,7 @@ class MergePolicy:
     min_confidence: float = 0.5
     calls_overwrite_people: bool = False
     # The team's custom-field definitions (docs/design.md §13), loaded once per batch.
-    definitions: Mapping[str, FieldDefinition] = _NO_DEFINITIONS
+    definitions: Mapping[str, FieldDefinition] = field(default_factory=dict)
     reject_undefined: bool = False  # the team's ``undefined_custom_fields`` is ``reject``
 
 
