@@ -62,7 +62,7 @@ def _confidence(value: Any) -> float | None:
         return None  # back to the service's default
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValidationFailed({"min_confidence": "Must be a number from 0 to 1"})
-    if not math.isfinite(value) or not 0 <= value <= 1:
+    if not 0 <= value <= 1 or not math.isfinite(value):  # compared first: 10**400 is no float
         raise ValidationFailed({"min_confidence": "Must be a number from 0 to 1"})
     return float(value)
 
