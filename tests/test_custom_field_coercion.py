@@ -140,11 +140,14 @@ REFUSED = [
 @pytest.mark.parametrize(("key", "raw", "stored"), CONVERTS, ids=[repr(c[:2]) for c in CONVERTS])
 def test_every_input_form_converts_to_the_canonical_value(key: str, raw: Any, stored: Any) -> None:
     value = coerce(DEFS[key], raw)
-    assert value == stored and type(value) is type(stored)
+    assert value == stored
+    assert type(value) is type(stored)
     assert coerce(DEFS[key], value) == value  # and the canonical value is kept as it is
 
 
-@pytest.mark.parametrize(("key", "raw"), REFUSED, ids=[f"{r[0]}-{i}" for i, r in enumerate(REFUSED)])
+@pytest.mark.parametrize(
+    ("key", "raw"), REFUSED, ids=[f"{r[0]}-{i}" for i, r in enumerate(REFUSED)]
+)
 def test_what_does_not_convert_is_invalid_value(key: str, raw: Any) -> None:
     with pytest.raises(InvalidValue) as caught:
         coerce(DEFS[key], raw)
@@ -268,7 +271,8 @@ def test_hostile_definitions_are_refused_naming_the_field() -> None:
 def test_a_patch_may_add_options_and_aliases_but_not_change_type_or_drop_an_option() -> None:
     select = DEFS["select"]
     grown = apply_patch(select, {"options": [*OPTIONS, {"value": "battery"}], "label": "Interest"})
-    assert [o.value for o in grown.options][-1] == "battery" and grown.label == "Interest"
+    assert [o.value for o in grown.options][-1] == "battery"
+    assert grown.label == "Interest"
     with pytest.raises(TypeChange):
         apply_patch(select, {"type": "text"})
     with pytest.raises(ValidationFailed) as caught:
@@ -312,3 +316,76 @@ def test_the_extraction_schema_has_only_ai_extractable_fields_with_their_constra
     number = schema["properties"]["number"]["anyOf"][0]
     assert (number["minimum"], number["maximum"]) == (0, 10_000_000)
     assert schema["properties"]["text"]["anyOf"][0]["pattern"] == BODIES["text"]["pattern"]
+
+
+# --------------------------------------------------------------------------- the merge
+
+LOOSE_BUDGETS = ("$7.5k", "7,000", 7000, "a lot", "1.2M", 7.0, None, "")
+LOOSE_INTEREST = ("Solar panels", "PV", "wind", "not sure", ["solar"], None)
+MINUTES = (0, 1, 2)
+EVENT_IDS = ("evt_a", "evt_b", "evt_c", "evt_d")
+
+
+def _event(event_id: str, minute: int, budget: Any, interest: Any, confidence: float) -> Any:
+    from datetime import UTC, datetime, timedelta
+
+    from contact_sync.calls.events import parse_event
+
+    at = datetime(2026, 11, 20, 15, 0, tzinfo=UTC) + timedelta(minutes=minute)
+    fields = {
+        "budget": {"value": budget, "confidence": confidence},
+        "product_interest": interest,
+    }
+    payload = {
+        "event_id": event_id,
+        "type": "call.completed",
+        "schema_version": 1,
+        "team_id": "team",
+        "call_id": f"call_{event_id}",
+        "contact_id": "ct",
+        "occurred_at": at.isoformat(),
+        "outcome": "completed",
+        "extraction": {"custom_fields": fields},
+    }
+    return parse_event(payload, now=at + timedelta(days=1))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(EVENT_IDS),
+            st.sampled_from(MINUTES),
+            st.sampled_from(LOOSE_BUDGETS),
+            st.sampled_from(LOOSE_INTEREST),
+            st.sampled_from((0.3, 0.9)),
+        ),
+        min_size=1,
+        max_size=5,
+        unique_by=lambda t: t[0],
+    ),
+    st.randoms(use_true_random=False),
+)
+def test_typed_values_merge_to_the_same_contact_whatever_the_delivery_order(
+    drawn: list[tuple[Any, ...]], rng: Any
+) -> None:
+    """docs/design.md §4.1 holds for coerced values: any order (with repeats) ends where
+    time order ends, and every stored value is canonical."""
+    from contact_sync.calls.merge import ContactState, MergePolicy, merge
+
+    policy = MergePolicy(definitions={"budget": DEFS["number"], "product_interest": DEFS["select"]})
+    events = [_event(*item) for item in drawn]
+
+    def apply(order: list[Any]) -> dict[str, Any]:
+        state = ContactState(first_name="A", last_name="B")
+        for event in order:
+            state = merge(state, event, policy).state
+        return state.custom_fields
+
+    in_time = apply(sorted(events, key=lambda e: (e.occurred_at, e.event_id)))
+    shuffled = events + rng.sample(events, k=len(events) // 2)
+    rng.shuffle(shuffled)
+    assert apply(shuffled) == in_time
+    for key, value in in_time.items():
+        definition = policy.definitions[key]
+        assert coerce(definition, value) == value

@@ -118,7 +118,9 @@ def test_another_teams_field_is_404_and_each_team_defines_its_own(api: Api) -> N
         assert_error(send(api, method, f"{FIELDS}/budget", body, key=other), 404)
     assert api.get(FIELDS, key=other).json() == {"data": []}
     assert api.get(f"{FIELDS}/schema", key=other).json()["properties"] == {}
-    define(api, {"key": "budget", "label": "Budget", "type": "text"}, key=other)  # the same key, another team's
+    define(
+        api, {"key": "budget", "label": "Budget", "type": "text"}, key=other
+    )  # the same key, another team's
     assert api.get(f"{FIELDS}/budget").json()["type"] == "number"
     assert api.get(f"{FIELDS}/budget", key=other).json()["type"] == "text"
 
