@@ -30,7 +30,10 @@ from contact_sync.db.tables import contact_history, dead_letters
 from contact_sync.fields.definitions import MAX_DEFINITIONS
 from tests.factories import apply_batch, call_event, contact_row, make_contact
 from tests.test_api import CONTACTS, Api, _api, _client, assert_error, assert_validation_error
-from tests.test_keys import cli
+from tests.test_keys import (
+    blank_url,  # noqa: F401 (a fixture, used by name)
+    cli,
+)
 
 FIELDS = "/api/crm/custom-fields"
 SETTINGS = "/api/crm/team-settings"
@@ -596,3 +599,42 @@ def test_the_cli_defines_lists_and_deletes_a_teams_fields(
     assert [f["key"] for f in api.get(FIELDS).json()["data"]] == ["product_interest"]
     with api.engine.connect() as conn:
         assert conn.execute(select(contact_history)).all() == []
+
+
+# --------------------------------------------------------------------------- migration 0006
+
+
+def test_migration_0006_gives_existing_teams_accept_and_goes_back_and_forth(
+    blank_url: str,  # noqa: F811 (the fixture imported above)
+) -> None:
+    from alembic import command
+    from sqlalchemy import inspect, text
+
+    from contact_sync.db.engine import make_engine
+    from contact_sync.db.migrate import alembic_config, upgrade
+    from contact_sync.db.tables import teams
+
+    engine = make_engine(blank_url)
+    try:
+        upgrade(engine, "0005")
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO teams (id, name, name_key, default_region, "
+                    "calls_overwrite_people, created_at) "
+                    "VALUES ('t1', 'Old', 'k1', 'US', false, CURRENT_TIMESTAMP)"
+                )
+            )
+        upgrade(engine)
+        with engine.connect() as conn:
+            assert conn.execute(select(teams.c.undefined_custom_fields)).scalar_one() == "accept"
+        assert "custom_field_definitions" in inspect(engine).get_table_names()
+        config = alembic_config(engine)
+        command.downgrade(config, "0005")
+        assert "custom_field_definitions" not in inspect(engine).get_table_names()
+        columns = {c["name"] for c in inspect(engine).get_columns("teams")}
+        assert "undefined_custom_fields" not in columns
+        upgrade(engine)
+        assert "custom_field_definitions" in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
