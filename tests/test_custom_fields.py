@@ -638,3 +638,36 @@ def test_migration_0006_gives_existing_teams_accept_and_goes_back_and_forth(
         assert "custom_field_definitions" in inspect(engine).get_table_names()
     finally:
         engine.dispose()
+
+
+HOSTILE_PATCHES: list[tuple[Any, str]] = [
+    ({"options": [*OPTIONS, *({"value": f"o{i}"} for i in range(5000))]}, "options"),
+    ({"options": [{"value": "solar", "aliases": ["wind"]}, {"value": "wind"}]}, "options"),
+    ({"options": None}, "options"),
+    ({"pattern": "(a+)+$"}, "pattern"),
+    ({"min": 1}, "min"),
+    ({"label": None}, "label"),
+    ({"label": "x" * 101}, "label"),
+    ({"description": 7}, "description"),
+    ({"aiExtractable": None}, "ai_extractable"),
+    ({"key": "other"}, "key"),
+    ({"bogus": True}, "bogus"),
+    ("options", "body"),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), HOSTILE_PATCHES, ids=[f for _, f in HOSTILE_PATCHES])
+def test_a_hostile_change_is_422_naming_the_field_and_changes_nothing(
+    api: Api, body: Any, field: str
+) -> None:
+    before = define(api, INTEREST)
+    assert_validation_error(send(api, "PATCH", f"{FIELDS}/product_interest", body), field)
+    assert api.get(f"{FIELDS}/product_interest").json() == before
+
+
+@pytest.mark.parametrize("key", ["k" * 10_000, "nul%00x", "%00", "ключ", "schema2", "a%2Fb"])
+def test_a_hostile_key_in_the_path_is_404_on_every_field_route(api: Api, key: str) -> None:
+    for method, body in (("GET", None), ("PATCH", {"label": "X"}), ("DELETE", None)):
+        response = send(api, method, f"{FIELDS}/{key}", body)
+        assert response.status_code in (404, 422), response.text
+        assert response.status_code != 500

@@ -220,7 +220,8 @@ async def define_field(request: Request, caller: CallerDep, engine: EngineDep) -
                 uow.commit()
         except AlreadyDefined as exc:
             return error(409, str(exc))
-        return JSONResponse(stored.to_dict(), status_code=201)
+        shown = FieldOut.model_validate(stored.to_dict()).model_dump(mode="json")
+        return JSONResponse(shown, status_code=201)  # as the reads render it
 
     return await run_in_threadpool(write)
 
