@@ -16,14 +16,13 @@ import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
-from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
 from contact_sync.contacts.model import normalise_email
 from contact_sync.contacts.phones import normalise_phone
 from contact_sync.errors import ValidationFailed
-from contact_sync.fields.definitions import FieldDefinition, Option, match_form
+from contact_sync.fields.definitions import FieldDefinition, match_form
 from contact_sync.fields.patterns import MAX_TEXT_LENGTH, compiled
 from contact_sync.storable import MAX_INTEGER, MIN_INTEGER, is_storable_text
 
@@ -162,20 +161,10 @@ def _datetime(_: FieldDefinition, raw: Any, __: str) -> Any:
     raise InvalidValue("Must be a date and time with an offset, such as 2026-12-24T15:00:00Z")
 
 
-@lru_cache(maxsize=4096)
-def _choices(options: tuple[Option, ...]) -> tuple[dict[str, str], dict[str, int]]:
-    """Each accepted word to its option's value, and each value's position (cached per field)."""
-    words: dict[str, str] = {}
-    for option in options:
-        for word in (option.value, option.label, *option.aliases):
-            words.setdefault(match_form(word), option.value)
-    return words, {option.value: index for index, option in enumerate(options)}
-
-
 def _option(definition: FieldDefinition, raw: Any) -> str:
     if not isinstance(raw, str) or len(raw) > MAX_TEXT_LENGTH:
         raise InvalidValue("Must be one of the field's options")
-    found = _choices(definition.options)[0].get(match_form(raw))
+    found = definition.words.get(match_form(raw))
     if found is None:
         values = ", ".join(o.value for o in definition.options[:10])
         more = ", ..." if len(definition.options) > 10 else ""
@@ -199,8 +188,7 @@ def _multi_select(definition: FieldDefinition, raw: Any, _: str) -> Any:
     if len(items) > MAX_SELECTED:
         raise InvalidValue(f"Must hold at most {MAX_SELECTED} options")
     chosen = {_option(definition, item) for item in items}
-    order = _choices(definition.options)[1]
-    return sorted(chosen, key=order.__getitem__)
+    return sorted(chosen, key=definition.positions.__getitem__)
 
 
 def _email(_: FieldDefinition, raw: Any, __: str) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_args
 
 from contact_sync.errors import ContactSyncError, ValidationFailed
@@ -98,6 +98,15 @@ class FieldDefinition:
     maximum: int | float | None = None
     pattern: str | None = None
     ai_extractable: bool = True
+    # Built once per definition (a batch loads each once), not per value: each accepted
+    # word in match form to its option's value, and each value's position.
+    words: Mapping[str, str] = field(init=False, repr=False, compare=False, hash=False)
+    positions: Mapping[str, int] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "words", _choices(self.options))
+        positions = {option.value: index for index, option in enumerate(self.options)}
+        object.__setattr__(self, "positions", positions)
 
     def to_dict(self) -> dict[str, Any]:
         """The API's form (snake_case)."""
@@ -112,10 +121,6 @@ class FieldDefinition:
             "pattern": self.pattern,
             "ai_extractable": self.ai_extractable,
         }
-
-    def choices(self) -> dict[str, str]:
-        """Each accepted word (value, label, alias, in match form) to its option's value."""
-        return _choices(self.options)
 
 
 def _choices(options: tuple[Option, ...]) -> dict[str, str]:
