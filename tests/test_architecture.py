@@ -25,6 +25,7 @@ ENTRY_POINTS = {
     "api/routes.py": "HTTP routes",
     "api/dead_letter_routes.py": "HTTP routes",
     "api/policy_routes.py": "HTTP routes",
+    "api/field_routes.py": "HTTP routes",
     "api/auth.py": "the key check and its last-used touch",
     "api/readiness.py": "/readyz pings the database",
     # Command-line entry points.
@@ -32,6 +33,7 @@ ENTRY_POINTS = {
     "cli/events.py": "CLI commands",
     "cli/keys.py": "CLI commands",
     "cli/policy.py": "CLI commands",
+    "cli/fields.py": "CLI commands",
     # Worker entry points: the tasks (apply, poison counting, parking) and the
     # consumer's parking of messages Celery cannot run.
     "worker/tasks.py": "Celery tasks",
@@ -143,6 +145,10 @@ PURE_DOMAIN = (
     "calls/merge.py",
     "scheduling/numbers.py",
     "scheduling/policy.py",
+    "fields/definitions.py",
+    "fields/coerce.py",
+    "fields/patterns.py",
+    "fields/schema.py",
 )
 INFRASTRUCTURE = ("sqlalchemy", "psycopg", "celery", "kombu", "redis", "fastapi", "starlette")
 OUTER_PACKAGES = ("db", "worker", "api", "cli", "ops")

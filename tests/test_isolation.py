@@ -53,10 +53,12 @@ from contact_sync.db.tables import (
     companies,
     contact_history,
     contacts,
+    custom_field_definitions,
     dead_letters,
     processed_events,
     teams,
 )
+from contact_sync.fields import store as field_store
 from contact_sync.settings import Settings, get_settings
 from tests.brokers import BROKERS, Broker, broker_for
 from tests.factories import call_event, contact_row
@@ -73,6 +75,10 @@ NO_LETTER = "Dead letter not found"
 POLICY = "/api/crm/calling-policy"
 POLICY_HISTORY = f"{POLICY}/history"
 COMPANY = f"{COMPANIES}/{{company_id}}"
+FIELDS = "/api/crm/custom-fields"
+FIELD = f"{FIELDS}/{{key}}"
+FIELD_SCHEMA = f"{FIELDS}/schema"
+TEAM_SETTINGS = "/api/crm/team-settings"
 COMPANY_NOT_FOUND = "Not found"
 SHARED_PHONE = "+12025550100"  # a number that a contact of each team has
 NOT_FOUND = "Contact not found"
@@ -177,6 +183,12 @@ def _side(engine: Engine, team: Team, people: dict[str, Any]) -> Side:
             extraction={"custom_fields": {"budget": 1000}, "summary": "said hello"},
         )
         lost = call_event(team.id, contact_id=f"ct_missing_{uuid.uuid4().hex[:8]}")
+        # Both teams define "interest" (labelled with their company's name); B also "rival_field".
+        interest = {"key": "interest", "type": "select", "options": [{"value": "solar"}]}
+        field_store.define(conn, team_id=team.id, data={**interest, "label": people["company"]})
+        if people is PEOPLE["b"]:
+            field = {"key": "rival_field", "label": "Rival", "type": "text"}
+            field_store.define(conn, team_id=team.id, data=field)
         outcomes = apply_payloads(conn, [applied, lost])
     assert [o.outcome for o in outcomes] == ["applied", "dead_lettered"], outcomes
     with engine.connect() as conn:
@@ -232,6 +244,7 @@ def snapshot(engine: Engine, side: Side) -> dict[str, list[tuple[Any, ...]]]:
         dead_letters: or_(dead_letters.c.team_id == team_id, dead_letters.c.id == side.letter_id),
         calling_policies: calling_policies.c.team_id == team_id,
         calling_policy_changes: calling_policy_changes.c.team_id == team_id,
+        custom_field_definitions: custom_field_definitions.c.team_id == team_id,
     }
     with engine.connect() as conn:
         return {table.name: _text_rows(conn, table, test) for table, test in where.items()}
@@ -826,6 +839,52 @@ PROBES: list[Probe] = [
     Probe("get A's policy", "GET", POLICY, 200),
     Probe("A's policy history", "GET", POLICY_HISTORY, 200),
     Probe("replace A's policy", "PUT", POLICY, 200, body={"maxAttemptsPerDay": 2}),
+    # Custom fields (docs/design.md §13): the key's team only; B's key is 404 as no key is.
+    Probe(
+        "define in B by teamId",
+        "POST",
+        FIELDS,
+        422,
+        body={"key": "x", "label": "X", "type": "text", "teamId": "<b.team>"},
+    ),
+    Probe(
+        "define A's key again",
+        "POST",
+        FIELDS,
+        409,
+        body={"key": "interest", "label": "I", "type": "text"},
+    ),
+    Probe(
+        "define in A",
+        "POST",
+        FIELDS,
+        201,
+        body={"key": "rival_field", "label": "Mine", "type": "number"},
+    ),
+    Probe("fields of B by teamId", "GET", FIELDS, 422, params={"teamId": "<b.team>"}),
+    Probe("fields of A", "GET", FIELDS, 200),
+    Probe("schema of B by teamId", "GET", FIELD_SCHEMA, 422, params={"teamId": "<b.team>"}),
+    Probe("schema of A", "GET", FIELD_SCHEMA, 200),
+    *(
+        Probe(f"{label} B's field", method, FIELD, 404, path={"key": "rival_field"}, body=body)
+        for label, method, body in (
+            ("get", "GET", None),
+            ("patch", "PATCH", {"label": "Mine"}),
+            ("delete", "DELETE", None),
+        )
+    ),
+    Probe("get A's field", "GET", FIELD, 200, path={"key": "interest"}),
+    Probe("patch A's field", "PATCH", FIELD, 200, path={"key": "interest"}, body={"label": "A"}),
+    Probe("settings of B by teamId", "GET", TEAM_SETTINGS, 422, params={"teamId": "<b.team>"}),
+    Probe("settings of A", "GET", TEAM_SETTINGS, 200),
+    Probe(
+        "set settings of B by teamId",
+        "PUT",
+        TEAM_SETTINGS,
+        422,
+        body={"teamId": "<b.team>", "minConfidence": 0.9},
+    ),
+    Probe("set settings of A", "PUT", TEAM_SETTINGS, 200, body={"minConfidence": 0.7}),
 ]
 
 # Routes anyone may call: no key, and nothing of any team in them.
@@ -1103,6 +1162,7 @@ def _probe_every_route(world: World, http: Api, authorization: str | None) -> No
             contact_id=world.b.star,
             dead_letter_id=world.b.letter_id,
             company_id=world.b.company_id,
+            key="rival_field",
         )
         headers = {"Content-Type": "application/json"}
         if authorization is not None:
@@ -1369,6 +1429,9 @@ CLI_PATHS = {
     ("teams", "create"): "takes no id: it creates a new team and key",
     ("migrate",): "takes no id and touches no rows",
     ("demo",): "its own team in its own database",
+    ("fields", "list"): "test_cli_fields_of_a_reach_a_only",
+    ("fields", "define"): "test_cli_fields_of_a_reach_a_only",
+    ("fields", "delete"): "test_cli_fields_of_a_reach_a_only",
 }
 LIST_FLAGS = {
     "companyId": "--company",
@@ -1571,6 +1634,25 @@ def test_cli_keys_of_a_reach_a_only(
         assert run(["--database-url", cli_url, "keys", "revoke", key_id], capsys)[0] == 0
     assert_error(http.get(CONTACTS, key=made["api_key"]), 401)
     assert http.get(CONTACTS, key=world.b.key).status_code == 200
+    world.assert_untouched()
+
+
+def test_cli_fields_of_a_reach_a_only(
+    world: World, cli_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A's list shows A's definitions only; deleting B's key as A is not found; defining
+    B's key as A makes A's own; B's definitions stay as they were."""
+    base = ["--database-url", cli_url, "fields"]
+    code, out, err = run([*base, "list", "--team", world.a.team.id, "--json"], capsys)
+    assert code == 0, err
+    assert [f["key"] for f in json.loads(out)] == ["interest"]
+    assert_no_leak(world, "", httpx.Response(200, text=out))
+    code, _, err = run([*base, "delete", "--team", world.a.team.id, "rival_field"], capsys)
+    assert code == 3, err
+    argv = ["define", "--team", world.a.team.id, "--key", "rival_field", "--type", "text"]
+    code, out, err = run([*base, *argv], capsys)
+    assert code == 0, err
+    assert json.loads(out)["label"] == "rival_field"
     world.assert_untouched()
 
 

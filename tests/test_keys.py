@@ -322,8 +322,10 @@ def _a_letter(api: Api) -> str:
     return letter_id
 
 
-def _url(path: str, contact_id: str, letter_id: str, company_id: str) -> str:
-    return path.format(contact_id=contact_id, dead_letter_id=letter_id, company_id=company_id)
+def _url(path: str, contact_id: str, letter_id: str, company_id: str, key: str = "budget") -> str:
+    return path.format(
+        contact_id=contact_id, dead_letter_id=letter_id, company_id=company_id, key=key
+    )
 
 
 def test_a_read_key_is_403_on_every_write_route_and_nothing_changes(api: Api, reader: str) -> None:
@@ -333,8 +335,9 @@ def test_a_read_key_is_403_on_every_write_route_and_nothing_changes(api: Api, re
     company_id = api.company("Acme")["id"]
     bodies: dict[str, Any] = {"POST": {"firstName": "Eve", "lastName": "R", "name": "Co"}}
     bodies["PATCH"] = {"notes": "changed"}
+    bodies["PUT"] = {"minConfidence": 0.9}
     writes = [(method, path) for method, path in api_routes() if method != "GET"]
-    assert {method for method, _ in writes} == {"POST", "PATCH", "DELETE"}
+    assert {method for method, _ in writes} == {"POST", "PATCH", "DELETE", "PUT"}
     assert (("POST", f"{LETTERS}/{{dead_letter_id}}/replay")) in writes
     assert (("POST", f"{LETTERS}/{{dead_letter_id}}/discard")) in writes
     before = snapshot(api.engine, (*DATA_TABLES, dead_letters))
@@ -353,6 +356,8 @@ def test_a_read_key_reads_every_read_route(api: Api, reader: str) -> None:
     contact = api.create(phone="+12025550100", timezone="America/Chicago")
     letter_id = _a_letter(api)
     company_id = api.company("Acme")["id"]
+    defined = api.post("/api/crm/custom-fields", {"key": "budget", "label": "B", "type": "number"})
+    assert defined.status_code == 201, defined.text
     reads = [path for method, path in api_routes() if method == "GET"]
     assert len(reads) >= 7
     for path in reads:

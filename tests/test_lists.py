@@ -63,6 +63,7 @@ def test_an_unknown_query_parameter_is_422_naming_it_on_every_route(api: Api) ->
     before = (_count(api.engine, contacts), _count(api.engine, companies))
     for method, path in api_routes():
         ids = {"contact_id": contact["id"], "company_id": company["id"], "dead_letter_id": letter}
+        ids["key"] = "budget"
         url = path.format(**{name: ids[name] for name in re.findall(r"{(\w+)}", path)})
         body = {"name": "Co", "firstName": "A", "lastName": "B"} if method == "POST" else None
         if method == "PATCH":

@@ -52,6 +52,7 @@ class Team:
     default_region: str
     calls_overwrite_people: bool
     min_confidence: float | None
+    undefined_custom_fields: str = "accept"  # or "reject" (docs/design.md §13)
 
 
 @dataclass(frozen=True)
@@ -260,6 +261,18 @@ def revoke_api_key(conn: Connection, *, key_id: str, now: datetime | None = None
     return _api_key(row)
 
 
+def team_from_row(row: Any) -> Team:
+    """A ``teams`` row as a team."""
+    return Team(
+        row.id,
+        row.name,
+        row.default_region,
+        row.calls_overwrite_people,
+        row.min_confidence,
+        row.undefined_custom_fields,
+    )
+
+
 def get_team(conn: Connection, *, team_id: str) -> Team:
     """The team, or ``TeamNotFound``."""
     if "\x00" in team_id:  # PostgreSQL text cannot hold it; no id contains it
@@ -267,9 +280,7 @@ def get_team(conn: Connection, *, team_id: str) -> Team:
     row = conn.execute(select(teams).where(teams.c.id == team_id)).one_or_none()
     if row is None:
         raise TeamNotFound(team_id)
-    return Team(
-        row.id, row.name, row.default_region, row.calls_overwrite_people, row.min_confidence
-    )
+    return team_from_row(row)
 
 
 def team_summaries(conn: Connection) -> list[TeamSummary]:
@@ -296,10 +307,7 @@ def team_summaries(conn: Connection) -> list[TeamSummary]:
 def list_teams(conn: Connection) -> list[Team]:
     """Every team, oldest first."""
     rows = conn.execute(select(teams).order_by(teams.c.created_at, teams.c.id)).all()
-    return [
-        Team(r.id, r.name, r.default_region, r.calls_overwrite_people, r.min_confidence)
-        for r in rows
-    ]
+    return [team_from_row(r) for r in rows]
 
 
 def find_key(conn: Connection, *, api_key: str) -> ApiKey | None:

@@ -13,6 +13,7 @@ from contact_sync import __version__
 from contact_sync.api import errors
 from contact_sync.api.dead_letter_routes import router as dead_letter_router
 from contact_sync.api.docs import mount_docs
+from contact_sync.api.field_routes import router as field_router
 from contact_sync.api.limits import BodySizeLimit
 from contact_sync.api.observe import RequestObserver, register_http_metrics
 from contact_sync.api.policy_routes import router as policy_router
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.include_router(router)
     app.include_router(dead_letter_router)
     app.include_router(policy_router)
+    app.include_router(field_router)
     mount_docs(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(RequestObserver)  # outermost: it sees the 413s above too

@@ -108,11 +108,19 @@ class HistoryRecord(BaseModel):
     )
     recorded_at: datetime = Field(description="When the record was written.", examples=[WHEN])
     changes: list[dict[str, Any]] = Field(
-        description="Each field changed: its name, old and new value.",
-        examples=[[{"field": "job_title", "old": None, "new": "CTO"}]],
+        description="Each field changed: its name, old and new value; for a call's custom "
+        "field converted to its defined type, also `raw`, the value as extracted.",
+        examples=[
+            [
+                {"field": "job_title", "old": None, "new": "CTO"},
+                {"field": "custom_fields.budget", "old": None, "new": 7500, "raw": "$7.5k"},
+            ]
+        ],
     )
     skipped: list[dict[str, Any]] = Field(
-        description="Values a call carried but did not write, and why.",
+        description="Values a call carried but did not write (as received), and why: "
+        "`low_confidence`, `set_by_person`, `older_than_current`, `invalid_value` (not of the "
+        "field's defined type), `undefined_field` (the team rejects undefined keys), ….",
         examples=[[{"field": "job_title", "value": "CEO", "reason": "low_confidence"}]],
     )
     summary: str | None = Field(

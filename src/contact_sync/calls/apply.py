@@ -32,7 +32,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import Connection, Row, func, select
 
-from contact_sync.accounts.teams import Team
+from contact_sync.accounts.teams import Team, team_from_row
 from contact_sync.calls import inbox
 from contact_sync.calls.events import (
     CallCompleted,
@@ -56,6 +56,8 @@ from contact_sync.contacts.suppression import SUPPRESSED
 from contact_sync.contacts.writer import ContactInsert, ContactUpdate, HistoryRecord
 from contact_sync.db.tables import processed_events, teams
 from contact_sync.errors import AmbiguousContact, ContactNotFound
+from contact_sync.fields.definitions import FieldDefinition
+from contact_sync.fields.store import definitions_by_team
 from contact_sync.ids import new_id
 from contact_sync.ops import dead_letters
 
@@ -168,11 +170,15 @@ def _created(target: _Contact, result: MergeResult) -> MergeResult:
     values = {name: getattr(state, name) for name in STATE_FIELDS if name != "custom_fields"}
     values.update(phone=target.phone, source="inbound-call")
     reason = {"do_not_call": SUPPRESSED} if target.suppressed else {}
+    raws = {change.field: change.raw for change in result.changes}  # a coerced value's input
     changes = [
         Change(name, None, value, reason.get(name))
         for name, value in values.items()
         if value not in (None, False, [])
-    ] + [Change(f"custom_fields.{key}", None, value) for key, value in state.custom_fields.items()]
+    ] + [
+        Change(f"custom_fields.{key}", None, value, raw=raws.get(f"custom_fields.{key}"))
+        for key, value in state.custom_fields.items()
+    ]
     return MergeResult(state, changes, result.skipped)
 
 
@@ -240,6 +246,7 @@ def _write(conn: Connection, targets: list[_Contact], now: datetime) -> None:
 @dataclass(frozen=True)
 class _Policy:
     min_confidence: float
+    definitions: dict[str, dict[str, FieldDefinition]]  # by team, loaded once per batch
 
     def for_team(self, team: Team) -> MergePolicy:
         return MergePolicy(
@@ -248,17 +255,30 @@ class _Policy:
             if team.min_confidence is not None
             else self.min_confidence,
             calls_overwrite_people=team.calls_overwrite_people,
+            definitions=self.definitions.get(team.id, {}),
+            reject_undefined=team.undefined_custom_fields == "reject",
         )
+
+
+def _definitions(
+    conn: Connection, targets: list[_Contact]
+) -> dict[str, dict[str, FieldDefinition]]:
+    """The custom-field definitions of the teams whose events carry custom fields: one query
+    for the batch, none when no event extracted a custom field."""
+    team_ids = {
+        event.team_id
+        for target in targets
+        for event in target.events
+        if event.extraction is not None and event.extraction.custom_fields
+    }
+    return definitions_by_team(conn, team_ids) if team_ids else {}
 
 
 def _load_teams(conn: Connection, team_ids: set[str]) -> dict[str, Team]:
     if not team_ids:
         return {}
     rows = conn.execute(select(teams).where(teams.c.id.in_(sorted(team_ids))))
-    return {
-        r.id: Team(r.id, r.name, r.default_region, r.calls_overwrite_people, r.min_confidence)
-        for r in rows
-    }
+    return {r.id: team_from_row(r) for r in rows}
 
 
 def _dead_letter(
@@ -384,8 +404,9 @@ def _merge(
 ) -> list[tuple[EventKey, str | None, str]]:
     """Phase 5: merge each contact's events in time order; the inbox outcome of each."""
     applied: list[tuple[EventKey, str | None, str]] = []
+    policies = _Policy(min_confidence, _definitions(batch.conn, targets))
     for target in targets:
-        policy = _Policy(min_confidence).for_team(known[target.team_id])
+        policy = policies.for_team(known[target.team_id])
         for event, name, version in _merge_all(target, policy, batch.now):
             outcome = Outcome(
                 name,

@@ -10,6 +10,7 @@ ignore time (do-not-call, sticky statuses, tag union, the implicit
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -26,6 +27,8 @@ from contact_sync.contacts.lead_status import (
 )
 from contact_sync.contacts.model import MAX_TAGS, ContactPatch, field_errors, normalise_lead_status
 from contact_sync.contacts.records import Change, Observation, Skip
+from contact_sync.fields.coerce import InvalidValue, coerce
+from contact_sync.fields.definitions import FieldDefinition
 
 PEOPLE = frozenset({"api", "import"})
 CALL_FIELDS = (
@@ -47,6 +50,9 @@ class MergePolicy:
     region: str = "US"
     min_confidence: float = 0.5
     calls_overwrite_people: bool = False
+    # The team's custom-field definitions (docs/design.md §13), loaded once per batch.
+    definitions: Mapping[str, FieldDefinition] = field(default_factory=dict)
+    reject_undefined: bool = False  # the team's ``undefined_custom_fields`` is ``reject``
 
 
 @dataclass
@@ -175,20 +181,42 @@ class _Merge:
         if current is None or (current.source == "call" and not is_newer(self.event, current)):
             self.state.provenance[name] = entry
 
+    def typed(self, key: str, raw: Any) -> tuple[bool, Any]:
+        """``(True, value)`` with the value as its field's type, or ``(False, None)`` and a skip.
+
+        A value that does not convert is skipped (``invalid_value``, the raw value kept),
+        never a dead letter: the rest of the event still applies.
+        """
+        definition = self.policy.definitions.get(key)
+        if definition is None:
+            if self.policy.reject_undefined:
+                self.skip(f"custom_fields.{key}", raw, "undefined_field")
+                return False, None
+            return True, raw
+        try:
+            return True, coerce(definition, raw, region=self.policy.region)
+        except InvalidValue:
+            self.skip(f"custom_fields.{key}", raw, "invalid_value")
+            return False, None
+
     def custom_fields(self, fields: dict[str, ExtractedValue]) -> None:
         for key, extracted in fields.items():
             name = f"custom_fields.{key}"
-            if extracted.value is None:
+            raw = extracted.value
+            if raw is None:
                 continue  # not found in this call: changes nothing
+            ok, value = self.typed(key, raw)
+            if not ok:
+                continue
             if (
                 extracted.confidence is not None
                 and extracted.confidence < self.policy.min_confidence
             ):
-                self.skip(name, extracted.value, "low_confidence")
+                self.skip(name, raw, "low_confidence")
                 continue
             reason = self.refusal(name, has_value=key in self.state.custom_fields)
             if reason is not None:
-                self.skip(name, extracted.value, reason)
+                self.skip(name, raw, reason)
                 continue
             entry = self.seen
             if extracted.confidence is not None or extracted.evidence is not None:
@@ -202,9 +230,10 @@ class _Merge:
                     extracted.evidence,
                 )
             old = self.state.custom_fields.get(key)
-            if old != extracted.value:
-                self.state.custom_fields[key] = extracted.value
-                self.changes.append(Change(name, old, extracted.value))
+            if old != value:
+                self.state.custom_fields[key] = value
+                coerced = type(raw) is not type(value) or raw != value
+                self.changes.append(Change(name, old, value, raw=raw if coerced else None))
             self.state.provenance[name] = entry
 
     def standard_fields(self, contact: ExtractedContact) -> None:

@@ -24,6 +24,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from contact_sync.accounts.teams import create_team, issue_api_key
 from contact_sync.cli.events import BrokerUnreachable, add_event_commands, port_number
+from contact_sync.cli.fields import add_field_commands
 from contact_sync.cli.keys import add_key_commands, add_team_commands
 from contact_sync.cli.policy import add_policy_commands
 from contact_sync.contacts.query import ContactQuery, list_contacts
@@ -199,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.set_defaults(func=cmd_teams_create)
     add_team_commands(teams_sub)
     add_key_commands(sub)
+    add_field_commands(sub)
 
     contacts = sub.add_parser("contacts", help="read contacts")
     contacts_sub = contacts.add_subparsers(dest="contacts_command", required=True, metavar="ACTION")

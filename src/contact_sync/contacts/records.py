@@ -42,12 +42,14 @@ class Observation:
 @dataclass(frozen=True, slots=True)
 class Change:
     """One field's value before and after a write; ``reason`` says why when it is not the
-    writer's own value (a do-not-call forced by the suppression list)."""
+    writer's own value (a do-not-call forced by the suppression list); ``raw`` is the value
+    as received when coercion to the field's type changed it (``"$7.5k"`` stored as 7500)."""
 
     field: str
     old: Any
     new: Any
     reason: str | None = None
+    raw: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +125,8 @@ def change_json(change: Change) -> Json:
     entry: Json = {"field": change.field, "old": change.old, "new": change.new}
     if change.reason is not None:
         entry["reason"] = change.reason
+    if change.raw is not None:
+        entry["raw"] = change.raw
     return entry
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, func, select
 
-from contact_sync.accounts.teams import get_team
+from contact_sync.accounts.teams import Team, get_team
 from contact_sync.clock import utcnow
 from contact_sync.contacts import writer as contact_writer
 from contact_sync.contacts.companies import check_company
@@ -31,6 +31,8 @@ from contact_sync.contacts.suppression import SUPPRESSED, is_suppressed, suppres
 from contact_sync.contacts.writer import ContactInsert, ContactUpdate, HistoryRecord
 from contact_sync.db.tables import contact_history, contacts
 from contact_sync.errors import ContactNotFound, ForbiddenTeam, StaleVersion, ValidationFailed
+from contact_sync.fields.coerce import coerce_fields
+from contact_sync.fields.store import definitions_for
 from contact_sync.ids import new_id
 from contact_sync.ops.dead_letters import Subject, erase_naming
 
@@ -118,12 +120,29 @@ def _record(
     )
 
 
+def _typed(conn: Connection, team: Team, values: dict[str, Any]) -> dict[str, Any]:
+    """A person's custom fields as their defined types (docs/design.md §13).
+
+    A value that does not convert, or with the team's ``reject`` setting a key
+    without a definition, is 422 naming ``custom_fields.KEY``.
+    """
+    definitions = definitions_for(conn, team_id=team.id, keys=list(values))
+    return coerce_fields(
+        values,
+        definitions,
+        region=team.default_region,
+        reject_undefined=team.undefined_custom_fields == "reject",
+    )
+
+
 def _fields_to_create(conn: Connection, *, team_id: str, data: dict[str, Any]) -> ContactCreate:
     """The validated body of a create, checked against the team and its companies."""
     team = get_team(conn, team_id=team_id)
     body = parse_create(data, region=team.default_region)
     if body.team_id is not None and body.team_id != team_id:
         raise ForbiddenTeam("teamId does not match this team")
+    if body.custom_fields:
+        body = body.model_copy(update={"custom_fields": _typed(conn, team, body.custom_fields)})
     if body.company_id is not None:
         check_company(conn, team_id=team_id, company_id=body.company_id)
     return body
@@ -264,6 +283,8 @@ def update_contact(
     patch = parse_patch(data, region=team.default_region)
     expected = expected_version if expected_version is not None else patch.version
     updates = patch.changes()
+    if updates.get("custom_fields"):
+        updates["custom_fields"] = _typed(conn, team, updates["custom_fields"])
     row = _load(conn, team_id=team_id, contact_id=contact_id, lock=True)
     if expected is not None and expected != row.version:
         raise StaleVersion(row.version)

@@ -33,6 +33,8 @@ teams = Table(
     Column("default_region", String(2), nullable=False),
     Column("calls_overwrite_people", Boolean, nullable=False),
     Column("min_confidence", Float, nullable=True),
+    # Custom-field keys without a definition: "accept" (stored untyped) or "reject".
+    Column("undefined_custom_fields", String(8), nullable=False, server_default="accept"),
     Column("created_at", UTCDateTime, nullable=False),
     # The team's secret for suppression hashes (suppression.py); made on first use.
     Column("suppression_key", String(64), nullable=True),
@@ -153,6 +155,22 @@ calling_policy_changes = Table(
     Column("changed_by", String(100)),
     Column("old", JsonDocument, nullable=False),
     Column("new", JsonDocument, nullable=False),
+)
+
+# A team's custom-field definitions (docs/design.md §13); ``spec`` holds the
+# constraints (options, min, max, pattern) as fields/definitions.py writes them.
+custom_field_definitions = Table(
+    "custom_field_definitions",
+    metadata,
+    Column("team_id", String(36), ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("label", String(100), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("description", Text),
+    Column("spec", JsonDocument, nullable=False),
+    Column("ai_extractable", Boolean, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
 )
 
 # Keyed by team and event id: one team's id never swallows another team's event.
