@@ -173,9 +173,13 @@ class Provenance(Mapping[str, Observation]):
         """The stored form: entries as read stay as read (same place, same text), observations
         set since are encoded (a new field's goes last, as in a dict)."""
         entries = dict(self._stored)  # the entries themselves are shared, never mutated
+        encoded: dict[int, Json] = {}  # a call's one observation is set on many fields
         for name, seen in self._set.items():
             if seen is not self._decoded.get(name):  # not the very observation read
-                entries[name] = observation_json(seen)
+                entry = encoded.get(id(seen))
+                if entry is None:
+                    entry = encoded[id(seen)] = observation_json(seen)
+                entries[name] = entry
         return entries
 
 
