@@ -15,25 +15,13 @@ from typing import Any
 
 from celery import Celery
 
-from contact_sync.worker.celery_app import event_queues, uses_amqp
+from contact_sync.worker.celery_app import delivery_options, event_queues, uses_amqp
 
-QUEUE = "contact_sync.events"
 TASK_NOOP = "bench.noop"
 
 app = Celery("bench_noop", broker=os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/11"))
-app.conf.update(
-    task_serializer="json",
-    accept_content=["json"],
-    task_ignore_result=True,
-    result_backend=None,
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=int(os.environ.get("BENCH_PREFETCH", "4")),
-    task_default_queue=QUEUE,
-    broker_connection_retry_on_startup=True,
-    worker_send_task_events=False,
-    task_send_sent_event=False,
-)
+# The worker's own delivery settings and queue (JSON only, acks_late, no results, no events).
+app.conf.update(delivery_options(int(os.environ.get("BENCH_PREFETCH", "4"))))
 if uses_amqp(app.conf.broker_url):
     # The project's quorum queue, declared exactly as its worker and publishers declare it.
     app.conf.update(task_queues=event_queues())

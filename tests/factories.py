@@ -56,7 +56,7 @@ Database = Engine | Connection
 
 
 @contextmanager
-def _writing(db: Database) -> Iterator[Connection]:
+def writing(db: Database) -> Iterator[Connection]:
     if isinstance(db, Connection):
         with db.begin_nested():
             yield db
@@ -67,13 +67,13 @@ def _writing(db: Database) -> Iterator[Connection]:
 
 def make_team(db: Database, name: str | None = None, **options: Any) -> Team:
     """A team (US unless ``region`` says otherwise); a unique name unless one is given."""
-    with _writing(db) as conn:
+    with writing(db) as conn:
         return create_team(conn, name=name or f"Team {uuid.uuid4().hex[:8]}", **options)
 
 
 def make_key(db: Database, team_id: str, *, scope: str = "write") -> IssuedKey:
     """An API key of the team (``scope`` ``read`` or ``write``)."""
-    with _writing(db) as conn:
+    with writing(db) as conn:
         return issue_api_key(conn, team_id=team_id, scope=scope)
 
 
@@ -82,13 +82,23 @@ def make_contact(db: Database, team_id: str, **fields: Any) -> Any:
     from contact_sync.contacts.store import create_contact
 
     data: dict[str, Any] = {"first_name": "Ada", "last_name": "Lovelace", **fields}
-    with _writing(db) as conn:
+    with writing(db) as conn:
         return create_contact(conn, team_id=team_id, data=data)
 
 
-def contact_row(engine: Engine, contact_id: str) -> Any:
+@contextmanager
+def reading(db: Database) -> Iterator[Connection]:
+    """A connection to read with: the test's own (``conn``), or a new one of the engine."""
+    if isinstance(db, Connection):
+        yield db
+        return
+    with db.connect() as conn:
+        yield conn
+
+
+def contact_row(db: Database, contact_id: str) -> Any:
     """The stored contact row (with provenance and version)."""
-    with engine.connect() as conn:
+    with reading(db) as conn:
         return conn.execute(select(contacts).where(contacts.c.id == contact_id)).one()
 
 

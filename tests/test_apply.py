@@ -1,7 +1,9 @@
 """The apply service called directly, no Celery (docs/design.md §3–§6).
 
-Runs on PostgreSQL and SQLite (the ``engine`` fixture); the concurrency test
-that relies on PostgreSQL's locks runs there only.
+Runs on PostgreSQL and SQLite. A test that applies and reads through one connection
+uses ``conn`` (rolled back after it: nothing to empty); the CLI replay and the concurrency
+tests, where several connections or processes write, use ``engine``; the one that relies on
+PostgreSQL's locks runs there only.
 """
 
 from __future__ import annotations
@@ -17,24 +19,46 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Connection, Engine, func, select, text
 
 from contact_sync.accounts.teams import Team
 from contact_sync.calls.apply import STATE_FIELDS, Outcome, apply_payloads
 from contact_sync.contacts.store import update_contact
 from contact_sync.db.tables import contact_history, contacts, dead_letters, processed_events
-from tests.factories import call_event, contact_row, make_contact, merged_in_time_order
+from tests.factories import (
+    Database,
+    call_event,
+    contact_row,
+    make_contact,
+    make_team,
+    merged_in_time_order,
+    reading,
+    writing,
+)
 
 
-def apply(engine: Engine, *payloads: Any) -> list[Outcome]:
-    """Apply payloads in a transaction of their own, as the worker's task does."""
-    with engine.begin() as conn:
+def apply(db: Database, *payloads: Any) -> list[Outcome]:
+    """Apply payloads in a transaction of their own (a savepoint on ``conn``), as the worker's
+    task does."""
+    with writing(db) as conn:
         return apply_payloads(conn, list(payloads))
 
 
-def call_history(engine: Engine, contact_id: str) -> list[Any]:
+@pytest.fixture
+def acme(conn: Connection) -> Team:
+    """A US team made on the test's connection."""
+    return make_team(conn, "Acme Solar")
+
+
+@pytest.fixture
+def rival(conn: Connection) -> Team:
+    """A second team on the test's connection, for isolation checks."""
+    return make_team(conn, "Rival Roofing")
+
+
+def call_history(db: Database, contact_id: str) -> list[Any]:
     """The contact's history records written by calls, oldest version first."""
-    with engine.connect() as conn:
+    with reading(db) as conn:
         return list(
             conn.execute(
                 select(contact_history)
@@ -46,18 +70,18 @@ def call_history(engine: Engine, contact_id: str) -> list[Any]:
         )
 
 
-def all_rows(engine: Engine, table: Any) -> list[Any]:
-    with engine.connect() as conn:
+def all_rows(db: Database, table: Any) -> list[Any]:
+    with reading(db) as conn:
         return list(conn.execute(select(table)))
 
 
-def count(engine: Engine, table: Any) -> int:
-    with engine.connect() as conn:
+def count(db: Database, table: Any) -> int:
+    with reading(db) as conn:
         return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
 
 
-def inbox(engine: Engine, event_id: str) -> Any:
-    with engine.connect() as conn:
+def inbox(db: Database, event_id: str) -> Any:
+    with reading(db) as conn:
         return conn.execute(
             select(processed_events).where(processed_events.c.event_id == event_id)
         ).one_or_none()
@@ -93,15 +117,15 @@ FULL_EXTRACTION: dict[str, Any] = {
 
 
 def test_an_event_by_contact_id_changes_the_contact_once_with_one_history_record(
-    engine: Engine, team: Team
+    conn: Connection, acme: Team
 ) -> None:
-    contact = make_contact(engine, team.id, phone="+12025551234")
-    event = call_event(team.id, contact_id=contact.id, extraction=FULL_EXTRACTION)
+    contact = make_contact(conn, acme.id, phone="+12025551234")
+    event = call_event(acme.id, contact_id=contact.id, extraction=FULL_EXTRACTION)
 
-    [outcome] = apply(engine, event)
+    [outcome] = apply(conn, event)
 
     assert (outcome.outcome, outcome.contact_id, outcome.version) == ("applied", contact.id, 2)
-    row = contact_row(engine, contact.id)
+    row = contact_row(conn, contact.id)
     assert row.custom_fields == {"budget": 50000, "product_interest": "solar"}
     assert (row.email, row.job_title, row.lead_status) == ("ada@example.com", "CTO", "qualified")
     assert row.tags == ["hot-lead"]
@@ -109,7 +133,7 @@ def test_an_event_by_contact_id_changes_the_contact_once_with_one_history_record
     assert row.version == 2
     assert row.provenance["custom_fields.budget"]["confidence"] == 0.92
     assert row.provenance["custom_fields.budget"]["event_id"] == event["event_id"]
-    [record] = call_history(engine, contact.id)
+    [record] = call_history(conn, contact.id)
     assert (record.event_id, record.call_id) == (event["event_id"], event["call_id"])
     assert (record.version_before, record.version_after) == (1, 2)
     assert record.summary == FULL_EXTRACTION["summary"]
@@ -118,56 +142,56 @@ def test_an_event_by_contact_id_changes_the_contact_once_with_one_history_record
         changed
     )
     assert "custom_fields.callback_day" not in changed  # null changes nothing
-    claimed = inbox(engine, event["event_id"])
+    claimed = inbox(conn, event["event_id"])
     assert (claimed.outcome, claimed.contact_id) == ("applied", contact.id)
 
 
 def test_an_event_by_phone_in_national_format_finds_the_contact_by_either_number(
-    engine: Engine, team: Team
+    conn: Connection, acme: Team
 ) -> None:
-    ada = make_contact(engine, team.id, phone="+12025551234")
-    bob = make_contact(engine, team.id, first_name="Bob", phone_secondary="+12025550143")
-    to_ada = call_event(team.id, phone="(202) 555-1234", extraction={"tags": ["a"]})
-    to_bob = call_event(team.id, phone="202.555.0143", extraction={"tags": ["b"]})
+    ada = make_contact(conn, acme.id, phone="+12025551234")
+    bob = make_contact(conn, acme.id, first_name="Bob", phone_secondary="+12025550143")
+    to_ada = call_event(acme.id, phone="(202) 555-1234", extraction={"tags": ["a"]})
+    to_bob = call_event(acme.id, phone="202.555.0143", extraction={"tags": ["b"]})
 
-    outcomes = apply(engine, to_ada, to_bob)
+    outcomes = apply(conn, to_ada, to_bob)
 
     assert [(o.outcome, o.contact_id) for o in outcomes] == [
         ("applied", ada.id),
         ("applied", bob.id),
     ]
-    assert contact_row(engine, ada.id).tags == ["a"]
-    assert contact_row(engine, bob.id).tags == ["b"]
-    assert count(engine, contacts) == 2  # found, not created
+    assert contact_row(conn, ada.id).tags == ["a"]
+    assert contact_row(conn, bob.id).tags == ["b"]
+    assert count(conn, contacts) == 2  # found, not created
 
 
-def test_the_same_event_three_times_changes_the_contact_once(engine: Engine, team: Team) -> None:
-    contact = make_contact(engine, team.id)
-    event = call_event(team.id, contact_id=contact.id, extraction=FULL_EXTRACTION)
+def test_the_same_event_three_times_changes_the_contact_once(conn: Connection, acme: Team) -> None:
+    contact = make_contact(conn, acme.id)
+    event = call_event(acme.id, contact_id=contact.id, extraction=FULL_EXTRACTION)
 
-    outcomes = [apply(engine, event)[0].outcome for _ in range(3)]
+    outcomes = [apply(conn, event)[0].outcome for _ in range(3)]
 
     assert outcomes == ["applied", "duplicate", "duplicate"]
-    assert contact_row(engine, contact.id).version == 2
-    assert len(call_history(engine, contact.id)) == 1
-    assert count(engine, processed_events) == 1
+    assert contact_row(conn, contact.id).version == 2
+    assert len(call_history(conn, contact.id)) == 1
+    assert count(conn, processed_events) == 1
 
 
 def test_the_same_event_three_times_in_one_batch_changes_the_contact_once(
-    engine: Engine, team: Team
+    conn: Connection, acme: Team
 ) -> None:
-    contact = make_contact(engine, team.id)
-    event = call_event(team.id, contact_id=contact.id, extraction=FULL_EXTRACTION)
+    contact = make_contact(conn, acme.id)
+    event = call_event(acme.id, contact_id=contact.id, extraction=FULL_EXTRACTION)
 
-    outcomes = apply(engine, event, dict(event), dict(event))
+    outcomes = apply(conn, event, dict(event), dict(event))
 
     assert sorted(o.outcome for o in outcomes) == ["applied", "duplicate", "duplicate"]
-    assert contact_row(engine, contact.id).version == 2
-    assert len(call_history(engine, contact.id)) == 1
+    assert contact_row(conn, contact.id).version == 2
+    assert len(call_history(conn, contact.id)) == 1
 
 
 def test_an_older_event_delivered_after_a_newer_one_does_not_overwrite_it(
-    engine: Engine, team: Team
+    conn: Connection, acme: Team
 ) -> None:
     def older(contact_id: str) -> dict[str, Any]:
         extraction = {
@@ -175,7 +199,7 @@ def test_an_older_event_delivered_after_a_newer_one_does_not_overwrite_it(
             "contact": {"job_title": "Owner"},
             "lead_status": "qualified",
         }
-        return call_event(team.id, minutes=0, contact_id=contact_id, extraction=extraction)
+        return call_event(acme.id, minutes=0, contact_id=contact_id, extraction=extraction)
 
     def newer(contact_id: str) -> dict[str, Any]:
         extraction = {
@@ -183,29 +207,29 @@ def test_an_older_event_delivered_after_a_newer_one_does_not_overwrite_it(
             "contact": {"job_title": "CTO"},
             "lead_status": "unqualified",
         }
-        return call_event(team.id, minutes=10, contact_id=contact_id, extraction=extraction)
+        return call_event(acme.id, minutes=10, contact_id=contact_id, extraction=extraction)
 
-    late = make_contact(engine, team.id)
-    in_order = make_contact(engine, team.id, first_name="Bob")
+    late = make_contact(conn, acme.id)
+    in_order = make_contact(conn, acme.id, first_name="Bob")
 
-    newest_first = [o.outcome for o in apply(engine, newer(late.id))]
-    newest_first += [o.outcome for o in apply(engine, older(late.id))]
-    apply(engine, older(in_order.id))
-    apply(engine, newer(in_order.id))
+    newest_first = [o.outcome for o in apply(conn, newer(late.id))]
+    newest_first += [o.outcome for o in apply(conn, older(late.id))]
+    apply(conn, older(in_order.id))
+    apply(conn, newer(in_order.id))
 
     assert newest_first == ["applied", "no_change"]
-    row = contact_row(engine, late.id)
+    row = contact_row(conn, late.id)
     assert (row.custom_fields, row.job_title, row.lead_status) == (
         {"budget": 2},
         "CTO",
         "unqualified",
     )
     assert row.version == 2
-    reference = contact_row(engine, in_order.id)
+    reference = contact_row(conn, in_order.id)
     assert {n: getattr(row, n) for n in STATE_FIELDS if n != "first_name"} == {
         n: getattr(reference, n) for n in STATE_FIELDS if n != "first_name"
     }
-    late_record = call_history(engine, late.id)[-1]
+    late_record = call_history(conn, late.id)[-1]
     assert (late_record.version_before, late_record.version_after) == (2, 2)
     assert late_record.changes == []
     skipped = {item["field"]: item["reason"] for item in late_record.skipped}
@@ -217,28 +241,28 @@ def test_an_older_event_delivered_after_a_newer_one_does_not_overwrite_it(
 
 
 def test_an_unknown_number_creates_an_inbound_call_contact_found_by_later_calls(
-    engine: Engine, team: Team
+    conn: Connection, acme: Team
 ) -> None:
     named = call_event(
-        team.id,
+        acme.id,
         phone="(202) 555-0199",
         extraction={
             "contact": {"first_name": "Grace", "last_name": "Hopper"},
             "custom_fields": {"budget": 9000},
         },
     )
-    anonymous = call_event(team.id, phone="+1 202 555 0177", outcome="voicemail")
-    follow_up = call_event(team.id, minutes=5, phone="+12025550199", extraction={"tags": ["x"]})
+    anonymous = call_event(acme.id, phone="+1 202 555 0177", outcome="voicemail")
+    follow_up = call_event(acme.id, minutes=5, phone="+12025550199", extraction={"tags": ["x"]})
 
-    [created, unnamed] = apply(engine, named, anonymous)
-    [followed] = apply(engine, follow_up)
+    [created, unnamed] = apply(conn, named, anonymous)
+    [followed] = apply(conn, follow_up)
 
     assert (created.outcome, created.version) == ("applied", 1)
-    row = contact_row(engine, created.contact_id)
+    row = contact_row(conn, created.contact_id)
     assert (row.first_name, row.last_name, row.phone) == ("Grace", "Hopper", "+12025550199")
-    assert (row.source, row.team_id) == ("inbound-call", team.id)
+    assert (row.source, row.team_id) == ("inbound-call", acme.id)
     assert row.custom_fields == {"budget": 9000}
-    unknown = contact_row(engine, unnamed.contact_id)
+    unknown = contact_row(conn, unnamed.contact_id)
     assert (unknown.first_name, unknown.last_name, unknown.phone) == (
         "Unknown",
         "Unknown",
@@ -246,95 +270,93 @@ def test_an_unknown_number_creates_an_inbound_call_contact_found_by_later_calls(
     )
     assert unknown.source == "inbound-call"
     assert followed.contact_id == created.contact_id
-    assert count(engine, contacts) == 2
-    first = call_history(engine, created.contact_id)[0]
+    assert count(conn, contacts) == 2
+    first = call_history(conn, created.contact_id)[0]
     assert (first.version_before, first.version_after) == (None, 1)
     assert first.event_id == named["event_id"]
     assert {"field": "phone", "old": None, "new": "+12025550199"} in first.changes
 
 
-def test_an_event_within_the_future_tolerance_applies(engine: Engine, team: Team) -> None:
-    contact = make_contact(engine, team.id)
+def test_an_event_within_the_future_tolerance_applies(conn: Connection, acme: Team) -> None:
+    contact = make_contact(conn, acme.id)
     soon = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
-    event = call_event(team.id, contact_id=contact.id, occurred_at=soon, extraction={"tags": ["s"]})
+    event = call_event(acme.id, contact_id=contact.id, occurred_at=soon, extraction={"tags": ["s"]})
 
-    assert [o.outcome for o in apply(engine, event)] == ["applied"]
+    assert [o.outcome for o in apply(conn, event)] == ["applied"]
 
 
 # --- dead letters -------------------------------------------------------------------
 
 
-def only_dead_letter(engine: Engine) -> Any:
-    [letter] = all_rows(engine, dead_letters)
+def only_dead_letter(conn: Connection) -> Any:
+    [letter] = all_rows(conn, dead_letters)
     return letter
 
 
 def test_an_unknown_contact_id_is_dead_lettered_as_contact_not_found(
-    engine: Engine, team: Team
+    conn: Connection, acme: Team
 ) -> None:
-    event = call_event(team.id, contact_id="ct_does_not_exist", extraction=FULL_EXTRACTION)
+    event = call_event(acme.id, contact_id="ct_does_not_exist", extraction=FULL_EXTRACTION)
 
-    [outcome] = apply(engine, event)
+    [outcome] = apply(conn, event)
 
     assert (outcome.outcome, outcome.reason) == ("dead_lettered", "contact_not_found")
-    letter = only_dead_letter(engine)
+    letter = only_dead_letter(conn)
     assert (letter.reason, letter.event_id, letter.team_id) == (
         "contact_not_found",
         event["event_id"],
-        team.id,
+        acme.id,
     )
     assert letter.payload == event
     assert (letter.attempts, letter.replayed_at) == (1, None)
     assert "ct_does_not_exist" in letter.message
-    assert inbox(engine, event["event_id"]).outcome == "dead_lettered"
-    assert count(engine, contacts) == 0
+    assert inbox(conn, event["event_id"]).outcome == "dead_lettered"
+    assert count(conn, contacts) == 0
 
 
-def test_a_contact_of_another_team_is_never_used(
-    engine: Engine, team: Team, other_team: Team
-) -> None:
-    theirs = make_contact(engine, other_team.id, phone="+12025551234")
-    by_id = call_event(team.id, contact_id=theirs.id, extraction=FULL_EXTRACTION)
-    by_phone = call_event(team.id, phone="+12025551234", extraction=FULL_EXTRACTION)
+def test_a_contact_of_another_team_is_never_used(conn: Connection, acme: Team, rival: Team) -> None:
+    theirs = make_contact(conn, rival.id, phone="+12025551234")
+    by_id = call_event(acme.id, contact_id=theirs.id, extraction=FULL_EXTRACTION)
+    by_phone = call_event(acme.id, phone="+12025551234", extraction=FULL_EXTRACTION)
 
-    outcomes = apply(engine, by_id, by_phone)
+    outcomes = apply(conn, by_id, by_phone)
 
     assert (outcomes[0].outcome, outcomes[0].reason) == ("dead_lettered", "contact_not_found")
     # By phone, the other team's contact is invisible: a contact of this team is created.
     assert outcomes[1].outcome == "applied"
     assert outcomes[1].contact_id != theirs.id
-    untouched = contact_row(engine, theirs.id)
+    untouched = contact_row(conn, theirs.id)
     assert (untouched.version, untouched.custom_fields, untouched.email) == (1, {}, None)
-    assert call_history(engine, theirs.id) == []
-    assert only_dead_letter(engine).payload == by_id
+    assert call_history(conn, theirs.id) == []
+    assert only_dead_letter(conn).payload == by_id
 
 
 def test_an_event_of_an_unknown_team_is_dead_lettered_as_contact_not_found(
-    engine: Engine,
+    conn: Connection,
 ) -> None:
     event = call_event("team_that_does_not_exist", phone="+12025551234")
 
-    [outcome] = apply(engine, event)
+    [outcome] = apply(conn, event)
 
     assert (outcome.outcome, outcome.reason) == ("dead_lettered", "contact_not_found")
-    assert count(engine, contacts) == 0
+    assert count(conn, contacts) == 0
 
 
 def test_a_number_shared_by_two_contacts_is_dead_lettered_as_ambiguous(
-    engine: Engine, team: Team
+    conn: Connection, acme: Team
 ) -> None:
-    ada = make_contact(engine, team.id, phone="+12025551234")
-    bob = make_contact(engine, team.id, first_name="Bob", phone_secondary="+12025551234")
-    event = call_event(team.id, phone="202-555-1234", extraction=FULL_EXTRACTION)
+    ada = make_contact(conn, acme.id, phone="+12025551234")
+    bob = make_contact(conn, acme.id, first_name="Bob", phone_secondary="+12025551234")
+    event = call_event(acme.id, phone="202-555-1234", extraction=FULL_EXTRACTION)
 
-    [outcome] = apply(engine, event)
+    [outcome] = apply(conn, event)
 
     assert (outcome.outcome, outcome.reason) == ("dead_lettered", "ambiguous_contact")
-    assert only_dead_letter(engine).payload == event
+    assert only_dead_letter(conn).payload == event
     for contact in (ada, bob):
-        assert contact_row(engine, contact.id).version == 1
-        assert call_history(engine, contact.id) == []
-    assert count(engine, contacts) == 2
+        assert contact_row(conn, contact.id).version == 1
+        assert call_history(conn, contact.id) == []
+    assert count(conn, contacts) == 2
 
 
 def _without(key: str) -> Any:
@@ -373,27 +395,27 @@ INVALID = {
 
 @pytest.mark.parametrize(("build", "reason"), INVALID.values(), ids=INVALID.keys())
 def test_a_bad_payload_is_dead_lettered_with_its_reason_and_raw_payload(
-    engine: Engine, team: Team, build: Any, reason: str
+    conn: Connection, acme: Team, build: Any, reason: str
 ) -> None:
-    contact = make_contact(engine, team.id, phone="+12025551234")
-    payload = build(team.id)
+    contact = make_contact(conn, acme.id, phone="+12025551234")
+    payload = build(acme.id)
     if isinstance(payload, dict):  # stored exactly: a person reads it to fix the cause
         summary = "Élodie said “call back” 🌞"
         payload.setdefault("extraction", {"summary": summary, "custom_fields": {"n": [1.5, None]}})
 
-    [outcome] = apply(engine, payload)
+    [outcome] = apply(conn, payload)
 
     assert (outcome.outcome, outcome.reason) == ("dead_lettered", reason)
-    letter = only_dead_letter(engine)
+    letter = only_dead_letter(conn)
     assert letter.reason == reason
     assert letter.payload == payload
     assert letter.message
     event_id = payload.get("event_id") if isinstance(payload, dict) else None
     assert letter.event_id == event_id
     if event_id is not None:
-        assert inbox(engine, event_id).outcome == "dead_lettered"
-    assert contact_row(engine, contact.id).version == 1
-    assert call_history(engine, contact.id) == []
+        assert inbox(conn, event_id).outcome == "dead_lettered"
+    assert contact_row(conn, contact.id).version == 1
+    assert call_history(conn, contact.id) == []
 
 
 UNSTORABLE = {
@@ -406,19 +428,19 @@ UNSTORABLE = {
 
 @pytest.mark.parametrize("fields", UNSTORABLE.values(), ids=UNSTORABLE.keys())
 def test_text_no_database_can_store_is_dead_lettered_as_its_json_text(
-    engine: Engine, team: Team, fields: dict[str, Any]
+    conn: Connection, acme: Team, fields: dict[str, Any]
 ) -> None:
     # JSON may carry U+0000 and lone surrogates ("\ud800"); PostgreSQL stores neither.
-    contact = make_contact(engine, team.id, phone="+12025551234")
-    payload = call_event(team.id, phone="+12025551234", **fields)
+    contact = make_contact(conn, acme.id, phone="+12025551234")
+    payload = call_event(acme.id, phone="+12025551234", **fields)
 
-    [outcome] = apply(engine, payload)
+    [outcome] = apply(conn, payload)
 
     assert (outcome.outcome, outcome.reason) == ("dead_lettered", "invalid_payload")
-    letter = only_dead_letter(engine)
+    letter = only_dead_letter(conn)
     assert letter.event_id == payload["event_id"]
     assert json.loads(letter.payload["raw_json"]) == payload
-    assert contact_row(engine, contact.id).version == 1
+    assert contact_row(conn, contact.id).version == 1
 
 
 @pytest.mark.parametrize(
@@ -437,39 +459,39 @@ def test_an_id_no_database_can_store_is_dead_lettered_without_it(
     assert count(pg_engine, dead_letters) == 1
 
 
-def test_one_bad_event_in_a_batch_never_fails_its_batch_mates(engine: Engine, team: Team) -> None:
-    ada = make_contact(engine, team.id)
-    bob = make_contact(engine, team.id, first_name="Bob", phone="+12025551234")
+def test_one_bad_event_in_a_batch_never_fails_its_batch_mates(conn: Connection, acme: Team) -> None:
+    ada = make_contact(conn, acme.id)
+    bob = make_contact(conn, acme.id, first_name="Bob", phone="+12025551234")
     good = [
-        call_event(team.id, contact_id=ada.id, extraction={"tags": ["one"]}),
-        call_event(team.id, minutes=1, contact_id=ada.id, extraction={"tags": ["two"]}),
-        call_event(team.id, phone="(202) 555-1234", extraction={"tags": ["three"]}),
+        call_event(acme.id, contact_id=ada.id, extraction={"tags": ["one"]}),
+        call_event(acme.id, minutes=1, contact_id=ada.id, extraction={"tags": ["two"]}),
+        call_event(acme.id, phone="(202) 555-1234", extraction={"tags": ["three"]}),
     ]
-    bad = call_event(team.id, contact_id=ada.id, outcome="exploded")
+    bad = call_event(acme.id, contact_id=ada.id, outcome="exploded")
 
-    outcomes = apply(engine, good[0], bad, good[1], good[2])
+    outcomes = apply(conn, good[0], bad, good[1], good[2])
 
     assert [o.outcome for o in outcomes] == ["applied", "dead_lettered", "applied", "applied"]
     assert outcomes[1].reason == "invalid_payload"
-    assert sorted(contact_row(engine, ada.id).tags) == ["one", "two"]
-    assert contact_row(engine, bob.id).tags == ["three"]
-    assert sorted(r.event_id for r in call_history(engine, ada.id)) == sorted(
+    assert sorted(contact_row(conn, ada.id).tags) == ["one", "two"]
+    assert contact_row(conn, bob.id).tags == ["three"]
+    assert sorted(r.event_id for r in call_history(conn, ada.id)) == sorted(
         event["event_id"] for event in good[:2]
     )
-    assert only_dead_letter(engine).event_id == bad["event_id"]
+    assert only_dead_letter(conn).event_id == bad["event_id"]
 
 
 def test_a_redelivered_dead_lettered_event_bumps_attempts_instead_of_adding_one(
-    engine: Engine, team: Team
+    conn: Connection, acme: Team
 ) -> None:
-    event = call_event(team.id, contact_id="ct_missing")
+    event = call_event(acme.id, contact_id="ct_missing")
 
-    apply(engine, event)
-    first = only_dead_letter(engine)
-    [again] = apply(engine, event)
+    apply(conn, event)
+    first = only_dead_letter(conn)
+    [again] = apply(conn, event)
 
     assert (again.outcome, again.reason) == ("dead_lettered", "contact_not_found")
-    letter = only_dead_letter(engine)
+    letter = only_dead_letter(conn)
     assert (letter.id, letter.attempts) == (first.id, 2)
     assert letter.first_seen_at == first.first_seen_at
     assert letter.last_seen_at >= first.last_seen_at

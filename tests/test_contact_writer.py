@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, Text, bindparam, cast, select, text
+from sqlalchemy import Connection, Engine, Text, bindparam, cast, select, text, update
 
 from contact_sync.accounts.teams import Team
 from contact_sync.calls.apply import apply_payloads
@@ -25,6 +25,8 @@ from contact_sync.contacts.records import (
     Skip,
     observation_from_json,
     observation_json,
+    provenance_from_json,
+    provenance_json,
 )
 from contact_sync.contacts.store import update_contact as update_by_person
 from contact_sync.contacts.writer import (
@@ -36,7 +38,7 @@ from contact_sync.contacts.writer import (
 )
 from contact_sync.db.tables import contact_history, contacts
 from contact_sync.errors import StaleVersion
-from tests.factories import call_event, contact_row, make_contact
+from tests.factories import call_event, contact_row, make_contact, make_team
 
 AT = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
 CALL = {
@@ -77,6 +79,59 @@ def test_a_call_observation_names_its_event_and_call_a_persons_does_not() -> Non
         "event_id": "evt_1",
         "call_id": "call_1",
     }
+
+
+# A shape the typed observation does not model (keys in another order, a key it does not
+# know), as older versions or a hand repair may have left it.
+LEGACY = {"observed_at": "2026-11-19T10:00:00+00:00", "source": "import", "note": "csv row 7"}
+
+
+def _stored_provenance() -> dict[str, Any]:
+    entries = {f"custom_fields.k{i}": entry for i, entry in enumerate(STORED_OBSERVATIONS)}
+    return {**entries, "email": LEGACY}
+
+
+def test_stored_provenance_is_decoded_where_looked_at_and_otherwise_kept_as_read() -> None:
+    stored = _stored_provenance()
+    provenance = provenance_from_json(stored)
+    assert provenance["custom_fields.k5"] == observation_from_json(STORED_OBSERVATIONS[5])
+    assert provenance.get("job_title") is None
+    assert list(provenance) == list(stored)
+    assert not provenance.changed()
+    assert json.dumps(provenance_json(provenance)) == json.dumps(stored)
+
+    provenance["custom_fields.k0"] = provenance["custom_fields.k0"]  # the same observation
+    assert not provenance.changed()
+    provenance["job_title"] = Observation("api", "2026-11-21T09:00:00+00:00")
+    by_call = Observation("call", "t", "evt_9", "call_9")
+    provenance["custom_fields.k1"] = by_call
+    assert provenance.changed()
+    again = provenance_json(provenance)
+    assert list(again) == [*stored, "job_title"]  # a replaced entry keeps its place
+    assert again["custom_fields.k1"] == observation_json(by_call)
+    assert again["email"] == LEGACY
+    assert stored == _stored_provenance()  # the row as read is never changed
+
+
+def test_an_event_writes_back_the_observations_it_did_not_replace_as_they_were_stored(
+    conn: Connection,
+) -> None:
+    team = make_team(conn)
+    created = make_contact(conn, team.id, phone="+12025550143")
+    stored = _stored_provenance()
+    conn.execute(update(contacts).where(contacts.c.id == created.id).values(provenance=stored))
+    event = call_event(
+        team.id,
+        contact_id=created.id,
+        outcome="voicemail",
+        extraction={"contact": {"job_title": "CTO"}},
+    )
+    [outcome] = apply_payloads(conn, [event])
+    assert (outcome.outcome, outcome.version) == ("applied", 2)
+    text_after = stored_text(conn, contacts.c.provenance, created.id)
+    job_title = json.loads(text_after)["job_title"]
+    assert job_title["event_id"] == event["event_id"]
+    assert text_after == as_stored(conn, {**stored, "job_title": job_title})
 
 
 def stored_text(conn: Connection, column: Any, row_id: str) -> str:

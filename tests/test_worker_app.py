@@ -77,3 +77,35 @@ def test_the_queue_and_task_names_are_the_published_contract() -> None:
     assert f"**`{QUEUE}`**" in contract
     assert TASK_APPLY in contract
     assert TASK_APPLY_BATCH in contract
+
+
+@pytest.mark.parametrize("module", ["_noop_tasks", "_naive_tasks"])
+def test_the_benchmarks_peer_apps_take_the_workers_queue_and_delivery_settings(
+    module: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ceiling and naive peers of bench/worker_throughput.py differ from the worker only by
+    their task: a change of the queue or of how messages are taken reaches them."""
+    import importlib
+
+    from contact_sync.worker import celery_app
+
+    # A renamed queue (as if the contract changed) must reach the peers without editing them.
+    monkeypatch.setattr(celery_app, "QUEUE", "contact_sync.events.renamed")
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    monkeypatch.setenv("BENCH_PREFETCH", "16")
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    peer = importlib.import_module(module).app
+    worker = create_app(Settings(worker_prefetch_multiplier=16))
+    for name in (
+        "task_serializer",
+        "accept_content",
+        "task_ignore_result",
+        "task_acks_late",
+        "task_reject_on_worker_lost",
+        "worker_prefetch_multiplier",
+        "task_default_queue",
+        "worker_send_task_events",
+        "task_send_sent_event",
+    ):
+        assert peer.conf[name] == worker.conf[name], name
+    assert peer.conf.task_default_queue == "contact_sync.events.renamed"

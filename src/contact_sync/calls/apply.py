@@ -51,7 +51,7 @@ from contact_sync.clock import utcnow
 from contact_sync.contacts import suppression
 from contact_sync.contacts import writer as contact_writer
 from contact_sync.contacts.model import ContactPatch
-from contact_sync.contacts.records import Change, Observation, provenance_from_json
+from contact_sync.contacts.records import Change, Observation, Provenance, provenance_from_json
 from contact_sync.contacts.suppression import SUPPRESSED
 from contact_sync.contacts.writer import ContactInsert, ContactUpdate, HistoryRecord
 from contact_sync.db.tables import processed_events, teams
@@ -94,7 +94,6 @@ class _Contact:
     state: ContactState
     version: int
     row: Row[Any] | None  # None for a contact this batch creates
-    read: dict[str, Observation] = field(default_factory=dict)  # the provenance as read
     phone: str | None = None
     suppressed: bool = False  # a new contact whose number is on the suppression list
     events: list[CallCompleted] = field(default_factory=list)
@@ -102,13 +101,12 @@ class _Contact:
 
 
 def _stored(row: Row[Any]) -> _Contact:
-    read = provenance_from_json(row.provenance)
     values = {name: getattr(row, name) for name in STATE_FIELDS}
     state = ContactState(
         **{**values, "custom_fields": dict(row.custom_fields), "tags": list(row.tags)},
-        provenance=read,
+        provenance=provenance_from_json(row.provenance),
     )
-    return _Contact(row.id, row.team_id, state, row.version, row, read)
+    return _Contact(row.id, row.team_id, state, row.version, row)
 
 
 def _placeholder_name(event: CallCompleted, name: str) -> str:
@@ -127,7 +125,7 @@ def _created_by(event: CallCompleted, found: NewContact, blocked: bool, now: dat
     """A contact the event creates, named by its extraction where it can be."""
     seen = observation(event)
     # Placeholder names carry no provenance, so any call may fill them.
-    provenance = {"phone": seen, "source": seen}
+    provenance = Provenance({"phone": seen, "source": seen})
     if blocked:
         # Not a call's observation: no call's do_not_call may replace it.
         provenance["do_not_call"] = Observation("suppression", now.isoformat())
@@ -223,7 +221,7 @@ def _insert(target: _Contact, now: datetime) -> ContactInsert:
 
 def _update(target: _Contact, row: Row[Any], now: datetime) -> ContactUpdate | None:
     changed = target.version != row.version
-    if not changed and target.state.provenance == target.read:
+    if not changed and not target.state.provenance.changed():
         return None  # nothing new, not even a newer observation of a value
     return ContactUpdate(
         contact_id=target.id,

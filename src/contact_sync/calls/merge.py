@@ -26,7 +26,7 @@ from contact_sync.contacts.lead_status import (
     is_sticky,
 )
 from contact_sync.contacts.model import MAX_TAGS, ContactPatch, field_errors, normalise_lead_status
-from contact_sync.contacts.records import Change, Observation, Skip
+from contact_sync.contacts.records import Change, Observation, Provenance, Skip
 from contact_sync.fields.coerce import InvalidValue, coerce
 from contact_sync.fields.definitions import FieldDefinition
 
@@ -60,7 +60,8 @@ class ContactState:
     """The mergeable part of a contact and the provenance of each value.
 
     ``provenance`` maps a field (``email``, ``custom_fields.budget``,
-    ``tag:hot-lead``) to the observation of its current value.
+    ``tag:hot-lead``) to the observation of its current value; a plain
+    mapping given is wrapped (stored JSON is read with ``provenance_from_json``).
     """
 
     first_name: str
@@ -74,7 +75,11 @@ class ContactState:
     do_not_call: bool = False
     custom_fields: dict[str, Any] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
-    provenance: dict[str, Observation] = field(default_factory=dict)
+    provenance: Provenance = field(default_factory=Provenance)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.provenance, Provenance):
+            self.provenance = Provenance(self.provenance)
 
     def copy(self) -> ContactState:
         """A copy with new containers, so the merge never mutates its input.
@@ -87,7 +92,7 @@ class ContactState:
             self,
             custom_fields=dict(self.custom_fields),
             tags=list(self.tags),
-            provenance=dict(self.provenance),
+            provenance=self.provenance.copy(),
         )
 
 
@@ -334,7 +339,7 @@ class _Merge:
             self.changes.append(Change("tags", before, list(self.state.tags)))
 
 
-def _order_tags(tags: list[str], provenance: dict[str, Observation]) -> list[str]:
+def _order_tags(tags: list[str], provenance: Provenance) -> list[str]:
     # People's tags keep their order; tags from calls follow, sorted by name:
     # an order no delivery order can change, so a late call never reorders.
     people = [t for t in tags if TAG_PREFIX + t not in provenance]

@@ -175,6 +175,28 @@ def _transport_options(celery: Celery, settings: Settings) -> dict[str, Any]:
     return {}
 
 
+def delivery_options(prefetch_multiplier: int) -> dict[str, Any]:
+    """How the worker takes, acknowledges and reports its messages (JSON only, late
+    acknowledgement, no results, no events) on ``QUEUE``: the Celery settings of the contract.
+
+    The benchmark's peer apps (``bench/_noop_tasks.py``, ``bench/_naive_tasks.py``) use them
+    too, so that they differ from the worker only by what their task does.
+    """
+    return {
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": prefetch_multiplier,
+        "task_default_queue": QUEUE,
+        "broker_connection_retry_on_startup": True,
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
+    }
+
+
 def create_app(settings: Settings) -> Celery:
     """The one way to build the Celery app: from ``settings``, with the two tasks registered.
 
@@ -191,21 +213,11 @@ def create_app(settings: Settings) -> Celery:
     )
     transport_options = _transport_options(celery, settings)
     celery.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
+        **delivery_options(settings.worker_prefetch_multiplier),
         result_serializer="json",
-        task_ignore_result=True,
-        result_backend=None,
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=settings.worker_prefetch_multiplier,
         broker_transport_options=transport_options,
-        task_default_queue=QUEUE,
         task_routes={TASK_APPLY: {"queue": QUEUE}, TASK_APPLY_BATCH: {"queue": QUEUE}},
-        broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
-        task_send_sent_event=False,
         # Remote control (inspect, revoke, shutdown, ...) is consumed from the broker,
         # where any publisher can broadcast: off unless ops opt in (README, "Security").
         worker_enable_remote_control=settings.worker_remote_control,
