@@ -139,6 +139,7 @@ PURE_DOMAIN = (
     "contacts/records.py",
     "calls/events.py",
     "calls/merge.py",
+    "calls/ledger.py",
     "scheduling/numbers.py",
     "scheduling/policy.py",
 )

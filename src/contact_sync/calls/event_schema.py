@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from contact_sync.calls.events import (
+    DIRECTIONS,
     FUTURE_TOLERANCE,
     MAX_CONTACT_FIELD_NAME_LENGTH,
     MAX_DURATION_SECONDS,
@@ -33,7 +34,6 @@ from contact_sync.calls.events import (
     MAX_SUMMARY_LENGTH,
     MAX_TAG_LENGTH,
     MAX_TEXT_LENGTH,
-    DIRECTIONS,
     OUTCOMES,
     SCHEMA_VERSION,
     ExtractedContact,

@@ -25,7 +25,6 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-
 from pydantic_core import PydanticCustomError
 
 from contact_sync.contacts.model import (
