@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine, select, text
 
 from contact_sync.accounts.teams import IssuedKey, Team, create_team, issue_api_key
 from contact_sync.calls.apply import Outcome, apply_payloads
-from contact_sync.db.tables import contacts, metadata
+from contact_sync.db.tables import calls, contacts, metadata
 from contact_sync.db.unit_of_work import unit_of_work
 
 # --- call events (apply service, worker, API and bench) --------------------------
@@ -100,6 +100,15 @@ def contact_row(db: Database, contact_id: str) -> Any:
     """The stored contact row (with provenance and version)."""
     with reading(db) as conn:
         return conn.execute(select(contacts).where(contacts.c.id == contact_id)).one()
+
+
+def call_rows(db: Database, team_id: str) -> list[Any]:
+    """The team's rows of the calls ledger, by call id."""
+    stmt = select(calls).where(calls.c.team_id == team_id).order_by(calls.c.call_id)
+    if isinstance(db, Connection):
+        return list(db.execute(stmt))
+    with db.connect() as conn:
+        return list(conn.execute(stmt))
 
 
 def merged_in_time_order(row: Any, payloads: list[dict[str, Any]]) -> dict[str, Any]:

@@ -53,6 +53,24 @@ CONTACT_FIELDS = {
     "version",
     "created_at",
     "updated_at",
+    "call_count",
+    "last_called_at",
+    "last_call_outcome",
+}
+CALL_FIELDS = {
+    "id",
+    "contact_id",
+    "call_id",
+    "event_id",
+    "campaign_id",
+    "direction",
+    "outcome",
+    "duration_seconds",
+    "started_at",
+    "ended_at",
+    "phone",
+    "summary",
+    "recorded_at",
 }
 HISTORY_FIELDS = {
     "id",
@@ -552,6 +570,131 @@ def test_history_shows_a_call_event_with_its_ids_and_summary(api: Api) -> None:
     assert api.get(f"{CONTACTS}/{created['id']}").json()["custom_fields"] == {"budget": 50000}
 
 
+# --------------------------------------------------------------------------- calls
+def _calls_of(api: Api, contact_id: str, **params: Any) -> httpx.Response:
+    return api.get(f"{CONTACTS}/{contact_id}/calls", params=params)
+
+
+def test_a_new_contact_shows_no_calls(api: Api) -> None:
+    created = api.create()
+    assert (created["call_count"], created["last_called_at"], created["last_call_outcome"]) == (
+        0,
+        None,
+        None,
+    )
+    assert _calls_of(api, created["id"]).json() == {
+        "data": [],
+        "total": 0,
+        "limit": 50,
+        "offset": 0,
+    }
+
+
+def test_calls_are_listed_newest_first_and_counted_on_the_contact(api: Api) -> None:
+    created = api.create(phone="(202) 555-1234")
+    events = [
+        call_event(
+            api.team.id,
+            minutes=minutes,
+            contact_id=created["id"],
+            call_id=f"call_{minutes}",
+            outcome=outcome,
+            duration_seconds=30,
+            direction="inbound" if minutes == 2 else None,
+            extraction={"summary": f"Call at {minutes}."},
+        )
+        for minutes, outcome in ((1, "busy"), (3, "voicemail"), (2, "completed"))
+    ]
+    apply_batch(api.engine, events)
+    body = _calls_of(api, created["id"]).json()
+    assert (body["total"], body["limit"], body["offset"]) == (3, 50, 0)
+    assert [c["call_id"] for c in body["data"]] == ["call_3", "call_2", "call_1"]
+    newest = body["data"][0]
+    assert set(newest) == CALL_FIELDS
+    assert (newest["contact_id"], newest["outcome"], newest["direction"]) == (
+        created["id"],
+        "voicemail",
+        "outbound",
+    )
+    assert (newest["phone"], newest["summary"], newest["duration_seconds"]) == (
+        "+12025551234",
+        "Call at 3.",
+        30,
+    )
+    assert body["data"][1]["direction"] == "inbound"
+    assert datetime.fromisoformat(newest["ended_at"]) == datetime.fromisoformat(
+        events[1]["occurred_at"]
+    )
+    contact = api.get(f"{CONTACTS}/{created['id']}").json()
+    assert (contact["call_count"], contact["last_call_outcome"]) == (3, "voicemail")
+    assert contact["last_called_at"] == newest["ended_at"]
+    assert contact["version"] == created["version"] + 1  # busy/voicemail change nothing
+    listed = api.get(CONTACTS).json()["data"]
+    assert [c["call_count"] for c in listed] == [3]
+
+
+def test_a_page_of_calls_is_cut_by_limit_and_offset_with_the_total(api: Api) -> None:
+    created = api.create()
+    apply_batch(
+        api.engine,
+        [
+            call_event(api.team.id, minutes=m, contact_id=created["id"], call_id=f"c{m}")
+            for m in range(5)
+        ],
+    )
+    body = _calls_of(api, created["id"], limit=2, offset=1).json()
+    assert [c["call_id"] for c in body["data"]] == ["c3", "c2"]
+    assert (body["total"], body["limit"], body["offset"]) == (5, 2, 1)
+    assert _calls_of(api, created["id"], offset=10).json()["total"] == 5
+
+
+def test_another_teams_contact_has_no_calls_to_show(api: Api) -> None:
+    created = api.create()
+    apply_batch(api.engine, [call_event(api.team.id, contact_id=created["id"])])
+    response = api.get(f"{CONTACTS}/{created['id']}/calls", key=api.other_key)
+    assert_error(response, 404)
+    assert "call_" not in response.text
+    assert_error(_calls_of(api, "no-such-contact"), 404)
+    assert_error(_calls_of(api, "a%00b"), 404)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("limit", "-1"),
+        ("limit", "0"),
+        ("limit", "501"),
+        ("limit", str(10**30)),
+        ("limit", "ten"),
+        ("offset", "\x00"),
+        ("offset", "-1"),
+        ("offset", str(10**30)),
+    ],
+)
+def test_a_hostile_page_of_calls_is_422_naming_it(api: Api, name: str, value: str) -> None:
+    created = api.create()
+    response = _calls_of(api, created["id"], **{name: value})
+    assert_validation_error(response, name)
+    assert set(response.json()["details"]) == {name}
+
+
+def test_an_unknown_query_parameter_of_calls_is_422(api: Api) -> None:
+    created = api.create()
+    assert_validation_error(_calls_of(api, created["id"], sort="ended_at"), "sort")
+
+
+@pytest.mark.parametrize("name", ["call_count", "callCount", "lastCalledAt", "last_call_outcome"])
+def test_the_call_fields_are_read_only_in_create_and_patch(api: Api, name: str) -> None:
+    value = {"call_count": 5, "callCount": 5}.get(name, "2026-11-20T15:00:00Z")
+    snake = {"callCount": "call_count", "lastCalledAt": "last_called_at"}.get(name, name)
+    created = api.post(CONTACTS, {"firstName": "Ada", "lastName": "Lovelace", name: value})
+    assert assert_validation_error(created, snake) == "Read-only: kept from the contact's calls"
+    contact = api.create()
+    patched = api.patch(contact["id"], {name: value})
+    assert assert_validation_error(patched, snake) == "Read-only: kept from the contact's calls"
+    assert api.get(f"{CONTACTS}/{contact['id']}").json()["version"] == 1
+
+
 # --------------------------------------------------------------------------- eligible
 # 2026-11-20 is standard time in the US: New York UTC-5, Chicago -6, Denver -7, LA -8.
 ZONES = ("America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles")
@@ -745,6 +888,7 @@ def test_the_openapi_document_describes_every_endpoint(api: Api) -> None:
         ("PATCH", f"{CONTACTS}/{{contact_id}}"),
         ("DELETE", f"{CONTACTS}/{{contact_id}}"),
         ("GET", f"{CONTACTS}/{{contact_id}}/history"),
+        ("GET", f"{CONTACTS}/{{contact_id}}/calls"),
         ("POST", COMPANIES),
         ("GET", COMPANIES),
         ("GET", "/api/crm/dead-letters"),

@@ -143,6 +143,7 @@ PURE_DOMAIN = (
     "contacts/records.py",
     "calls/events.py",
     "calls/merge.py",
+    "calls/ledger.py",
     "scheduling/numbers.py",
     "scheduling/policy.py",
     "fields/definitions.py",

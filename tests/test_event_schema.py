@@ -178,6 +178,7 @@ def test_the_description_names_what_json_schema_cannot_express() -> None:
         "phonenumbers",
         "IANA time zone",
         "RFC 3339",
+        "started_at",
     ):
         assert gap in description, gap
 
@@ -237,7 +238,17 @@ GAPS = {
     "a_space_for_the_T": valid(occurred_at="2026-11-20 14:04:05Z"),
     "no_seconds": valid(occurred_at="2026-11-20T14:04Z"),
     "an_offset_without_colon": valid(occurred_at="2026-11-20T14:04:05+0200"),
+    "started_at_after_occurred_at": valid(started_at="2026-11-20T14:04:06Z"),
 }
+
+
+@pytest.mark.parametrize(
+    "started_at", ["2026-11-20T14:04:05Z", "2026-11-20T16:04:05+02:00", "2026-11-20T14:04:04.9Z"]
+)
+def test_a_start_at_or_before_the_end_is_accepted_by_both(started_at: str) -> None:
+    event = valid(started_at=started_at, direction="inbound")
+    assert worker_refusal(event) is None
+    assert schema_accepts(event)
 
 
 @pytest.mark.parametrize("name", sorted(GAPS))
@@ -332,6 +343,9 @@ def valid_events(draw: st.DrawFn) -> dict[str, Any]:
         ("campaign_id", st.none() | ids),
         ("duration_seconds", st.none() | st.integers(0, MAX_DURATION_SECONDS)),
         ("extraction", st.none() | extractions),
+        ("direction", st.sampled_from([None, "outbound", "inbound"])),
+        # The event's own end, or an instant before any drawn end: never after occurred_at.
+        ("started_at", st.sampled_from([None, event["occurred_at"], "1899-12-30T00:00:00Z"])),
     ):
         if draw(st.integers(0, 3)) >= (1 if key == "extraction" else 2):  # 3/4 and 1/2
             event[key] = draw(values)
@@ -457,6 +471,9 @@ BOUNDARIES: list[tuple[tuple[str, ...], list[Any]]] = [
     (("duration_seconds",), [-1, 0, MAX_DURATION_SECONDS, MAX_DURATION_SECONDS + 1, None, 2.5]),
     (("duration_seconds",), [True, "5", MAX_INTEGER + 1, {}]),
     (("occurred_at",), HOSTILE_DATE_TIMES),
+    (("direction",), ["outbound", "inbound", None, "Outbound", "both", "", 1, True]),
+    # Valid starts here are before any occurred_at drawn (their order is a gap, tested apart).
+    (("started_at",), [*HOSTILE_DATE_TIMES, None, "1899-12-30T00:00:00Z", "1899-12-30T23:00-01"]),
     (("extraction",), [None, [], "x", {}, 0]),
     (("extraction", "extractor_version"), _lengths(MAX_EXTRACTOR_VERSION_LENGTH)),
     (("extraction", "custom_fields"), [None, [], {}, "x", {"a": 1}]),

@@ -280,3 +280,38 @@ def test_an_unknown_extracted_contact_field_no_database_can_store_is_invalid(
 )
 def test_text_no_database_can_store_is_invalid(overrides: dict[str, Any]) -> None:
     assert reason_of(payload(**overrides)) == "invalid_payload"
+
+
+# --- direction and started_at (docs/design.md §11) ---------------------------------------
+
+
+def test_an_event_without_direction_or_started_at_stays_valid_and_reads_them_as_absent() -> None:
+    event = parse_event(payload(), now=NOW)
+    assert (event.direction, event.started_at) == (None, None)
+
+
+@pytest.mark.parametrize("direction", ["outbound", "inbound"])
+def test_a_direction_is_read(direction: str) -> None:
+    assert parse_event(payload(direction=direction), now=NOW).direction == direction
+
+
+@pytest.mark.parametrize("direction", ["Outbound", "both", "", 1, True])
+def test_another_direction_is_invalid(direction: Any) -> None:
+    assert reason_of(payload(direction=direction)) == "invalid_payload"
+
+
+def test_a_started_at_is_read_like_occurred_at() -> None:
+    event = parse_event(payload(started_at="2026-11-20T16:00:05+02:00"), now=NOW)
+    assert event.started_at == datetime(2026, 11, 20, 14, 0, 5, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("started_at", ["2026-11-20T14:00:05", 1_763_650_000, "yesterday"])
+def test_a_started_at_read_as_occurred_at_would_refuse_it_is_invalid(started_at: Any) -> None:
+    assert reason_of(payload(started_at=started_at)) == "invalid_payload"
+
+
+def test_a_started_at_after_occurred_at_is_invalid_and_says_so() -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        parse_event(payload(started_at="2026-11-20T14:04:06Z"), now=NOW)
+    assert caught.value.reason == "invalid_payload"
+    assert caught.value.message == "event: started_at must not be after occurred_at"

@@ -39,6 +39,7 @@ from contact_sync.contacts.store import create_contact, update_contact
 from contact_sync.db.engine import make_engine
 from contact_sync.db.tables import (
     api_keys,
+    calls,
     companies,
     contact_history,
     contacts,
@@ -93,6 +94,7 @@ DATA_TABLES = (
     processed_events,
     delivery_attempts,
     suppressions,
+    calls,
 )
 
 
@@ -578,14 +580,17 @@ def test_an_absurd_limit_or_offset_is_422_naming_it(
         assert set(response.json()["details"]) == {name}
 
 
+@pytest.mark.parametrize("page", ["history", "calls"])
 @pytest.mark.parametrize(
     ("name", "value"),
     ABSURD_PAGES_OF_HISTORY,
     ids=[f"{n}={v[:12]}" for n, v in ABSURD_PAGES_OF_HISTORY],
 )
-def test_an_absurd_page_of_history_is_422_naming_it(world: World, name: str, value: str) -> None:
+def test_an_absurd_page_of_history_or_calls_is_422_naming_it(
+    world: World, name: str, value: str, page: str
+) -> None:
     with nothing_changes(world):
-        url = f"{CONTACTS}/{world.mine['id']}/history"
+        url = f"{CONTACTS}/{world.mine['id']}/{page}"
         response = world.api.get(url, params={name: value})
         assert_validation_error(response, name)
         assert set(response.json()["details"]) == {name}
@@ -1349,8 +1354,15 @@ def test_a_nearly_valid_extracted_timezone_or_phone_is_skipped_and_named(
     assert skipped["reason"].startswith("invalid: ")
     [row] = [r for r in after["processed_events"] if r not in before["processed_events"]]
     assert (row["outcome"], row["contact_id"]) == ("no_change", target.mine)
-    for name in ("contact_history", "processed_events"):
+    [call] = [r for r in after["calls"] if r not in before["calls"]]  # the ledger (§11)
+    assert (call["event_id"], call["contact_id"]) == (event["event_id"], target.mine)
+    for name in ("contact_history", "processed_events", "calls"):
         after[name] = before[name]
+    read_only = ("call_count", "last_called_at", "last_call_outcome")
+    for contact in after["contacts"]:
+        contact.update(dict.fromkeys(read_only))
+    for contact in before["contacts"]:
+        contact.update(dict.fromkeys(read_only))
     assert after == before  # the contact itself is untouched: same values, same version
     assert target.count(dead_letters) == 0
 

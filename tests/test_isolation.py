@@ -67,6 +67,7 @@ from tests.workers import start_worker, stop_worker
 
 CONTACT = f"{CONTACTS}/{{contact_id}}"
 HISTORY = f"{CONTACTS}/{{contact_id}}/history"
+CALLS = f"{CONTACTS}/{{contact_id}}/calls"
 LETTERS = "/api/crm/dead-letters"
 LETTER = f"{LETTERS}/{{dead_letter_id}}"
 REPLAY = f"{LETTER}/replay"
@@ -668,6 +669,36 @@ PROBES: list[Probe] = [
         200,
         path={"contact_id": "<a.star>"},
         params={"limit": "1", "offset": "1"},
+    ),
+    # GET /contacts/{id}/calls (the calls ledger, docs/design.md §11).
+    *(
+        Probe(
+            f"calls of {ref}",
+            "GET",
+            CALLS,
+            404,
+            path={"contact_id": f"<{ref}>"},
+            error=NOT_FOUND,
+        )
+        for ref in (*B_CONTACTS, *NOT_CONTACTS)
+    ),
+    Probe(
+        "calls of B's contact naming B's team",
+        "GET",
+        CALLS,
+        422,
+        path={"contact_id": "<b.star>"},
+        params={"teamId": "<b.team>"},
+    ),
+    Probe("calls of A's contact", "GET", CALLS, 200, path={"contact_id": "<a.star>"}),
+    Probe(
+        "a page of the calls of B's contact",
+        "GET",
+        CALLS,
+        404,
+        path={"contact_id": "<b.star>"},
+        params={"limit": "1", "offset": "0"},
+        error=NOT_FOUND,
     ),
     # POST /companies.
     Probe(

@@ -35,7 +35,13 @@ from contact_sync.settings import Settings
 from contact_sync.worker.celery_app import QUEUE, TASK_APPLY, TASK_APPLY_BATCH, create_app
 from contact_sync.worker.publisher import EventPublisher, publish_event
 from tests.brokers import BROKERS, Broker, broker_for
-from tests.factories import call_event, contact_row, make_contact, merged_in_time_order
+from tests.factories import (
+    call_event,
+    call_rows,
+    contact_row,
+    make_contact,
+    merged_in_time_order,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -434,6 +440,7 @@ def test_a_batch_message_applies_each_event_with_its_own_guarantees(
             pg_team.id,
             minutes=rng.randrange(60),
             contact_id=people[i % 3].id,
+            outcome=rng.choice(["completed", "busy", "voicemail", "no_answer"]),
             extraction={
                 "custom_fields": {"budget": rng.randrange(100)},
                 "contact": {"job_title": rng.choice(["CTO", "Owner"])},
@@ -461,6 +468,19 @@ def test_a_batch_message_applies_each_event_with_its_own_guarantees(
         records = assert_versions_contiguous(pg_engine, person.id)
         assert sorted(r.event_id for r in records if r.source == "call") == sorted(
             e["event_id"] for e in mine
+        )
+    # The worker wrote the calls ledger in the same transactions: one row per call, none for
+    # the dead letter or the duplicate, and each contact's three call fields from its rows.
+    rows = call_rows(pg_engine, pg_team.id)
+    assert sorted(r.event_id for r in rows) == sorted(e["event_id"] for e in events)
+    for person in people:
+        mine = [e for e in events if e["contact_id"] == person.id]
+        newest = max(mine, key=lambda e: (e["occurred_at"], e["event_id"]))
+        row = contact_row(pg_engine, person.id)
+        assert (row.call_count, row.last_called_at, row.last_call_outcome) == (
+            len(mine),
+            datetime.fromisoformat(newest["occurred_at"]),
+            newest["outcome"],
         )
 
 

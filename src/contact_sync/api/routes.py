@@ -26,6 +26,7 @@ from contact_sync.api.params import (
     reject_unknown_query,
 )
 from contact_sync.api.schemas import (
+    CallList,
     CompanyIdPath,
     CompanyIn,
     CompanyList,
@@ -37,6 +38,7 @@ from contact_sync.api.schemas import (
     ErrorBody,
     HistoryList,
 )
+from contact_sync.calls.ledger_store import count_calls, list_calls
 from contact_sync.contacts.companies import (
     CompanyInUse,
     create_company,
@@ -153,6 +155,11 @@ _CONTACT_LINKS: dict[str, Any] = {
         "operationRef": _operation("get", f"{_ONE_CONTACT}/history"),
         "parameters": _THIS_CONTACT,
         "description": "This contact's change history.",
+    },
+    "GetContactCalls": {
+        "operationRef": _operation("get", f"{_ONE_CONTACT}/calls"),
+        "parameters": _THIS_CONTACT,
+        "description": "This contact's calls, newest first.",
     },
     "ListTeamContacts": {
         "operationRef": _operation("get", f"{router.prefix}/contacts"),
@@ -442,6 +449,30 @@ def history(
         "offset": query.offset,
         "provenance": provenance,
     }
+
+
+@router.get(
+    "/contacts/{contact_id}/calls",
+    response_model=CallList,
+    responses=_errors(404, 422),
+    openapi_extra={"parameters": query_parameters(HistoryQuery)},
+    summary="A page of a contact's calls, newest first",
+    description="The calls ledger (one row per call: a re-analysis of a call replaces its "
+    "row, never adds one), newest `ended_at` first. Another team's contact is 404.",
+)
+def contact_calls(
+    contact_id: ContactIdPath, request: Request, caller: CallerDep, engine: EngineDep
+) -> dict[str, Any]:
+    query = HistoryQuery.parse(read_query(request, HistoryQuery))
+    with unit_of_work(engine) as uow:
+        get_contact(uow.conn, team_id=caller.team_id, contact_id=contact_id)  # 404 if not ours
+        where = {"team_id": caller.team_id, "contact_id": contact_id}
+        rows = list_calls(uow.conn, **where, limit=query.limit, offset=query.offset)
+        if query.offset == 0 and len(rows) < query.limit:
+            total = len(rows)  # the page holds every call: no count needed
+        else:
+            total = count_calls(uow.conn, **where)
+    return {"data": rows, "total": total, "limit": query.limit, "offset": query.offset}
 
 
 def _company_body(body: Any, model: type[BaseModel]) -> dict[str, Any]:

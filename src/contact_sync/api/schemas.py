@@ -142,6 +142,67 @@ class HistoryList(BaseModel):
     )
 
 
+class Call(BaseModel):
+    """One call of the calls ledger (docs/design.md §11): the newest event of that call."""
+
+    id: str = Field(
+        description="The row's id (kept when a re-analysis replaces the row).",
+        examples=["0193a5d2-6e1f-7a2b-9c3d-4e5f6a7b8c9d"],
+    )
+    contact_id: str = Field(description="The contact the call applied to.", examples=[CONTACT_ID])
+    call_id: str = Field(description="The call pipeline's id of the call.", examples=["call_5521"])
+    event_id: str = Field(
+        description="The `call.completed` event the row reflects: the newest of the call's "
+        "events (`occurred_at`, then the larger `event_id`).",
+        examples=["evt_7f3a9c"],
+    )
+    campaign_id: str | None = Field(
+        description="The campaign that placed the call, or null.", examples=["camp_spring"]
+    )
+    direction: str = Field(
+        description="`outbound` (the dialer called) or `inbound` (the person called); "
+        "`outbound` when the event did not say.",
+        examples=["outbound"],
+        json_schema_extra={"enum": ["outbound", "inbound"]},
+    )
+    outcome: str = Field(
+        description="`completed`, `voicemail`, `no_answer`, `busy` or `failed`.",
+        examples=["no_answer"],
+        json_schema_extra={"enum": ["completed", "voicemail", "no_answer", "busy", "failed"]},
+    )
+    duration_seconds: int | None = Field(
+        description="How long the call lasted, or null.", examples=[95]
+    )
+    started_at: datetime | None = Field(
+        description="When it started: the event's `started_at`, else `ended_at` minus the "
+        "duration, else null.",
+        examples=["2026-11-20T15:02:30+00:00"],
+    )
+    ended_at: datetime = Field(
+        description="When it ended: the event's `occurred_at`.", examples=[WHEN]
+    )
+    phone: str | None = Field(
+        description="The number called (E.164): the event's, else the contact's primary.",
+        examples=["+12025551234"],
+    )
+    summary: str | None = Field(
+        description="The extractor's summary of the conversation, or null.",
+        examples=["Asked for pricing; call back next week."],
+    )
+    recorded_at: datetime = Field(description="When the row was last written.", examples=[WHEN])
+
+
+class CallList(BaseModel):
+    """A page of a contact's calls, newest first."""
+
+    data: list[Call] = Field(
+        description="The calls of this page, newest `ended_at` first (ties: the larger id)."
+    )
+    total: int = Field(description="All the contact's calls, before pagination.", examples=[4])
+    limit: int = _limit(50)
+    offset: int = _offset()
+
+
 _COMPANY_NAME = Field(
     min_length=1, max_length=200, description="The company's name.", examples=["Acme Solar"]
 )

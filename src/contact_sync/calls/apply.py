@@ -4,14 +4,16 @@ A batch is applied with a fixed number of set-based statements, whatever
 its size: one inbox claim, one lookup per kind of resolution, a look at
 the suppression list for new contacts' numbers, one insert of new
 contacts, one versioned update of changed contacts, one insert of history
-records. Each event keeps every guarantee it has alone: its own
+records, and the calls ledger's read, upsert and contact refresh
+(docs/design.md §11). Each event keeps every guarantee it has alone: its own
 idempotency (the inbox), its own dead letter, its own history record, and a
 version bump of exactly one when it changed something. Events are keyed by
 ``(team_id, event_id)``: two teams' events with one id are two events.
 
 ``apply_payloads`` runs in phases, each a function below: parse, admit
 teams, claim in the inbox, resolve, merge, write (through
-``contact_sync.contacts.writer``). Each phase settles the events it is the
+``contact_sync.contacts.writer``; then the calls ledger through
+``contact_sync.calls.ledger_store``). Each phase settles the events it is the
 last to see (parked, duplicate, applied) and hands the rest on. The caller
 owns the transaction: the worker's task, a replay, or a test.
 
@@ -33,7 +35,7 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, Row, func, select
 
 from contact_sync.accounts.teams import Team, team_from_row
-from contact_sync.calls import inbox
+from contact_sync.calls import inbox, ledger_store
 from contact_sync.calls.events import (
     CallCompleted,
     EventOutcome,
@@ -45,6 +47,7 @@ from contact_sync.calls.events import (
     team_id_of,
 )
 from contact_sync.calls.inbox import EventKey, key_of
+from contact_sync.calls.ledger import CallRecord, call_phone, record_of
 from contact_sync.calls.merge import ContactState, MergePolicy, MergeResult, merge, observation
 from contact_sync.calls.resolve import NewContact, resolve
 from contact_sync.clock import utcnow
@@ -239,6 +242,17 @@ def _write(conn: Connection, targets: list[_Contact], now: datetime) -> None:
     updates = [_update(t, t.row, now) for t in targets if t.row is not None]
     contact_writer.update_contacts(conn, [u for u in updates if u is not None])
     contact_writer.record_history(conn, [record for t in targets for record in t.history])
+
+
+def _calls(targets: list[_Contact], known: dict[str, Team]) -> list[CallRecord]:
+    """The ledger row of every applied event, changed a field or not (docs/design.md §11)."""
+    records = []
+    for target in targets:
+        primary = target.row.phone if target.row is not None else target.phone
+        region = known[target.team_id].default_region
+        for event in target.events:
+            records.append(record_of(event, target.id, call_phone(event, region, primary)))
+    return records
 
 
 @dataclass(frozen=True)
@@ -438,7 +452,8 @@ def apply_payloads(
     _claim(batch)
     targets = _resolve(batch, known)
     applied = _merge(batch, targets, known, min_confidence)
-    _write(conn, targets, batch.now)  # phase 6
+    _write(conn, targets, batch.now)  # phase 6, then the calls ledger
+    ledger_store.write_calls(conn, _calls(targets, known), batch.now)
     inbox.record_outcomes(conn, applied)
     return [batch.outcomes[index] for index in sorted(batch.outcomes)]
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from contact_sync.calls.events import (
+    DIRECTIONS,
     FUTURE_TOLERANCE,
     MAX_CONTACT_FIELD_NAME_LENGTH,
     MAX_DURATION_SECONDS,
@@ -77,7 +78,8 @@ DESCRIPTION = (
     f"(5) integers in values lie within 64 bits ({MIN_INTEGER}..{MAX_INTEGER}): a whole number "
     "beyond them written with an exponent or a fraction (1e20) is a float to the worker and "
     "accepted, while JSON Schema sees an out-of-range integer; validators that hold numbers as "
-    "doubles check these bounds only approximately. "
+    "doubles check these bounds only approximately; "
+    "(6) started_at, when given, must not be after occurred_at. "
     "Checked later, when the event is applied (a failure is dead-lettered, not refused at "
     "parse): that phone is a valid number, in E.164 or a national format of the team's region "
     "(phonenumbers), and that the team and contact_id exist. Checked when merged (a bad value "
@@ -239,6 +241,19 @@ def _event_properties() -> dict[str, Any]:
             "maximum": MAX_DURATION_SECONDS,
         },
         "extraction": {"anyOf": [{"$ref": "#/$defs/extraction"}, {"type": "null"}]},
+        "direction": {
+            "description": "Who placed the call: outbound (the dialer) or inbound (the person). "
+            "Absent or null: round 1's behaviour (an unknown number creates a contact); the "
+            "calls ledger records outbound.",
+            "enum": [*DIRECTIONS, None],
+        },
+        "started_at": {
+            "description": "When the call started: RFC 3339 with an offset, not after "
+            "occurred_at. Absent: the ledger takes occurred_at minus duration_seconds.",
+            "type": ["string", "null"],
+            "format": "date-time",
+            "pattern": DATE_TIME,
+        },
     }
 
 

@@ -25,6 +25,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from contact_sync.contacts.model import (
     MAX_CUSTOM_FIELDS,
@@ -52,6 +53,9 @@ MAX_CONTACT_FIELD_NAME_LENGTH = 64
 
 CallOutcome = Literal["completed", "voicemail", "no_answer", "busy", "failed"]
 OUTCOMES: tuple[str, ...] = get_args(CallOutcome)
+# Who placed the call (docs/design.md §11); an event without one is read as round 1 read it.
+CallDirection = Literal["outbound", "inbound"]
+DIRECTIONS: tuple[str, ...] = get_args(CallDirection)
 
 # Why an event was dead-lettered: the one list of codes (the worker, the API's
 # and the CLI's ``reason`` filters and the docs all read it from here).
@@ -100,6 +104,7 @@ def _iso_date_time(value: Any) -> Any:
 
 
 Id = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+Instant = Annotated[AwareDatetime, BeforeValidator(_iso_date_time)]
 ShortText = Annotated[StrictStr, Field(max_length=MAX_TEXT_LENGTH)]
 
 
@@ -215,10 +220,20 @@ class CallCompleted(BaseModel):
     contact_id: Id | None = None
     phone: Annotated[StrictStr, Field(max_length=MAX_PHONE_LENGTH)] | None = None
     campaign_id: Id | None = None
-    occurred_at: Annotated[AwareDatetime, BeforeValidator(_iso_date_time)]
+    occurred_at: Instant
     outcome: CallOutcome
     duration_seconds: Annotated[StrictInt, Field(ge=0, le=MAX_DURATION_SECONDS)] | None = None
     extraction: Extraction | None = None
+    # Optional since the calls ledger (docs/design.md §11): events without them stay valid.
+    direction: CallDirection | None = None
+    started_at: Instant | None = None
+
+    @model_validator(mode="after")
+    def _starts_before_it_ends(self) -> CallCompleted:
+        if self.started_at is not None and self.started_at > self.occurred_at:
+            # Not a ValueError: pydantic would prefix "Value error, " to the dead letter's text.
+            raise PydanticCustomError("invalid", "started_at must not be after occurred_at")
+        return self
 
 
 def _describe(error: ValidationError) -> str:

@@ -2,7 +2,8 @@
 
 By ``contact_id`` within the event's team; else by ``phone`` (read in the
 team's region) against the team's contacts' ``phone`` or ``phone_secondary``:
-several matches are ambiguous, none means a contact to create. Found rows
+several matches are ambiguous, none means a contact to create (not for an
+outbound call: that is not found). Found rows
 are locked (``FOR NO KEY UPDATE``) until the transaction ends, in id order.
 """
 
@@ -113,15 +114,32 @@ def _by_phone(
             if (row.team_id, number) in matches:
                 matches[(row.team_id, number)][row.id] = row
     found: dict[EventKey, Resolution] = {}
-    for event, phone in events:
+    created: set[NewContact] = set()
+    for event, phone in events:  # in delivery order: a number is created by its first creator
         hits = matches[(event.team_id, phone)]
         if len(hits) > 1:
             found[key_of(event)] = AmbiguousContact(f"several contacts of this team have {phone}")
         elif hits:
             found[key_of(event)] = next(iter(hits.values()))
         else:
-            found[key_of(event)] = NewContact(event.team_id, phone)
+            found[key_of(event)] = _unknown_number(event, NewContact(event.team_id, phone), created)
     return found
+
+
+def _unknown_number(
+    event: CallCompleted, number: NewContact, created: set[NewContact]
+) -> NewContact | ContactNotFound:
+    """An event from a number no contact has (docs/design.md §11).
+
+    Inbound (or of no direction, as in round 1): the contact to create. Outbound:
+    the dialer called someone the CRM does not know, which ops should see, unless
+    an event delivered before it in this batch creates that contact (as it would
+    have, delivered alone).
+    """
+    if event.direction == "outbound" and number not in created:
+        return ContactNotFound(f"an outbound call to {number.phone}, which no contact has")
+    created.add(number)
+    return number
 
 
 def resolve(

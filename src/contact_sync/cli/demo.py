@@ -37,6 +37,7 @@ from sqlalchemy import Connection, Engine, func, select
 from tqdm import tqdm
 
 from contact_sync.accounts.teams import create_team
+from contact_sync.calls.ledger_store import list_calls
 from contact_sync.contacts.store import create_contact, list_history
 from contact_sync.db.engine import make_engine
 from contact_sync.db.migrate import upgrade
@@ -115,6 +116,7 @@ def _event(
         "occurred_at": at.isoformat().replace("+00:00", "Z"),
         "outcome": outcome,
         "duration_seconds": rng.randint(20, 600),
+        "direction": "outbound",  # the campaign dialer called them
     }
     if contact.get("id") and rng.random() < 0.7:
         event["contact_id"] = contact["id"]
@@ -206,8 +208,14 @@ def build_events(
     for k in range(3):  # an unknown caller: one contact is created, then updated
         extra = _event(rng, team_id, newcomer, count + k, start + timedelta(days=3 + k))
         extra.pop("contact_id", None)
-        extra["phone"] = newcomer["phone_national"]
+        extra.update(phone=newcomer["phone_national"], direction="inbound")
         events.append(extra)
+    # A re-analysis of a call (same call_id, a newer event): it replaces the call's row.
+    summary = "Re-analysed: asked for a quote by email."
+    events.append(
+        {**events[4], "event_id": "evt_demo_reanalysed", "extraction": {"summary": summary}}
+    )
+    stranger = {k: v for k, v in events[3].items() if k != "contact_id"}
     bad = [
         {**events[0], "event_id": "evt_demo_bad_1", "contact_id": "no-such-contact"},
         {**events[1], "event_id": "evt_demo_bad_2", "schema_version": 2},
@@ -216,6 +224,8 @@ def build_events(
             "event_id": "evt_demo_bad_3",
             "occurred_at": (datetime.now(UTC) + timedelta(days=1)).isoformat(),
         },
+        # The dialer called a number the CRM does not know: ops should see it.
+        {**stranger, "event_id": "evt_demo_bad_4", "phone": "(415) 555-0199"},
     ]
     deliveries = events + bad + rng.sample(events, len(events) // 10)  # 10% delivered twice
     rng.shuffle(deliveries)
@@ -278,6 +288,7 @@ def _print_summary(engine: Engine, team_id: str, deliveries: int, distinct: int)
             print(f"  {letter.event_id}: {letter.reason}: {letter.message[:80]}")
         if changed:
             _print_history(conn, team_id, changed[0])
+        _print_calls(conn, team_id, rows)
 
 
 def _print_contacts(rows: Sequence[Any], changed: Sequence[Any]) -> None:
@@ -318,6 +329,25 @@ def _print_history(conn: Connection, team_id: str, star: Any) -> None:
             print(f"      skipped {skip['field']}={json.dumps(skip['value'])}: {skip['reason']}")
         if record["summary"]:
             print(f"      summary: {record['summary']}")
+
+
+def _print_calls(conn: Connection, team_id: str, rows: Sequence[Any]) -> None:
+    """A few contacts' calls from the ledger: one row per call, a re-analysis replaces it."""
+    called = sorted(rows, key=lambda r: (-r.call_count, r.last_name, r.id))[:2]
+    called += [r for r in rows if r.source == "inbound-call"][:1]  # who called in
+    print("\nCalls of the most called contacts and the unknown caller (newest first):")
+    for r in called:
+        last = f"{r.last_called_at:%Y-%m-%d %H:%M}" if r.last_called_at else "never"
+        print(
+            f"  {r.first_name + ' ' + r.last_name:<18} {r.call_count} calls, "
+            f"last {last} {r.last_call_outcome or ''}"
+        )
+        for call in list_calls(conn, team_id=team_id, contact_id=r.id, limit=3, offset=0):
+            print(
+                f"      {call['ended_at']:%Y-%m-%d %H:%M} {call['direction']:<8} "
+                f"{call['outcome']:<10} {call['duration_seconds'] or 0:>4}s "
+                f"{(call['summary'] or '')[:60]}"
+            )
 
 
 KEPT_FOLDER = "contact-sync-demo"

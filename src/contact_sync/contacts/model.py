@@ -450,12 +450,33 @@ class Contact(BaseModel):
     updated_at: datetime = Field(
         description="When it last changed (UTC).", examples=["2026-11-21T09:30:00+00:00"]
     )
+    call_count: int = Field(
+        description="How many calls the contact has in the calls ledger (a re-analysis of a "
+        "call is not another). Read-only, not versioned.",
+        examples=[3],
+    )
+    last_called_at: datetime | None = Field(
+        description="When its latest call ended (UTC), or null. Read-only, not versioned.",
+        examples=["2026-11-21T09:30:00+00:00"],
+    )
+    last_call_outcome: str | None = Field(
+        description="That call's outcome (`completed`, `voicemail`, `no_answer`, `busy` or "
+        "`failed`), or null. Read-only, not versioned.",
+        examples=["no_answer"],
+    )
 
+
+# Shown on every contact, kept from its calls (docs/design.md §11): never in a body.
+READ_ONLY = ("call_count", "last_called_at", "last_call_outcome")
+READ_ONLY_MESSAGE = "Read-only: kept from the contact's calls"
 
 _ALIASES = {
-    (info.alias or name): name
-    for model in (ContactCreate, ContactPatch)
-    for name, info in model.model_fields.items()
+    **{to_camel(name): name for name in READ_ONLY},
+    **{
+        (info.alias or name): name
+        for model in (ContactCreate, ContactPatch)
+        for name, info in model.model_fields.items()
+    },
 }
 
 
@@ -468,7 +489,7 @@ def field_errors(error: ValidationError) -> dict[str, str]:
         if item["type"] == "missing":
             message = "Field required"
         elif item["type"] == "extra_forbidden":
-            message = "Unknown field"
+            message = READ_ONLY_MESSAGE if field in READ_ONLY else "Unknown field"
         else:
             # Validators raising ValueError get pydantic's "Value error, "
             # prefix; every caller shows the message alone.

@@ -40,9 +40,7 @@ from contact_sync.ops.dead_letters import Subject, erase_naming
 # on real rows it is the largest column.
 # Stored for queries, not shown: the observations and what the number says.
 _INTERNAL = frozenset({"provenance", "phone_zone", "phone_state"})
-# The ledger's three read-only fields (docs/design.md §11) are shown by the contact model.
-_NOT_YET_SHOWN = frozenset({"call_count", "last_called_at", "last_call_outcome"})
-CONTACT_COLUMNS = tuple(c for c in contacts.c if c.name not in _INTERNAL | _NOT_YET_SHOWN)
+CONTACT_COLUMNS = tuple(c for c in contacts.c if c.name not in _INTERNAL)
 
 
 _CONTACT_FIELDS = tuple(Contact.model_fields)
@@ -179,6 +177,7 @@ def create_contact(
     row = {**fields, "id": new_id(), "team_id": team_id, "version": 1}
     row.update(created_at=now, updated_at=now)
     contact_writer.insert_contacts(conn, [ContactInsert(row, provenance)])
+    row.update(call_count=0, last_called_at=None, last_call_outcome=None)  # no calls yet
     reason = {"do_not_call": SUPPRESSED} if blocked else {}
     changes = [Change(name, None, value, reason.get(name)) for name, value in set_fields.items()]
     record = _record(

@@ -1,0 +1,152 @@
+"""The calls ledger's SQL (docs/design.md §11); its rules are in ``calls/ledger.py``.
+
+The event apply writes a batch's calls with a fixed number of statements: one
+read of the stored rows of the batch's calls, one upsert of the rows that are
+newer, one update of the touched contacts' ``call_count``, ``last_called_at``
+and ``last_call_outcome``, recomputed from their rows (so they are what the
+ledger says whatever the delivery order). That update leaves ``version``,
+``updated_at`` and the history alone: the three fields are read-only and not
+versioned. Nothing here begins or commits: it runs in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from contact_sync.calls.ledger import CallKey, CallRecord, is_newer, newest_per_call
+from contact_sync.db.tables import calls, contacts
+from contact_sync.ids import new_id
+
+# Replaced by a newer event of the call; the row keeps its id, team and call id.
+_REPLACED = tuple(
+    c.name for c in calls.c if c.name not in ("id", "team_id", "call_id", "recorded_at")
+)
+
+
+def _by_code_point(conn: Connection, column: Any) -> Any:
+    """``column`` compared as Python compares text (the merge's §4.1 order).
+
+    PostgreSQL would use the database's collation (``en_US`` sorts ``a_b``
+    after ``ab``); SQLite compares UTF-8 bytes, which is code-point order.
+    """
+    return column.collate("C") if conn.dialect.name == "postgresql" else column
+
+
+def _stored(conn: Connection, keys: Sequence[CallKey]) -> dict[CallKey, Any]:
+    """The stored rows of these calls (their contact and order), by key."""
+    # Two plain IN lists, not a row-value IN: PostgreSQL plans that as an OR of
+    # comparisons (a 500-event batch read took 40 ms); these probe the unique index.
+    wanted = set(keys)
+    columns = (calls.c.team_id, calls.c.call_id, calls.c.contact_id, calls.c.ended_at)
+    rows = conn.execute(
+        select(*columns, calls.c.event_id).where(
+            calls.c.team_id.in_(sorted({team for team, _ in wanted})),
+            calls.c.call_id.in_(sorted({call for _, call in wanted})),
+        )
+    )
+    return {key: row for row in rows if (key := (row.team_id, row.call_id)) in wanted}
+
+
+def _order(row: Any | None) -> tuple[datetime, str] | None:
+    return None if row is None else (row.ended_at, row.event_id)
+
+
+def _upsert(conn: Connection, records: Sequence[CallRecord], now: datetime) -> None:
+    """Insert the rows, or replace stored ones that are older (§4.1), in one statement.
+
+    The condition is checked again in SQL: a concurrent writer of the same call
+    may have stored a newer row since ``_stored`` read it.
+    """
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = insert(calls)
+    newer = or_(
+        stmt.excluded.ended_at > calls.c.ended_at,
+        and_(
+            stmt.excluded.ended_at == calls.c.ended_at,
+            _by_code_point(conn, stmt.excluded.event_id) > _by_code_point(conn, calls.c.event_id),
+        ),
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[calls.c.team_id, calls.c.call_id],
+        set_={**{name: stmt.excluded[name] for name in _REPLACED}, "recorded_at": now},
+        where=newer,
+    )
+    rows = [{**r.values(), "id": new_id(), "recorded_at": now} for r in records]
+    # With RETURNING, SQLAlchemy sends the rows as one multi-row statement
+    # ("insertmanyvalues") from one cached compiled form, as the inbox claim does.
+    rows.sort(key=lambda row: (row["team_id"], row["call_id"]))  # one lock order for every worker
+    conn.execute(stmt.returning(calls.c.id), rows)
+
+
+def refresh_contacts(conn: Connection, contact_ids: Collection[str]) -> None:
+    """Recompute the three call fields of these contacts from their rows, in one statement."""
+    if not contact_ids:
+        return
+    mine = calls.c.contact_id == contacts.c.id
+    last_outcome = (
+        select(calls.c.outcome)
+        .where(mine)
+        .order_by(calls.c.ended_at.desc(), _by_code_point(conn, calls.c.event_id).desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    conn.execute(
+        update(contacts)
+        .where(contacts.c.id.in_(sorted(contact_ids)))
+        .values(
+            call_count=select(func.count()).where(mine).scalar_subquery(),
+            last_called_at=select(func.max(calls.c.ended_at)).where(mine).scalar_subquery(),
+            last_call_outcome=last_outcome,
+        )
+    )
+
+
+def write_calls(conn: Connection, records: Sequence[CallRecord], now: datetime) -> None:
+    """Record applied events' calls; a call's older event leaves its row as it was.
+
+    The contacts touched are those of the rows written and those the replaced
+    rows belonged to (a re-analysis may name another contact).
+    """
+    newest = newest_per_call(records)
+    if not newest:
+        return
+    stored = _stored(conn, [r.key for r in newest])
+    written = [r for r in newest if is_newer(r, _order(stored.get(r.key)))]
+    if not written:
+        return
+    _upsert(conn, written, now)
+    touched = {r.contact_id for r in written} | {
+        stored[r.key].contact_id for r in written if r.key in stored
+    }
+    refresh_contacts(conn, touched)
+
+
+def list_calls(
+    conn: Connection, *, team_id: str, contact_id: str, limit: int, offset: int
+) -> list[dict[str, Any]]:
+    """A page of the contact's calls, newest ``ended_at`` first (ties: the larger id)."""
+    rows = conn.execute(
+        select(calls)
+        .where(calls.c.contact_id == contact_id, calls.c.team_id == team_id)
+        .order_by(calls.c.ended_at.desc(), calls.c.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return [{k: v for k, v in row._mapping.items() if k != "team_id"} for row in rows]
+
+
+def count_calls(conn: Connection, *, team_id: str, contact_id: str) -> int:
+    """How many calls the contact has."""
+    return int(
+        conn.execute(
+            select(func.count())
+            .select_from(calls)
+            .where(calls.c.contact_id == contact_id, calls.c.team_id == team_id)
+        ).scalar_one()
+    )
