@@ -141,6 +141,8 @@ PURE_DOMAIN = (
     "calls/merge.py",
     "scheduling/numbers.py",
     "scheduling/policy.py",
+    "scheduling/jurisdictions.py",
+    "scheduling/eligibility.py",
 )
 INFRASTRUCTURE = ("sqlalchemy", "psycopg", "celery", "kombu", "redis", "fastapi", "starlette")
 OUTER_PACKAGES = ("db", "worker", "api", "cli", "ops")
