@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from contact_sync.contacts import lead_status
 from contact_sync.contacts.query import EligibleQuery, list_eligible
 from tests.factories import make_contact
 
+# 10:00 in New York on a Thursday: the stream's window is open for +1 202 numbers.
+WEEKDAY_MORNING = datetime(2026, 1, 15, 15, tzinfo=UTC)
 SRC = Path(__file__).resolve().parents[1] / "src" / "contact_sync"
 Params = dict[str, set[int | str]]  # per callable name, its typed parameters
 _QUOTED = re.compile(r"'((?:[^']|'')*)'")
@@ -72,16 +75,19 @@ def _eligible_statement(engine: Engine, team_id: str) -> tuple[str, Any]:
     event.listen(engine, "before_cursor_execute", record)
     try:
         with engine.connect() as conn:
-            list_eligible(conn, EligibleQuery(team_id=team_id))
+            list_eligible(conn, EligibleQuery(team_id=team_id, at=WEEKDAY_MORNING))
     finally:
         event.remove(engine, "before_cursor_execute", record)
-    [select_sent] = [sent_one for sent_one in sent if sent_one[0].lstrip().startswith("SELECT")]
+    # The statement that reads the page's rows (the others read the policy, the team's
+    # places and the attempts).
+    [select_sent] = [sent_one for sent_one in sent if "ORDER BY contacts.id" in sent_one[0]]
     return select_sent
 
 
 def test_the_eligible_query_leaves_out_exactly_the_sticky_statuses(
     engine: Engine, team: Team
 ) -> None:
+    make_contact(engine, team.id, phone="+12025551000")  # a place open at that time
     statement, _ = _eligible_statement(engine, team.id)
     assert _statuses_after("lead_status NOT IN", statement) == sorted(lead_status.STICKY)
 
@@ -94,7 +100,7 @@ def test_only_contacts_in_a_sticky_status_are_left_out_of_the_eligible_stream(
         for n, status in enumerate(lead_status.KNOWN)
     }
     with engine.connect() as conn:
-        page = list_eligible(conn, EligibleQuery(team_id=team.id))
+        page = list_eligible(conn, EligibleQuery(team_id=team.id, at=WEEKDAY_MORNING))
     eligible = {contact.lead_status for contact in page.data}
     assert eligible == set(made) - set(lead_status.STICKY)
 
