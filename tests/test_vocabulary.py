@@ -253,3 +253,39 @@ def test_the_dead_letter_list_filters_by_the_one_list_of_reasons() -> None:
     schema = DeadLetterQuery.model_json_schema()["properties"]["reason"]
     [branch] = [b for b in schema["anyOf"] if "enum" in b]
     assert tuple(branch["enum"]) == REASONS
+
+
+# --- eligibility reasons (docs/design.md §12) -------------------------------------------
+
+
+def test_the_reason_codes_are_the_designs_and_each_is_emitted_where_it_is_defined() -> None:
+    from contact_sync.api.schemas import ReasonOut
+    from contact_sync.scheduling.eligibility import PERMANENT, REASON_CODES
+
+    assert REASON_CODES == (
+        "do_not_call",
+        "no_phone",
+        "status_closed",
+        "outside_window",
+        "day_not_allowed",
+        "holiday",
+        "jurisdiction_window",
+        "jurisdiction_day",
+        "jurisdiction_attempt_cap",
+        "max_attempts_total",
+        "max_attempts_per_day",
+        "retry_after",
+    )
+    assert {"do_not_call", "no_phone", "status_closed", "max_attempts_total"} == PERMANENT
+    source = ast.parse((SRC / "scheduling" / "eligibility.py").read_text(encoding="utf-8"))
+    emitted = [
+        node.args[0].value
+        for node in ast.walk(source)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "Reason"
+        and isinstance(node.args[0], ast.Constant)
+    ]
+    assert sorted(emitted) == sorted(REASON_CODES)  # each code made once, and no other
+    schema = ReasonOut.model_json_schema()["properties"]["code"]
+    assert schema["enum"] == list(REASON_CODES)
