@@ -175,7 +175,9 @@ def test_the_stream_leaves_out_a_contact_called_a_moment_ago(api: Api) -> None:
 def test_a_page_is_filled_past_rows_the_evaluator_refuses(conn: Connection) -> None:
     team = create_team(conn, name="Busy Dialer")
     at = moment(AT)
-    made = [make_contact(conn, team.id, phone="+12025550100") for _ in range(12)]
+    made = sorted(
+        (make_contact(conn, team.id, phone="+12025550100") for _ in range(12)), key=lambda c: c.id
+    )
     for contact in made[:9]:
         insert_call(conn, team.id, contact.id, ended_at=at - timedelta(minutes=5))
     page = list_eligible(conn, EligibleQuery(team_id=team.id, at=at, limit=2))

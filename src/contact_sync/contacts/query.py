@@ -7,6 +7,7 @@ filters mean the same everywhere. Every query is scoped to one team.
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
 from typing import Annotated, Any
@@ -24,15 +25,19 @@ from pydantic.alias_generators import to_camel
 from sqlalchemy import (
     Connection,
     Select,
+    String,
+    Text,
+    any_,
+    bindparam,
     exists,
     func,
+    literal,
     literal_column,
     or_,
     select,
-    tuple_,
     type_coerce,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
 from contact_sync.clock import utcnow
@@ -42,14 +47,8 @@ from contact_sync.contacts.phones import search_digits
 from contact_sync.contacts.store import CONTACT_COLUMNS, contacts_from_rows
 from contact_sync.db.tables import contacts
 from contact_sync.errors import ValidationFailed
-from contact_sync.scheduling.check import attempts_of, facts_of
-from contact_sync.scheduling.eligibility import (
-    ContactFacts,
-    Rules,
-    clock_reasons,
-    reasons_at,
-    rules_for,
-)
+from contact_sync.scheduling.check import NO_ATTEMPTS, attempts_of, facts_of
+from contact_sync.scheduling.eligibility import Moment, rules_for
 from contact_sync.scheduling.policies import load_policy
 from contact_sync.storable import is_unicode
 
@@ -491,7 +490,6 @@ _CALLABLE: ColumnElement[bool] = literal_column(
 )
 # Where a contact is: what its clock and calendar reasons depend on (besides `at`).
 _PLACE = (contacts.c.timezone, contacts.c.phone_zone, contacts.c.phone_state)
-_CHUNK = 500
 
 
 def _walk_at(query: EligibleQuery) -> tuple[datetime, str | None]:
@@ -504,22 +502,46 @@ def _walk_at(query: EligibleQuery) -> tuple[datetime, str | None]:
     return at, after
 
 
-def _places_open(conn: Connection, team_id: str, rules: Rules, at: datetime) -> list[Any]:
-    """The team's places (zone, number zone, state) where the clock allows a call at ``at``.
+def _place_key() -> ColumnElement[str]:
+    # Bound, not literal: the SQL then quotes nothing but the sticky statuses
+    # (tests/test_vocabulary.py reads them from it).
+    sep: ColumnElement[str] = literal("|", String)
+    empty: ColumnElement[str] = literal("", String)
+    timezone, phone_zone, phone_state = (func.coalesce(column, empty) for column in _PLACE)
+    return timezone + sep + phone_zone + sep + phone_state
+
+
+def _places_open(
+    conn: Connection, team_id: str, moment: Moment, after: str | None
+) -> list[str] | None:
+    """The places (zone, number zone, state) of the team's callable contacts still ahead
+    in the walk where the clock allows a call at ``at``, as keys of ``_place_key``;
+    None when it allows every one (no filter needed).
 
     A team has few distinct places; deciding them in Python with the same
     evaluator and filtering rows by them keeps the stream's rows to those the
-    clock allows, on both databases.
+    clock allows, on both databases. Without a filter the rows come straight
+    from the partial index ``ix_contacts_callable`` in id order.
     """
-    places = conn.execute(
-        select(*_PLACE).where(contacts.c.team_id == team_id, _CALLABLE).distinct()
-    ).all()
-    open_places = []
-    for timezone, phone_zone, phone_state in places:
-        facts = ContactFacts(False, "", "", timezone, phone_zone, phone_state)
-        if not clock_reasons(facts, rules, at):
-            open_places.append((timezone or "", phone_zone or "", phone_state or ""))
-    return open_places
+    where = [contacts.c.team_id == team_id, _CALLABLE]
+    if after is not None:
+        where.append(contacts.c.id > after)
+    places = conn.execute(select(*_PLACE).where(*where).distinct()).all()
+    allowed = [place for place in places if moment.clock_allows((place[0], place[1], place[2]))]
+    if len(allowed) == len(places):
+        return None
+    return ["|".join(part or "" for part in place) for place in allowed]
+
+
+def _in_places(dialect: str, open_places: list[str]) -> ColumnElement[bool]:
+    """The row's place is one of ``open_places``: one parameter whatever their number."""
+    key = _place_key()
+    if dialect == "postgresql":
+        return key == any_(bindparam("open_places", open_places, type_=ARRAY(Text)))
+    element = func.json_each(bindparam("open_places", json.dumps(open_places))).table_valued(
+        "value"
+    )
+    return key.in_(select(element.c.value))
 
 
 def list_eligible(conn: Connection, query: EligibleQuery) -> EligiblePage:
@@ -536,13 +558,20 @@ def list_eligible(conn: Connection, query: EligibleQuery) -> EligiblePage:
         window_end=query.window_end,
         default_timezone=query.default_timezone,
     )
-    open_places = _places_open(conn, query.team_id, rules, at)
+    moment = Moment(rules, at)
+    open_places = _places_open(conn, query.team_id, moment, after)
+    size = query.limit + 1  # a page and one more, as in the round-1 query; more if refused
     found: list[Any] = []
-    while open_places and len(found) <= query.limit:
-        rows = _chunk(conn, query.team_id, open_places, after)
-        attempts = attempts_of(conn, query.team_id, [r.id for r in rows], at, rules)
-        found += [r for r in rows if not reasons_at(facts_of(r), attempts[r.id], rules, at)]
-        if len(rows) < _CHUNK:
+    while open_places != [] and len(found) <= query.limit:
+        rows = _chunk(conn, query.team_id, open_places, after, size)
+        if rows:
+            attempts = attempts_of(conn, query.team_id, (rows[0].id, rows[-1].id), at, rules)
+            found += [
+                row
+                for row in rows
+                if not moment.reasons(facts_of(row), attempts.get(row.id, NO_ATTEMPTS))
+            ]
+        if len(rows) < size:
             break
         after = rows[-1].id
     page = found[: query.limit]
@@ -550,20 +579,19 @@ def list_eligible(conn: Connection, query: EligibleQuery) -> EligiblePage:
     return EligiblePage(contacts_from_rows(page), _encode_cursor(page[-1].id, at) if more else None)
 
 
-def _chunk(conn: Connection, team_id: str, open_places: list[Any], after: str | None) -> list[Any]:
-    place = tuple_(*(func.coalesce(column, "") for column in _PLACE))
-    where: list[ColumnElement[bool]] = [
-        contacts.c.team_id == team_id,
-        _CALLABLE,
-        place.in_(open_places),
-    ]
+def _chunk(
+    conn: Connection, team_id: str, open_places: list[str] | None, after: str | None, size: int
+) -> list[Any]:
+    where: list[ColumnElement[bool]] = [contacts.c.team_id == team_id, _CALLABLE]
+    if open_places is not None:
+        where.append(_in_places(conn.dialect.name, open_places))
     if after is not None:
         where.append(contacts.c.id > after)
     statement = (
         select(*CONTACT_COLUMNS, contacts.c.phone_zone, contacts.c.phone_state)
         .where(*where)
         .order_by(contacts.c.id)
-        .limit(_CHUNK)
+        .limit(size)
     )
     return list(conn.execute(statement).all())
 

@@ -286,6 +286,9 @@ def _newest(counted: list[Attempt], rules: Rules) -> tuple[Attempt, datetime] | 
 
 
 def _attempt_reasons(place: _Place, rules: Rules, attempts: Attempts, at: datetime) -> list[Reason]:
+    total_cap = rules.policy.max_attempts_total
+    if not attempts.recent and (total_cap is None or attempts.total < total_cap):
+        return []
     found = []
     counted = [a for a in attempts.recent if a.ended_at <= at]
     state = place.state
@@ -300,7 +303,6 @@ def _attempt_reasons(place: _Place, rules: Rules, attempts: Attempts, at: dateti
                     f"{cap.max} ({cap.source.citation}).",
                 )
             )
-    total_cap = rules.policy.max_attempts_total
     if total_cap is not None and attempts.total >= total_cap:
         found.append(
             Reason(
@@ -339,32 +341,64 @@ def _per_day_reason(
     ]
 
 
-def _timed_reasons(place: _Place, rules: Rules, attempts: Attempts, at: datetime) -> list[Reason]:
+def _clock_part(place: _Place, rules: Rules, at: datetime) -> list[Reason]:
+    """The reasons of the clock and the calendar: the same for every contact of a place."""
     local = at.astimezone(place.zone)
     found = [r for r in [_window_reason(place, rules, at)] if r is not None]
     found += _day_reasons(place, rules, local)
     if place.state is not None:
         found += _jurisdiction_reasons(place.state, local)
-    found += _attempt_reasons(place, rules, attempts, at)
     return found
+
+
+def _timed_reasons(place: _Place, rules: Rules, attempts: Attempts, at: datetime) -> list[Reason]:
+    return _clock_part(place, rules, at) + _attempt_reasons(place, rules, attempts, at)
 
 
 def _ordered(reasons: list[Reason]) -> tuple[Reason, ...]:
     return tuple(sorted(reasons, key=lambda r: REASON_CODES.index(r.code)))
 
 
+PlaceKey = tuple[str | None, str | None, str | None]
+
+
+class Moment:
+    """The rules at one instant, asked about many contacts (a page of the stream).
+
+    What the clock and the calendar say depends only on the contact's place
+    (timezone, number zone, state): it is worked out once per place, by the
+    same functions as for a single contact.
+    """
+
+    def __init__(self, rules: Rules, at: datetime) -> None:
+        self.rules = rules
+        self.at = at
+        self._places: dict[PlaceKey, tuple[_Place, list[Reason]]] = {}
+
+    def _of(self, key: PlaceKey) -> tuple[_Place, list[Reason]]:
+        found = self._places.get(key)
+        if found is None:
+            facts = ContactFacts(False, None, "", *key)
+            place = _place(facts, self.rules)
+            found = self._places[key] = (place, _clock_part(place, self.rules, self.at))
+        return found
+
+    def clock_allows(self, key: PlaceKey) -> bool:
+        """Whether the clock and the calendar allow a call to this place at ``at``."""
+        return not self._of(key)[1]
+
+    def reasons(self, facts: ContactFacts, attempts: Attempts) -> tuple[Reason, ...]:
+        """Every reason the contact may not be called at ``at`` (none: it may)."""
+        place, clock = self._of((facts.timezone, facts.phone_zone, facts.phone_state))
+        timed = _attempt_reasons(place, self.rules, attempts, self.at)
+        return _ordered(static_reasons(facts) + clock + timed)
+
+
 def reasons_at(
     facts: ContactFacts, attempts: Attempts, rules: Rules, at: datetime
 ) -> tuple[Reason, ...]:
     """Every reason the contact may not be called at ``at`` (none: it may)."""
-    return _ordered(
-        static_reasons(facts) + _timed_reasons(_place(facts, rules), rules, attempts, at)
-    )
-
-
-def clock_reasons(facts: ContactFacts, rules: Rules, at: datetime) -> tuple[Reason, ...]:
-    """The reasons of the clock and calendar alone (no row flags, no attempts)."""
-    return _ordered(_timed_reasons(_place(facts, rules), rules, Attempts(0), at))
+    return Moment(rules, at).reasons(facts, attempts)
 
 
 def evaluate(facts: ContactFacts, attempts: Attempts, rules: Rules, at: datetime) -> Eligibility:
