@@ -76,7 +76,7 @@ def attempts_of(
         select(calls.c.contact_id, calls.c.ended_at, calls.c.outcome).where(
             *where, calls.c.ended_at > at - rules.lookback
         )
-    )
+    ).all()
     for contact_id, ended_at, outcome in rows:
         recent[contact_id].append(Attempt(ended_at, outcome))
     totals: dict[str, int] = {}

@@ -5,6 +5,9 @@ Nothing here begins or commits: the caller's unit of work does.
 
 from __future__ import annotations
 
+import json
+from functools import lru_cache
+
 from sqlalchemy import Connection, select
 
 from contact_sync.db.tables import calling_policies
@@ -16,4 +19,14 @@ def load_policy(conn: Connection, team_id: str) -> CallingPolicy:
     stored = conn.execute(
         select(calling_policies.c.policy).where(calling_policies.c.team_id == team_id)
     ).scalar_one_or_none()
-    return DEFAULT_POLICY if stored is None else CallingPolicy.model_validate(stored)
+    if stored is None:
+        return DEFAULT_POLICY
+    return _parsed(json.dumps(stored, sort_keys=True))
+
+
+@lru_cache(maxsize=1024)
+def _parsed(text: str) -> CallingPolicy:
+    # Validating a policy costs milliseconds (its zone is checked against every
+    # IANA name); a page of the eligible stream reads it each time. Policies are
+    # frozen, so one validated object per stored text is safe to share.
+    return CallingPolicy.model_validate_json(text)
