@@ -161,6 +161,58 @@ def empty_tables(engine: Engine) -> None:
             conn.execute(text(f"DELETE FROM {name}"))
 
 
+# --- the calls ledger and the calling policy (scheduling tests) ---------------------
+
+
+def insert_call(
+    db: Database,
+    team_id: str,
+    contact_id: str,
+    *,
+    ended_at: datetime,
+    outcome: str = "no_answer",
+    direction: str = "outbound",
+) -> str:
+    """A row of the calls ledger, written directly (the event apply writes the real ones)."""
+    from contact_sync.db.tables import calls
+
+    call_id = f"call-{uuid.uuid4().hex}"
+    with writing(db) as conn:
+        conn.execute(
+            calls.insert().values(
+                id=str(uuid.uuid4()),
+                team_id=team_id,
+                contact_id=contact_id,
+                call_id=call_id,
+                event_id=f"evt-{call_id}",
+                direction=direction,
+                outcome=outcome,
+                ended_at=ended_at,
+                recorded_at=datetime.now(UTC),
+            )
+        )
+    return call_id
+
+
+def store_policy(db: Database, team_id: str, **policy: Any) -> Any:
+    """Store a team's calling policy (as ``PUT /calling-policy`` would) and return the model."""
+    from contact_sync.db.tables import calling_policies
+    from contact_sync.scheduling.policy import CallingPolicy
+
+    model = CallingPolicy.model_validate(policy)
+    with writing(db) as conn:
+        conn.execute(calling_policies.delete().where(calling_policies.c.team_id == team_id))
+        conn.execute(
+            calling_policies.insert().values(
+                team_id=team_id,
+                policy=model.model_dump(mode="json"),
+                updated_at=datetime.now(UTC),
+                updated_by=None,
+            )
+        )
+    return model
+
+
 # --- Celery messages as a non-Python publisher writes them -------------------------
 
 QUEUE = "contact_sync.events"

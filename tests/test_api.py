@@ -696,8 +696,12 @@ def test_the_call_fields_are_read_only_in_create_and_patch(api: Api, name: str) 
 
 
 # --------------------------------------------------------------------------- eligible
-# 2026-11-20 is standard time in the US: New York UTC-5, Chicago -6, Denver -7, LA -8.
+# 2026-11-20 (a Friday) is standard time in the US: New York UTC-5, Chicago -6, Denver -7,
+# LA -8. Since docs/design.md §12 the stream asks about `at` (default: now) under the team's
+# policy (09:00-17:00 by default) and the 08:00-21:00 floor; the tests name `at`.
 ZONES = ("America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles")
+WEEKDAY_MORNING = "2026-11-20T15:00:00Z"  # 10:00 in New York
+TOLL_FREE = "+1 800 555 0100"  # names no zone: the contact's timezone alone decides
 
 
 @pytest.fixture
@@ -705,8 +709,8 @@ def callers(api: Api) -> dict[str, str]:
     """One callable contact per zone, one without a zone; contact id by zone."""
     ids = {}
     for index, zone in enumerate((*ZONES, "Asia/Tokyo")):
-        ids[zone] = api.create(firstName=f"Z{index}", phone="(202) 555-0100", timezone=zone)["id"]
-    ids["none"] = api.create(firstName="NoZone", phone="(202) 555-0101")["id"]
+        ids[zone] = api.create(firstName=f"Z{index}", phone=TOLL_FREE, timezone=zone)["id"]
+    ids["none"] = api.create(firstName="NoZone", phone="+1 800 555 0101")["id"]
     return ids
 
 
@@ -716,14 +720,18 @@ def _zones(api: Api, callers: dict[str, str], **params: str) -> set[str]:
 
 
 def test_eligible_answers_data_and_next_cursor(api: Api, callers: dict[str, str]) -> None:
-    response = api.get(ELIGIBLE)
+    response = api.get(ELIGIBLE, params={"at": WEEKDAY_MORNING})
     assert response.status_code == 200
     body = response.json()
     assert set(body) == {"data", "next_cursor"}
     assert body["next_cursor"] is None
     assert all(set(c) == CONTACT_FIELDS for c in body["data"])
-    # No `at`: no window filter, every callable contact.
-    assert {c["id"] for c in body["data"]} == set(callers.values())
+    # Denver (08:00), LA (07:00) and Tokyo (00:00) are outside the policy's window.
+    assert {c["id"] for c in body["data"]} == {
+        callers["America/New_York"],
+        callers["America/Chicago"],
+        callers["none"],
+    }
 
 
 def test_eligible_excludes_do_not_call_phoneless_and_sticky_statuses(api: Api) -> None:
@@ -733,7 +741,7 @@ def test_eligible_excludes_do_not_call_phoneless_and_sticky_statuses(api: Api) -
     for status in ("converted", "customer", "churned", "do_not_contact"):
         api.create(phone="(202) 555-0100", leadStatus=status)
     api.create(phone="(202) 555-0100", key=api.other_key)
-    assert set(api.eligible_ids({})) == keep
+    assert set(api.eligible_ids({"at": WEEKDAY_MORNING})) == keep
 
 
 def test_the_window_is_read_in_each_contacts_timezone(api: Api, callers: dict[str, str]) -> None:
@@ -741,7 +749,7 @@ def test_the_window_is_read_in_each_contacts_timezone(api: Api, callers: dict[st
     assert _zones(api, callers, at="2026-11-20T15:00:00Z") == {
         "America/New_York",
         "America/Chicago",
-        "none",  # defaultTimezone America/New_York
+        "none",  # the policy's default zone, America/New_York
     }
     # 22:00Z: New York 17:00 (end exclusive), Chicago 16:00, Denver 15:00, LA 14:00.
     assert _zones(api, callers, at="2026-11-20T22:00:00Z") == {
@@ -755,25 +763,22 @@ def test_the_window_is_read_in_each_contacts_timezone(api: Api, callers: dict[st
     )
 
 
-def test_a_window_whose_start_is_after_its_end_spans_midnight(
+def test_a_window_whose_start_is_after_its_end_spans_midnight_inside_the_floor(
     api: Api, callers: dict[str, str]
 ) -> None:
-    # 04:00Z: New York 23:00, Chicago 22:00, Denver 21:00, LA 20:00, Tokyo 13:00.
+    # 20:00-09:00 keeps 08:00-09:00 and 20:00-21:00 of it (the 08:00-21:00 floor).
+    # 01:30Z: New York 20:30, Chicago 19:30, Denver 18:30, LA 17:30, Tokyo 10:30.
     for start, end in (("windowStart", "windowEnd"), ("window_start", "window_end")):
-        assert _zones(
-            api, callers, at="2026-11-21T04:00:00Z", **{start: "22:00", end: "06:00"}
-        ) == {
-            "America/New_York",
-            "America/Chicago",
-            "none",
-        }
-    # 10:00Z: New York 05:00, LA 02:00: after midnight, before the end.
-    assert _zones(
-        api, callers, at="2026-11-21T10:00:00Z", windowStart="22:00", windowEnd="06:00"
-    ) == {
-        *ZONES,
-        "none",
-    }
+        evening = _zones(api, callers, at="2026-11-21T01:30:00Z", **{start: "20:00", end: "09:00"})
+        assert evening == {"America/New_York", "none"}
+    # 15:30Z: New York 10:30, Chicago 09:30, Denver 08:30, LA 07:30 (before the floor).
+    morning = _zones(
+        api, callers, at="2026-11-20T15:30:00Z", windowStart="20:00", windowEnd="09:00"
+    )
+    assert morning == {"America/Denver"}
+    # 04:00Z: New York 23:00: inside 22:00-06:00, but never after 21:00.
+    night = _zones(api, callers, at="2026-11-21T04:00:00Z", windowStart="22:00", windowEnd="06:00")
+    assert night == set()
 
 
 def test_contacts_without_a_timezone_use_the_default_timezone(
@@ -783,12 +788,12 @@ def test_contacts_without_a_timezone_use_the_default_timezone(
     assert "none" in _zones(api, callers, at=at)  # default America/New_York
     assert "none" not in _zones(api, callers, at=at, defaultTimezone="America/Los_Angeles")
     assert "none" not in _zones(api, callers, at=at, default_timezone="Asia/Tokyo")
-    tokyo_night = _zones(
-        api, callers, at=at, defaultTimezone="Asia/Tokyo", windowStart="23:00", windowEnd="01:00"
-    )
-    assert tokyo_night == {"none", "Asia/Tokyo"}  # 00:00 in Tokyo for both
-    tokyo = _zones(api, callers, at="2026-11-20T15:30:00Z", windowStart="00:00", windowEnd="01:00")
-    assert tokyo == {"Asia/Tokyo"}
+    tokyo_morning = "2026-11-20T01:00:00Z"  # 10:00 in Tokyo, 20:00 in New York
+    assert _zones(api, callers, at=tokyo_morning, defaultTimezone="Asia/Tokyo") == {
+        "none",
+        "Asia/Tokyo",
+    }
+    assert _zones(api, callers, at=tokyo_morning) == {"Asia/Tokyo"}
 
 
 def test_the_keyset_cursor_yields_every_eligible_contact_exactly_once(api: Api) -> None:
@@ -796,14 +801,14 @@ def test_the_keyset_cursor_yields_every_eligible_contact_exactly_once(api: Api) 
     api.create(phone="(202) 555-0100", doNotCall=True)
     seen: list[str] = []
     pages = []
-    params: dict[str, str] = {"limit": "5"}
+    params: dict[str, str] = {"limit": "5", "at": WEEKDAY_MORNING}
     while True:
         body = api.get(ELIGIBLE, params=params).json()
         pages.append(len(body["data"]))
         seen += [c["id"] for c in body["data"]]
         if body["next_cursor"] is None:
             break
-        params = {"limit": "5", "cursor": body["next_cursor"]}
+        params = {"limit": "5", "cursor": body["next_cursor"]}  # the cursor carries `at`
     assert pages == [5, 5, 5, 5, 3]
     assert len(seen) == len(set(seen)) == 23
     assert set(seen) == expected
@@ -811,7 +816,7 @@ def test_the_keyset_cursor_yields_every_eligible_contact_exactly_once(api: Api) 
 
 def test_the_keyset_cursor_is_stable_while_contacts_change(api: Api) -> None:
     ids = [api.create(firstName=f"C{i}", phone="(202) 555-0100")["id"] for i in range(6)]
-    first = api.get(ELIGIBLE, params={"limit": "3"}).json()
+    first = api.get(ELIGIBLE, params={"limit": "3", "at": WEEKDAY_MORNING}).json()
     assert [c["id"] for c in first["data"]] == ids[:3]
     api.delete(ids[3])  # not yet seen: gone
     api.patch(ids[0], {"jobTitle": "Changed"})  # seen: not seen again
@@ -889,6 +894,7 @@ def test_the_openapi_document_describes_every_endpoint(api: Api) -> None:
         ("DELETE", f"{CONTACTS}/{{contact_id}}"),
         ("GET", f"{CONTACTS}/{{contact_id}}/history"),
         ("GET", f"{CONTACTS}/{{contact_id}}/calls"),
+        ("GET", f"{CONTACTS}/{{contact_id}}/eligibility"),
         ("POST", COMPANIES),
         ("GET", COMPANIES),
         ("GET", "/api/crm/dead-letters"),
@@ -937,7 +943,8 @@ def test_the_openapi_document_describes_every_endpoint(api: Api) -> None:
         "limit",
         "cursor",
     }
-    assert eligible["windowStart"]["default"] == "09:00"
+    assert "default" not in eligible["windowStart"]  # the team's policy decides
+    assert "policy" in eligible["windowStart"]["description"]
     assert eligible["limit"]["maximum"] == 1000
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     create_body = doc["paths"][CONTACTS]["post"]["requestBody"]["content"]["application/json"]
@@ -969,6 +976,7 @@ def _requests(contact_id: str) -> list[tuple[str, str, Any]]:
         ("PATCH", f"{CONTACTS}/{contact_id}", {"firstName": "X"}),
         ("DELETE", f"{CONTACTS}/{contact_id}", None),
         ("GET", f"{CONTACTS}/{contact_id}/history", None),
+        ("GET", f"{CONTACTS}/{contact_id}/eligibility", None),
         ("POST", COMPANIES, {"name": "Co"}),
         ("GET", COMPANIES, None),
         ("GET", f"{COMPANIES}/{contact_id}", None),
@@ -1055,7 +1063,7 @@ def test_two_teams_with_two_keys_never_see_each_other(api: Api) -> None:
             body = api.get(CONTACTS, params=params, key=key).json()
             assert [c["id"] for c in body["data"]] == [own["id"]]
             assert body["total"] == 1
-        for params in ({}, {"at": "2026-11-20T15:00:00Z"}):
+        for params in ({"at": "2026-11-20T15:00:00Z"}, {"at": "2026-11-20T20:00:00Z"}):
             assert api.eligible_ids(params, key=key) == [own["id"]]
         assert api.get(COMPANIES, key=key).json()["data"] == [company]
         assert (

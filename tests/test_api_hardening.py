@@ -337,6 +337,9 @@ def test_an_integer_parameter_in_digits_is_accepted(api: Api, url: str, name: st
 )
 def test_at_other_than_an_rfc_3339_date_time_is_422(api: Api, value: str) -> None:
     assert_validation_error(api.get(ELIGIBLE, params={"at": value}), "at")
+    contact = api.create(phone="+1 202 555 0100")
+    eligibility = f"{CONTACTS}/{contact['id']}/eligibility"
+    assert_validation_error(api.get(eligibility, params={"at": value}), "at")
 
 
 @pytest.mark.parametrize(
@@ -344,6 +347,10 @@ def test_at_other_than_an_rfc_3339_date_time_is_422(api: Api, value: str) -> Non
 )
 def test_at_as_an_rfc_3339_date_time_is_accepted(api: Api, value: str) -> None:
     assert api.get(ELIGIBLE, params={"at": value}).status_code == 200
+    contact = api.create(phone="+1 202 555 0100")
+    eligibility = api.get(f"{CONTACTS}/{contact['id']}/eligibility", params={"at": value})
+    assert eligibility.status_code == 200
+    assert eligibility.json()["at"].startswith("2026-11-20T15:00:00")  # the same instant, UTC
 
 
 @pytest.mark.parametrize(

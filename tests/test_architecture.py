@@ -150,6 +150,8 @@ PURE_DOMAIN = (
     "fields/coerce.py",
     "fields/patterns.py",
     "fields/schema.py",
+    "scheduling/jurisdictions.py",
+    "scheduling/eligibility.py",
 )
 INFRASTRUCTURE = ("sqlalchemy", "psycopg", "celery", "kombu", "redis", "fastapi", "starlette")
 OUTER_PACKAGES = ("db", "worker", "api", "cli", "ops")

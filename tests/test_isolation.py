@@ -68,6 +68,7 @@ from tests.workers import start_worker, stop_worker
 CONTACT = f"{CONTACTS}/{{contact_id}}"
 HISTORY = f"{CONTACTS}/{{contact_id}}/history"
 CALLS = f"{CONTACTS}/{{contact_id}}/calls"
+ELIGIBILITY = f"{CONTACTS}/{{contact_id}}/eligibility"
 LETTERS = "/api/crm/dead-letters"
 LETTER = f"{LETTERS}/{{dead_letter_id}}"
 REPLAY = f"{LETTER}/replay"
@@ -81,6 +82,9 @@ FIELD = f"{FIELDS}/{{key}}"
 FIELD_SCHEMA = f"{FIELDS}/schema"
 TEAM_SETTINGS = "/api/crm/team-settings"
 COMPANY_NOT_FOUND = "Not found"
+# The scheduler's stream, at 18:00 UTC on a winter day: 10:00 in Los Angeles (B's
+# star), 12:00 in Chicago (A's star), 13:00 in New York (the shared contacts' number).
+AT = "2026-11-20T18:00:00Z"
 SHARED_PHONE = "+12025550100"  # a number that a contact of each team has
 NOT_FOUND = "Contact not found"
 FOREIGN_COMPANY = "Company does not belong to this team"
@@ -331,7 +335,9 @@ def build_world(engine: Engine, team: Team, other_team: Team) -> World:
     a = _side(engine, team, PEOPLE["a"])
     b = _side(engine, other_team, PEOPLE["b"])
     with engine.connect() as conn:
-        b_cursor = list_eligible(conn, EligibleQuery.parse({"team_id": b.team.id, "limit": 1}))
+        b_cursor = list_eligible(
+            conn, EligibleQuery.parse({"team_id": b.team.id, "limit": 1, "at": AT})
+        )
     assert b_cursor.next_cursor is not None
     values: dict[str, str] = {}
     for name, side in (("a", a), ("b", b)):
@@ -699,6 +705,35 @@ PROBES: list[Probe] = [
         path={"contact_id": "<b.star>"},
         params={"limit": "1", "offset": "0"},
         error=NOT_FOUND,
+    ),
+    # GET /contacts/{id}/eligibility (docs/design.md §12).
+    *(
+        Probe(
+            f"eligibility of {ref}",
+            "GET",
+            ELIGIBILITY,
+            404,
+            path={"contact_id": f"<{ref}>"},
+            params={"at": AT},
+            error=NOT_FOUND,
+        )
+        for ref in (*B_CONTACTS, *NOT_CONTACTS)
+    ),
+    Probe(
+        "eligibility of B's contact naming B's team",
+        "GET",
+        ELIGIBILITY,
+        422,
+        path={"contact_id": "<b.star>"},
+        params={"teamId": "<b.team>"},
+    ),
+    Probe(
+        "eligibility of A's contact",
+        "GET",
+        ELIGIBILITY,
+        200,
+        path={"contact_id": "<a.star>"},
+        params={"at": AT},
     ),
     # POST /companies.
     Probe(
@@ -1292,12 +1327,9 @@ LIST_FILTERS = [
     ),
 ]
 
-# The scheduler's stream, at 18:00 UTC on a winter day: 10:00 in Los Angeles (B's
-# star), 12:00 in Chicago (A's star), 13:00 in New York (the default zone).
-AT = "2026-11-20T18:00:00Z"
 ELIGIBLE_FILTERS = [
-    Filter("no filter", {}, ["star", "shared"], ["star", "shared"]),
-    Filter("own team", {"teamId": "<a.team>"}, ["star", "shared"], None),
+    Filter("at", {"at": AT}, ["star", "shared"], ["star", "shared"]),
+    Filter("own team", {"teamId": "<a.team>", "at": AT}, ["star", "shared"], None),
     Filter(
         "B's morning",
         {"at": AT, "windowStart": "09:30", "windowEnd": "11:00"},
@@ -1305,18 +1337,19 @@ ELIGIBLE_FILTERS = [
         ["star"],
     ),
     Filter(
-        "B's morning in B's zone",
+        # The shared contacts have no timezone: their Washington number's zone (13:00) decides.
+        "New York's lunch with a default zone",
         {
             "at": AT,
-            "windowStart": "09:30",
-            "windowEnd": "11:00",
+            "windowStart": "12:30",
+            "windowEnd": "14:00",
             "defaultTimezone": "America/Los_Angeles",
         },
         ["shared"],
-        ["star", "shared"],
+        ["shared"],
     ),
     Filter("B's cursor", {"cursor": "<b.cursor>", "limit": "1000"}, None, ["shared"]),
-    Filter("one", {"limit": "1"}, None, None),
+    Filter("one", {"limit": "1", "at": AT}, None, None),
 ]
 
 

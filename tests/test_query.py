@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Connection, update
 
 from contact_sync.accounts.teams import Team, create_team
+from contact_sync.contacts import query as query_module
 from contact_sync.contacts.companies import Company, create_company
 from contact_sync.contacts.model import Contact
 from contact_sync.contacts.query import (
@@ -59,7 +60,15 @@ def ids(conn: Connection, **params: Any) -> list[str]:
     return [c.id for c in page(conn, **params).data]
 
 
+# A Thursday, 10:00 in New York: inside the default window everywhere the cast lives.
+WEEKDAY_MORNING = "2026-01-15T15:00:00Z"
+DC = "(202) 555-1234"  # a Washington number: America/New_York, no state rules
+TOLL_FREE = "+1 800 555 0199"  # names no zone and no state
+
+
 def eligible(conn: Connection, **params: Any) -> EligiblePage:
+    """The stream at ``at`` (a weekday morning unless given: it defaults to now since §12)."""
+    params.setdefault("at", WEEKDAY_MORNING)
     return list_eligible(conn, EligibleQuery.parse(params))
 
 
@@ -538,13 +547,17 @@ def test_eligible_never_lists_another_teams_contacts(
     assert eligible_ids(conn, team_id=team.id) == {ours.id}
 
 
-def test_without_at_there_is_no_window_filter(conn: Connection, team: Team) -> None:
-    tokyo = make_contact(conn, team.id, phone="(202) 555-1234", timezone="Asia/Tokyo")
-    chicago = make_contact(conn, team.id, phone="(202) 555-1234", timezone="America/Chicago")
-    assert eligible_ids(conn, team_id=team.id, windowStart="03:00", windowEnd="03:01") == {
-        tokyo.id,
-        chicago.id,
-    }
+def test_without_at_the_stream_asks_about_the_current_time(
+    conn: Connection, team: Team, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Round 1 applied no window without `at`: at 07:21 in New York it offered New Yorkers.
+    new_yorker = make_contact(conn, team.id, phone=DC)
+    found = {}
+    for now in ("2026-01-15T12:21:00Z", "2026-01-15T15:00:00Z"):  # 07:21 and 10:00 EST
+        monkeypatch.setattr(query_module, "utcnow", lambda now=now: datetime.fromisoformat(now))
+        page = list_eligible(conn, EligibleQuery.parse({"team_id": team.id}))
+        found[now] = {c.id for c in page.data}
+    assert found == {"2026-01-15T12:21:00Z": set(), "2026-01-15T15:00:00Z": {new_yorker.id}}
 
 
 CHICAGO_WINDOW = {
@@ -561,29 +574,34 @@ CHICAGO_WINDOW = {
 def test_the_window_is_read_in_the_contacts_timezone_start_inclusive_end_exclusive(
     conn: Connection, team: Team
 ) -> None:
-    chicago = make_contact(conn, team.id, phone="(202) 555-1234", timezone="America/Chicago")
+    chicago = make_contact(conn, team.id, phone="(312) 555-1234", timezone="America/Chicago")
     inside = {at: chicago.id in eligible_ids(conn, team_id=team.id, at=at) for at in CHICAGO_WINDOW}
     assert inside == CHICAGO_WINDOW
 
 
-def test_contacts_without_a_timezone_use_the_default_timezone(conn: Connection, team: Team) -> None:
-    floating = make_contact(conn, team.id, phone="(202) 555-1234")
-    at_nine_in_new_york = "2026-01-15T14:00:00Z"  # 23:00 in Tokyo
-    assert eligible_ids(conn, team_id=team.id, at=at_nine_in_new_york) == {floating.id}
-    assert eligible_ids(conn, team_id=team.id, at="2026-01-15T13:59:00Z") == set()
+def test_contacts_without_a_timezone_use_their_numbers_zone_then_the_default(
+    conn: Connection, team: Team
+) -> None:
+    floating = make_contact(conn, team.id, phone=TOLL_FREE)
+    londoner = make_contact(conn, team.id, phone="+44 20 7946 0958")  # Europe/London
+    at_nine_in_new_york = "2026-01-15T14:00:00Z"  # 23:00 in Tokyo, 14:00 in London
+    assert eligible_ids(conn, team_id=team.id, at=at_nine_in_new_york) == {
+        floating.id,
+        londoner.id,
+    }
+    assert eligible_ids(conn, team_id=team.id, at="2026-01-15T13:59:00Z") == {londoner.id}
     assert eligible_ids(conn, team_id=team.id, at="2026-01-15T22:00:00Z") == set()  # 17:00
-    assert (
-        eligible_ids(conn, team_id=team.id, at=at_nine_in_new_york, defaultTimezone="Asia/Tokyo")
-        == set()
-    )
+    assert eligible_ids(
+        conn, team_id=team.id, at=at_nine_in_new_york, defaultTimezone="Asia/Tokyo"
+    ) == {londoner.id}
     assert eligible_ids(
         conn, team_id=team.id, at="2026-01-15T00:00:00Z", default_timezone="Asia/Tokyo"
-    ) == {floating.id}  # 09:00 in Tokyo
+    ) == {floating.id}  # 09:00 in Tokyo, midnight in London
 
 
 def test_the_contacts_own_timezone_wins_over_the_default(conn: Connection, team: Team) -> None:
-    tokyo = make_contact(conn, team.id, phone="(202) 555-1234", timezone="Asia/Tokyo")
-    floating = make_contact(conn, team.id, phone="(202) 555-1234")
+    tokyo = make_contact(conn, team.id, phone="+81 3 1234 5678", timezone="Asia/Tokyo")
+    floating = make_contact(conn, team.id, phone=TOLL_FREE)
     at = "2026-01-15T00:30:00Z"  # 09:30 Tokyo, 19:30 New York
     assert eligible_ids(conn, team_id=team.id, at=at) == {tokyo.id}
     assert eligible_ids(conn, team_id=team.id, at=at, default_timezone="Asia/Tokyo") == {
@@ -592,24 +610,31 @@ def test_the_contacts_own_timezone_wins_over_the_default(conn: Connection, team:
     }
 
 
+# 20:00-09:00 spans midnight; the 08:00-21:00 floor keeps 08:00-09:00 and 20:00-21:00 of it.
 OVERNIGHT_WINDOW = {
-    "21:59": False,
-    "22:00": True,
-    "23:30": True,
-    "00:00": True,
-    "05:59": True,
-    "06:00": False,
+    "07:59": False,
+    "08:00": True,
+    "08:59": True,
+    "09:00": False,
     "12:00": False,
+    "19:59": False,
+    "20:00": True,
+    "20:59": True,
+    "21:00": False,
+    "23:30": False,
+    "00:00": False,
 }
 
 
-def test_a_window_whose_start_is_after_its_end_spans_midnight(conn: Connection, team: Team) -> None:
-    london = make_contact(conn, team.id, phone="(202) 555-1234", timezone="Europe/London")
+def test_a_window_whose_start_is_after_its_end_spans_midnight_within_the_floor(
+    conn: Connection, team: Team
+) -> None:
+    london = make_contact(conn, team.id, phone="+44 20 7946 0958", timezone="Europe/London")
     inside = {}
     for utc_time in OVERNIGHT_WINDOW:
         at = f"2026-01-15T{utc_time}:00Z"  # London is on UTC in January
         found_ids = eligible_ids(
-            conn, team_id=team.id, at=at, windowStart="22:00", windowEnd="06:00"
+            conn, team_id=team.id, at=at, windowStart="20:00", windowEnd="09:00"
         )
         inside[utc_time] = london.id in found_ids
     assert inside == OVERNIGHT_WINDOW
@@ -699,17 +724,10 @@ def test_an_eligible_page_serialises_to_the_api_shape(conn: Connection, team: Te
 
 
 def test_an_eligible_query_has_the_documented_defaults() -> None:
+    # The window and zone come from the team's policy unless the query overrides them.
     query = EligibleQuery.parse({"teamId": "t"})
-    assert (query.window_start.isoformat(), query.window_end.isoformat()) == (
-        "09:00:00",
-        "17:00:00",
-    )
-    assert (query.default_timezone, query.limit, query.at, query.cursor) == (
-        "America/New_York",
-        100,
-        None,
-        None,
-    )
+    assert (query.window_start, query.window_end, query.default_timezone) == (None, None, None)
+    assert (query.limit, query.at, query.cursor) == (100, None, None)
     assert EligibleQuery.parse({"teamId": "t", "limit": 1000}).limit == 1000
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Connection, event
 
 from contact_sync.accounts.teams import Team, create_team
 from contact_sync.contacts.query import ContactQuery, EligibleQuery, list_contacts, list_eligible
-from tests.factories import make_contact
+from tests.factories import insert_call, make_contact
 
 
 @pytest.fixture
@@ -46,11 +47,17 @@ def test_a_list_page_takes_one_query_and_one_count_whatever_its_size(
         assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 2
 
 
-def test_an_eligible_page_takes_one_query(conn: Connection, team: Team) -> None:
-    for i in range(12):
-        make_contact(conn, team.id, phone=f"+1202555{2000 + i}")
-    with counting(conn) as statements:
-        page = list_eligible(conn, EligibleQuery(team_id=team.id, limit=10))
-    assert len(page.data) == 10
-    assert page.next_cursor is not None
-    assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1
+def test_an_eligible_page_takes_a_fixed_number_of_queries_whatever_its_size(
+    conn: Connection, team: Team
+) -> None:
+    # The policy, the team's places, the rows, their attempts: never one per contact.
+    at = datetime(2026, 1, 15, 15, tzinfo=UTC)  # 10:00 in New York, a Thursday
+    for i in range(40):
+        contact = make_contact(conn, team.id, phone=f"+1202555{2000 + i}")
+        insert_call(conn, team.id, contact.id, ended_at=at - timedelta(days=3))
+    for limit in (10, 30):
+        with counting(conn) as statements:
+            page = list_eligible(conn, EligibleQuery(team_id=team.id, limit=limit, at=at))
+        assert len(page.data) == limit
+        assert page.next_cursor is not None
+        assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 4

@@ -34,11 +34,13 @@ from contact_sync.api.schemas import (
     CompanyPatch,
     ContactIdPath,
     ContactList,
+    EligibilityOut,
     EligibleList,
     ErrorBody,
     HistoryList,
 )
 from contact_sync.calls.ledger_store import count_calls, list_calls
+from contact_sync.clock import utcnow
 from contact_sync.contacts.companies import (
     CompanyInUse,
     create_company,
@@ -52,6 +54,7 @@ from contact_sync.contacts.query import (
     SORTS,
     CompanyQuery,
     ContactQuery,
+    EligibilityQuery,
     EligibleQuery,
     HistoryQuery,
     list_contacts,
@@ -68,6 +71,7 @@ from contact_sync.contacts.store import (
 from contact_sync.contacts.store import get_provenance as contact_provenance
 from contact_sync.db.unit_of_work import unit_of_work
 from contact_sync.errors import ValidationFailed
+from contact_sync.scheduling.check import contact_eligibility
 
 
 def _dependant_query(dependant: Dependant) -> set[str]:
@@ -238,8 +242,8 @@ def _docs(model: type[BaseModel], name: str) -> dict[str, Any]:
 # Query parameters whose wire format the models' JSON Schema cannot tell.
 _CLOCK = {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"}
 _ELIGIBLE_OVERRIDES = {
-    "window_start": {**_CLOCK, "default": "09:00", **_docs(EligibleQuery, "window_start")},
-    "window_end": {**_CLOCK, "default": "17:00", **_docs(EligibleQuery, "window_end")},
+    "window_start": {**_CLOCK, **_docs(EligibleQuery, "window_start")},
+    "window_end": {**_CLOCK, **_docs(EligibleQuery, "window_end")},
 }
 _ELIGIBLE_MESSAGES = dict.fromkeys(_ELIGIBLE_OVERRIDES, "Must be a time of day as HH:MM")
 _LIST_OVERRIDES: dict[str, dict[str, Any]] = {
@@ -324,7 +328,12 @@ def list_(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str, A
     response_model=EligibleList,
     responses=_errors(403, 422) | {200: {"links": _ELIGIBLE_LINKS}},
     openapi_extra={"parameters": query_parameters(EligibleQuery, overrides=_ELIGIBLE_OVERRIDES)},
-    summary="Contacts the campaign scheduler may call now",
+    summary="Contacts the campaign scheduler may call at `at` (default: now)",
+    description="Exactly the contacts whose eligibility (`GET /contacts/{contact_id}/eligibility`) "
+    "is true at `at`: the team's calling policy, the 08:00-21:00 local floor, the shipped "
+    "jurisdiction rules, attempts, caps and retry delays (docs/design.md §12). `windowStart`, "
+    "`windowEnd` and `defaultTimezone` override the policy for this query only. Keyset-paginated "
+    "by id; the cursor carries the walk's `at`.",
 )
 def eligible(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str, Any]:
     values = read_query(
@@ -416,6 +425,26 @@ def delete(contact_id: ContactIdPath, caller: CallerDep, engine: EngineDep) -> R
         )
         uow.commit()
     return Response(status_code=204)
+
+
+@router.get(
+    "/contacts/{contact_id}/eligibility",
+    response_model=EligibilityOut,
+    responses=_errors(404, 422),
+    openapi_extra={"parameters": query_parameters(EligibilityQuery)},
+    summary="Whether the contact may be called at `at`, why not, and from when",
+    description="Applies the team's calling policy and the rules that always hold "
+    "(the 08:00-21:00 local floor, the shipped jurisdiction rules, the number's own zone): "
+    "docs/design.md §12. `at` defaults to the current time.",
+)
+def eligibility(
+    contact_id: ContactIdPath, request: Request, caller: CallerDep, engine: EngineDep
+) -> dict[str, Any]:
+    query = EligibilityQuery.parse(read_query(request, EligibilityQuery))
+    at = query.at or utcnow()
+    with unit_of_work(engine) as uow:
+        answer = contact_eligibility(uow.conn, team_id=caller.team_id, contact_id=contact_id, at=at)
+    return answer.to_dict()
 
 
 @router.get(

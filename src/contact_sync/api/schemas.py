@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from contact_sync.contacts.model import Contact
+from contact_sync.scheduling.eligibility import REASON_CODES
 
 TEAM_ID = "0193a5c4-7e2b-7c41-9a3e-5d8f2b1c6e70"
 CONTACT_ID = "0193a5c6-1f40-7d2a-8b6e-2c9d4e7f1a35"
@@ -75,6 +76,50 @@ class EligibleList(BaseModel):
     next_cursor: str | None = Field(
         description="Pass as `cursor` for the next slice; null when there is none.",
         examples=["MDE5M2E1YzYtMWY0MC03ZDJh"],
+    )
+
+
+class ReasonOut(BaseModel):
+    """Why a contact may not be called (docs/design.md §12)."""
+
+    code: str = Field(
+        description="One of the reason codes of docs/design.md §12.",
+        examples=["retry_after"],
+        json_schema_extra={"enum": list(REASON_CODES)},
+    )
+    detail: str = Field(
+        description="The reason in a sentence, for a person.",
+        examples=[
+            "The last attempt (no_answer) ended at 2026-11-20T14:00:00Z; the next may "
+            "start at 2026-11-20T18:00:00Z."
+        ],
+    )
+
+
+class EligibilityOut(BaseModel):
+    """Whether the team may call the contact at `at`, every reason why not, and from when."""
+
+    eligible: bool = Field(description="True when no reason applies.", examples=[False])
+    at: datetime = Field(
+        description="The moment asked about (UTC).", examples=["2026-11-20T15:00:00Z"]
+    )
+    reasons: list[ReasonOut] = Field(
+        description="Every reason that applies at `at` (empty when eligible).",
+        examples=[
+            [
+                {
+                    "code": "outside_window",
+                    "detail": "It is 07:21 in America/New_York: "
+                    "outside the window 09:00-17:00 and the 08:00-21:00 floor.",
+                }
+            ]
+        ],
+    )
+    next_eligible_at: datetime | None = Field(
+        description="`at` when eligible; else the earliest later instant at which the contact "
+        "is eligible if nothing else happens, at most 14 days ahead; null beyond, or when "
+        "do_not_call, no_phone, status_closed or max_attempts_total holds.",
+        examples=["2026-11-20T18:00:00Z"],
     )
 
 

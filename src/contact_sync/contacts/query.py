@@ -7,11 +7,10 @@ filters mean the same everywhere. Every query is scoped to one team.
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
-from functools import cache, lru_cache
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo
 
 from pydantic import (
     AfterValidator,
@@ -26,23 +25,31 @@ from pydantic.alias_generators import to_camel
 from sqlalchemy import (
     Connection,
     Select,
-    and_,
+    String,
+    Text,
+    any_,
+    bindparam,
     exists,
     func,
+    literal,
     literal_column,
     or_,
     select,
     type_coerce,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
+from contact_sync.clock import utcnow
 from contact_sync.contacts.lead_status import STICKY
 from contact_sync.contacts.model import Contact, field_errors, iana_timezones, normalise_lead_status
 from contact_sync.contacts.phones import search_digits
 from contact_sync.contacts.store import CONTACT_COLUMNS, contacts_from_rows
 from contact_sync.db.tables import contacts
 from contact_sync.errors import ValidationFailed
+from contact_sync.scheduling.check import NO_ATTEMPTS, attempts_of, facts_of
+from contact_sync.scheduling.eligibility import Moment, rules_for
+from contact_sync.scheduling.policies import load_policy
 from contact_sync.storable import is_unicode
 
 # The contacts list's orders: the default (newest first) is listed first.
@@ -358,7 +365,7 @@ def _aware(value: datetime | None) -> datetime | None:
 
 
 class EligibleQuery(_Query):
-    """The scheduler's question: whom of this team may we call at ``at``?"""
+    """The scheduler's question: whom of this team may we call at ``at`` (default: now)?"""
 
     team_id: str = Field(
         min_length=1,
@@ -368,22 +375,26 @@ class EligibleQuery(_Query):
     )
     at: Annotated[datetime | None, AfterValidator(_aware)] = Field(
         default=None,
-        description="The moment to ask about, with a UTC offset (default: now).",
+        description="The moment to ask about, with a UTC offset. Default: the current time "
+        "(or the `at` of the walk the `cursor` continues).",
         examples=["2026-11-20T15:00:00Z"],
     )
-    window_start: time = Field(
-        default=time(9, 0),
-        description="Start of the call window, in each contact's local time (HH:MM).",
+    window_start: time | None = Field(
+        default=None,
+        description="Overrides the start of the team policy's window for this query only, in "
+        "each contact's local time (HH:MM); still clamped to 08:00-21:00.",
         examples=["09:00"],
     )
-    window_end: time = Field(
-        default=time(17, 0),
-        description="End of the call window, in each contact's local time (HH:MM).",
+    window_end: time | None = Field(
+        default=None,
+        description="Overrides the end of the team policy's window for this query only (HH:MM, "
+        "exclusive); a start later than the end spans midnight.",
         examples=["17:00"],
     )
-    default_timezone: Annotated[str, AfterValidator(_zone)] = Field(
-        default="America/New_York",
-        description="The IANA zone of contacts that have none.",
+    default_timezone: Annotated[str | None, AfterValidator(_zone)] = Field(
+        default=None,
+        description="Overrides the policy's IANA zone for contacts that have none and whose "
+        "number names none, for this query only.",
         examples=["America/Chicago"],
     )
     limit: int = Field(
@@ -391,9 +402,9 @@ class EligibleQuery(_Query):
     )
     cursor: str | None = Field(
         default=None,
-        max_length=200,
-        description="The previous slice's `next_cursor`, to continue the stream.",
-        examples=["MDE5M2E1YzYtMWY0MC03ZDJh"],
+        max_length=300,
+        description="The previous slice's `next_cursor`, to continue the stream at its `at`.",
+        examples=["MDE5M2E1YzYtMWY0MC03ZDJhfDIwMjYtMTEtMjBUMTU6MDA6MDBa"],
     )
 
     @field_validator("window_start", "window_end", mode="before")
@@ -405,6 +416,16 @@ class EligibleQuery(_Query):
     @classmethod
     def _reject_nul(cls, value: str | None) -> str | None:
         return _no_nul(value)
+
+
+class EligibilityQuery(_Query):
+    """One contact's eligibility at ``at`` (default: now)."""
+
+    at: Annotated[datetime | None, AfterValidator(_aware)] = Field(
+        default=None,
+        description="The moment to ask about, with a UTC offset. Default: the current time.",
+        examples=["2026-11-20T15:00:00Z"],
+    )
 
 
 @dataclass(frozen=True)
@@ -426,54 +447,33 @@ def _all_timezones() -> frozenset[str]:
     return iana_timezones()
 
 
-def _in_window(local: time, start: time, end: time) -> bool:
-    if start <= end:
-        return start <= local < end
-    return local >= start or local < end  # the window spans midnight
+_CURSOR_SEPARATOR = "|"
 
 
-@cache
-def _zone_info(name: str) -> ZoneInfo:
-    # ZoneInfo's own cache keeps only a few zones strongly; a window check
-    # walks all of them.
-    return ZoneInfo(name)
+def _encode_cursor(contact_id: str, at: datetime) -> str:
+    text = f"{contact_id}{_CURSOR_SEPARATOR}{at.astimezone(UTC).isoformat()}"
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-@lru_cache(maxsize=256)
-def zones_in_window(at: datetime, start: time, end: time) -> tuple[str, ...]:
-    """Every IANA zone whose local time at ``at`` lies in the window.
-
-    Deciding per zone in Python (a few hundred zones, cached per window) and
-    filtering with ``timezone IN (...)`` works on every database and keeps
-    the query on its index, where a per-row conversion in SQL could not.
-    """
-    at_utc = at.astimezone(UTC)
-    return tuple(
-        sorted(
-            zone
-            for zone in _all_timezones()
-            if _in_window(
-                at_utc.astimezone(_zone_info(zone)).time().replace(tzinfo=None), start, end
-            )
-        )
-    )
-
-
-def _encode_cursor(contact_id: str) -> str:
-    return base64.urlsafe_b64encode(contact_id.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> str:
+def _decode_cursor(cursor: str) -> tuple[str, datetime]:
+    """The last id of the previous slice and the walk's ``at``; only cursors we issued pass."""
     invalid = ValidationFailed({"cursor": "Cursor is not one this service issued"})
     try:
         padded = (cursor + "=" * (-len(cursor) % 4)).encode("ascii")
         decoded = base64.b64decode(padded, altchars=b"-_", validate=True).decode("ascii")
+        contact_id, separator, moment = decoded.partition(_CURSOR_SEPARATOR)
+        at = datetime.fromisoformat(moment)
     except (ValueError, UnicodeError):
         raise invalid from None
-    # Only ids we encoded round-trip: printable ASCII, re-encoding to the same text.
-    if not decoded.isprintable() or _encode_cursor(decoded) != cursor:
+    # Only what we encoded round-trips: printable ASCII, re-encoding to the same text.
+    if (
+        not separator
+        or not decoded.isprintable()
+        or at.tzinfo is None
+        or _encode_cursor(contact_id, at) != cursor
+    ):
         raise invalid
-    return decoded
+    return contact_id, at
 
 
 def _sql_list(values: tuple[str, ...]) -> str:
@@ -488,31 +488,116 @@ _CALLABLE: ColumnElement[bool] = literal_column(
     "contacts.do_not_call = false AND contacts.phone IS NOT NULL AND "
     f"contacts.lead_status NOT IN {_sql_list(STICKY)}"
 )
+# Where a contact is: what its clock and calendar reasons depend on (besides `at`).
+_PLACE = (contacts.c.timezone, contacts.c.phone_zone, contacts.c.phone_state)
+
+
+def _walk_at(query: EligibleQuery) -> tuple[datetime, str | None]:
+    """The walk's ``at`` (the query's, else the cursor's, else now) and the id to continue after."""
+    if query.cursor is None:
+        return (query.at or utcnow()), None
+    after, at = _decode_cursor(query.cursor)
+    if query.at is not None and query.at != at:
+        raise ValidationFailed({"cursor": "Cursor belongs to a walk at another `at`"})
+    return at, after
+
+
+def _place_key() -> ColumnElement[str]:
+    # Bound, not literal: the SQL then quotes nothing but the sticky statuses
+    # (tests/test_vocabulary.py reads them from it).
+    sep: ColumnElement[str] = literal("|", String)
+    empty: ColumnElement[str] = literal("", String)
+    timezone, phone_zone, phone_state = (func.coalesce(column, empty) for column in _PLACE)
+    return timezone + sep + phone_zone + sep + phone_state
+
+
+def _places_open(
+    conn: Connection, team_id: str, moment: Moment, after: str | None
+) -> list[str] | None:
+    """The places (zone, number zone, state) of the team's callable contacts still ahead
+    in the walk where the clock allows a call at ``at``, as keys of ``_place_key``;
+    None when it allows every one (no filter needed).
+
+    A team has few distinct places; deciding them in Python with the same
+    evaluator and filtering rows by them keeps the stream's rows to those the
+    clock allows, on both databases. Without a filter the rows come straight
+    from the partial index ``ix_contacts_callable`` in id order.
+    """
+    where = [contacts.c.team_id == team_id, _CALLABLE]
+    if after is not None:
+        where.append(contacts.c.id > after)
+    places = conn.execute(select(*_PLACE).where(*where).distinct()).all()
+    allowed = [place for place in places if moment.clock_allows((place[0], place[1], place[2]))]
+    if len(allowed) == len(places):
+        return None
+    return ["|".join(part or "" for part in place) for place in allowed]
+
+
+def _in_places(dialect: str, open_places: list[str]) -> ColumnElement[bool]:
+    """The row's place is one of ``open_places``: one parameter whatever their number."""
+    key = _place_key()
+    if dialect == "postgresql":
+        return key == any_(bindparam("open_places", open_places, type_=ARRAY(Text)))
+    element = func.json_each(bindparam("open_places", json.dumps(open_places))).table_valued(
+        "value"
+    )
+    return key.in_(select(element.c.value))
 
 
 def list_eligible(conn: Connection, query: EligibleQuery) -> EligiblePage:
-    """Callable contacts of the team in keyset (id) order, stable under changes."""
-    where: list[ColumnElement[bool]] = [contacts.c.team_id == query.team_id, _CALLABLE]
-    if query.cursor is not None:
-        where.append(contacts.c.id > _decode_cursor(query.cursor))
-    if query.at is not None:
-        zones = zones_in_window(query.at, query.window_start, query.window_end)
-        in_zone = contacts.c.timezone.in_(zones)
-        if query.default_timezone in zones:
-            where.append(or_(in_zone, contacts.c.timezone.is_(None)))
-        else:
-            where.append(and_(contacts.c.timezone.is_not(None), in_zone))
-    rows = conn.execute(
-        select(*CONTACT_COLUMNS).where(*where).order_by(contacts.c.id).limit(query.limit + 1)
-    ).all()
-    more = len(rows) > query.limit
-    rows = rows[: query.limit]
-    cursor = _encode_cursor(rows[-1].id) if more and rows else None
-    return EligiblePage(contacts_from_rows(rows), cursor)
+    """Contacts of the team eligible at ``at``, in keyset (id) order, stable under changes.
+
+    SQL narrows to callable rows in places the clock allows; the evaluator
+    (scheduling/eligibility) then decides each row from it and its attempts,
+    read for a chunk of rows at once, exactly as the single-contact endpoint.
+    """
+    at, after = _walk_at(query)
+    rules = rules_for(
+        load_policy(conn, query.team_id),
+        window_start=query.window_start,
+        window_end=query.window_end,
+        default_timezone=query.default_timezone,
+    )
+    moment = Moment(rules, at)
+    open_places = _places_open(conn, query.team_id, moment, after)
+    size = query.limit + 1  # a page and one more, as in the round-1 query; more if refused
+    found: list[Any] = []
+    while open_places != [] and len(found) <= query.limit:
+        rows = _chunk(conn, query.team_id, open_places, after, size)
+        if rows:
+            attempts = attempts_of(conn, query.team_id, (rows[0].id, rows[-1].id), at, rules)
+            found += [
+                row
+                for row in rows
+                if not moment.reasons(facts_of(row), attempts.get(row.id, NO_ATTEMPTS))
+            ]
+        if len(rows) < size:
+            break
+        after = rows[-1].id
+    page = found[: query.limit]
+    more = len(found) > query.limit
+    return EligiblePage(contacts_from_rows(page), _encode_cursor(page[-1].id, at) if more else None)
+
+
+def _chunk(
+    conn: Connection, team_id: str, open_places: list[str] | None, after: str | None, size: int
+) -> list[Any]:
+    where: list[ColumnElement[bool]] = [contacts.c.team_id == team_id, _CALLABLE]
+    if open_places is not None:
+        where.append(_in_places(conn.dialect.name, open_places))
+    if after is not None:
+        where.append(contacts.c.id > after)
+    statement = (
+        select(*CONTACT_COLUMNS, contacts.c.phone_zone, contacts.c.phone_state)
+        .where(*where)
+        .order_by(contacts.c.id)
+        .limit(size)
+    )
+    return list(conn.execute(statement).all())
 
 
 _SNAKE = {
     to_camel(name): name
-    for model in (ContactQuery, EligibleQuery, HistoryQuery, CompanyQuery)
+    for model in (ContactQuery, EligibleQuery, EligibilityQuery, HistoryQuery, CompanyQuery)
     for name in model.model_fields
 }

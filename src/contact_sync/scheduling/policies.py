@@ -10,8 +10,10 @@ Nothing here begins or commits: the caller's unit of work does.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
@@ -92,7 +94,8 @@ def get_policy(conn: Connection, team_id: str) -> StoredPolicy:
     ).one_or_none()
     if row is None:
         return StoredPolicy(DEFAULT_POLICY, None, None)
-    return StoredPolicy(CallingPolicy.model_validate(row.policy), row.updated_at, row.updated_by)
+    policy = _parsed(json.dumps(row.policy, sort_keys=True))
+    return StoredPolicy(policy, row.updated_at, row.updated_by)
 
 
 def _lock_team(conn: Connection, team_id: str) -> None:
@@ -161,3 +164,11 @@ def policy_changes(conn: Connection, team_id: str, *, limit: int, offset: int) -
     ).all()
     data = [PolicyChange(row.changed_at, row.changed_by, row.old, row.new) for row in rows]
     return ChangePage(data=data, total=total, limit=limit, offset=offset)
+
+
+@lru_cache(maxsize=1024)
+def _parsed(text: str) -> CallingPolicy:
+    # Validating a policy costs milliseconds (its zone is checked against every
+    # IANA name); a page of the eligible stream reads it each time. Policies are
+    # frozen, so one validated object per stored text is safe to share.
+    return CallingPolicy.model_validate_json(text)
