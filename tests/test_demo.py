@@ -33,6 +33,9 @@ def test_the_demo_runs_on_a_fresh_directory_with_no_settings_and_leaves_nothing(
     assert "History of" in out
     assert "New contact from an unknown caller" in out
     assert "Calls of the most called contacts" in out  # the calls ledger (docs/design.md §11)
+    assert "Eligibility of " in out  # the calling policy (docs/design.md §12)
+    assert "outside_window: " in out  # at 02:00 UTC, night in the US
+    assert "next eligible at: " in out
     assert "an outbound call to +14155550199" in out
     assert list(tmp_path.iterdir()) == []  # the SQLite file it created is gone
 

@@ -38,10 +38,12 @@ from tqdm import tqdm
 
 from contact_sync.accounts.teams import create_team
 from contact_sync.calls.ledger_store import list_calls
+from contact_sync.clock import utcnow
 from contact_sync.contacts.store import create_contact, list_history
 from contact_sync.db.engine import make_engine
 from contact_sync.db.migrate import upgrade
 from contact_sync.db.tables import contacts, dead_letters, processed_events
+from contact_sync.scheduling.check import contact_eligibility
 from contact_sync.settings import Settings, get_settings
 
 FIRST = [
@@ -289,6 +291,31 @@ def _print_summary(engine: Engine, team_id: str, deliveries: int, distinct: int)
         if changed:
             _print_history(conn, team_id, changed[0])
         _print_calls(conn, team_id, rows)
+        _print_eligibility(conn, team_id, rows)
+
+
+def _print_eligibility(conn: Connection, team_id: str, rows: Sequence[Any]) -> None:
+    """Whether the most called contact may be called now and at 02:00 UTC (night in the
+    US), why not, and from when."""
+    callable_rows = [r for r in rows if r.phone and not r.do_not_call] or list(rows)
+    if not callable_rows:
+        return
+    star = max(callable_rows, key=lambda r: (r.call_count, r.last_name, r.id))
+    now = utcnow().replace(second=0, microsecond=0)
+    night = (now + timedelta(days=1)).replace(hour=2, minute=0)
+    print(
+        f"\nEligibility of {star.first_name} {star.last_name} ({star.phone}) under the team's "
+        "calling policy (docs/design.md §12):"
+    )
+    for at in (now, night):
+        answer = contact_eligibility(conn, team_id=team_id, contact_id=star.id, at=at)
+        when = answer.next_eligible_at
+        print(
+            f"  at {at:%Y-%m-%d %H:%M} UTC: {'eligible' if answer.eligible else 'not eligible'}; "
+            f"next eligible at: {f'{when:%Y-%m-%d %H:%M} UTC' if when else 'none within 14 days'}"
+        )
+        for reason in answer.reasons:
+            print(f"      {reason.code}: {reason.detail}")
 
 
 def _print_contacts(rows: Sequence[Any], changed: Sequence[Any]) -> None:
