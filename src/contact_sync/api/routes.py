@@ -49,6 +49,7 @@ from contact_sync.contacts.companies import (
     get_company,
     rename_company,
 )
+from contact_sync.contacts.custom_filters import filter_definitions
 from contact_sync.contacts.model import LEAD_STATUS_SCHEMA, Contact, ContactCreate, ContactPatch
 from contact_sync.contacts.query import (
     SORTS,
@@ -71,6 +72,7 @@ from contact_sync.contacts.store import (
 from contact_sync.contacts.store import get_provenance as contact_provenance
 from contact_sync.db.unit_of_work import unit_of_work
 from contact_sync.errors import ValidationFailed
+from contact_sync.fields.filters import PREFIX
 from contact_sync.scheduling.check import contact_eligibility
 
 
@@ -100,10 +102,16 @@ def _known_query_only(request: Request, _: CallerDep) -> None:
     """
     route = request.scope.get("route")
     if isinstance(route, APIRoute):
-        reject_unknown_query(request, _declared_query(route))
+        reject_unknown_query(request, _declared_query(route), _prefixes(route))
+
+
+def _prefixes(route: APIRoute) -> tuple[str, ...]:
+    """The parameter-name prefixes a route reads: ``cf.`` on the contacts list and stream."""
+    return (PREFIX,) if route.path in _CUSTOM_FILTERED else ()
 
 
 router = APIRouter(prefix="/api/crm", dependencies=[Depends(_known_query_only)])
+_CUSTOM_FILTERED = frozenset({"/api/crm/contacts", "/api/crm/contacts/eligible"})
 
 
 _RATE_LIMITED = {
@@ -316,10 +324,17 @@ async def create(request: Request, caller: CallerDep, engine: EngineDep) -> JSON
     summary="List contacts with filters",
 )
 def list_(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str, Any]:
-    values = read_query(request, ContactQuery, overrides=_LIST_OVERRIDES, messages=_LIST_MESSAGES)
+    values = read_query(
+        request,
+        ContactQuery,
+        overrides=_LIST_OVERRIDES,
+        messages=_LIST_MESSAGES,
+        prefixes=(PREFIX,),
+    )
     values["team_id"] = caller.team(values.get("team_id"))
-    query = ContactQuery.parse(values)
     with unit_of_work(engine) as uow:
+        definitions, region = filter_definitions(uow.conn, values["team_id"], values)
+        query = ContactQuery.parse(values, definitions=definitions, region=region)
         return list_contacts(uow.conn, query).to_dict()
 
 
@@ -337,11 +352,16 @@ def list_(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str, A
 )
 def eligible(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str, Any]:
     values = read_query(
-        request, EligibleQuery, overrides=_ELIGIBLE_OVERRIDES, messages=_ELIGIBLE_MESSAGES
+        request,
+        EligibleQuery,
+        overrides=_ELIGIBLE_OVERRIDES,
+        messages=_ELIGIBLE_MESSAGES,
+        prefixes=(PREFIX,),
     )
     values["team_id"] = caller.team(values.get("team_id"))
-    query = EligibleQuery.parse(values)
     with unit_of_work(engine) as uow:
+        definitions, region = filter_definitions(uow.conn, values["team_id"], values)
+        query = EligibleQuery.parse(values, definitions=definitions, region=region)
         return list_eligible(uow.conn, query).to_dict()
 
 
