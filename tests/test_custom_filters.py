@@ -153,7 +153,8 @@ def test_filters_combine_with_lead_status_search_and_total(
         "Cat",
     ]
     page = api.get(CONTACTS, params={**both, "limit": 1, "offset": 1}).json()
-    assert page["total"] == 2 and len(page["data"]) == 1
+    assert page["total"] == 2
+    assert len(page["data"]) == 1
 
 
 def test_the_eligible_stream_is_narrowed_alike(api: Api, people: dict[str, str]) -> None:

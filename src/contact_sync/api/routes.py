@@ -111,6 +111,16 @@ def _prefixes(route: APIRoute) -> tuple[str, ...]:
 
 
 router = APIRouter(prefix="/api/crm", dependencies=[Depends(_known_query_only)])
+# The cf. filters' names are the team's own keys, so they are documented in words.
+_CF_DOCS = (
+    "Custom-field filters (docs/design.md §13), on the team's defined fields and combined with "
+    "every other filter by AND: `cf.KEY=VALUE` (typed equality; a multi_select contains it), "
+    "`cf.KEY.in=a,b` (any of them, at most 100), `cf.KEY.gte|gt|lte|lt=VALUE` (number, integer, "
+    "date, datetime), `cf.KEY.exists=true|false` (has a value of the field's type). Values are "
+    "coerced as the field's writes are (`cf.budget.gte=$5k`, `cf.product=Solar panels`); a value "
+    "that does not convert, an undefined key or an operator the type has not is 422 naming the "
+    "parameter. At most 10 a request. Example: `?cf.budget.gte=5000&cf.homeowner=true`."
+)
 _CUSTOM_FILTERED = frozenset({"/api/crm/contacts", "/api/crm/contacts/eligible"})
 
 
@@ -322,6 +332,7 @@ async def create(request: Request, caller: CallerDep, engine: EngineDep) -> JSON
     responses=_errors(403, 422),
     openapi_extra={"parameters": query_parameters(ContactQuery, overrides=_LIST_OVERRIDES)},
     summary="List contacts with filters",
+    description="Newest first by default, with the exact `total`. " + _CF_DOCS,
 )
 def list_(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str, Any]:
     values = read_query(
@@ -348,7 +359,7 @@ def list_(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str, A
     "is true at `at`: the team's calling policy, the 08:00-21:00 local floor, the shipped "
     "jurisdiction rules, attempts, caps and retry delays (docs/design.md §12). `windowStart`, "
     "`windowEnd` and `defaultTimezone` override the policy for this query only. Keyset-paginated "
-    "by id; the cursor carries the walk's `at`.",
+    "by id; the cursor carries the walk's `at`; pass the same `cf.` filters with it. " + _CF_DOCS,
 )
 def eligible(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str, Any]:
     values = read_query(

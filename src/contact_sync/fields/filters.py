@@ -90,12 +90,14 @@ def _values(
 
 
 def _filter(
-    name: str, given: Sequence[str], definitions: Mapping[str, FieldDefinition], region: str
+    name: str, given: str | Sequence[str], definitions: Mapping[str, FieldDefinition], region: str
 ) -> CustomFilter:
     key, operator = _split(name)
     definition = definitions.get(key)
     if definition is None:
         raise InvalidValue("No such custom field is defined for this team")
+    if isinstance(given, str):  # Python callers may give one value as it is
+        given = [given]
     if len(given) != 1:
         raise InvalidValue("Must be given once")
     text = given[0]
@@ -108,12 +110,12 @@ def _filter(
 
 
 def parse_custom_filters(
-    parameters: Mapping[str, Sequence[str]],
+    parameters: Mapping[str, str | Sequence[str]],
     definitions: Mapping[str, FieldDefinition],
     *,
     region: str = "US",
 ) -> tuple[CustomFilter, ...]:
-    """The ``cf.`` parameters (name to the values given) as filters, or ``ValidationFailed``
+    """The ``cf.`` parameters (name to the values given, or one value) as filters, or ``ValidationFailed``
     naming each bad parameter as sent (``cf.KEY`` or ``cf.KEY.op``).
 
     ``definitions`` are the team's own: another team's are never passed in.
