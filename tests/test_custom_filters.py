@@ -235,3 +235,10 @@ def test_a_deleted_definition_stops_the_filter(api: Api, people: dict[str, str])
     response = api.client.delete("/api/crm/custom-fields/budget", headers=api.auth())
     assert response.status_code == 204, response.text
     assert_validation_error(api.get(CONTACTS, params={"cf.budget": "7500"}), "cf.budget")
+
+
+def test_an_in_list_of_a_hundred_values_is_read(api: Api, people: dict[str, str]) -> None:
+    """The bound is 100 values: 100 pass (and match as any of them), 101 are refused above."""
+    values = ",".join(str(5000 + n) for n in range(99)) + ",12000.5"
+    assert names(api, {"cf.budget.in": values}) == ["Bob", "Cat"]
+    assert names(api, {"cf.budget": "5000.0", "cf.seats.gte": "10"}) == ["Bob"]
