@@ -115,8 +115,8 @@ def parse_custom_filters(
     *,
     region: str = "US",
 ) -> tuple[CustomFilter, ...]:
-    """The ``cf.`` parameters (name to the values given, or one value) as filters, or ``ValidationFailed``
-    naming each bad parameter as sent (``cf.KEY`` or ``cf.KEY.op``).
+    """The ``cf.`` parameters (name to the values given, or one value) as filters, or
+    ``ValidationFailed`` naming each bad parameter as sent (``cf.KEY`` or ``cf.KEY.op``).
 
     ``definitions`` are the team's own: another team's are never passed in.
     """
