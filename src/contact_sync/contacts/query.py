@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
 from typing import Annotated, Any
@@ -622,7 +623,7 @@ def _chunk(
     open_places: list[str] | None,
     after: str | None,
     size: int,
-    extra: list[ColumnElement[bool]] = (),  # type: ignore[assignment]
+    extra: Sequence[ColumnElement[bool]] = (),
 ) -> list[Any]:
     """The next ``size`` callable rows after ``after``; ``extra``: the ``cf.`` conditions."""
     where: list[ColumnElement[bool]] = [contacts.c.team_id == team_id, _CALLABLE, *extra]
