@@ -48,6 +48,7 @@ from psycopg import sql
 from sqlalchemy import Connection, Engine, event, func, select
 from sqlalchemy.engine import make_url
 
+from contact_sync.accounts.teams import name_key
 from contact_sync.contacts.query import (
     ContactQuery,
     EligibleQuery,
@@ -423,10 +424,12 @@ def seed(url: str, n_contacts: int, n_teams: int) -> None:
         for name, _definition in indexes:
             conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
         with conn.cursor().copy(
-            "COPY teams (id, name, default_region, calls_overwrite_people, created_at) FROM STDIN"
+            "COPY teams (id, name, name_key, default_region, calls_overwrite_people, created_at) "
+            "FROM STDIN"
         ) as copy:
             for number, team in enumerate(teams, 1):
-                copy.write_row((team.id, f"Team {number:03d}", "US", False, start))
+                name = f"Team {number:03d}"
+                copy.write_row((team.id, name, name_key(name), "US", False, start))
         with conn.cursor().copy(
             "COPY companies (id, team_id, name, created_at, updated_at) FROM STDIN"
         ) as copy:
@@ -779,6 +782,150 @@ def explain(bench: Bench, result: Result) -> None:
             cur.execute("RESET plan_cache_mode")
 
 
+# --------------------------------------------------------------------------- cf. filters
+
+# Issue 15's custom-field filters: 10 defined fields a team, each set on ~70% of contacts.
+CF_ONE_TARGET_MS = 20.0
+CF_TWO_TARGET_MS = 30.0
+CF_PRODUCTS = ("solar", "wind", "hydro", "heat_pump", "battery")
+CF_FIELDS: tuple[dict[str, Any], ...] = (
+    {"key": "budget", "label": "Budget", "type": "number", "min": 0},
+    {"key": "seats", "label": "Seats", "type": "integer"},
+    {"key": "score", "label": "Score", "type": "number"},
+    {"key": "homeowner", "label": "Homeowner", "type": "boolean"},
+    {"key": "callback_day", "label": "Callback", "type": "date"},
+    {"key": "met_at", "label": "Met", "type": "datetime"},
+    {"key": "product", "label": "Product", "type": "select", "options": list(CF_PRODUCTS)},
+    {"key": "wants", "label": "Wants", "type": "multi_select", "options": list(CF_PRODUCTS)},
+    {"key": "channel", "label": "Channel", "type": "select", "options": ["web", "ad", "referral"]},
+    {"key": "note", "label": "Note", "type": "text"},
+)
+# One UPDATE computes every contact's values in the database: each field on ~70% of rows.
+CF_VALUES = """
+UPDATE contacts SET custom_fields = custom_fields || jsonb_strip_nulls(jsonb_build_object(
+  'budget', CASE WHEN random() < 0.7 THEN floor(random() * 20000)::int END,
+  'seats', CASE WHEN random() < 0.7 THEN floor(random() * 50)::int END,
+  'score', CASE WHEN random() < 0.7 THEN round((random() * 100)::numeric, 2) END,
+  'homeowner', CASE WHEN random() < 0.7 THEN random() < 0.5 END,
+  'callback_day', CASE WHEN random() < 0.7
+    THEN to_char(date '2026-01-01' + floor(random() * 365)::int, 'YYYY-MM-DD') END,
+  'met_at', CASE WHEN random() < 0.7 THEN to_char(timestamp '2026-01-01'
+    + floor(random() * 31536000)::int * interval '1 second', 'YYYY-MM-DD"T"HH24:MI:SS"+00:00"') END,
+  'product', CASE WHEN random() < 0.7
+    THEN (ARRAY['solar','wind','hydro','heat_pump','battery'])[1 + floor(random() * 5)::int] END,
+  'wants', CASE WHEN random() < 0.7 THEN (ARRAY['["solar"]', '["wind"]',
+    '["solar", "battery"]', '["hydro"]', '["wind", "heat_pump"]'])
+    [1 + floor(random() * 5)::int]::jsonb END,
+  'channel', CASE WHEN random() < 0.7
+    THEN (ARRAY['web','ad','referral'])[1 + floor(random() * 3)::int] END,
+  'note', CASE WHEN random() < 0.7 THEN 'note ' || floor(random() * 1000)::int END
+))
+"""
+
+
+def _cf_body(spec: dict[str, Any]) -> dict[str, Any]:
+    options = spec.get("options")
+    if options is None:
+        return spec
+    return {**spec, "options": [{"value": o, "label": o.replace("_", " ")} for o in options]}
+
+
+def seed_custom_fields(url: str) -> None:
+    """Define ``CF_FIELDS`` in every team and give ~70% of contacts a value of each, once."""
+    from contact_sync.fields.definitions import parse_definition, spec_json
+
+    with psycopg.connect(psycopg_dsn(url)) as conn:
+        if conn.execute("SELECT 1 FROM custom_field_definitions LIMIT 1").fetchone():
+            return
+        began = time.perf_counter()
+        definitions = [parse_definition(_cf_body(spec)) for spec in CF_FIELDS]
+        team_ids = [row[0] for row in conn.execute("SELECT id FROM teams").fetchall()]
+        with conn.cursor().copy(
+            "COPY custom_field_definitions (team_id, key, label, type, spec, ai_extractable, "
+            "created_at, updated_at) FROM STDIN"
+        ) as copy:
+            for team_id in team_ids:
+                for d in definitions:
+                    spec = json.dumps(spec_json(d))
+                    copy.write_row((team_id, d.key, d.label, d.type, spec, True, NOW, NOW))
+        conn.execute(CF_VALUES)
+        conn.commit()
+    with psycopg.connect(psycopg_dsn(url), autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE) contacts, custom_field_definitions")
+    print(f"custom fields seeded in {time.perf_counter() - began:.0f} s", flush=True)
+
+
+def _cf_filter(rng: random.Random) -> dict[str, str]:
+    """One random ``cf.`` filter of the kinds a campaign builder asks."""
+    return rng.choice(
+        [
+            {"cf.budget.gte": str(rng.randrange(0, 20000, 500))},
+            {"cf.seats.lt": str(rng.randint(1, 50))},
+            {"cf.homeowner": rng.choice(("true", "false"))},
+            {"cf.callback_day.lt": f"2026-{rng.randint(1, 12):02d}-15"},
+            {"cf.met_at.gte": f"2026-{rng.randint(1, 12):02d}-01T00:00:00Z"},
+            {"cf.product": rng.choice(CF_PRODUCTS)},
+            {"cf.product.in": ",".join(rng.sample(CF_PRODUCTS, 2))},
+            {"cf.wants": rng.choice(CF_PRODUCTS)},
+            {"cf.channel": rng.choice(("web", "ad", "referral"))},
+            {"cf.note.exists": "true"},
+        ]
+    )
+
+
+CF_KINDS: dict[str, tuple[QueryMaker, float]] = {
+    "cf one filter": (lambda s, r: _cf_filter(r), CF_ONE_TARGET_MS),
+    "cf two filters+lead_status": (
+        lambda s, r: {**_cf_filter(r), **_cf_filter(r), "lead_status": r.choice(STATUSES[:4])},
+        CF_TWO_TARGET_MS,
+    ),
+}
+
+
+def run_cf_kind(
+    conn: Connection, samples: list[Sample], kind: str, n: int, seed: int
+) -> tuple[Result, Result]:
+    """``n`` random list pages with ``cf.`` filters (``total`` included), and their count."""
+    from contact_sync.fields.store import definitions_by_team
+
+    maker, target = CF_KINDS[kind]
+    rng = random.Random(seed)
+    defined = definitions_by_team(conn, [s.team_id for s in samples])
+    page_result, total_result = Result(kind, target), Result(f"  total: {kind}", None)
+    queries = [
+        ContactQuery.parse(
+            {"team_id": sample.team_id, **maker(sample, rng)},
+            definitions=defined.get(sample.team_id, {}),
+        )
+        for sample in (rng.choice(samples) for _ in range(n + WARMUP))
+    ]
+    conn.rollback()
+    for number, query in enumerate(queries):
+        began = time.perf_counter()
+        page = list_contacts(conn, query)
+        elapsed = (time.perf_counter() - began) * 1000
+        conn.rollback()
+        if number >= WARMUP:
+            page_result.add(elapsed, query, page.total)
+    for number, query in enumerate(queries):
+        began = time.perf_counter()
+        total = count_only(conn, query)
+        elapsed = (time.perf_counter() - began) * 1000
+        conn.rollback()
+        if number >= WARMUP:
+            total_result.add(elapsed, query, total)
+    return page_result, total_result
+
+
+def run_cf(benches: list[Bench], n: int, results: dict[str, list[Result]]) -> None:
+    """The ``cf.`` kinds on every database, added to ``results``."""
+    for seed, kind in enumerate(CF_KINDS, 100):
+        print(f"  running {kind} …", flush=True)
+        for bench in benches:
+            with bench.engine.connect() as conn:
+                results[bench.label].extend(run_cf_kind(conn, bench.samples, kind, n, seed))
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -802,6 +949,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default="failed",
         help="which kinds get EXPLAIN (ANALYZE, BUFFERS) of their slowest query",
     )
+    parser.add_argument(
+        "--cf-only", action="store_true", help="run only the custom-field (cf.) filter kinds"
+    )
     return parser.parse_args(argv)
 
 
@@ -809,11 +959,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     url = args.database_url
     prepare_database(url, args.contacts, args.teams, reuse=args.reuse)
+    seed_custom_fields(url)
     benches = [Bench.open(f"{args.contacts:,} contacts / {args.teams} teams", url)]
     if args.scale_check:
         scale_url = make_url(url).set(database=f"{database_name(url)}_scale")
         scale_url_text = scale_url.render_as_string(hide_password=False)
         prepare_database(scale_url_text, SCALE_CONTACTS, SCALE_TEAMS, reuse=args.reuse)
+        seed_custom_fields(scale_url_text)
         benches.append(
             Bench.open(f"{SCALE_CONTACTS:,} contacts / {SCALE_TEAMS} teams", scale_url_text)
         )
@@ -825,7 +977,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ).scalar_one()
     print(f"\nPostgreSQL at {safe_url(url)}: {settings}")
     print(f"{args.queries} random queries of each kind (after {WARMUP} warm-up), random team each")
-    results = run_all(benches, args.queries)
+    results = run_all(benches, args.queries) if not args.cf_only else {b.label: [] for b in benches}
+    run_cf(benches, args.queries, results)
     for bench in benches:
         print_table(bench.label, results[bench.label])
     ok = all(r.verdict != "FAIL" for rs in results.values() for r in rs)

@@ -150,6 +150,7 @@ PURE_DOMAIN = (
     "fields/coerce.py",
     "fields/patterns.py",
     "fields/schema.py",
+    "fields/filters.py",
     "scheduling/jurisdictions.py",
     "scheduling/eligibility.py",
 )

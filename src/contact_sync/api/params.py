@@ -75,6 +75,7 @@ def read_query(
     *,
     overrides: dict[str, dict[str, Any]] | None = None,
     messages: dict[str, str] | None = None,
+    prefixes: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Known parameters (either spelling) as snake_case keys; anything else is a 422.
 
@@ -83,8 +84,11 @@ def read_query(
     contact. Array fields are repeatable and read as lists. Each value must have
     the form the OpenAPI document gives it (``overrides`` as passed to
     ``query_parameters``); ``messages`` words a pattern mismatch per field.
+    Parameters starting with one of ``prefixes`` (the ``cf.`` filters) are
+    returned as they came, each name with the list of its values, for the
+    model's own ``parse`` to read.
     """
-    reject_unknown_query(request, query_names(model))
+    reject_unknown_query(request, query_names(model), prefixes)
     properties = _properties(model)
     values: dict[str, Any] = {}
     problems: dict[str, str] = {}
@@ -114,6 +118,9 @@ def read_query(
         values[name] = _from_text(given[0], schema)
     if problems:
         raise ValidationFailed(problems)
+    for name in dict.fromkeys(request.query_params):
+        if prefixes and name.startswith(prefixes):
+            values[name] = request.query_params.getlist(name)
     return values
 
 
@@ -123,10 +130,15 @@ def query_names(model: type[BaseModel]) -> frozenset[str]:
     return frozenset(n for name in model.model_fields for n in (name, to_camel(name)))
 
 
-def reject_unknown_query(request: Request, known: frozenset[str]) -> None:
-    """``ValidationFailed`` naming (as sent) each query parameter not in ``known``."""
+def reject_unknown_query(
+    request: Request, known: frozenset[str], prefixes: tuple[str, ...] = ()
+) -> None:
+    """``ValidationFailed`` naming (as sent) each query parameter not in ``known`` and not
+    starting with one of ``prefixes``."""
     unknown = {
-        name: "Unknown query parameter" for name in request.query_params if name not in known
+        name: "Unknown query parameter"
+        for name in request.query_params
+        if name not in known and not (prefixes and name.startswith(prefixes))
     }
     if unknown:
         raise ValidationFailed(unknown)

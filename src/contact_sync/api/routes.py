@@ -49,6 +49,7 @@ from contact_sync.contacts.companies import (
     get_company,
     rename_company,
 )
+from contact_sync.contacts.custom_filters import filter_definitions
 from contact_sync.contacts.model import LEAD_STATUS_SCHEMA, Contact, ContactCreate, ContactPatch
 from contact_sync.contacts.query import (
     SORTS,
@@ -71,6 +72,7 @@ from contact_sync.contacts.store import (
 from contact_sync.contacts.store import get_provenance as contact_provenance
 from contact_sync.db.unit_of_work import unit_of_work
 from contact_sync.errors import ValidationFailed
+from contact_sync.fields.filters import PREFIX
 from contact_sync.scheduling.check import contact_eligibility
 
 
@@ -100,10 +102,26 @@ def _known_query_only(request: Request, _: CallerDep) -> None:
     """
     route = request.scope.get("route")
     if isinstance(route, APIRoute):
-        reject_unknown_query(request, _declared_query(route))
+        reject_unknown_query(request, _declared_query(route), _prefixes(route))
+
+
+def _prefixes(route: APIRoute) -> tuple[str, ...]:
+    """The parameter-name prefixes a route reads: ``cf.`` on the contacts list and stream."""
+    return (PREFIX,) if route.path in _CUSTOM_FILTERED else ()
 
 
 router = APIRouter(prefix="/api/crm", dependencies=[Depends(_known_query_only)])
+# The cf. filters' names are the team's own keys, so they are documented in words.
+_CF_DOCS = (
+    "Custom-field filters (docs/design.md §13), on the team's defined fields and combined with "
+    "every other filter by AND: `cf.KEY=VALUE` (typed equality; a multi_select contains it), "
+    "`cf.KEY.in=a,b` (any of them, at most 100), `cf.KEY.gte|gt|lte|lt=VALUE` (number, integer, "
+    "date, datetime), `cf.KEY.exists=true|false` (has a value of the field's type). Values are "
+    "coerced as the field's writes are (`cf.budget.gte=$5k`, `cf.product=Solar panels`); a value "
+    "that does not convert, an undefined key or an operator the type has not is 422 naming the "
+    "parameter. At most 10 a request. Example: `?cf.budget.gte=5000&cf.homeowner=true`."
+)
+_CUSTOM_FILTERED = frozenset({"/api/crm/contacts", "/api/crm/contacts/eligible"})
 
 
 _RATE_LIMITED = {
@@ -314,12 +332,20 @@ async def create(request: Request, caller: CallerDep, engine: EngineDep) -> JSON
     responses=_errors(403, 422),
     openapi_extra={"parameters": query_parameters(ContactQuery, overrides=_LIST_OVERRIDES)},
     summary="List contacts with filters",
+    description="Newest first by default, with the exact `total`. " + _CF_DOCS,
 )
 def list_(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str, Any]:
-    values = read_query(request, ContactQuery, overrides=_LIST_OVERRIDES, messages=_LIST_MESSAGES)
+    values = read_query(
+        request,
+        ContactQuery,
+        overrides=_LIST_OVERRIDES,
+        messages=_LIST_MESSAGES,
+        prefixes=(PREFIX,),
+    )
     values["team_id"] = caller.team(values.get("team_id"))
-    query = ContactQuery.parse(values)
     with unit_of_work(engine) as uow:
+        definitions, region = filter_definitions(uow.conn, values["team_id"], values)
+        query = ContactQuery.parse(values, definitions=definitions, region=region)
         return list_contacts(uow.conn, query).to_dict()
 
 
@@ -333,15 +359,20 @@ def list_(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str, A
     "is true at `at`: the team's calling policy, the 08:00-21:00 local floor, the shipped "
     "jurisdiction rules, attempts, caps and retry delays (docs/design.md §12). `windowStart`, "
     "`windowEnd` and `defaultTimezone` override the policy for this query only. Keyset-paginated "
-    "by id; the cursor carries the walk's `at`.",
+    "by id; the cursor carries the walk's `at`; pass the same `cf.` filters with it. " + _CF_DOCS,
 )
 def eligible(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str, Any]:
     values = read_query(
-        request, EligibleQuery, overrides=_ELIGIBLE_OVERRIDES, messages=_ELIGIBLE_MESSAGES
+        request,
+        EligibleQuery,
+        overrides=_ELIGIBLE_OVERRIDES,
+        messages=_ELIGIBLE_MESSAGES,
+        prefixes=(PREFIX,),
     )
     values["team_id"] = caller.team(values.get("team_id"))
-    query = EligibleQuery.parse(values)
     with unit_of_work(engine) as uow:
+        definitions, region = filter_definitions(uow.conn, values["team_id"], values)
+        query = EligibleQuery.parse(values, definitions=definitions, region=region)
         return list_eligible(uow.conn, query).to_dict()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
 from typing import Annotated, Any
@@ -17,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StrictBool,
     ValidationError,
     field_validator,
@@ -41,12 +43,15 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
 from contact_sync.clock import utcnow
+from contact_sync.contacts.custom_filters import custom_conditions
 from contact_sync.contacts.lead_status import STICKY
 from contact_sync.contacts.model import Contact, field_errors, iana_timezones, normalise_lead_status
 from contact_sync.contacts.phones import search_digits
 from contact_sync.contacts.store import CONTACT_COLUMNS, contacts_from_rows
 from contact_sync.db.tables import contacts
 from contact_sync.errors import ValidationFailed
+from contact_sync.fields.definitions import FieldDefinition
+from contact_sync.fields.filters import CustomFilter, is_custom_parameter, parse_custom_filters
 from contact_sync.scheduling.check import NO_ATTEMPTS, attempts_of, facts_of
 from contact_sync.scheduling.eligibility import Moment, rules_for
 from contact_sync.scheduling.policies import load_policy
@@ -77,13 +82,44 @@ class _Query(BaseModel):
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
     )
 
+    # The ``cf.`` filters (docs/design.md §13), parsed against the team's definitions.
+    _custom: tuple[CustomFilter, ...] = PrivateAttr(default=())
+
+    @property
+    def custom_filters(self) -> tuple[CustomFilter, ...]:
+        """The ``cf.`` filters, combined with the others by AND."""
+        return self._custom
+
     @classmethod
-    def parse(cls, data: dict[str, Any]) -> Any:
-        """Validate, raising ``ValidationFailed`` naming each bad parameter."""
+    def parse(
+        cls,
+        data: dict[str, Any],
+        *,
+        definitions: dict[str, FieldDefinition] | None = None,
+        region: str = "US",
+        custom: tuple[CustomFilter, ...] = (),
+    ) -> Any:
+        """Validate, raising ``ValidationFailed`` naming each bad parameter.
+
+        ``cf.`` parameters (name to the list of values given) are read against
+        ``definitions``, the team's own; or ``custom`` gives them parsed already.
+        """
+        plain = {k: v for k, v in data.items() if not is_custom_parameter(k)}
+        named = {k: v for k, v in data.items() if is_custom_parameter(k)}
+        problems: dict[str, str] = {}
         try:
-            return cls.model_validate(data)
+            query = cls.model_validate(plain)
         except ValidationError as exc:
-            raise ValidationFailed(_query_errors(exc)) from exc
+            problems = _query_errors(exc)
+        if named:
+            try:
+                custom = parse_custom_filters(named, definitions or {}, region=region)
+            except ValidationFailed as exc:
+                problems |= exc.details
+        if problems:
+            raise ValidationFailed(problems)
+        query._custom = custom
+        return query
 
 
 def _query_errors(exc: ValidationError) -> dict[str, str]:
@@ -245,6 +281,7 @@ def _filters(query: ContactQuery, dialect: str) -> list[ColumnElement[bool]]:
         )
     if query.search:
         where.append(_search_condition(query.search))
+    where.extend(custom_conditions(query.custom_filters, dialect))
     return where
 
 
@@ -562,8 +599,9 @@ def list_eligible(conn: Connection, query: EligibleQuery) -> EligiblePage:
     open_places = _places_open(conn, query.team_id, moment, after)
     size = query.limit + 1  # a page and one more, as in the round-1 query; more if refused
     found: list[Any] = []
+    custom = custom_conditions(query.custom_filters, conn.dialect.name)
     while open_places != [] and len(found) <= query.limit:
-        rows = _chunk(conn, query.team_id, open_places, after, size)
+        rows = _chunk(conn, query.team_id, open_places, after, size, custom)
         if rows:
             attempts = attempts_of(conn, query.team_id, (rows[0].id, rows[-1].id), at, rules)
             found += [
@@ -580,9 +618,15 @@ def list_eligible(conn: Connection, query: EligibleQuery) -> EligiblePage:
 
 
 def _chunk(
-    conn: Connection, team_id: str, open_places: list[str] | None, after: str | None, size: int
+    conn: Connection,
+    team_id: str,
+    open_places: list[str] | None,
+    after: str | None,
+    size: int,
+    extra: Sequence[ColumnElement[bool]] = (),
 ) -> list[Any]:
-    where: list[ColumnElement[bool]] = [contacts.c.team_id == team_id, _CALLABLE]
+    """The next ``size`` callable rows after ``after``; ``extra``: the ``cf.`` conditions."""
+    where: list[ColumnElement[bool]] = [contacts.c.team_id == team_id, _CALLABLE, *extra]
     if open_places is not None:
         where.append(_in_places(conn.dialect.name, open_places))
     if after is not None:

@@ -1,0 +1,183 @@
+"""The ``cf.`` filters as SQL, on PostgreSQL and SQLite (docs/design.md §13).
+
+A filter matches only values of its field's type (a budget stored as the
+text ``"$7k"`` before the field was defined is no number), so every
+condition carries a type guard. On PostgreSQL equality and ``.in`` are
+JSONB containment (``custom_fields @> '{"budget": 7000}'``), which the
+``jsonb_path_ops`` GIN index ``ix_contacts_custom_fields`` answers; ranges
+compare numbers as ``numeric`` and dates and date-times as their canonical
+ISO text in byte order (``COLLATE "C"``), which is their time order. SQLite
+reads the same values with ``json_extract``/``json_type``: slower, the same
+answers.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Numeric,
+    and_,
+    case,
+    exists,
+    false,
+    func,
+    literal,
+    literal_column,
+    not_,
+    or_,
+    select,
+    type_coerce,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.sql.elements import ColumnElement
+
+from contact_sync.db.tables import contacts, teams
+from contact_sync.fields.definitions import FieldDefinition
+from contact_sync.fields.filters import PREFIX, CustomFilter, is_custom_parameter
+from contact_sync.fields.store import definitions_for
+
+# The JSON types a field's values have (PostgreSQL's jsonb_typeof / SQLite's json_type).
+_PG_TYPES = {"number": ("number",), "integer": ("number",), "boolean": ("boolean",)}
+_LITE_TYPES = {
+    "number": ("integer", "real"),
+    "integer": ("integer", "real"),
+    "boolean": ("true", "false"),
+}
+_ARRAY = "multi_select"
+# Canonical dates and date-times (fields/coerce): ISO text, UTC for date-times.
+_PG_SHAPES = {
+    "date": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+    "datetime": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?\+00:00$",
+}
+_D = "[0-9]"
+_LITE_SHAPES = {
+    "date": f"{_D * 4}-{_D * 2}-{_D * 2}",
+    "datetime": f"{_D * 4}-{_D * 2}-{_D * 2}T{_D * 2}:{_D * 2}:{_D * 2}*+00:00",
+}
+_COMPARE: dict[str, Callable[[Any, Any], ColumnElement[bool]]] = {
+    "gte": operator.ge,
+    "gt": operator.gt,
+    "lte": operator.le,
+    "lt": operator.lt,
+}
+
+
+def filter_definitions(
+    conn: Connection, team_id: str, names: Iterable[str]
+) -> tuple[dict[str, FieldDefinition], str]:
+    """The team's own definitions of the keys the ``cf.`` parameters ``names`` name, and the
+    team's phone region: what ``ContactQuery.parse`` reads them against (one query, none
+    without a ``cf.`` parameter; a second only when a phone field is named)."""
+    keys = {name[len(PREFIX) :].split(".")[0] for name in names if is_custom_parameter(name)}
+    if not keys:
+        return {}, "US"
+    definitions = definitions_for(conn, team_id=team_id, keys=keys)
+    region = "US"
+    if any(d.type == "phone" for d in definitions.values()):
+        found = conn.execute(select(teams.c.default_region).where(teams.c.id == team_id)).scalar()
+        region = found or region
+    return definitions, region
+
+
+def custom_conditions(filters: Iterable[CustomFilter], dialect: str) -> list[ColumnElement[bool]]:
+    """One WHERE condition per filter (they combine with AND)."""
+    build = _postgresql if dialect == "postgresql" else _sqlite
+    return [build(item) for item in filters]
+
+
+# PostgreSQL
+
+
+def _document() -> Any:
+    return type_coerce(contacts.c.custom_fields, JSONB)
+
+
+def _contains(key: str, value: Any) -> ColumnElement[bool]:
+    # The jsonb_path_ops GIN index answers @> (containment) with a constant operand.
+    return _document().contains({key: value})  # type: ignore[no-any-return]
+
+
+def _pg_typed(item: CustomFilter) -> ColumnElement[bool]:
+    value = _document()[item.key]
+    kinds = _PG_TYPES.get(item.type, ("array",) if item.type == _ARRAY else ("string",))
+    guard: ColumnElement[bool] = func.jsonb_typeof(value).in_(kinds)
+    shape = _PG_SHAPES.get(item.type)
+    if shape is not None:
+        text = _document()[item.key].astext
+        guard = and_(guard, text.op("~")(literal(shape)))
+    return guard
+
+
+def _pg_range(item: CustomFilter) -> ColumnElement[bool]:
+    compare = _COMPARE[item.operator]
+    guard = _pg_typed(item)
+    if item.type in ("number", "integer"):
+        number = case((guard, _document()[item.key].astext.cast(Numeric)), else_=None)
+        return compare(number, literal(item.values[0], Numeric))
+    text = case((guard, _document()[item.key].astext), else_=None).collate("C")
+    return compare(text, literal(item.values[0]))
+
+
+def _pg_value(item: CustomFilter, value: Any) -> ColumnElement[bool]:
+    if item.type == _ARRAY:
+        return _contains(item.key, value if isinstance(value, list) else [value])
+    return _contains(item.key, value)
+
+
+def _postgresql(item: CustomFilter) -> ColumnElement[bool]:
+    if item.operator == "exists":
+        guard = _pg_typed(item)
+        return guard if item.values[0] else not_(func.coalesce(guard, false()))
+    if item.operator in _COMPARE:
+        return _pg_range(item)
+    return or_(*(_pg_value(item, value) for value in item.values))
+
+
+# SQLite
+
+
+def _path(key: str) -> str:
+    return f'$."{key}"'  # keys are slugs: no quote to escape
+
+
+def _lite_typed(item: CustomFilter) -> ColumnElement[bool]:
+    kinds = _LITE_TYPES.get(item.type, ("array",) if item.type == _ARRAY else ("text",))
+    guard: ColumnElement[bool] = func.json_type(contacts.c.custom_fields, _path(item.key)).in_(
+        kinds
+    )
+    shape = _LITE_SHAPES.get(item.type)
+    if shape is not None:
+        text = func.json_extract(contacts.c.custom_fields, _path(item.key))
+        guard = and_(guard, text.op("GLOB")(literal(shape)))
+    return guard
+
+
+def _lite_has(item: CustomFilter, value: Any) -> ColumnElement[bool]:
+    """A multi_select holds ``value``."""
+    element = func.json_each(contacts.c.custom_fields, _path(item.key)).table_valued("value")
+    return exists(select(literal_column("1")).select_from(element).where(element.c.value == value))
+
+
+def _lite_value(item: CustomFilter, value: Any) -> ColumnElement[bool]:
+    if item.type == _ARRAY:
+        wanted = value if isinstance(value, list) else [value]
+        return and_(*(_lite_has(item, option) for option in wanted))
+    if item.type == "boolean":
+        return func.json_type(contacts.c.custom_fields, _path(item.key)) == (
+            "true" if value else "false"
+        )
+    return func.json_extract(contacts.c.custom_fields, _path(item.key)) == literal(value)
+
+
+def _sqlite(item: CustomFilter) -> ColumnElement[bool]:
+    guard = _lite_typed(item)
+    if item.operator == "exists":
+        return guard if item.values[0] else not_(func.coalesce(guard, false()))
+    if item.operator in _COMPARE:
+        extracted = func.json_extract(contacts.c.custom_fields, _path(item.key))
+        return and_(guard, _COMPARE[item.operator](extracted, literal(item.values[0])))
+    return and_(guard, or_(*(_lite_value(item, value) for value in item.values)))
