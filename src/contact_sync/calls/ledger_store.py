@@ -2,8 +2,8 @@
 
 The event apply writes a batch's calls with a fixed number of statements: one
 read of the stored rows of the batch's calls, one upsert of the rows that are
-newer, one update of the touched contacts' ``call_count``, ``last_called_at``
-and ``last_call_outcome``, recomputed from their rows (so they are what the
+newer, and the contact writer's update of the touched contacts' ``call_count``,
+``last_called_at`` and ``last_call_outcome``, recomputed from their rows (so they are what the
 ledger says whatever the delivery order). That update leaves ``version``,
 ``updated_at`` and the history alone: the three fields are read-only and not
 versioned. Nothing here begins or commits: it runs in the caller's transaction.
@@ -11,31 +11,23 @@ versioned. Nothing here begins or commits: it runs in the caller's transaction.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, or_, select, update
+from sqlalchemy import Connection, and_, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contact_sync.calls.ledger import CallKey, CallRecord, is_newer, newest_per_call
-from contact_sync.db.tables import calls, contacts
+from contact_sync.contacts.writer import by_code_point, refresh_call_fields
+from contact_sync.db.tables import calls
 from contact_sync.ids import new_id
 
 # Replaced by a newer event of the call; the row keeps its id, team and call id.
 _REPLACED = tuple(
     c.name for c in calls.c if c.name not in ("id", "team_id", "call_id", "recorded_at")
 )
-
-
-def _by_code_point(conn: Connection, column: Any) -> Any:
-    """``column`` compared as Python compares text (the merge's §4.1 order).
-
-    PostgreSQL would use the database's collation (``en_US`` sorts ``a_b``
-    after ``ab``); SQLite compares UTF-8 bytes, which is code-point order.
-    """
-    return column.collate("C") if conn.dialect.name == "postgresql" else column
 
 
 def _stored(conn: Connection, keys: Sequence[CallKey]) -> dict[CallKey, Any]:
@@ -69,7 +61,7 @@ def _upsert(conn: Connection, records: Sequence[CallRecord], now: datetime) -> N
         stmt.excluded.ended_at > calls.c.ended_at,
         and_(
             stmt.excluded.ended_at == calls.c.ended_at,
-            _by_code_point(conn, stmt.excluded.event_id) > _by_code_point(conn, calls.c.event_id),
+            by_code_point(conn, stmt.excluded.event_id) > by_code_point(conn, calls.c.event_id),
         ),
     )
     stmt = stmt.on_conflict_do_update(
@@ -82,29 +74,6 @@ def _upsert(conn: Connection, records: Sequence[CallRecord], now: datetime) -> N
     # ("insertmanyvalues") from one cached compiled form, as the inbox claim does.
     rows.sort(key=lambda row: (row["team_id"], row["call_id"]))  # one lock order for every worker
     conn.execute(stmt.returning(calls.c.id), rows)
-
-
-def refresh_contacts(conn: Connection, contact_ids: Collection[str]) -> None:
-    """Recompute the three call fields of these contacts from their rows, in one statement."""
-    if not contact_ids:
-        return
-    mine = calls.c.contact_id == contacts.c.id
-    last_outcome = (
-        select(calls.c.outcome)
-        .where(mine)
-        .order_by(calls.c.ended_at.desc(), _by_code_point(conn, calls.c.event_id).desc())
-        .limit(1)
-        .scalar_subquery()
-    )
-    conn.execute(
-        update(contacts)
-        .where(contacts.c.id.in_(sorted(contact_ids)))
-        .values(
-            call_count=select(func.count()).where(mine).scalar_subquery(),
-            last_called_at=select(func.max(calls.c.ended_at)).where(mine).scalar_subquery(),
-            last_call_outcome=last_outcome,
-        )
-    )
 
 
 def write_calls(conn: Connection, records: Sequence[CallRecord], now: datetime) -> None:
@@ -124,7 +93,7 @@ def write_calls(conn: Connection, records: Sequence[CallRecord], now: datetime) 
     touched = {r.contact_id for r in written} | {
         stored[r.key].contact_id for r in written if r.key in stored
     }
-    refresh_contacts(conn, touched)
+    refresh_call_fields(conn, touched)
 
 
 def list_calls(

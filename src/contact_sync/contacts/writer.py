@@ -18,12 +18,12 @@ transaction.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, Update, bindparam, delete, insert, update
+from sqlalchemy import Connection, Row, Update, bindparam, delete, func, insert, select, update
 
 from contact_sync.contacts.records import (
     Change,
@@ -33,7 +33,7 @@ from contact_sync.contacts.records import (
     provenance_json,
     skip_json,
 )
-from contact_sync.db.tables import contact_history, contacts
+from contact_sync.db.tables import calls, contact_history, contacts
 from contact_sync.errors import StaleVersion
 from contact_sync.ids import new_id
 from contact_sync.scheduling.numbers import phone_facts
@@ -179,3 +179,41 @@ def delete_contact_rows(conn: Connection, *, team_id: str, contact_id: str) -> N
     """Delete a contact and its history records (the caller records the delete itself)."""
     conn.execute(delete(contacts).where(contacts.c.id == contact_id, contacts.c.team_id == team_id))
     conn.execute(delete(contact_history).where(contact_history.c.contact_id == contact_id))
+
+
+def by_code_point(conn: Connection, column: Any) -> Any:
+    """``column`` compared as Python compares text (the merge's order, docs/design.md §4.1).
+
+    PostgreSQL would use the database's collation (``en_US`` sorts ``a_b``
+    after ``ab``); SQLite compares UTF-8 bytes, which is code-point order.
+    """
+    return column.collate("C") if conn.dialect.name == "postgresql" else column
+
+
+def refresh_call_fields(conn: Connection, contact_ids: Collection[str]) -> None:
+    """Recompute the contacts' three call fields from their ledger rows, in one statement.
+
+    ``call_count``, ``last_called_at`` and ``last_call_outcome`` are read-only
+    and not versioned (docs/design.md §11): this update leaves ``version``,
+    ``updated_at`` and the history alone, and reads the ledger so that the
+    fields are what it says whatever the delivery order.
+    """
+    if not contact_ids:
+        return
+    mine = calls.c.contact_id == contacts.c.id
+    last_outcome = (
+        select(calls.c.outcome)
+        .where(mine)
+        .order_by(calls.c.ended_at.desc(), by_code_point(conn, calls.c.event_id).desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    conn.execute(
+        update(contacts)
+        .where(contacts.c.id.in_(sorted(contact_ids)))
+        .values(
+            call_count=select(func.count()).where(mine).scalar_subquery(),
+            last_called_at=select(func.max(calls.c.ended_at)).where(mine).scalar_subquery(),
+            last_call_outcome=last_outcome,
+        )
+    )
