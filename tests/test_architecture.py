@@ -34,6 +34,7 @@ ENTRY_POINTS = {
     "cli/keys.py": "CLI commands",
     "cli/policy.py": "CLI commands",
     "cli/fields.py": "CLI commands",
+    "cli/import_csv.py": "CLI commands",
     # Worker entry points: the tasks (apply, poison counting, parking) and the
     # consumer's parking of messages Celery cannot run.
     "worker/tasks.py": "Celery tasks",
@@ -151,6 +152,7 @@ PURE_DOMAIN = (
     "fields/patterns.py",
     "fields/schema.py",
     "fields/filters.py",
+    "contacts/csv_rows.py",
     "scheduling/jurisdictions.py",
     "scheduling/eligibility.py",
 )

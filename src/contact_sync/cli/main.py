@@ -25,6 +25,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from contact_sync.accounts.teams import create_team, issue_api_key
 from contact_sync.cli.events import BrokerUnreachable, add_event_commands, port_number
 from contact_sync.cli.fields import add_field_commands
+from contact_sync.cli.import_csv import add_import_command
 from contact_sync.cli.keys import add_key_commands, add_team_commands
 from contact_sync.cli.policy import add_policy_commands
 from contact_sync.contacts.query import ContactQuery, list_contacts
@@ -229,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_event_commands(sub)
     add_policy_commands(sub)
+    add_import_command(sub)
     _add_global_options(parser, top=True)
     return parser
 
