@@ -15,6 +15,8 @@ process for the whole module, fed raw Redis messages on a Redis database of its 
 
 from __future__ import annotations
 
+import csv
+import importlib.util
 import json
 import subprocess
 import time
@@ -70,6 +72,7 @@ from tests.test_api import (
     assert_error,
     assert_validation_error,
 )
+from tests.test_import_csv import run_import
 from tests.workers import start_worker, stop_worker
 
 # Redis databases of the other worker tests: 7 (test_worker), 8 (test_worker_hostile),
@@ -825,6 +828,113 @@ def test_a_10_mb_body_to_replay_or_discard_is_413(letters: Letters, streamed: bo
                 content = iter([body[i : i + CHUNK] for i in range(0, len(body), CHUNK)])
             url = f"{LETTERS}/{letters.mine}/{action}"
             assert_error(send(world.api, "POST", url, content), 413, "Request body too large")
+
+
+# =========================================================================== CSV import
+# ``contact-sync import`` (docs/design.md §14): a hostile cell fails its row, named by
+# row and column, and every other row is imported; a hostile header refuses the file,
+# and then nothing at all is written.
+
+
+def _import_file(
+    engine: Engine, team: Team, path: Path, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, list[list[str]]]:
+    """Import ``path`` with ``--errors``: (exit code, summary line, the errors file's rows)."""
+    errors = path.with_suffix(".errors.csv")
+    code, out, err = run_import(engine, path, team.id, "--errors", str(errors), capsys=capsys)
+    assert err == "" or code == 1, err
+    found = errors.read_text(encoding="utf-8").splitlines() if errors.exists() else []
+    return code, (out.splitlines() or [""])[-1], [line.split(",", 2) for line in found[1:]]
+
+
+def _imported(engine: Engine, team: Team) -> dict[str, Any]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(contacts).where(contacts.c.team_id == team.id)).all()
+    return {row.first_name: row for row in rows}
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("contact_sync.contacts.upsert") is None,
+    reason="contact_sync.contacts.upsert is not merged yet",
+)
+def test_import_nul_bytes_and_a_10_mb_cell_fail_their_rows_only(
+    engine: Engine, team: Team, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "hostile.csv"
+    with path.open("w", encoding="utf-8", newline="") as out:
+        out.write("firstName,lastName,notes,cf.note\n")
+        out.write("Nul,Name\x00,fine,\n")
+        out.write("Nul2,Ok,,x\x00y\n")
+        out.write('Big,Cell,"' + "x" * TEN_MB + '",\n')
+        out.write("Good,Row,after the big cell,\n")
+    started = time.perf_counter()
+    code, line, problems = _import_file(engine, team, path, capsys)
+    assert time.perf_counter() - started < 30
+    assert (code, line) == (2, "created=1 updated=0 unchanged=0 failed=3")
+    assert [p[:2] for p in problems] == [["2", "lastName"], ["3", "cf.note"], ["4", "notes"]]
+    assert "NUL" in problems[0][2]
+    assert "larger than" in problems[2][2]
+    assert list(_imported(engine, team)) == ["Good"]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("contact_sync.contacts.upsert") is None,
+    reason="contact_sync.contacts.upsert is not merged yet",
+)
+def test_import_formula_cells_are_stored_as_written_and_never_evaluated(
+    engine: Engine, team: Team, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    formulas = ["=cmd|' /C calc'!A0", "+1+1", "-2+3", "@SUM(A1:A2)", '=HYPERLINK("http://x")']
+    path = tmp_path / "formulas.csv"
+    with path.open("w", encoding="utf-8", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["firstName", "lastName", "notes", "cf.formula", "tags"])
+        for i, formula in enumerate(formulas):
+            writer.writerow([f"F{i}", formula, formula, formula, formula])
+    code, line, problems = _import_file(engine, team, path, capsys)
+    assert (code, line, problems) == (0, "created=5 updated=0 unchanged=0 failed=0", [])
+    rows = _imported(engine, team)
+    for i, formula in enumerate(formulas):
+        row = rows[f"F{i}"]
+        assert (row.last_name, row.notes, row.custom_fields["formula"]) == (formula,) * 3
+        assert row.tags == [formula]
+
+
+def test_import_a_header_of_100k_columns_is_refused_fast_and_writes_nothing(
+    engine: Engine, team: Team, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "wide.csv"
+    header = ",".join(["firstName", "lastName", *(f"c{i}" for i in range(100_000))])
+    path.write_text(header + "\n" + "Ada,Lovelace" + "," * 100_000 + "\n", encoding="utf-8")
+    before = snapshot(engine)
+    started = time.perf_counter()
+    code, line, _ = _import_file(engine, team, path, capsys)
+    assert time.perf_counter() - started < 10
+    assert (code, line) == (1, "")
+    assert snapshot(engine) == before
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("contact_sync.contacts.upsert") is None,
+    reason="contact_sync.contacts.upsert is not merged yet",
+)
+def test_import_another_teams_company_id_fails_the_row_naming_company_id(
+    engine: Engine, team: Team, other_team: Team, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with engine.begin() as conn:
+        mine = create_company(conn, team_id=team.id, name="Mine")
+        theirs = create_company(conn, team_id=other_team.id, name="Theirs")
+    path = tmp_path / "companies.csv"
+    path.write_text(
+        "firstName,lastName,companyId\n"
+        f"Own,Company,{mine.id}\nOther,Company,{theirs.id}\nNo,Company,not-an-id\n",
+        encoding="utf-8",
+    )
+    code, line, problems = _import_file(engine, team, path, capsys)
+    assert (code, line) == (2, "created=1 updated=0 unchanged=0 failed=2")
+    assert [p[:2] for p in problems] == [["3", "companyId"], ["4", "companyId"]]
+    assert theirs.id not in problems[0][2]
+    assert list(_imported(engine, team)) == ["Own"]
 
 
 # =========================================================================== the worker

@@ -19,6 +19,8 @@ as the database's own text of every column, and that no row links the two teams.
 
 from __future__ import annotations
 
+import csv
+import importlib.util
 import json
 import re
 import subprocess
@@ -1496,6 +1498,7 @@ CLI_PATHS = {
     ("fields", "list"): "test_cli_fields_of_a_reach_a_only",
     ("fields", "define"): "test_cli_fields_of_a_reach_a_only",
     ("fields", "delete"): "test_cli_fields_of_a_reach_a_only",
+    ("import",): "test_cli_import_into_a_of_b_values_never_touches_b",
 }
 LIST_FLAGS = {
     "companyId": "--company",
@@ -1717,6 +1720,37 @@ def test_cli_fields_of_a_reach_a_only(
     code, out, err = run([*base, *argv], capsys)
     assert code == 0, err
     assert json.loads(out)["label"] == "rival_field"
+    world.assert_untouched()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("contact_sync.contacts.upsert") is None,
+    reason="contact_sync.contacts.upsert is not merged yet",
+)
+def test_cli_import_into_a_of_b_values_never_touches_b(
+    world: World, cli_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file imported into A that carries B's numbers, addresses, ids and company: rows
+    that match B's contacts by number or address create A's own; B's company id fails
+    its row naming ``companyId``; the shared number updates A's contact only."""
+    b_star = PEOPLE["b"]["star"]
+    path = tmp_path / "b-values.csv"
+    with path.open("w", encoding="utf-8", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["firstName", "lastName", "phone", "email", "companyId", "cf.rival_key"])
+        writer.writerow(["Mine", "ByPhone", b_star["phone"], "", "", "taken"])
+        writer.writerow(["Mine", "BySecondary", b_star["phone_secondary"], "", "", ""])
+        writer.writerow(["Mine", "ByEmail", "", b_star["email"].upper(), "", ""])
+        writer.writerow(["Mine", "ByCompany", "", "", world.b.company_id, ""])
+        writer.writerow(["Sam", "Shared", SHARED_PHONE, "", "", ""])
+        writer.writerow([world.b.star, world.b.quiet, "", "", "", ""])
+    errors = tmp_path / "errors.csv"
+    argv = ["--database-url", cli_url, "import", str(path), "--team", world.a.team.id]
+    code, out, err = run([*argv, "--errors", str(errors)], capsys)
+    assert (code, out.splitlines()[-1]) == (2, "created=4 updated=0 unchanged=1 failed=1"), err
+    [_, problem] = errors.read_text(encoding="utf-8").splitlines()
+    assert problem.startswith("5,companyId,")
+    assert world.b.company_id not in problem
     world.assert_untouched()
 
 
