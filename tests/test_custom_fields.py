@@ -198,6 +198,7 @@ def test_team_settings_are_read_and_set_per_team(api: Api) -> None:
         "undefined_custom_fields": "accept",
         "min_confidence": 0.5,
         "calls_overwrite_people": False,
+        "duplicate_phones": "allow",
     }
     assert api.get(SETTINGS).json() == defaults
     changed = send(api, "PUT", SETTINGS, {"undefinedCustomFields": "reject", "minConfidence": 0.8})
@@ -207,11 +208,17 @@ def test_team_settings_are_read_and_set_per_team(api: Api) -> None:
         "undefined_custom_fields": "reject",
         "min_confidence": 0.8,
     }
-    again = send(api, "PUT", SETTINGS, {"calls_overwrite_people": True, "min_confidence": None})
+    again = send(
+        api,
+        "PUT",
+        SETTINGS,
+        {"calls_overwrite_people": True, "min_confidence": None, "duplicatePhones": "reject"},
+    )
     assert again.json() == {
         "undefined_custom_fields": "reject",
         "min_confidence": 0.5,
         "calls_overwrite_people": True,
+        "duplicate_phones": "reject",
     }
     assert api.get(SETTINGS, key=api.other_key).json() == defaults
 
@@ -228,7 +235,9 @@ def test_team_settings_are_read_and_set_per_team(api: Api) -> None:
         ({"minConfidence": 10**400}, "min_confidence"),
         ({"callsOverwritePeople": "true"}, "calls_overwrite_people"),
         ({"callsOverwritePeople": 1}, "calls_overwrite_people"),
-        ({"duplicatePhones": "allow", "teamId": "x"}, "duplicatePhones"),
+        ({"ringTone": "loud", "teamId": "x"}, "ringTone"),
+        ({"duplicatePhones": "maybe"}, "duplicate_phones"),
+        ({"duplicate_phones": None}, "duplicate_phones"),
         ([], "body"),
     ],
 )

@@ -49,3 +49,29 @@ class StaleVersion(ContactSyncError):
 
 class AmbiguousContact(ContactSyncError):
     """More than one contact of the team has the number the event names."""
+
+
+class Conflict(ContactSyncError):
+    """The write would break a rule about the team's other contacts, which it names.
+
+    ``error`` is the answer's message, ``field`` the input field at fault.
+    """
+
+    error = "Conflict"
+
+    def __init__(self, field: str, contact_ids: list[str]) -> None:
+        super().__init__(f"{self.error}: {field} of contacts {', '.join(contact_ids)}")
+        self.field = field
+        self.contact_ids = contact_ids
+
+
+class AmbiguousMatch(Conflict):
+    """An upsert's deciding key (``phone`` or ``email``) matches several contacts of the team."""
+
+    error = "Ambiguous match"
+
+
+class DuplicatePhone(Conflict):
+    """The write would give a contact a number another contact of the team has (``reject``)."""
+
+    error = "Duplicate phone"

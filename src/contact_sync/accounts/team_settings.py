@@ -3,8 +3,10 @@
 ``undefined_custom_fields`` (``accept``: keys without a definition are stored
 untyped; ``reject``: refused), ``min_confidence`` (below it an extracted value
 is skipped; unset means the service's default) and ``calls_overwrite_people``
-(whether a call may replace a value a person set). Read by the API writes
-and, once per batch, by the event apply.
+(whether a call may replace a value a person set), and ``duplicate_phones``
+(``allow``, or ``reject``: no two contacts of the team share a number,
+docs/design.md §14). Read by the API writes and, once per batch, by the
+event apply.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from contact_sync.errors import ValidationFailed
 
 UndefinedFields = Literal["accept", "reject"]
 UNDEFINED_FIELDS: tuple[str, ...] = get_args(UndefinedFields)
+DuplicatePhones = Literal["allow", "reject"]
+DUPLICATE_PHONES: tuple[str, ...] = get_args(DuplicatePhones)
 _NAMES = {
     "undefined_custom_fields": "undefined_custom_fields",
     "undefinedCustomFields": "undefined_custom_fields",
@@ -28,6 +32,8 @@ _NAMES = {
     "minConfidence": "min_confidence",
     "calls_overwrite_people": "calls_overwrite_people",
     "callsOverwritePeople": "calls_overwrite_people",
+    "duplicate_phones": "duplicate_phones",
+    "duplicatePhones": "duplicate_phones",
 }
 
 
@@ -38,6 +44,7 @@ class TeamSettings:
     undefined_custom_fields: str
     min_confidence: float
     calls_overwrite_people: bool
+    duplicate_phones: str = "allow"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -54,6 +61,7 @@ def get_team_settings(
         team.undefined_custom_fields,
         default_min_confidence if confidence is None else confidence,
         team.calls_overwrite_people,
+        team.duplicate_phones,
     )
 
 
@@ -82,6 +90,8 @@ def _parse(data: Any) -> dict[str, Any]:
         UNDEFINED_FIELDS
     ):
         raise ValidationFailed({"undefined_custom_fields": "Must be accept or reject"})
+    if "duplicate_phones" in values and values["duplicate_phones"] not in DUPLICATE_PHONES:
+        raise ValidationFailed({"duplicate_phones": "Must be allow or reject"})
     if "calls_overwrite_people" in values and not isinstance(
         values["calls_overwrite_people"], bool
     ):

@@ -53,6 +53,7 @@ class Team:
     calls_overwrite_people: bool
     min_confidence: float | None
     undefined_custom_fields: str = "accept"  # or "reject" (docs/design.md §13)
+    duplicate_phones: str = "allow"  # or "reject" (docs/design.md §14)
 
 
 @dataclass(frozen=True)
@@ -270,6 +271,7 @@ def team_from_row(row: Any) -> Team:
         row.calls_overwrite_people,
         row.min_confidence,
         row.undefined_custom_fields,
+        row.duplicate_phones,
     )
 
 

@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from contact_sync.db.engine import is_outage
 from contact_sync.errors import (
+    Conflict,
     ContactNotFound,
     ForbiddenTeam,
     NotFound,
@@ -94,6 +95,11 @@ async def _stale(_: Request, exc: Exception) -> JSONResponse:
     return response
 
 
+async def _conflict(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Conflict)
+    return error(409, exc.error, contact_ids=exc.contact_ids)
+
+
 async def _http(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     return JSONResponse(
@@ -145,6 +151,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(ForbiddenTeam, _forbidden)
     app.add_exception_handler(StaleVersion, _stale)
+    app.add_exception_handler(Conflict, _conflict)
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(DBAPIError, _database_error)

@@ -178,6 +178,12 @@ class SettingsDoc(_Body):
         description="Whether a call may replace a value a person set.",
         examples=[False],
     )
+    duplicate_phones: Literal["allow", "reject"] = Field(
+        default="allow",
+        description="Two contacts with one number: `allow`, or `reject` (409 `Duplicate phone` "
+        "from a create, update or upsert that would give a contact another's number).",
+        examples=["allow"],
+    )
 
 
 class SettingsOut(BaseModel):
@@ -192,6 +198,10 @@ class SettingsOut(BaseModel):
     )
     calls_overwrite_people: bool = Field(
         description="Whether a call may replace a value a person set.", examples=[False]
+    )
+    duplicate_phones: Literal["allow", "reject"] = Field(
+        description="Two contacts with one number: allowed, or refused with 409.",
+        examples=["allow"],
     )
 
 

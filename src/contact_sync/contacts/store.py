@@ -8,9 +8,8 @@ and all through ``contact_sync.contacts.writer``, the writer the event apply
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Row, func, select
@@ -19,21 +18,23 @@ from contact_sync.accounts.teams import Team, get_team
 from contact_sync.clock import utcnow
 from contact_sync.contacts import writer as contact_writer
 from contact_sync.contacts.companies import check_company
-from contact_sync.contacts.model import (
-    Contact,
-    ContactCreate,
-    check_custom_fields_size,
-    parse_create,
-    parse_patch,
+from contact_sync.contacts.duplicates import check_new_numbers
+from contact_sync.contacts.edits import (
+    NO_CALLS,
+    checked_size,
+    diff,
+    new_contact,
+    observed_changes,
+    person_record,
 )
-from contact_sync.contacts.records import Change, Observation, provenance_from_json
-from contact_sync.contacts.suppression import SUPPRESSED, is_suppressed, suppress
-from contact_sync.contacts.writer import ContactInsert, ContactUpdate, HistoryRecord
+from contact_sync.contacts.model import Contact, ContactCreate, parse_create, parse_patch
+from contact_sync.contacts.records import provenance_from_json
+from contact_sync.contacts.suppression import is_suppressed, suppress
+from contact_sync.contacts.writer import ContactInsert, ContactUpdate
 from contact_sync.db.tables import contact_history, contacts
-from contact_sync.errors import ContactNotFound, ForbiddenTeam, StaleVersion, ValidationFailed
+from contact_sync.errors import ContactNotFound, ForbiddenTeam, StaleVersion
 from contact_sync.fields.coerce import coerce_fields
 from contact_sync.fields.store import definitions_for
-from contact_sync.ids import new_id
 from contact_sync.ops.dead_letters import Subject, erase_naming
 
 # Read paths never load provenance: the public contact does not show it, and
@@ -44,6 +45,7 @@ CONTACT_COLUMNS = tuple(c for c in contacts.c if c.name not in _INTERNAL)
 
 
 _CONTACT_FIELDS = tuple(Contact.model_fields)
+PHONE_FIELDS = ("phone", "phone_secondary")
 _ALL_SET = frozenset(_CONTACT_FIELDS)
 
 
@@ -76,46 +78,16 @@ def contact_from_row(row: Row[Any]) -> Contact:
     return _contact({name: mapping[name] for name in _CONTACT_FIELDS})
 
 
+def contact_from_values(values: Mapping[Any, Any]) -> Contact:
+    """A contact from a mapping of (at least) its fields, validated on their way in."""
+    return _contact({name: values[name] for name in _CONTACT_FIELDS})
+
+
 def contacts_from_rows(rows: Sequence[Row[Any]]) -> list[Contact]:
     """Rows selected as ``CONTACT_COLUMNS`` as public contacts (the list and stream paths)."""
     if rows and rows[0]._fields != _CONTACT_FIELDS:
         return [contact_from_row(row) for row in rows]
     return [_contact(dict(zip(_CONTACT_FIELDS, row, strict=True))) for row in rows]
-
-
-def _observed(fields: dict[str, Any], *, source: str, at: datetime) -> dict[str, Observation]:
-    """A person's observation of each field set (each custom field on its own)."""
-    seen = Observation(source, at.isoformat())
-    keys = [name for name in fields if name != "custom_fields"]
-    keys += [f"custom_fields.{key}" for key in fields.get("custom_fields") or {}]
-    return dict.fromkeys(keys, seen)
-
-
-def _record(
-    *,
-    contact_id: str,
-    team_id: str,
-    version_before: int | None,
-    version_after: int,
-    at: datetime,
-    api_key_id: str | None,
-    source: str,
-    changes: list[Change] | None = None,
-    summary: str | None = None,
-) -> HistoryRecord:
-    """A person's write in the contact's history (no event, call or skipped values)."""
-    return HistoryRecord(
-        contact_id=contact_id,
-        team_id=team_id,
-        version_before=version_before,
-        version_after=version_after,
-        source=source,
-        occurred_at=at,
-        recorded_at=at,
-        changes=changes or [],
-        api_key_id=api_key_id,
-        summary=summary,
-    )
 
 
 def _typed(conn: Connection, team: Team, values: dict[str, Any]) -> dict[str, Any]:
@@ -133,9 +105,9 @@ def _typed(conn: Connection, team: Team, values: dict[str, Any]) -> dict[str, An
     )
 
 
-def _fields_to_create(conn: Connection, *, team_id: str, data: dict[str, Any]) -> ContactCreate:
+def _fields_to_create(conn: Connection, *, team: Team, data: dict[str, Any]) -> ContactCreate:
     """The validated body of a create, checked against the team and its companies."""
-    team = get_team(conn, team_id=team_id)
+    team_id = team.id
     body = parse_create(data, region=team.default_region)
     if body.team_id is not None and body.team_id != team_id:
         raise ForbiddenTeam("teamId does not match this team")
@@ -155,32 +127,19 @@ def create_contact(
     source: str = "api",
 ) -> Contact:
     """Validate ``data`` (camelCase or snake_case) and create the contact at version 1."""
-    body = _fields_to_create(conn, team_id=team_id, data=data)
+    team = get_team(conn, team_id=team_id)
+    body = _fields_to_create(conn, team=team, data=data)
+    numbers = {name: getattr(body, name) for name in PHONE_FIELDS if getattr(body, name)}
+    if team.duplicate_phones == "reject":
+        check_new_numbers(conn, team_id=team_id, numbers=numbers)
     now = utcnow()
-    fields = body.model_dump(exclude={"team_id"})
-    fields["lead_status"] = fields["lead_status"] or "new"
-    fields["custom_fields"] = fields["custom_fields"] or {}
-    fields["tags"] = fields["tags"] or []
-    # Only what the person sent gets provenance: a defaulted status or flag
-    # is no observation, and must not outrank a call that happened earlier.
-    set_fields = {
-        k: v for k, v in fields.items() if k in body.model_fields_set and v not in (None, {}, [])
-    }
-    provenance = _observed(set_fields, source=source, at=now)
-    numbers = [number for number in (body.phone, body.phone_secondary) if number]
-    blocked = any(is_suppressed(conn, team_id, number) for number in numbers)
-    if blocked:
-        # A number of an erased do-not-call contact: do-not-call, whatever the
-        # body says; a person may clear it later with a PATCH, on the record.
-        fields["do_not_call"] = set_fields["do_not_call"] = True
-        provenance["do_not_call"] = Observation("suppression", now.isoformat())
-    row = {**fields, "id": new_id(), "team_id": team_id, "version": 1}
-    row.update(created_at=now, updated_at=now)
+    blocked = any(is_suppressed(conn, team_id, number) for number in numbers.values())
+    row, provenance, changes = new_contact(
+        body, team_id=team_id, source=source, at=now, suppressed=blocked
+    )
     contact_writer.insert_contacts(conn, [ContactInsert(row, provenance)])
-    row.update(call_count=0, last_called_at=None, last_call_outcome=None)  # no calls yet
-    reason = {"do_not_call": SUPPRESSED} if blocked else {}
-    changes = [Change(name, None, value, reason.get(name)) for name, value in set_fields.items()]
-    record = _record(
+    row.update(NO_CALLS)
+    record = person_record(
         contact_id=row["id"],
         team_id=team_id,
         version_before=None,
@@ -216,53 +175,6 @@ def get_contact(conn: Connection, *, team_id: str, contact_id: str) -> Contact:
     return contact_from_row(_load(conn, team_id=team_id, contact_id=contact_id, lock=False))
 
 
-def _merge_patch(
-    current: dict[str, Any], patch: dict[str, Any]
-) -> tuple[dict[str, Any], list[Change]]:
-    """Custom fields after a JSON merge-patch (keys given are set, null removes one).
-
-    Also returns the changes, by key.
-    """
-    merged = dict(current)
-    for key, item in patch.items():
-        if item is None:
-            merged.pop(key, None)
-        else:
-            merged[key] = item
-    changes = [
-        Change(f"custom_fields.{key}", current.get(key), merged.get(key))
-        for key in sorted(set(current) | set(merged))
-        if current.get(key) != merged.get(key)
-    ]
-    return merged, changes
-
-
-def _diff(row: Row[Any], updates: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
-    """The columns that really change and the history entries describing them."""
-    new_values: dict[str, Any] = {}
-    changes: list[Change] = []
-    for name, value in updates.items():
-        if name == "custom_fields":
-            current = dict(row.custom_fields)
-            merged, custom = _merge_patch(current, value)
-            if merged != current:
-                new_values["custom_fields"] = merged
-            changes += custom
-        elif getattr(row, name) != value:
-            new_values[name] = value
-            changes.append(Change(name, getattr(row, name), value))
-    return new_values, changes
-
-
-def _checked_size(new_values: dict[str, Any]) -> None:
-    """Each patch is checked alone; the keys it adds to the stored ones must fit too."""
-    if "custom_fields" in new_values:
-        try:
-            check_custom_fields_size(new_values["custom_fields"])
-        except ValueError as exc:
-            raise ValidationFailed({"custom_fields": str(exc)}) from exc
-
-
 def update_contact(
     conn: Connection,
     *,
@@ -284,23 +196,27 @@ def update_contact(
     updates = patch.changes()
     if updates.get("custom_fields"):
         updates["custom_fields"] = _typed(conn, team, updates["custom_fields"])
+    numbers = {name: updates[name] for name in PHONE_FIELDS if updates.get(name)}
+    if team.duplicate_phones == "reject":
+        # Before the row lock: every writer takes the number locks first.
+        check_new_numbers(conn, team_id=team_id, numbers=numbers, contact_id=contact_id)
     row = _load(conn, team_id=team_id, contact_id=contact_id, lock=True)
     if expected is not None and expected != row.version:
         raise StaleVersion(row.version)
     if updates.get("company_id") is not None:
         check_company(conn, team_id=team_id, company_id=updates["company_id"])
-    new_values, changes = _diff(row, updates)
+    new_values, changes = diff(row._mapping, updates)
     if not changes:
         return contact_from_row(row)
-    _checked_size(new_values)
+    checked_size(new_values)
     now = utcnow()
     provenance = provenance_from_json(row.provenance)
-    provenance.update(_observed_changes(changes, at=now))
+    provenance.update(observed_changes(changes, source="api", at=now))
     next_version = ContactUpdate(
         contact_id, row.version, row.version + 1, new_values, provenance, now
     )
     written = contact_writer.update_contact(conn, next_version)
-    record = _record(
+    record = person_record(
         contact_id=contact_id,
         team_id=team_id,
         version_before=row.version,
@@ -312,11 +228,6 @@ def update_contact(
     )
     contact_writer.record_history(conn, [record])
     return contact_from_row(written)
-
-
-def _observed_changes(changes: list[Change], *, at: datetime) -> dict[str, Observation]:
-    seen = Observation("api", at.isoformat())
-    return {change.field: seen for change in changes}
 
 
 @dataclass(frozen=True)
@@ -361,7 +272,7 @@ def delete_contact(
         f"contact deleted; {erased} dead letters erased; "
         f"{suppressed} numbers added to the suppression list"
     )
-    record = _record(
+    record = person_record(
         contact_id=contact_id,
         team_id=team_id,
         version_before=row.version,

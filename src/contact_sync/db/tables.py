@@ -35,6 +35,8 @@ teams = Table(
     Column("min_confidence", Float, nullable=True),
     # Custom-field keys without a definition: "accept" (stored untyped) or "reject".
     Column("undefined_custom_fields", String(8), nullable=False, server_default="accept"),
+    # Two contacts with one number: "allow" or "reject" (docs/design.md §14).
+    Column("duplicate_phones", String(8), nullable=False, server_default="allow"),
     Column("created_at", UTCDateTime, nullable=False),
     # The team's secret for suppression hashes (suppression.py); made on first use.
     Column("suppression_key", String(64), nullable=True),
