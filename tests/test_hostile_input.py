@@ -16,7 +16,6 @@ process for the whole module, fed raw Redis messages on a Redis database of its 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import subprocess
 import time
@@ -853,10 +852,6 @@ def _imported(engine: Engine, team: Team) -> dict[str, Any]:
     return {row.first_name: row for row in rows}
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("contact_sync.contacts.upsert") is None,
-    reason="contact_sync.contacts.upsert is not merged yet",
-)
 def test_import_nul_bytes_and_a_10_mb_cell_fail_their_rows_only(
     engine: Engine, team: Team, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -877,10 +872,6 @@ def test_import_nul_bytes_and_a_10_mb_cell_fail_their_rows_only(
     assert list(_imported(engine, team)) == ["Good"]
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("contact_sync.contacts.upsert") is None,
-    reason="contact_sync.contacts.upsert is not merged yet",
-)
 def test_import_formula_cells_are_stored_as_written_and_never_evaluated(
     engine: Engine, team: Team, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -914,10 +905,6 @@ def test_import_a_header_of_100k_columns_is_refused_fast_and_writes_nothing(
     assert snapshot(engine) == before
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("contact_sync.contacts.upsert") is None,
-    reason="contact_sync.contacts.upsert is not merged yet",
-)
 def test_import_another_teams_company_id_fails_the_row_naming_company_id(
     engine: Engine, team: Team, other_team: Team, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import fcntl
-import importlib.util
 import io
 import os
 import pty
@@ -43,12 +42,6 @@ from contact_sync.fields.store import define
 from tests.factories import make_contact, make_team, reading, writing
 
 HEADER = "firstName,lastName,phone,email"
-# The upsert service comes from another branch (issue 16, parts 1-3); until it is merged
-# the tests that import rows are skipped. Removed at the merge.
-needs_upsert = pytest.mark.skipif(
-    importlib.util.find_spec("contact_sync.contacts.upsert") is None,
-    reason="contact_sync.contacts.upsert is not merged yet",
-)
 
 
 def _any_key(key: str) -> str | None:
@@ -230,7 +223,6 @@ def test_utf16_is_refused_with_a_hint(tmp_path: Path) -> None:
 # --- the command, on both databases -----------------------------------------------------
 
 
-@needs_upsert
 def test_every_column_kind_lands_in_the_contact(
     engine: Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -258,7 +250,6 @@ def test_every_column_kind_lands_in_the_contact(
     assert row.provenance["first_name"]["source"] == "import"
 
 
-@needs_upsert
 def test_a_bom_and_snake_case_header_import_as_camel_case_does(
     engine: Engine, team: Team, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -273,7 +264,6 @@ def test_a_bom_and_snake_case_header_import_as_camel_case_does(
     assert (row.first_name, row.phone) == ("Ada", "+12025550101")
 
 
-@needs_upsert
 def test_bad_rows_are_reported_to_the_errors_file_and_the_rest_imported(
     engine: Engine, team: Team, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -302,7 +292,6 @@ def test_bad_rows_are_reported_to_the_errors_file_and_the_rest_imported(
     assert len(team_contacts(engine, team.id)) == 2
 
 
-@needs_upsert
 def test_without_an_errors_file_problems_go_to_stderr_one_line_each(
     engine: Engine, team: Team, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -359,7 +348,6 @@ def test_a_file_not_in_utf8_is_refused_before_any_row_is_written(
     assert count_rows(engine) == (0, 0)
 
 
-@needs_upsert
 def test_rows_repeating_a_person_apply_in_file_order_across_chunks(
     engine: Engine,
     team: Team,
@@ -383,7 +371,6 @@ def test_rows_repeating_a_person_apply_in_file_order_across_chunks(
     assert (ada.job_title, ada.email, ada.version) == ("Third", "ADA@example.com", 3)
 
 
-@needs_upsert
 def test_the_same_file_twice_creates_and_updates_nothing_the_second_time(
     engine: Engine, team: Team, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -396,7 +383,6 @@ def test_the_same_file_twice_creates_and_updates_nothing_the_second_time(
     assert count_rows(engine) == history
 
 
-@needs_upsert
 def test_a_dry_run_writes_nothing_and_counts_as_a_real_run_would(
     engine: Engine,
     team: Team,
@@ -418,7 +404,6 @@ def test_a_dry_run_writes_nothing_and_counts_as_a_real_run_would(
     assert "dry run: nothing was written" in dry[2]
 
 
-@needs_upsert
 def test_match_on_email_only_ignores_the_number(
     engine: Engine, team: Team, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -464,7 +449,6 @@ def test_a_file_without_a_header_is_refused_in_one_line(
     assert message in line
 
 
-@needs_upsert
 def test_no_progress_bar_when_stderr_is_not_a_terminal_and_one_on_a_terminal(
     engine: Engine, team: Team, tmp_path: Path
 ) -> None:

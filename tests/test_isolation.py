@@ -20,7 +20,6 @@ as the database's own text of every column, and that no row links the two teams.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import re
 import subprocess
@@ -1723,10 +1722,6 @@ def test_cli_fields_of_a_reach_a_only(
     world.assert_untouched()
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("contact_sync.contacts.upsert") is None,
-    reason="contact_sync.contacts.upsert is not merged yet",
-)
 def test_cli_import_into_a_of_b_values_never_touches_b(
     world: World, cli_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

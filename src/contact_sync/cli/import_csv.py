@@ -40,6 +40,7 @@ from contact_sync.contacts.csv_rows import (
     read_header,
     read_records,
 )
+from contact_sync.contacts.upsert import upsert_contacts
 from contact_sync.db.engine import make_engine
 from contact_sync.db.unit_of_work import unit_of_work
 from contact_sync.errors import ContactSyncError
@@ -112,8 +113,6 @@ def _upsert_chunk(
     columns: Sequence[Column],
 ) -> Iterator[tuple[str, tuple[Problem, ...]]]:
     """Each row's status and problems, in file order; rows with problems are not sent."""
-    from contact_sync.contacts.upsert import upsert_contacts  # type: ignore[import-not-found]
-
     good = [row for row in chunk if not row.problems]
     results = (
         upsert_contacts(
