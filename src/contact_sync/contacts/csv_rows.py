@@ -30,8 +30,8 @@ MAX_CELL = 64 * 1024
 # What the csv module will hold of one cell before it gives up on the row: big
 # enough that a cell over MAX_CELL is still read whole (and its row fails cleanly,
 # the rows after it read as usual), small enough that one cell never costs more
-# than this much memory. A cell over it makes the csv module lose its place
-# inside a quoted cell, so the rows after it may be misread: each is reported.
+# than this much memory. A cell over it fails its row, and the csv module gives
+# up inside it: the rest of a quoted cell spanning lines is then read as rows.
 CSV_FIELD_LIMIT = 16 * 1024 * 1024
 TAG_SEPARATOR = ";"
 CUSTOM_PREFIX = "cf."
