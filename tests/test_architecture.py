@@ -26,6 +26,7 @@ ENTRY_POINTS = {
     "api/dead_letter_routes.py": "HTTP routes",
     "api/policy_routes.py": "HTTP routes",
     "api/field_routes.py": "HTTP routes",
+    "api/upsert_routes.py": "HTTP routes",
     "api/auth.py": "the key check and its last-used touch",
     "api/readiness.py": "/readyz pings the database",
     # Command-line entry points.

@@ -21,6 +21,7 @@ from contact_sync.api.rate_limit import rate_limiter_for
 from contact_sync.api.readiness import Readiness, probe
 from contact_sync.api.routes import router
 from contact_sync.api.schemas import Health
+from contact_sync.api.upsert_routes import router as upsert_router
 from contact_sync.db.engine import make_engine
 from contact_sync.ops.metrics import OpenDeadLetters
 from contact_sync.settings import Settings, get_settings
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.rate_limiter = rate_limiter_for(settings)
     errors.install(app)
     app.include_router(router)
+    app.include_router(upsert_router)
     app.include_router(dead_letter_router)
     app.include_router(policy_router)
     app.include_router(field_router)

@@ -204,6 +204,7 @@ class _State:
     source: str
     now: datetime
     suppressed: set[str]
+    api_key_id: str | None
     people: dict[str, _Person] = field(default_factory=dict)
     by_phone: dict[str, set[str]] = field(default_factory=dict)
     by_email: dict[str, set[str]] = field(default_factory=dict)
@@ -285,7 +286,7 @@ class _State:
             version_before=before,
             version_after=after,
             at=self.now,
-            api_key_id=None,
+            api_key_id=self.api_key_id,
             source=self.source,
             changes=changes,
         )
@@ -375,6 +376,7 @@ def upsert_outcomes(
     match_on: Sequence[str],
     source: str,
     now: datetime,
+    api_key_id: str | None = None,
 ) -> list[tuple[Status, Contact | None, _Failed | None]]:
     """Each item's status, contact and failure, in item order (see ``upsert_contacts``)."""
     team = get_team(conn, team_id=team_id)
@@ -383,7 +385,7 @@ def upsert_outcomes(
     bodies = [body for body in prepared if isinstance(body, ContactCreate)]
     numbers, emails = _keys(bodies)
     suppressed = {phone for _, phone in suppressed_numbers(conn, [(team_id, n) for n in numbers])}
-    state = _State(team, keys, source, now, suppressed)
+    state = _State(team, keys, source, now, suppressed, api_key_id)
     _load(conn, state, numbers, emails)
     outcomes: list[tuple[Status, Contact | None, _Failed | None]] = []
     for body in prepared:
@@ -408,6 +410,7 @@ def upsert_contacts(
     match_on: Sequence[str],
     source: str,
     now: datetime,
+    api_key_id: str | None = None,
 ) -> list[UpsertResult]:
     """Upsert each item (an API body: camelCase or snake_case) in order, in the caller's
     transaction; one result per item, in item order.
@@ -417,11 +420,18 @@ def upsert_contacts(
     ambiguous, a duplicate number the team refuses, a company of another team)
     is reported and written nowhere; the others apply. ``match_on`` must be a
     non-empty list from ``phone``, ``email`` (``ValidationFailed`` otherwise);
-    ``TeamNotFound`` for no team.
+    ``TeamNotFound`` for no team. ``api_key_id``: the key an API write came
+    with, for the history records.
     """
     results = []
     outcomes = upsert_outcomes(
-        conn, team_id=team_id, items=items, match_on=match_on, source=source, now=now
+        conn,
+        team_id=team_id,
+        items=items,
+        match_on=match_on,
+        source=source,
+        now=now,
+        api_key_id=api_key_id,
     )
     for index, (status, contact, failed) in enumerate(outcomes):
         results.append(
@@ -444,11 +454,18 @@ def upsert_contact(
     match_on: Sequence[str],
     source: str,
     now: datetime,
+    api_key_id: str | None = None,
 ) -> tuple[Status, Contact]:
     """One upsert: ``created`` or ``updated``/``unchanged`` and the contact; a failure raises
     its error (``ValidationFailed``, ``ForbiddenTeam``, ``AmbiguousMatch``, ``DuplicatePhone``)."""
     [(status, contact, failed)] = upsert_outcomes(
-        conn, team_id=team_id, items=[item], match_on=match_on, source=source, now=now
+        conn,
+        team_id=team_id,
+        items=[item],
+        match_on=match_on,
+        source=source,
+        now=now,
+        api_key_id=api_key_id,
     )
     if failed is not None:
         raise failed.error
