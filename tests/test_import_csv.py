@@ -482,3 +482,20 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal_and_one_on_a_terminal(
     assert shown.returncode == 0
     assert b"row" in terminal
     assert b"100%" in terminal
+
+
+def test_with_duplicate_phones_rejected_a_row_giving_a_taken_number_fails_naming_it(
+    engine: Engine, team: Team, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/design.md §14: an import row that would give a second contact a number fails."""
+    from contact_sync.accounts.team_settings import put_team_settings
+
+    with writing(engine) as conn:
+        data = {"duplicate_phones": "reject"}
+        put_team_settings(conn, team_id=team.id, data=data, default_min_confidence=0.5)
+    text = f"{HEADER}\nAda,L,2025550101,ada@example.com\nBob,B,(202) 555-0101,bob@example.com\n"
+    path = write_csv(tmp_path / "a.csv", text)
+    code, out, err = run_import(engine, path, team.id, "--match-on", "email", capsys=capsys)
+    assert (code, summary(out)) == (2, "created=1 updated=0 unchanged=0 failed=1")
+    assert err.startswith("row 3, column phone: Duplicate phone")
+    assert [row.first_name for row in team_contacts(engine, team.id)] == ["Ada"]
