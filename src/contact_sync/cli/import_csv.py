@@ -40,6 +40,7 @@ from contact_sync.contacts.csv_rows import (
     read_header,
     read_records,
 )
+from contact_sync.contacts.duplicates import will_roll_back
 from contact_sync.contacts.upsert import upsert_contacts
 from contact_sync.db.engine import make_engine
 from contact_sync.db.unit_of_work import unit_of_work
@@ -152,6 +153,8 @@ def _import_rows(
     tally = Tally()
     with ExitStack() as stack:
         dry_run = stack.enter_context(unit_of_work(engine)) if args.dry_run else None
+        if dry_run is not None:
+            will_roll_back(dry_run.conn)  # no key locks: a file's worth would fill the table
         for chunk in chunked(rows, CHUNK_ROWS):
             if dry_run is not None:
                 outcomes = list(_upsert_chunk(dry_run.conn, args, chunk, columns))
