@@ -519,3 +519,14 @@ def test_a_dry_run_of_more_keys_than_postgresqls_lock_table_holds_runs(
     code, out, err = run_import(pg_engine, path, pg_team.id, "--dry-run", capsys=capsys)
     assert (code, summary(out)) == (0, "created=8000 updated=0 unchanged=0 failed=0"), err
     assert count_rows(pg_engine) == (0, 0)
+
+
+def test_an_errors_file_that_cannot_be_written_refuses_the_import_before_any_row(
+    engine: Engine, team: Team, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_csv(tmp_path / "a.csv", f"{HEADER}\nAda,L,2025550101,\n")
+    errors = tmp_path / "no-such-folder" / "errors.csv"
+    code, out, err = run_import(engine, path, team.id, "--errors", str(errors), capsys=capsys)
+    assert (code, out) == (1, "")
+    assert err.startswith(f"contact-sync: cannot write {errors}")
+    assert count_rows(engine) == (0, 0)
