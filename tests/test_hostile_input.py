@@ -85,6 +85,8 @@ BEYOND_64_BITS = str(2**64)
 BELOW_64_BITS = str(-(2**63) - 1)
 SQL = "'; DROP TABLE contacts; --"
 LETTERS = "/api/crm/dead-letters"
+UPSERT = f"{CONTACTS}/upsert"
+BATCH_UPSERT = f"{CONTACTS}/batch/upsert"
 
 # Every table a request or an event could change; dead letters are checked on their own.
 DATA_TABLES = (
@@ -207,6 +209,8 @@ def _writes(world: World) -> list[tuple[str, str]]:
     return [
         ("POST", CONTACTS),
         ("PATCH", f"{CONTACTS}/{world.mine['id']}"),
+        ("POST", UPSERT),
+        ("POST", BATCH_UPSERT),
         ("POST", COMPANIES),
         ("PATCH", f"{COMPANIES}/{world.my_company['id']}"),
     ]
@@ -343,9 +347,16 @@ def test_a_bad_field_is_422_naming_it_on_create_and_patch(
     api = world.api
     with nothing_changes(world):
         if where in ("both", "create"):
-            response = send(api, "POST", CONTACTS, _create_body(member))
-            assert_validation_error(response, field)
-            assert set(response.json()["details"]) == {field}
+            for url in (CONTACTS, UPSERT):
+                response = send(api, "POST", url, _create_body(member))
+                assert_validation_error(response, field)
+                assert set(response.json()["details"]) == {field}
+            batch = b'{"items": [' + _create_body(member) + b"]}"
+            response = send(api, "POST", BATCH_UPSERT, batch)
+            assert response.status_code == 200, response.text
+            [item] = response.json()["data"]
+            assert item["status"] == "failed"
+            assert [error["field"] for error in item["errors"]] == [field]
         if where in ("both", "patch"):
             url = f"{CONTACTS}/{world.mine['id']}"
             response = send(api, "PATCH", url, ("{" + member + "}").encode())

@@ -82,6 +82,8 @@ FIELDS = "/api/crm/custom-fields"
 FIELD = f"{FIELDS}/{{key}}"
 FIELD_SCHEMA = f"{FIELDS}/schema"
 TEAM_SETTINGS = "/api/crm/team-settings"
+UPSERT = f"{CONTACTS}/upsert"
+BATCH_UPSERT = f"{CONTACTS}/batch/upsert"
 COMPANY_NOT_FOUND = "Not found"
 # The scheduler's stream, at 18:00 UTC on a winter day: 10:00 in Los Angeles (B's
 # star), 12:00 in Chicago (A's star), 13:00 in New York (the shared contacts' number).
@@ -952,6 +954,54 @@ PROBES: list[Probe] = [
         body={"teamId": "<b.team>", "minConfidence": 0.9},
     ),
     Probe("set settings of A", "PUT", TEAM_SETTINGS, 200, body={"minConfidence": 0.7}),
+    # Upsert (docs/design.md §14): matches within the key's team only.
+    Probe("upsert in B by teamId", "POST", UPSERT, 403, body={**NEW, "teamId": "<b.team>"}),
+    Probe("upsert in B by team_id", "POST", UPSERT, 403, body={**NEW, "team_id": "<b.team>"}),
+    Probe(
+        "upsert with B's company",
+        "POST",
+        UPSERT,
+        403,
+        body={**NEW, "companyId": "<b.company>"},
+        error=FOREIGN_COMPANY,
+    ),
+    Probe("upsert with B's contact id", "POST", UPSERT, 422, body={**NEW, "id": "<b.star>"}),
+    Probe(
+        "upsert with B's phone and email creates in A",
+        "POST",
+        UPSERT,
+        201,
+        body={**NEW, "phone": "<b.star.phone>", "email": "<b.star.email>"},
+    ),
+    Probe(
+        "upsert with the number both teams have updates A's contact",
+        "POST",
+        UPSERT,
+        200,
+        body={**NEW, "phone": SHARED_PHONE, "matchOn": ["phone"]},
+    ),
+    Probe(
+        "batch upsert in B by teamId",
+        "POST",
+        BATCH_UPSERT,
+        422,
+        body={"teamId": "<b.team>", "items": [NEW]},
+    ),
+    Probe(
+        "batch upsert of items naming B's team and company, and the shared number",
+        "POST",
+        BATCH_UPSERT,
+        200,
+        body={
+            "items": [
+                {**NEW, "teamId": "<b.team>"},
+                {**NEW, "team_id": "<b.team>"},
+                {**NEW, "companyId": "<b.company>"},
+                {**NEW, "phone": SHARED_PHONE, "jobTitle": "Mine"},
+            ],
+            "matchOn": ["phone"],
+        },
+    ),
 ]
 
 # Routes anyone may call: no key, and nothing of any team in them.

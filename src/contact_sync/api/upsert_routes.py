@@ -7,15 +7,17 @@ transaction, and translates the result; errors are mapped in ``api.errors``
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from pydantic.alias_generators import to_snake
 from starlette.concurrency import run_in_threadpool
 
 from contact_sync.api.auth import CallerDep, EngineDep
-from contact_sync.api.params import json_body, read_json
+from contact_sync.api.params import _bad_text, _may_hold_bad_text, json_body, parse_json, read_json
 from contact_sync.api.routes import (
     _A_CONTACT,
     _body_team,
@@ -28,6 +30,8 @@ from contact_sync.clock import utcnow
 from contact_sync.contacts.model import Contact, ContactCreate
 from contact_sync.contacts.upsert import (
     DEFAULT_MATCH_ON,
+    FieldError,
+    UpsertResult,
     check_match_on,
     upsert_contact,
     upsert_contacts,
@@ -136,6 +140,59 @@ def _batch(body: Any) -> tuple[list[Any], tuple[str, ...]]:
     return items, match_on
 
 
+def _text_problem(item: Any) -> FieldError:
+    """Why an item holding text no database stores (NUL, a lone surrogate) fails."""
+    if isinstance(item, dict):
+        for key, value in item.items():
+            problem = _bad_text(value)
+            if problem and not _bad_text(key):
+                return FieldError(to_snake(key), problem)
+    return FieldError("body", _bad_text(item) or "Must be valid Unicode text")
+
+
+def _read_batch(raw: bytes) -> tuple[list[Any], tuple[str, ...], dict[int, FieldError]]:
+    """The batch's items and keys, and the items that hold unstorable text (by index).
+
+    ``parse_json`` refuses a whole body for one such string; here it fails its item
+    alone, as any other bad value does.
+    """
+    if _may_hold_bad_text(raw):
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("items"), list):
+            rest = {key: value for key, value in body.items() if key != "items"}
+            if not _bad_text(rest):
+                bad = {i: _text_problem(x) for i, x in enumerate(body["items"]) if _bad_text(x)}
+                return (*_batch(body), bad)
+    return (*_batch(parse_json(raw)), {})
+
+
+def _merged(results: list[UpsertResult], bad: dict[int, FieldError]) -> list[dict[str, Any]]:
+    """The service's results and the items failed before it, in item order."""
+    data: list[dict[str, Any]] = []
+    written = iter(results)
+    for index in range(len(results) + len(bad)):
+        if index in bad:
+            data.append(
+                {"index": index, "status": "failed", "contact_id": None, "errors": [bad[index]]}
+            )
+            continue
+        result = next(written)
+        data.append(
+            {
+                "index": index,
+                "status": result.status,
+                "contact_id": result.contact_id,
+                "errors": list(result.errors),
+            }
+        )
+    for entry in data:
+        entry["errors"] = [error.__dict__ for error in entry["errors"]]
+    return data
+
+
 @router.post(
     "/contacts/upsert",
     response_model=Contact,
@@ -184,29 +241,20 @@ async def upsert(request: Request, caller: CallerDep, engine: EngineDep) -> JSON
     "team's company) is reported with its errors and never stops the others.",
 )
 async def batch_upsert(request: Request, caller: CallerDep, engine: EngineDep) -> JSONResponse:
-    items, match_on = _batch(await read_json(request))
+    items, match_on, bad = await run_in_threadpool(_read_batch, await request.body())
 
     def write() -> JSONResponse:
         with unit_of_work(engine) as uow:
             results = upsert_contacts(
                 uow.conn,
                 team_id=caller.team_id,
-                items=items,
+                items=[item for index, item in enumerate(items) if index not in bad],
                 match_on=match_on,
                 source="api",
                 now=utcnow(),
                 api_key_id=caller.key_id,
             )
             uow.commit()
-        data = [
-            {
-                "index": result.index,
-                "status": result.status,
-                "contact_id": result.contact_id,
-                "errors": [error.__dict__ for error in result.errors],
-            }
-            for result in results
-        ]
-        return JSONResponse({"data": data})
+        return JSONResponse({"data": _merged(results, bad)})
 
     return await run_in_threadpool(write)
