@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,7 +171,7 @@ def _import_rows(
 
 
 @contextmanager
-def _problem_report(errors_path: str | None, write_line: Any) -> Iterator[Report]:
+def _problem_report(errors_path: str | None, write_line: Callable[[str], None]) -> Iterator[Report]:
     """Problems as CSV rows ``row,column,message`` in ``--errors``, else lines on stderr."""
     if errors_path is None:
 
@@ -211,8 +211,9 @@ def cmd_import(args: argparse.Namespace) -> None:
                     disable=not sys.stderr.isatty(),
                 )
             )
-            write = lambda line: tqdm.write(line, file=sys.stderr)  # noqa: E731
-            report = stack.enter_context(_problem_report(args.errors, write))
+            report = stack.enter_context(
+                _problem_report(args.errors, lambda line: tqdm.write(line, file=sys.stderr))
+            )
             rows = numbered_rows(records, columns)
             tally = _import_rows(engine, args, rows, columns, report, bar)
     except FileRefused as exc:
