@@ -485,3 +485,44 @@ def test_concurrent_lists_sharing_people_in_any_order_neither_deadlock_nor_dupli
     assert not [r for r in results if isinstance(r, Exception)]
     with pg_engine.connect() as conn:
         assert count(conn, pg_team) == 50
+
+
+def test_a_long_list_is_stored_exactly_as_one_by_one_writes_store_it(
+    conn: Connection, acme: Team
+) -> None:
+    """On PostgreSQL a long list goes in by COPY (contacts/writer.py): same rows, same JSON."""
+    rich = {
+        **ADA,
+        "email": "Ada@Example.com",
+        "phone": "(202) 555-0100",
+        "phoneSecondary": "+442079460000",
+        "timezone": "Europe/London",
+        "leadStatus": "Qualified",
+        "doNotCall": True,
+        "notes": 'Tabs\tand "quotes", back\\slashes,\nnew lines and ünïcödé ✓',
+        "customFields": {"nested": {"a": [1, 2.5, None, True]}, "big": 2**62, "text": "x\\y"},
+        "tags": ["vip", "solar"],
+    }
+    [alone] = upsert(conn, acme, [rich])
+    others = [
+        {**rich, "phone": f"+1202555{i:04d}", "email": f"p{i}@example.com"} for i in range(60)
+    ]
+    results = upsert(conn, acme, others, match_on=["email"])
+    assert statuses(results) == ["created"] * 60
+    assert alone.contact_id is not None
+    expected = contact_row(conn, alone.contact_id)
+    [expected_record] = list_history_of(conn, acme, expected)
+    for result in results:
+        assert result.contact_id is not None
+        row = contact_row(conn, result.contact_id)
+        assert result.contact is not None
+        assert result.contact.model_dump() == {
+            name: getattr(row, name) for name in result.contact.model_dump()
+        }
+        same = ("notes", "custom_fields", "tags", "do_not_call", "lead_status", "phone_zone")
+        assert [getattr(row, name) for name in same] == [getattr(expected, name) for name in same]
+        assert list(row.provenance) == list(expected.provenance)
+        [record] = list_history_of(conn, acme, row)
+        changed = {change["field"]: change["new"] for change in record["changes"]}
+        assert changed["custom_fields"] == rich["customFields"]
+        assert len(record["changes"]) == len(expected_record["changes"])

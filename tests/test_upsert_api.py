@@ -195,3 +195,25 @@ def test_a_read_key_may_not_upsert(api: Api) -> None:
     read = make_key(api.engine, api.team.id, scope="read").api_key
     assert_error(api.post(UPSERT, ADA, key=read), 403)
     assert_error(api.post(BATCH, {"items": [ADA]}, key=read), 403)
+
+
+def test_unstorable_text_in_one_item_fails_that_item_alone(api: Api) -> None:
+    raw = (
+        '{"items": ['
+        '{"firstName": "Ada", "lastName": "Lovelace", "email": "ada@example.com"},'
+        r'{"firstName": "Eve", "lastName": "L", "notes": "a\u0000b"},'
+        r'{"firstName": "Eve", "lastName": "L", "tags": ["\ud800"]},'
+        r'{"firstName": "Eve", "lastName": "L", "bad\u0000key": 1},'
+        '{"firstName": "Grace", "lastName": "Hopper", "email": "grace@example.com"}'
+        '], "matchOn": ["email"]}'
+    )
+    response = api.client.post(BATCH, content=raw.encode(), headers=api.json_headers())
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert [item["status"] for item in data] == ["created", "failed", "failed", "failed", "created"]
+    assert [item["errors"][0]["field"] for item in data[1:4]] == ["notes", "tags", "body"]
+    assert [item["index"] for item in data] == [0, 1, 2, 3, 4]
+    assert team_count(api, api.team) == 2
+    outer = r'{"items": [{"firstName": "Ada", "lastName": "L"}], "matchOn": ["ph\u0000one"]}'
+    refused = api.client.post(BATCH, content=outer.encode(), headers=api.json_headers())
+    assert_validation_error(refused, "match_on")

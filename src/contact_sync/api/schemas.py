@@ -136,8 +136,9 @@ class HistoryRecord(BaseModel):
     )
     version_after: int = Field(description="The contact's version after the change.", examples=[3])
     source: str = Field(
-        description="Who made the change: `api` (a person or an integration), `call` (a "
-        "call event) or `suppression` (the team's do-not-call list).",
+        description="Who made the change: `api` (a person or an integration), `import` (a "
+        "row of a contact import), `call` (a call event) or `suppression` (the team's "
+        "do-not-call list).",
         examples=["call"],
     )
     event_id: str | None = Field(

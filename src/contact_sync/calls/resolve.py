@@ -151,4 +151,8 @@ def resolve(
     """
     named = [e for e in events if e.contact_id is not None]
     by_number, invalid = _numbers([e for e in events if e.contact_id is None], teams)
+    # The number locks before any row lock, as every writer takes them (an upsert,
+    # contacts/duplicates.py): a batch holding a row while it waits for a number
+    # an upsert holds, the upsert waiting for that row, would deadlock.
+    _lock_numbers(conn, [f"{event.team_id}:{phone}" for event, phone in by_number])
     return {**invalid, **_by_id(conn, named), **_by_phone(conn, by_number)}
