@@ -888,6 +888,8 @@ def test_the_openapi_document_describes_every_endpoint(api: Api) -> None:
     assert operations == {
         ("POST", CONTACTS),
         ("GET", CONTACTS),
+        ("POST", f"{CONTACTS}/upsert"),
+        ("POST", f"{CONTACTS}/batch/upsert"),
         ("GET", ELIGIBLE),
         ("GET", f"{CONTACTS}/{{contact_id}}"),
         ("PATCH", f"{CONTACTS}/{{contact_id}}"),

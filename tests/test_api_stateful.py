@@ -96,6 +96,8 @@ CONTACTS = f"{PREFIX}/contacts"
 ONE_CONTACT = f"{CONTACTS}/{{contact_id}}"
 HISTORY = f"{ONE_CONTACT}/history"
 ELIGIBLE = f"{CONTACTS}/eligible"
+UPSERT = f"{CONTACTS}/upsert"
+BATCH_UPSERT = f"{CONTACTS}/batch/upsert"
 COMPANIES = f"{PREFIX}/companies"
 ONE_COMPANY = f"{COMPANIES}/{{company_id}}"
 
@@ -347,6 +349,16 @@ class ApiWorkflow(SCHEMA.as_state_machine()):  # type: ignore[misc]
             self.check_contact(body, what)
             self.model.contacts[body["id"]] = body
             self.reads_back(body, what)
+        elif path == UPSERT and method == "POST" and status in (200, 201):
+            self.check_upserted(body, status == 201, what)
+        elif path == BATCH_UPSERT and method == "POST" and status == 200:
+            for item in body["data"]:
+                if item["status"] == "failed":
+                    assert item["contact_id"] is None, f"{what}: {item}"
+                    continue
+                read = self.read(ONE_CONTACT.format(contact_id=item["contact_id"]))
+                assert read.status_code == 200, f"{what}: item {item['index']} not found"
+                self.check_upserted(read.json(), item["status"] == "created", what)
         elif path == ONE_CONTACT and method == "GET":
             known = self.live(contact_id, status, what)
             if status == 200:
@@ -394,6 +406,19 @@ class ApiWorkflow(SCHEMA.as_state_machine()):  # type: ignore[misc]
                 assert company_id not in self.model.companies, f"{what} answered 404"
             if method == "DELETE" and status == 204:
                 self.model.companies.discard(company_id)
+
+    def check_upserted(self, contact: dict[str, Any], created: bool, what: str) -> None:
+        """A contact an upsert created (new, version 1) or matched (one of the model's)."""
+        if created:
+            assert contact["id"] not in self.model.contacts, f"{what}: created a known id"
+            assert contact["id"] not in self.model.deleted, f"{what}: created a deleted id"
+        else:
+            before = self.live(contact["id"], 200, what)
+            assert before is not None
+            assert contact["version"] - before["version"] in (0, 1), f"{what}: {contact}"
+        self.check_contact(contact, what)
+        self.model.contacts[contact["id"]] = contact
+        self.reads_back(contact, what)
 
     def check_list(self, query: dict[str, Any], body: dict[str, Any], what: str) -> None:
         """Unfiltered, or by company only: the page counts and slices every match."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from typing import Any
 
-from sqlalchemy import Connection, any_, cast, or_, select, text
+from sqlalchemy import Connection, Select, any_, cast, func, select, text, union_all
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import String
@@ -67,10 +67,31 @@ def lock_keys(conn: Connection, keys: Iterable[str]) -> None:
 
 def among(conn: Connection, column: ColumnElement[str], values: Collection[str]) -> Any:
     """``column`` is one of ``values``: ``= ANY(array)`` on PostgreSQL (one parameter for
-    thousands of values, one plan whatever their count), ``IN`` elsewhere."""
+    thousands of values, one statement whatever their count), ``IN`` elsewhere."""
     if conn.dialect.name == "postgresql":
-        return column == any_(cast(list(values), ARRAY(String)))
-    return column.in_(list(values))
+        return column == any_(cast(sorted(values), ARRAY(String)))
+    return column.in_(sorted(values))
+
+
+def holding(
+    conn: Connection, team_id: str, column: ColumnElement[str], values: Collection[str]
+) -> Select[tuple[str]]:
+    """The ids of the team's contacts whose ``column`` is one of ``values``.
+
+    On PostgreSQL a join with the unnested array: one index probe per value
+    whatever the plan. ``column = ANY($1)`` read the team's every row in the
+    generic plan PostgreSQL settles on after a few executions of a prepared
+    statement (2,000 values against 20,000 contacts: 3 s instead of 0.02 s).
+    """
+    mine = contacts.c.team_id == team_id
+    if conn.dialect.name != "postgresql":
+        return select(contacts.c.id).where(mine, column.in_(sorted(values)))
+    keys = (
+        func.unnest(cast(sorted(values), ARRAY(String)))
+        .table_valued("value")
+        .render_derived(name="keys")
+    )
+    return select(contacts.c.id).join(keys, column == keys.c.value).where(mine)
 
 
 def phone_holders(
@@ -80,13 +101,13 @@ def phone_holders(
     holders: dict[str, set[str]] = {number: set() for number in numbers}
     if not numbers:
         return holders
+    ids = union_all(
+        holding(conn, team_id, contacts.c.phone, numbers),
+        holding(conn, team_id, contacts.c.phone_secondary, numbers),
+    )
     rows = conn.execute(
         select(contacts.c.id, contacts.c.phone, contacts.c.phone_secondary).where(
-            contacts.c.team_id == team_id,
-            or_(
-                among(conn, contacts.c.phone, numbers),
-                among(conn, contacts.c.phone_secondary, numbers),
-            ),
+            contacts.c.team_id == team_id, contacts.c.id.in_(ids)
         )
     )
     for row in rows:

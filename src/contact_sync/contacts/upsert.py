@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, func, or_, select
+from sqlalchemy import Connection, func, select, union_all
 
 from contact_sync.accounts.teams import Team, get_team
 from contact_sync.contacts import writer as contact_writer
-from contact_sync.contacts.duplicates import among, email_key, lock_keys, phone_key
+from contact_sync.contacts.duplicates import among, email_key, holding, lock_keys, phone_key
 from contact_sync.contacts.edits import (
     NO_CALLS,
     checked_size,
@@ -318,17 +318,17 @@ def _load(conn: Connection, state: _State, numbers: set[str], emails: set[str]) 
     )
     if not numbers and not emails:
         return
-    matches = []
+    holders = []
     if numbers:
-        matches += [
-            among(conn, contacts.c.phone, numbers),
-            among(conn, contacts.c.phone_secondary, numbers),
+        holders += [
+            holding(conn, team_id, contacts.c.phone, numbers),
+            holding(conn, team_id, contacts.c.phone_secondary, numbers),
         ]
     if emails:
-        matches.append(among(conn, func.lower(contacts.c.email), emails))
+        holders.append(holding(conn, team_id, func.lower(contacts.c.email), emails))
     rows = conn.execute(
         select(*CONTACT_COLUMNS, contacts.c.provenance)
-        .where(contacts.c.team_id == team_id, or_(*matches))
+        .where(contacts.c.team_id == team_id, contacts.c.id.in_(union_all(*holders)))
         .order_by(contacts.c.id)
         .with_for_update(key_share=True)
     ).all()
