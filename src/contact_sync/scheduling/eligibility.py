@@ -393,6 +393,36 @@ class Moment:
         timed = _attempt_reasons(place, self.rules, attempts, self.at)
         return _ordered(static_reasons(facts) + clock + timed)
 
+    def allows(self, facts: Any, attempts: Attempts) -> bool:
+        """Whether ``reasons`` is empty; ``facts``: anything with ``ContactFacts``' attributes.
+
+        The stream asks this of every row. Most rows are callable, in a place the
+        clock allows, with no attempt within the lookback and under the total cap:
+        for them each part of ``reasons`` is empty by its own first test (the same
+        tests, repeated here), so they are answered without building a
+        ``ContactFacts`` or a reason. Any other row gets ``reasons`` itself.
+        """
+        cap = self.rules.policy.max_attempts_total
+        if (
+            not attempts.recent
+            and (cap is None or attempts.total < cap)
+            and not facts.do_not_call
+            and facts.phone is not None
+            and facts.lead_status not in STICKY
+            and not self._of((facts.timezone, facts.phone_zone, facts.phone_state))[1]
+        ):
+            return True
+        if not isinstance(facts, ContactFacts):
+            facts = ContactFacts(
+                facts.do_not_call,
+                facts.phone,
+                facts.lead_status,
+                facts.timezone,
+                facts.phone_zone,
+                facts.phone_state,
+            )
+        return not self.reasons(facts, attempts)
+
 
 def reasons_at(
     facts: ContactFacts, attempts: Attempts, rules: Rules, at: datetime
