@@ -938,13 +938,16 @@ POLICY_STREAM_TARGET_MS = 100.0  # issue 17 part 3 (issue 14 says 150)
 POLICY_RATIO = 1.5  # the stream with the full policy against the same stream with it off
 ONE_CONTACT_TARGET_MS = 10.0
 CALLS_PER_CONTACT = 20  # on average, in the measured team
-CALL_DAYS = 60  # the calls spread over the last 60 days before NOW
+CALL_DAYS = 60  # the calls spread over the 60 days before CALLS_END
+# The ledger's "now": a Wednesday, 16:00 in New York. The streams ask about instants of
+# the 8 hours before it (as a dialer asks about now), so few calls are later than `at`.
+CALLS_END = datetime(2026, 11, 25, 21, 0, tzinfo=UTC)
 OUTCOMES = ("no_answer", "voicemail", "busy", "failed", "completed")
 OUTCOME_WEIGHTS = (45, 20, 8, 5, 22)
 FULL_POLICY: dict[str, Any] = {
     "window": {"start": "09:00", "end": "20:00"},
     "days": ["mon", "tue", "wed", "thu", "fri", "sat"],
-    "holidays": ["2026-11-26", "2026-12-24", "2026-12-25", "2027-01-01"],
+    "holidays": ["2026-11-11", "2026-11-26", "2026-12-24", "2026-12-25", "2027-01-01"],
     "max_attempts_total": 30,
     "max_attempts_per_day": 3,
     "retry_after": {"no_answer": "4h", "busy": "30m", "voicemail": "1d", "failed": "1h"},
@@ -998,13 +1001,14 @@ def _fill_phone_facts(conn: psycopg.Connection[Any], rows: list[tuple[str, str |
 def _call_rows(
     team_id: str, contacts_: list[tuple[str, str | None]], rng: random.Random
 ) -> Iterator[tuple[Any, ...]]:
-    """~CALLS_PER_CONTACT calls per contact over CALL_DAYS days, in US daytime, 90 % outbound."""
+    """~CALLS_PER_CONTACT calls per contact over CALL_DAYS days to CALLS_END, in US daytime,
+    90 % outbound."""
     cdf = cumulative(OUTCOME_WEIGHTS)
     for contact_id, phone in contacts_:
         for _ in range(rng.randint(0, 2 * CALLS_PER_CONTACT)):
-            day = NOW - timedelta(days=rng.randint(0, CALL_DAYS))
+            day = CALLS_END - timedelta(days=rng.randint(0, CALL_DAYS))
             ended = day.replace(hour=13, minute=0) + timedelta(seconds=rng.randint(0, 11 * 3600))
-            if ended > NOW:
+            if ended > CALLS_END:
                 ended -= timedelta(days=1)
             outcome = OUTCOMES[bisect.bisect(cdf, rng.random())]
             duration = rng.randint(60, 900) if outcome == "completed" else rng.randint(0, 40)
@@ -1072,12 +1076,8 @@ def set_policy(engine: Engine, team_id: str, body: dict[str, Any]) -> None:
 
 
 def policy_instant(rng: random.Random) -> datetime:
-    """A weekday of the last 30 days at 12:00 in New York, give or take 4 hours."""
-    while True:
-        day = NOW - timedelta(days=rng.randint(1, 30))
-        if day.weekday() < 5:
-            break
-    return day.replace(hour=17, minute=0) + timedelta(minutes=rng.randint(-240, 240))
+    """An instant of the 8 hours before ``CALLS_END`` (08:00-16:00 in New York)."""
+    return CALLS_END - timedelta(seconds=rng.randint(0, 8 * 3600))
 
 
 def run_policy(bench: Bench, n: int) -> list[Result]:

@@ -58,8 +58,8 @@ from contact_sync.db.tables import contacts
 from contact_sync.errors import ValidationFailed
 from contact_sync.fields.definitions import FieldDefinition
 from contact_sync.fields.filters import CustomFilter, is_custom_parameter, parse_custom_filters
-from contact_sync.scheduling.check import NO_ATTEMPTS, attempts_of
-from contact_sync.scheduling.eligibility import Moment, rules_for
+from contact_sync.scheduling.check import attempts_of
+from contact_sync.scheduling.eligibility import NO_ATTEMPTS, Moment, rules_for, walk_moment
 from contact_sync.scheduling.policies import load_policy
 from contact_sync.storable import is_unicode
 
@@ -611,8 +611,9 @@ def list_eligible(conn: Connection, query: EligibleQuery) -> EligiblePage:
         window_end=query.window_end,
         default_timezone=query.default_timezone,
     )
-    moment = Moment(rules, at)
+    moment = walk_moment(rules, at)
     open_places = _places_open(conn, query.team_id, moment, after)
+    counts = rules.attempts_matter  # else the ledger is not read at all
     wanted = query.limit + 1  # a page and one more: whether there is a next page
     size, read = wanted, 0
     found: list[Any] = []
@@ -620,7 +621,7 @@ def list_eligible(conn: Connection, query: EligibleQuery) -> EligiblePage:
     while open_places != [] and len(found) < wanted:
         rows = _chunk(conn, query.team_id, open_places, after, size, custom)
         if rows:
-            attempts = attempts_of(conn, query.team_id, rows, at, rules)
+            attempts = attempts_of(conn, query.team_id, rows, at, rules) if counts else {}
             found += [row for row in rows if moment.allows(row, attempts.get(row.id, NO_ATTEMPTS))]
         if len(rows) < size:
             break

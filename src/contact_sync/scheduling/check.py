@@ -20,6 +20,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from contact_sync.db.tables import calls, contacts
 from contact_sync.errors import ContactNotFound
 from contact_sync.scheduling.eligibility import (
+    NO_ATTEMPTS,
     Attempt,
     Attempts,
     ContactFacts,
@@ -55,9 +56,6 @@ def facts_of(row: Any) -> ContactFacts:
         phone_zone=row.phone_zone,
         phone_state=row.phone_state,
     )
-
-
-NO_ATTEMPTS = Attempts(0)
 
 
 def _any_of(column: ColumnElement[str], values: list[str], dialect: str) -> ColumnElement[bool]:
