@@ -29,7 +29,7 @@ from contact_sync.contacts.query import (
     list_contacts,
     list_eligible,
 )
-from contact_sync.contacts.store import create_contact, update_contact
+from contact_sync.contacts.store import create_contact, get_contact, update_contact
 from contact_sync.db.tables import contacts
 from contact_sync.errors import ValidationFailed
 from tests.factories import make_contact
@@ -564,7 +564,9 @@ def test_the_stream_serialises_rows_as_the_contact_model_does(conn: Connection, 
     page = eligible(conn, team_id=team.id)
     assert {c.id for c in page.data} == {full.id, bare.id}
     answer = page.to_dict()
-    assert answer["data"] == [c.model_dump(mode="json") for c in page.data]
+    stored = {c.id: get_contact(conn, team_id=team.id, contact_id=c.id) for c in page.data}
+    assert answer["data"] == [stored[c.id].model_dump(mode="json") for c in page.data]
+    assert page.data == [stored[c.id] for c in page.data]
     assert json.loads(json.dumps(answer)) == answer
     by_id = {c["id"]: c for c in answer["data"]}
     assert by_id[full.id]["last_called_at"] == "2026-01-12T15:30:01.000120Z"
