@@ -428,6 +428,9 @@ class Moment:
         self.rules = rules
         self.at = at
         self._places: dict[PlaceKey, tuple[_Place, list[Reason]]] = {}
+        # Teams whose walk at ``at`` reads its rows without a filter by place (the stream's
+        # choice, contacts/query.py): nearly all of its rows are in places the clock allows.
+        self.unfiltered: set[str] = set()
 
     def _of(self, key: PlaceKey) -> tuple[_Place, list[Reason]]:
         found = self._places.get(key)
