@@ -8,7 +8,14 @@ against the targets of issue 7:
 
 - a list page with filters, ``total`` included: p95 <= 15 ms;
 - a search page, ``total`` included: p95 <= 30 ms;
-- the eligible stream of a whole ~10,000-contact team, pages of 1,000: p95 <= 150 ms.
+- the eligible stream of a whole ~10,000-contact team, pages of 1,000: p95 <= 150 ms;
+- under the calling policy (issues 14 and 17): the first team (by id) gets a calls ledger of
+  ~20 calls a contact over 60 days (outcomes, 90 % outbound) and its number facts; its whole
+  stream with a full policy (window, days, holidays, caps total and per day, retry delays,
+  jurisdiction rules) p95 <= 100 ms and within 1.5x of the same stream with the policy off
+  (same instants, interleaved), and one contact's eligibility p95 <= 10 ms. Each stream is
+  timed with ``to_dict()`` of its pages, which is what the API answers. ``--policy-only``
+  runs only these.
 
 Run from the repository root (the first run seeds for a few minutes; ``--reuse`` keeps a
 database already seeded with the same sizes)::
