@@ -8,7 +8,14 @@ against the targets of issue 7:
 
 - a list page with filters, ``total`` included: p95 <= 15 ms;
 - a search page, ``total`` included: p95 <= 30 ms;
-- the eligible stream of a whole ~10,000-contact team, pages of 1,000: p95 <= 150 ms.
+- the eligible stream of a whole ~10,000-contact team, pages of 1,000: p95 <= 150 ms;
+- under the calling policy (issues 14 and 17): the first team (by id) gets a calls ledger of
+  ~20 calls a contact over 60 days (outcomes, 90 % outbound) and its number facts; its whole
+  stream with a full policy (window, days, holidays, caps total and per day, retry delays,
+  jurisdiction rules) p95 <= 100 ms and within 1.5x of the same stream with the policy off
+  (same instants, interleaved), and one contact's eligibility p95 <= 10 ms. Each stream is
+  timed with ``to_dict()`` of its pages, which is what the API answers. ``--policy-only``
+  runs only these.
 
 Run from the repository root (the first run seeds for a few minutes; ``--reuse`` keeps a
 database already seeded with the same sizes)::
@@ -577,7 +584,8 @@ def stream(conn: Connection, query: EligibleQuery) -> int:
     seen = 0
     while True:
         page = list_eligible(conn, query)
-        seen += len(page.data)
+        page.to_dict()  # what the API answers: the rows as JSON-ready values
+        seen += len(page.rows)
         if page.next_cursor is None:
             return seen
         query = query.model_copy(update={"cursor": page.next_cursor})
@@ -755,7 +763,11 @@ def explain(bench: Bench, result: Result) -> None:
     """
     query = result.slowest
     with bench.engine.connect() as conn, captured(bench.engine) as statements:
-        if isinstance(query, EligibleQuery):
+        if isinstance(query, tuple):
+            from contact_sync.scheduling.check import contact_eligibility
+
+            contact_eligibility(conn, team_id=query[0], contact_id=query[1], at=query[2])
+        elif isinstance(query, EligibleQuery):
             list_eligible(conn, query)
         elif result.kind.startswith("  total"):
             count_only(conn, query)
@@ -926,6 +938,204 @@ def run_cf(benches: list[Bench], n: int, results: dict[str, list[Result]]) -> No
                 results[bench.label].extend(run_cf_kind(conn, bench.samples, kind, n, seed))
 
 
+# --------------------------------------------------------------------------- calling policy
+
+# Issue 14/17: the eligible stream and one contact's eligibility under a full calling policy.
+POLICY_STREAM_TARGET_MS = 100.0  # issue 17 part 3 (issue 14 says 150)
+POLICY_RATIO = 1.5  # the stream with the full policy against the same stream with it off
+ONE_CONTACT_TARGET_MS = 10.0
+CALLS_PER_CONTACT = 20  # on average, in the measured team
+CALL_DAYS = 60  # the calls spread over the 60 days before CALLS_END
+# The ledger's "now": a Wednesday, 16:00 in New York. The streams ask about instants of
+# the 8 hours before it (as a dialer asks about now), so few calls are later than `at`.
+CALLS_END = datetime(2026, 11, 25, 21, 0, tzinfo=UTC)
+OUTCOMES = ("no_answer", "voicemail", "busy", "failed", "completed")
+OUTCOME_WEIGHTS = (45, 20, 8, 5, 22)
+FULL_POLICY: dict[str, Any] = {
+    "window": {"start": "09:00", "end": "20:00"},
+    "days": ["mon", "tue", "wed", "thu", "fri", "sat"],
+    "holidays": ["2026-11-11", "2026-11-26", "2026-12-24", "2026-12-25", "2027-01-01"],
+    "max_attempts_total": 30,
+    "max_attempts_per_day": 3,
+    "retry_after": {"no_answer": "4h", "busy": "30m", "voicemail": "1d", "failed": "1h"},
+    "jurisdiction_rules": True,
+}
+# The same window with nothing else: no caps, no delays, no holidays, no state rules.
+OFF_POLICY: dict[str, Any] = {
+    "window": {"start": "09:00", "end": "20:00"},
+    "retry_after": dict.fromkeys(OUTCOMES, "0m"),
+    "jurisdiction_rules": False,
+}
+CALL_COLUMNS = (
+    "id",
+    "team_id",
+    "contact_id",
+    "call_id",
+    "event_id",
+    "campaign_id",
+    "direction",
+    "outcome",
+    "duration_seconds",
+    "started_at",
+    "ended_at",
+    "phone",
+    "summary",
+    "recorded_at",
+)
+
+
+def measured_team(conn: psycopg.Connection[Any]) -> str:
+    """The team whose contacts get the calls: the first by id (deterministic)."""
+    row = conn.execute("SELECT id FROM teams ORDER BY id LIMIT 1").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _fill_phone_facts(conn: psycopg.Connection[Any], rows: list[tuple[str, str | None]]) -> None:
+    """``phone_zone``/``phone_state`` of the team's contacts, as the contact writer keeps them."""
+    from contact_sync.scheduling.numbers import phone_facts
+
+    conn.execute("CREATE TEMP TABLE facts (id text, zone text, state text) ON COMMIT DROP")
+    with conn.cursor().copy("COPY facts FROM STDIN") as copy:
+        for contact_id, phone in rows:
+            copy.write_row((contact_id, *phone_facts(phone)))
+    conn.execute(
+        "UPDATE contacts c SET phone_zone = f.zone, phone_state = f.state FROM facts f "
+        "WHERE c.id = f.id"
+    )
+
+
+def _call_rows(
+    team_id: str, contacts_: list[tuple[str, str | None]], rng: random.Random
+) -> Iterator[tuple[Any, ...]]:
+    """~CALLS_PER_CONTACT calls per contact over CALL_DAYS days to CALLS_END, in US daytime,
+    90 % outbound."""
+    cdf = cumulative(OUTCOME_WEIGHTS)
+    for contact_id, phone in contacts_:
+        for _ in range(rng.randint(0, 2 * CALLS_PER_CONTACT)):
+            day = CALLS_END - timedelta(days=rng.randint(0, CALL_DAYS))
+            ended = day.replace(hour=13, minute=0) + timedelta(seconds=rng.randint(0, 11 * 3600))
+            if ended > CALLS_END:
+                ended -= timedelta(days=1)
+            outcome = OUTCOMES[bisect.bisect(cdf, rng.random())]
+            duration = rng.randint(60, 900) if outcome == "completed" else rng.randint(0, 40)
+            yield (
+                str(uuid.uuid4()),
+                team_id,
+                contact_id,
+                f"call-{uuid.uuid4()}",
+                f"evt-{uuid.uuid4()}",
+                "campaign-1",
+                "outbound" if rng.random() < 0.9 else "inbound",
+                outcome,
+                duration,
+                ended - timedelta(seconds=duration),
+                ended,
+                phone,
+                None,
+                ended,
+            )
+
+
+def seed_calls(url: str) -> None:
+    """The measured team's number facts and calls ledger, and its contacts' call fields, once.
+
+    The call fields are recomputed by the contact writer's own ``refresh_call_fields``.
+    """
+    from contact_sync.contacts.writer import refresh_call_fields
+
+    with psycopg.connect(psycopg_dsn(url)) as conn:
+        if conn.execute("SELECT 1 FROM calls LIMIT 1").fetchone():
+            return
+        began = time.perf_counter()
+        team_id = measured_team(conn)
+        rows = [
+            (str(r[0]), r[1])
+            for r in conn.execute(
+                "SELECT id, phone FROM contacts WHERE team_id = %s ORDER BY id", (team_id,)
+            )
+        ]
+        _fill_phone_facts(conn, rows)
+        columns = sql.SQL(", ").join(map(sql.Identifier, CALL_COLUMNS))
+        with conn.cursor().copy(sql.SQL("COPY calls ({}) FROM STDIN").format(columns)) as copy:
+            for call in _call_rows(team_id, rows, random.Random(20261204)):
+                copy.write_row(call)
+        conn.commit()
+    engine = make_engine(url)
+    try:
+        with engine.begin() as sa_conn:
+            refresh_call_fields(sa_conn, [contact_id for contact_id, _ in rows])
+    finally:
+        engine.dispose()
+    with psycopg.connect(psycopg_dsn(url), autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE) calls, contacts")
+        count = conn.execute("SELECT count(*) FROM calls").fetchone()
+    print(f"calls seeded ({count[0] if count else 0:,}) in {time.perf_counter() - began:.0f} s")
+
+
+def set_policy(engine: Engine, team_id: str, body: dict[str, Any]) -> None:
+    """The team's calling policy, through the project's own service."""
+    from contact_sync.scheduling.policies import save_policy
+    from contact_sync.scheduling.policy import parse_policy
+
+    with engine.begin() as conn:
+        save_policy(conn, team_id, parse_policy(body), "bench")
+
+
+def policy_instant(rng: random.Random) -> datetime:
+    """An instant of the 8 hours before ``CALLS_END`` (08:00-16:00 in New York)."""
+    return CALLS_END - timedelta(seconds=rng.randint(0, 8 * 3600))
+
+
+def run_policy(bench: Bench, n: int) -> list[Result]:
+    """The measured team's whole stream with the full policy and with it off (interleaved,
+    at the same instants), and one contact's eligibility with the full policy."""
+    from contact_sync.scheduling.check import contact_eligibility
+
+    with psycopg.connect(psycopg_dsn(bench.url)) as raw:
+        team_id = measured_team(raw)
+        found = raw.execute("SELECT id FROM contacts WHERE team_id = %s", (team_id,))
+        ids = [str(r[0]) for r in found]
+    rng = random.Random(1417)
+    on = Result("policy stream (full policy)", POLICY_STREAM_TARGET_MS)
+    off = Result("policy stream (policy off)", None)
+    one = Result("eligibility of one contact", ONE_CONTACT_TARGET_MS)
+    with bench.engine.connect() as conn:
+        for number in range(n + WARMUP):
+            at = policy_instant(rng)
+            for body, result in ((FULL_POLICY, on), (OFF_POLICY, off)):
+                set_policy(bench.engine, team_id, body)
+                query = EligibleQuery(team_id=team_id, at=at, limit=1000)
+                began = time.perf_counter()
+                seen = stream(conn, query)
+                elapsed = (time.perf_counter() - began) * 1000
+                conn.rollback()
+                if number >= WARMUP:
+                    result.add(elapsed, query, seen)
+        set_policy(bench.engine, team_id, FULL_POLICY)
+        for number in range(5 * n + WARMUP):
+            contact_id, at = rng.choice(ids), policy_instant(rng)
+            began = time.perf_counter()
+            contact_eligibility(conn, team_id=team_id, contact_id=contact_id, at=at)
+            elapsed = (time.perf_counter() - began) * 1000
+            conn.rollback()
+            if number >= WARMUP:
+                one.add(elapsed, (team_id, contact_id, at), 1)
+    return [on, off, one]
+
+
+def print_policy_ratio(results: list[Result]) -> bool:
+    """The full policy's stream against the same stream with the policy off."""
+    on, off = results[0], results[1]
+    ratio50, ratio95 = on.p50 / off.p50, on.p95 / off.p95
+    passed = ratio95 <= POLICY_RATIO
+    print(
+        f"\npolicy on / off: p50 {ratio50:.2f}, p95 {ratio95:.2f} "
+        f"(≤ {POLICY_RATIO})  {'PASS' if passed else 'FAIL'}"
+    )
+    return passed
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -952,6 +1162,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--cf-only", action="store_true", help="run only the custom-field (cf.) filter kinds"
     )
+    parser.add_argument(
+        "--policy-only",
+        action="store_true",
+        help="run only the calling-policy kinds (stream with the full policy and without it, "
+        "one contact's eligibility)",
+    )
     return parser.parse_args(argv)
 
 
@@ -960,6 +1176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     url = args.database_url
     prepare_database(url, args.contacts, args.teams, reuse=args.reuse)
     seed_custom_fields(url)
+    seed_calls(url)
     benches = [Bench.open(f"{args.contacts:,} contacts / {args.teams} teams", url)]
     if args.scale_check:
         scale_url = make_url(url).set(database=f"{database_name(url)}_scale")
@@ -977,11 +1194,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         ).scalar_one()
     print(f"\nPostgreSQL at {safe_url(url)}: {settings}")
     print(f"{args.queries} random queries of each kind (after {WARMUP} warm-up), random team each")
-    results = run_all(benches, args.queries) if not args.cf_only else {b.label: [] for b in benches}
-    run_cf(benches, args.queries, results)
+    only = args.cf_only or args.policy_only
+    results = run_all(benches, args.queries) if not only else {b.label: [] for b in benches}
+    if not args.policy_only:
+        run_cf(benches, args.queries, results)
+    policy: list[Result] = []
+    if not args.cf_only:
+        print("  running the calling-policy kinds …", flush=True)
+        policy = run_policy(benches[0], args.queries)
+        results[benches[0].label] += policy
     for bench in benches:
         print_table(bench.label, results[bench.label])
     ok = all(r.verdict != "FAIL" for rs in results.values() for r in rs)
+    if policy:
+        ok &= print_policy_ratio(policy)
     if args.scale_check:
         big, small = benches
         ok &= print_scale(results[big.label], results[small.label], big.label, small.label)

@@ -173,7 +173,9 @@ def insert_call(
     outcome: str = "no_answer",
     direction: str = "outbound",
 ) -> str:
-    """A row of the calls ledger, written directly (the event apply writes the real ones)."""
+    """A row of the calls ledger, written directly (the event apply writes the real ones),
+    and the contact's call fields recomputed by the contact writer, as the apply does."""
+    from contact_sync.contacts.writer import refresh_call_fields
     from contact_sync.db.tables import calls
 
     call_id = f"call-{uuid.uuid4().hex}"
@@ -191,6 +193,7 @@ def insert_call(
                 recorded_at=datetime.now(UTC),
             )
         )
+        refresh_call_fields(conn, [contact_id])
     return call_id
 
 

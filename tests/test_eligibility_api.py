@@ -187,6 +187,29 @@ def test_a_page_is_filled_past_rows_the_evaluator_refuses(conn: Connection) -> N
     assert ([c.id for c in rest.data], rest.next_cursor) == ([made[11].id], None)
 
 
+def test_the_total_counts_outbound_attempts_up_to_at_of_every_age(conn: Connection) -> None:
+    # The total is the contact's attempt_count (kept by the contact writer) less the attempts
+    # after `at`: an old attempt counts, an inbound call and a later attempt do not.
+    team = create_team(conn, name="Counter")
+    at = moment(AT)
+    contact = make_contact(conn, team.id, phone="+12025550100")
+    insert_call(conn, team.id, contact.id, ended_at=at - timedelta(days=40), outcome="completed")
+    insert_call(conn, team.id, contact.id, ended_at=at - timedelta(days=1), outcome="completed")
+    insert_call(conn, team.id, contact.id, ended_at=at - timedelta(hours=2), direction="inbound")
+    insert_call(conn, team.id, contact.id, ended_at=at + timedelta(hours=1), outcome="busy")
+    for cap, eligible in ((2, False), (3, True)):
+        store_policy(conn, team.id, max_attempts_total=cap)
+        answer = contact_eligibility(conn, team_id=team.id, contact_id=contact.id, at=at)
+        codes = [r.code for r in answer.reasons]
+        assert codes == ([] if eligible else ["max_attempts_total"]), cap
+        page = list_eligible(conn, EligibleQuery(team_id=team.id, at=at))
+        assert [c.id for c in page.data] == ([contact.id] if eligible else []), cap
+    later = at + timedelta(hours=2)  # now the busy attempt counts: 3 of 3
+    answer = contact_eligibility(conn, team_id=team.id, contact_id=contact.id, at=later)
+    assert [r.code for r in answer.reasons] == ["max_attempts_total"]
+    assert list_eligible(conn, EligibleQuery(team_id=team.id, at=later)).data == []
+
+
 def test_a_cursor_from_another_walk_is_refused(conn: Connection) -> None:
     team = create_team(conn, name="Walker")
     for _ in range(3):

@@ -451,7 +451,12 @@ def _ledger(engine: Engine, team: Team, people: list[Any]) -> tuple[list[Any], l
         (index[r.contact_id], {k: v for k, v in r._mapping.items() if k not in skip})
         for r in call_rows(engine, team.id)
     ]
-    fields = [ledger_fields(contact_row(engine, person.id)) for person in people]
+    stored = [contact_row(engine, person.id) for person in people]
+    # The internal attempt_count (the eligible stream's caps, §12) is the contact's outbound rows.
+    for n, row in enumerate(stored):
+        outbound = sum(1 for who, r in rows if who == n and r["direction"] == "outbound")
+        assert row.attempt_count == outbound
+    fields = [ledger_fields(row) for row in stored]
     return rows, fields
 
 

@@ -29,7 +29,7 @@ from contact_sync.contacts.query import (
     list_contacts,
     list_eligible,
 )
-from contact_sync.contacts.store import create_contact, update_contact
+from contact_sync.contacts.store import create_contact, get_contact, update_contact
 from contact_sync.db.tables import contacts
 from contact_sync.errors import ValidationFailed
 from tests.factories import make_contact
@@ -537,6 +537,41 @@ def test_eligible_excludes_do_not_call_phoneless_and_sticky_statuses(
     result = eligible(conn, team_id=team.id)
     assert {c.id for c in result.data} == callable_ids
     assert result.next_cursor is None
+
+
+def test_the_stream_serialises_rows_as_the_contact_model_does(conn: Connection, team: Team) -> None:
+    # to_dict writes the rows straight to JSON values (no Contact per row): they must be
+    # what Contact.model_dump(mode="json") gives, for every kind of value a contact holds.
+    from tests.factories import insert_call
+
+    full = make_contact(
+        conn,
+        team.id,
+        phone=DC,
+        phone_secondary="+12025550199",
+        email="ada@example.com",
+        job_title="CTO",
+        source="trade-show",
+        timezone="America/Chicago",
+        preferred_contact_method="phone",
+        notes="Met at SPI. ünïcödé",
+        custom_fields={"roof": {"type": "flat", "m2": 12.5}, "ok": True, "n": None},
+        tags=["vip", "hot"],
+    )
+    bare = make_contact(conn, team.id, phone=DC)
+    ended = datetime(2026, 1, 12, 15, 30, 1, 120, tzinfo=UTC)  # microseconds: 000120
+    insert_call(conn, team.id, full.id, ended_at=ended, outcome="busy")
+    page = eligible(conn, team_id=team.id)
+    assert {c.id for c in page.data} == {full.id, bare.id}
+    answer = page.to_dict()
+    stored = {c.id: get_contact(conn, team_id=team.id, contact_id=c.id) for c in page.data}
+    assert answer["data"] == [stored[c.id].model_dump(mode="json") for c in page.data]
+    assert page.data == [stored[c.id] for c in page.data]
+    assert json.loads(json.dumps(answer)) == answer
+    by_id = {c["id"]: c for c in answer["data"]}
+    assert by_id[full.id]["last_called_at"] == "2026-01-12T15:30:01.000120Z"
+    assert by_id[full.id]["call_count"] == 1
+    assert list(by_id[bare.id]) == list(Contact.model_fields)
 
 
 def test_eligible_never_lists_another_teams_contacts(

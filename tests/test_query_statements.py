@@ -50,14 +50,17 @@ def test_a_list_page_takes_one_query_and_one_count_whatever_its_size(
 def test_an_eligible_page_takes_a_fixed_number_of_queries_whatever_its_size(
     conn: Connection, team: Team
 ) -> None:
-    # The policy, the team's places, the rows, their attempts: never one per contact.
+    # The policy, the team's places, the rows, the attempts of those called within the
+    # lookback: never one per contact.
     at = datetime(2026, 1, 15, 15, tzinfo=UTC)  # 10:00 in New York, a Thursday
     for i in range(40):
         contact = make_contact(conn, team.id, phone=f"+1202555{2000 + i}")
-        insert_call(conn, team.id, contact.id, ended_at=at - timedelta(days=3))
+        ended = at - (timedelta(days=3) if i % 2 else timedelta(hours=5))
+        insert_call(conn, team.id, contact.id, ended_at=ended)
     for limit in (10, 30):
         with counting(conn) as statements:
             page = list_eligible(conn, EligibleQuery(team_id=team.id, limit=limit, at=at))
         assert len(page.data) == limit
         assert page.next_cursor is not None
-        assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 4
+        # 4 on the first page; later pages of a walk whose places need no filter skip that.
+        assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) <= 4

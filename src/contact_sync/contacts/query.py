@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
+from functools import cached_property
 from typing import Annotated, Any
 
 from pydantic import (
@@ -47,13 +48,18 @@ from contact_sync.contacts.custom_filters import custom_conditions
 from contact_sync.contacts.lead_status import STICKY
 from contact_sync.contacts.model import Contact, field_errors, iana_timezones, normalise_lead_status
 from contact_sync.contacts.phones import search_digits
-from contact_sync.contacts.store import CONTACT_COLUMNS, contacts_from_rows
+from contact_sync.contacts.store import (
+    CONTACT_COLUMNS,
+    contact_from_row,
+    contacts_from_rows,
+    contacts_json,
+)
 from contact_sync.db.tables import contacts
 from contact_sync.errors import ValidationFailed
 from contact_sync.fields.definitions import FieldDefinition
 from contact_sync.fields.filters import CustomFilter, is_custom_parameter, parse_custom_filters
-from contact_sync.scheduling.check import NO_ATTEMPTS, attempts_of, facts_of
-from contact_sync.scheduling.eligibility import Moment, rules_for
+from contact_sync.scheduling.check import attempts_of
+from contact_sync.scheduling.eligibility import NO_ATTEMPTS, Moment, rules_for, walk_moment
 from contact_sync.scheduling.policies import load_policy
 from contact_sync.storable import is_unicode
 
@@ -467,17 +473,25 @@ class EligibilityQuery(_Query):
 
 @dataclass(frozen=True)
 class EligiblePage:
-    """A slice of the eligible stream; ``next_cursor`` is None at the end."""
+    """A slice of the eligible stream; ``next_cursor`` is None at the end.
 
-    data: list[Contact]
+    ``rows`` are the contacts as selected: ``to_dict`` serialises them straight
+    to the API's values, with no per-row model object (docs/design.md §12);
+    ``data`` builds the ``Contact`` objects, once, for Python callers that want them.
+    """
+
+    rows: Sequence[Any]
     next_cursor: str | None
 
+    @cached_property
+    def data(self) -> list[Contact]:
+        """The page's contacts as ``Contact`` objects."""
+        return [contact_from_row(row) for row in self.rows]
+
     def to_dict(self) -> dict[str, Any]:
-        """The API's ``{data, next_cursor}``."""
-        return {
-            "data": [c.model_dump(mode="json") for c in self.data],
-            "next_cursor": self.next_cursor,
-        }
+        """The API's ``{data, next_cursor}``: each contact as ``Contact.model_dump(mode="json")``
+        gives it (tests/test_query.py holds the two equal)."""
+        return {"data": contacts_json(self.rows), "next_cursor": self.next_cursor}
 
 
 def _all_timezones() -> frozenset[str]:
@@ -553,21 +567,33 @@ def _places_open(
 ) -> list[str] | None:
     """The places (zone, number zone, state) of the team's callable contacts still ahead
     in the walk where the clock allows a call at ``at``, as keys of ``_place_key``;
-    None when it allows every one (no filter needed).
+    None when rows need no filter by place.
 
     A team has few distinct places; deciding them in Python with the same
     evaluator and filtering rows by them keeps the stream's rows to those the
-    clock allows, on both databases. Without a filter the rows come straight
-    from the partial index ``ix_contacts_callable`` in id order.
+    clock allows, on both databases. The filter costs a comparison with every
+    open place per row (a prepared statement's array is not hashed), so it is
+    used only when the clock closes more than ``_FILTER_SHARE`` of the rows
+    ahead; else rows come straight from the partial index
+    ``ix_contacts_callable`` in id order and ``Moment.allows`` refuses the few
+    closed ones (it checks every row's place). Once the rows ahead were found
+    to need no filter, later pages of the walk do not ask again.
     """
+    if team_id in moment.unfiltered:
+        return None
     where = [contacts.c.team_id == team_id, _CALLABLE]
     if after is not None:
         where.append(contacts.c.id > after)
-    places = conn.execute(select(*_PLACE).where(*where).distinct()).all()
+    places = conn.execute(select(*_PLACE, func.count()).where(*where).group_by(*_PLACE)).all()
     allowed = [place for place in places if moment.clock_allows((place[0], place[1], place[2]))]
-    if len(allowed) == len(places):
+    closed = sum(place[3] for place in places) - sum(place[3] for place in allowed)
+    if closed <= _FILTER_SHARE * sum(place[3] for place in places):
+        moment.unfiltered.add(team_id)
         return None
-    return ["|".join(part or "" for part in place) for place in allowed]
+    return ["|".join(part or "" for part in place[:3]) for place in allowed]
+
+
+_FILTER_SHARE = 0.25
 
 
 def _in_places(dialect: str, open_places: list[str]) -> ColumnElement[bool]:
@@ -587,6 +613,8 @@ def list_eligible(conn: Connection, query: EligibleQuery) -> EligiblePage:
     SQL narrows to callable rows in places the clock allows; the evaluator
     (scheduling/eligibility) then decides each row from it and its attempts,
     read for a chunk of rows at once, exactly as the single-contact endpoint.
+    A chunk is the page and one more row; when rows were refused, the next is
+    sized to what is still missing at the rate refused so far.
     """
     at, after = _walk_at(query)
     rules = rules_for(
@@ -595,26 +623,33 @@ def list_eligible(conn: Connection, query: EligibleQuery) -> EligiblePage:
         window_end=query.window_end,
         default_timezone=query.default_timezone,
     )
-    moment = Moment(rules, at)
+    moment = walk_moment(rules, at)
     open_places = _places_open(conn, query.team_id, moment, after)
-    size = query.limit + 1  # a page and one more, as in the round-1 query; more if refused
+    counts = rules.attempts_matter  # else the ledger is not read at all
+    wanted = query.limit + 1  # a page and one more: whether there is a next page
+    size, read = wanted, 0
     found: list[Any] = []
     custom = custom_conditions(query.custom_filters, conn.dialect.name)
-    while open_places != [] and len(found) <= query.limit:
+    while open_places != [] and len(found) < wanted:
         rows = _chunk(conn, query.team_id, open_places, after, size, custom)
         if rows:
-            attempts = attempts_of(conn, query.team_id, (rows[0].id, rows[-1].id), at, rules)
-            found += [
-                row
-                for row in rows
-                if not moment.reasons(facts_of(row), attempts.get(row.id, NO_ATTEMPTS))
-            ]
+            attempts = attempts_of(conn, query.team_id, rows, at, rules) if counts else {}
+            found += [row for row in rows if moment.allows(row, attempts.get(row.id, NO_ATTEMPTS))]
         if len(rows) < size:
             break
-        after = rows[-1].id
+        after, read = rows[-1].id, read + len(rows)
+        size = _next_size(wanted - len(found), len(found) / read)
     page = found[: query.limit]
     more = len(found) > query.limit
-    return EligiblePage(contacts_from_rows(page), _encode_cursor(page[-1].id, at) if more else None)
+    return EligiblePage(page, _encode_cursor(page[-1].id, at) if more else None)
+
+
+def _next_size(missing: int, kept: float) -> int:
+    """Rows to read for ``missing`` more eligible ones when a ``kept`` share of rows was."""
+    return min(_MAX_CHUNK, int(missing / max(kept, 0.05) * 1.2) + 16)
+
+
+_MAX_CHUNK = 5000
 
 
 def _chunk(
@@ -632,12 +667,13 @@ def _chunk(
     if after is not None:
         where.append(contacts.c.id > after)
     statement = (
-        select(*CONTACT_COLUMNS, contacts.c.phone_zone, contacts.c.phone_state)
-        .where(*where)
-        .order_by(contacts.c.id)
-        .limit(size)
+        select(*CONTACT_COLUMNS, *_STREAM_EXTRA).where(*where).order_by(contacts.c.id).limit(size)
     )
     return list(conn.execute(statement).all())
+
+
+# Besides the public columns, what eligibility reads (scheduling/check.FACT_COLUMNS).
+_STREAM_EXTRA = (contacts.c.phone_zone, contacts.c.phone_state, contacts.c.attempt_count)
 
 
 _SNAKE = {

@@ -247,12 +247,13 @@ def by_code_point(conn: Connection, column: Any) -> Any:
 
 
 def refresh_call_fields(conn: Connection, contact_ids: Collection[str]) -> None:
-    """Recompute the contacts' three call fields from their ledger rows, in one statement.
+    """Recompute the contacts' call fields from their ledger rows, in one statement.
 
     ``call_count``, ``last_called_at`` and ``last_call_outcome`` are read-only
-    and not versioned (docs/design.md §11): this update leaves ``version``,
-    ``updated_at`` and the history alone, and reads the ledger so that the
-    fields are what it says whatever the delivery order.
+    and not versioned (docs/design.md §11), and so is the internal
+    ``attempt_count`` (outbound rows: the eligible stream's caps, §12). This
+    update leaves ``version``, ``updated_at`` and the history alone, and reads
+    the ledger so that the fields are what it says whatever the delivery order.
     """
     if not contact_ids:
         return
@@ -269,6 +270,9 @@ def refresh_call_fields(conn: Connection, contact_ids: Collection[str]) -> None:
         .where(contacts.c.id.in_(sorted(contact_ids)))
         .values(
             call_count=select(func.count()).where(mine).scalar_subquery(),
+            attempt_count=select(func.count())
+            .where(mine, calls.c.direction == "outbound")
+            .scalar_subquery(),
             last_called_at=select(func.max(calls.c.ended_at)).where(mine).scalar_subquery(),
             last_call_outcome=last_outcome,
         )

@@ -93,6 +93,8 @@ contacts = Table(
     Column("call_count", Integer, nullable=False, server_default="0"),
     Column("last_called_at", UTCDateTime),
     Column("last_call_outcome", String(16)),
+    # Internal, from the ledger: the contact's outbound calls, ever (the stream's caps).
+    Column("attempt_count", Integer, nullable=False, server_default="0"),
     # What the primary number says (scheduling/numbers.py); kept by the contact writer.
     Column("phone_zone", String(64)),
     Column("phone_state", String(2)),

@@ -1,21 +1,26 @@
 """Reading what eligibility needs: a contact's facts and its attempts (docs/design.md §12).
 
 The single-contact endpoint and the eligible stream read attempts through
-``attempts_of``, the same statement for one contact or a page of them, so the
+``attempts_of``, the same statement for one contact or a chunk of them, so the
 two hand the pure evaluator the same input. Nothing here begins or commits.
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, Text, any_, bindparam, func, select
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.sql.elements import ColumnElement
 
 from contact_sync.db.tables import calls, contacts
 from contact_sync.errors import ContactNotFound
 from contact_sync.scheduling.eligibility import (
+    NO_ATTEMPTS,
     Attempt,
     Attempts,
     ContactFacts,
@@ -26,14 +31,18 @@ from contact_sync.scheduling.eligibility import (
 )
 from contact_sync.scheduling.policies import load_policy
 
-# The columns of a contact that eligibility reads.
+# The columns of a contact that eligibility reads: its facts, and what the ledger keeps on
+# it (``last_called_at``: whether any call can be recent; ``attempt_count``: the total).
 FACT_COLUMNS = (
+    contacts.c.id,
     contacts.c.do_not_call,
     contacts.c.phone,
     contacts.c.lead_status,
     contacts.c.timezone,
     contacts.c.phone_zone,
     contacts.c.phone_state,
+    contacts.c.last_called_at,
+    contacts.c.attempt_count,
 )
 
 
@@ -49,49 +58,56 @@ def facts_of(row: Any) -> ContactFacts:
     )
 
 
-NO_ATTEMPTS = Attempts(0)
+def _any_of(column: ColumnElement[str], values: list[str], dialect: str) -> ColumnElement[bool]:
+    """``column`` is one of ``values``: one parameter whatever their number (one prepared
+    statement for any page), an index probe per value."""
+    if dialect == "postgresql":
+        return column == any_(bindparam("contact_ids", values, type_=ARRAY(Text)))
+    element = func.json_each(bindparam("contact_ids", json.dumps(values))).table_valued("value")
+    return column.in_(select(element.c.value))
 
 
 def attempts_of(
-    conn: Connection, team_id: str, ids: tuple[str, str], at: datetime, rules: Rules
+    conn: Connection, team_id: str, rows: Sequence[Any], at: datetime, rules: Rules
 ) -> dict[str, Attempts]:
-    """The attempts as of ``at`` of the team's contacts with ids in ``[first, last]``.
+    """The attempts as of ``at`` of the contacts of ``rows`` (selected with ``FACT_COLUMNS``).
 
-    A range of ids, not a list: the statement keeps the same parameters for any
-    page (psycopg prepares it once); the recent calls come from the team's calls
-    of the lookback (index ``ix_calls_team_ended``), not from every call. The total
-    is counted only when the policy caps it: the evaluator reads it for nothing else.
-    Contacts absent from the answer have no attempts (``NO_ATTEMPTS``).
+    The ledger is read only for contacts whose latest call (``last_called_at``,
+    kept by the contact writer) ended within the lookback before ``at``: one
+    statement for all of them, each contact's calls since ``at − lookback`` found
+    by the index ``ix_calls_contact_ended``. The total as of ``at`` is the
+    contact's ``attempt_count`` (all its outbound calls, kept by the writer) less
+    those that ended after ``at``, which that read includes: exact for any
+    ``at``, without counting every call. Contacts absent from the answer have no
+    attempts (``NO_ATTEMPTS``).
     """
-    first, last = ids
-    where = [
-        calls.c.team_id == team_id,
-        calls.c.contact_id >= first,
-        calls.c.contact_id <= last,
-        calls.c.direction == "outbound",
-        calls.c.ended_at <= at,
-    ]
+    since = at - rules.lookback
+    wanted = [r.id for r in rows if r.last_called_at is not None and r.last_called_at > since]
     recent: dict[str, list[Attempt]] = defaultdict(list)
-    rows = conn.execute(
-        select(calls.c.contact_id, calls.c.ended_at, calls.c.outcome).where(
-            *where, calls.c.ended_at > at - rules.lookback
+    later: dict[str, int] = defaultdict(int)
+    if wanted:
+        found = conn.execute(
+            select(calls.c.contact_id, calls.c.ended_at, calls.c.outcome).where(
+                _any_of(calls.c.contact_id, wanted, conn.dialect.name),
+                calls.c.team_id == team_id,
+                calls.c.direction == "outbound",
+                calls.c.ended_at > since,
+            )
         )
-    ).all()
-    for contact_id, ended_at, outcome in rows:
-        recent[contact_id].append(Attempt(ended_at, outcome))
-    totals: dict[str, int] = {}
-    if rules.policy.max_attempts_total is not None:
-        counted = conn.execute(
-            select(calls.c.contact_id, func.count()).where(*where).group_by(calls.c.contact_id)
-        )
-        totals = {row.contact_id: int(row[1]) for row in counted}
-    return {
-        contact_id: Attempts(
-            totals.get(contact_id, 0),
-            tuple(sorted(recent.get(contact_id, []), key=lambda a: a.ended_at)),
-        )
-        for contact_id in recent.keys() | totals.keys()
-    }
+        for contact_id, ended_at, outcome in found:
+            if ended_at <= at:
+                recent[contact_id].append(Attempt(ended_at, outcome))
+            else:
+                later[contact_id] += 1
+    answer: dict[str, Attempts] = {}
+    for row in rows:
+        total = row.attempt_count - later.get(row.id, 0)
+        mine = recent.get(row.id)
+        if mine:
+            answer[row.id] = Attempts(total, tuple(sorted(mine, key=lambda a: a.ended_at)))
+        elif total:
+            answer[row.id] = Attempts(total)
+    return answer
 
 
 def contact_eligibility(
@@ -104,5 +120,5 @@ def contact_eligibility(
     if row is None:
         raise ContactNotFound(contact_id)
     rules = rules_for(load_policy(conn, team_id))
-    attempts = attempts_of(conn, team_id, (contact_id, contact_id), at, rules)
+    attempts = attempts_of(conn, team_id, [row], at, rules)
     return evaluate(facts_of(row), attempts.get(contact_id, NO_ATTEMPTS), rules, at)

@@ -81,6 +81,9 @@ class Attempts:
     recent: tuple[Attempt, ...] = ()
 
 
+NO_ATTEMPTS = Attempts(0)
+
+
 @dataclass(frozen=True)
 class Rules:
     """The policy as one query applies it: its window and default zone may be overridden."""
@@ -92,6 +95,20 @@ class Rules:
     jurisdictions: Jurisdictions | None
     lookback: timedelta = field(default=MIN_LOOKBACK)
     delays: dict[str, timedelta] = field(default_factory=dict)
+
+    @property
+    def attempts_matter(self) -> bool:
+        """Whether an attempt can refuse a call: a cap (the policy's or a state's) or a delay.
+
+        Without any, every attempt passes every test of ``_attempt_reasons``.
+        """
+        policy = self.policy
+        if policy.max_attempts_total is not None or policy.max_attempts_per_day is not None:
+            return True
+        if any(delay > timedelta(0) for delay in self.delays.values()):
+            return True
+        states = self.jurisdictions.states.values() if self.jurisdictions is not None else ()
+        return any(state.attempt_cap_24h is not None for state in states)
 
 
 @dataclass(frozen=True)
@@ -285,31 +302,86 @@ def _newest(counted: list[Attempt], rules: Rules) -> tuple[Attempt, datetime] | 
     return attempt, newest + delays.get(attempt.outcome, timedelta(0))
 
 
+def _counted(attempts: Attempts, at: datetime) -> list[Attempt]:
+    return [a for a in attempts.recent if a.ended_at <= at]
+
+
+def _over_total(rules: Rules, attempts: Attempts) -> bool:
+    cap = rules.policy.max_attempts_total
+    return cap is not None and attempts.total >= cap
+
+
+def _state_cap_reached(place: _Place, counted: list[Attempt], at: datetime) -> int | None:
+    """The attempts in the rolling 24 hours when they reach the state's cap, else None."""
+    state = place.state
+    if state is None or state.attempt_cap_24h is None:
+        return None
+    since = at - ROLLING
+    made = sum(1 for a in counted if a.ended_at > since)
+    return made if made >= state.attempt_cap_24h.max else None
+
+
+def _day_cap_reached(
+    place: _Place, rules: Rules, counted: list[Attempt], at: datetime
+) -> int | None:
+    """The attempts on the contact's local date of ``at`` when they reach the policy's cap
+    a day, else None."""
+    cap = rules.policy.max_attempts_per_day
+    if cap is None:
+        return None
+    today = at.astimezone(place.zone).date()
+    made = sum(1 for a in counted if a.ended_at.astimezone(place.zone).date() == today)
+    return made if made >= cap else None
+
+
+def _attempts_allow(place: _Place, rules: Rules, attempts: Attempts, at: datetime) -> bool:
+    """Whether ``_attempt_reasons`` is empty: the same tests, without writing the reasons."""
+    if _over_total(rules, attempts):
+        return False
+    counted = _counted(attempts, at)
+    if not counted:
+        return True
+    if _state_cap_reached(place, counted, at) is not None:
+        return False
+    if _day_cap_reached(place, rules, counted, at) is not None:
+        return False
+    newest = _newest(counted, rules)
+    return newest is None or at >= newest[1]
+
+
 def _attempt_reasons(place: _Place, rules: Rules, attempts: Attempts, at: datetime) -> list[Reason]:
     total_cap = rules.policy.max_attempts_total
-    if not attempts.recent and (total_cap is None or attempts.total < total_cap):
+    if not attempts.recent and not _over_total(rules, attempts):
         return []
     found = []
-    counted = [a for a in attempts.recent if a.ended_at <= at]
+    counted = _counted(attempts, at)
     state = place.state
-    if state is not None and state.attempt_cap_24h is not None:
+    last_day = _state_cap_reached(place, counted, at)
+    if last_day is not None and state is not None and state.attempt_cap_24h is not None:
         cap = state.attempt_cap_24h
-        last_day = sum(1 for a in counted if a.ended_at > at - ROLLING)
-        if last_day >= cap.max:
-            found.append(
-                Reason(
-                    "jurisdiction_attempt_cap",
-                    f"{last_day} attempts in the last 24 hours; {state.name} allows "
-                    f"{cap.max} ({cap.source.citation}).",
-                )
+        found.append(
+            Reason(
+                "jurisdiction_attempt_cap",
+                f"{last_day} attempts in the last 24 hours; {state.name} allows "
+                f"{cap.max} ({cap.source.citation}).",
             )
-    if total_cap is not None and attempts.total >= total_cap:
+        )
+    if _over_total(rules, attempts):
         found.append(
             Reason(
                 "max_attempts_total", f"{attempts.total} attempts; the team's cap is {total_cap}."
             )
         )
-    found.extend(_per_day_reason(place, rules, counted, at))
+    made = _day_cap_reached(place, rules, counted, at)
+    if made is not None:
+        today = at.astimezone(place.zone).date()
+        found.append(
+            Reason(
+                "max_attempts_per_day",
+                f"{made} attempts on {today} ({place.zone_name}); the team's cap is "
+                f"{rules.policy.max_attempts_per_day} a day.",
+            )
+        )
     newest = _newest(counted, rules)
     if newest is not None and at < newest[1]:
         attempt, until = newest
@@ -321,24 +393,6 @@ def _attempt_reasons(place: _Place, rules: Rules, attempts: Attempts, at: dateti
             )
         )
     return found
-
-
-def _per_day_reason(
-    place: _Place, rules: Rules, counted: list[Attempt], at: datetime
-) -> list[Reason]:
-    day_cap = rules.policy.max_attempts_per_day
-    if day_cap is None:
-        return []
-    today = at.astimezone(place.zone).date()
-    made = sum(1 for a in counted if a.ended_at.astimezone(place.zone).date() == today)
-    if made < day_cap:
-        return []
-    return [
-        Reason(
-            "max_attempts_per_day",
-            f"{made} attempts on {today} ({place.zone_name}); the team's cap is {day_cap} a day.",
-        )
-    ]
 
 
 def _clock_part(place: _Place, rules: Rules, at: datetime) -> list[Reason]:
@@ -374,6 +428,9 @@ class Moment:
         self.rules = rules
         self.at = at
         self._places: dict[PlaceKey, tuple[_Place, list[Reason]]] = {}
+        # Teams whose walk at ``at`` reads its rows without a filter by place (the stream's
+        # choice, contacts/query.py): nearly all of its rows are in places the clock allows.
+        self.unfiltered: set[str] = set()
 
     def _of(self, key: PlaceKey) -> tuple[_Place, list[Reason]]:
         found = self._places.get(key)
@@ -392,6 +449,44 @@ class Moment:
         place, clock = self._of((facts.timezone, facts.phone_zone, facts.phone_state))
         timed = _attempt_reasons(place, self.rules, attempts, self.at)
         return _ordered(static_reasons(facts) + clock + timed)
+
+    def allows(self, facts: Any, attempts: Attempts) -> bool:
+        """Whether ``reasons`` is empty; ``facts``: anything with ``ContactFacts``' attributes.
+
+        The stream asks this of every row: the same tests as ``reasons`` (the
+        attempts' through the same helpers), without building a ``ContactFacts``
+        or writing a reason, and the clock's per place as ``reasons`` caches it.
+        """
+        if facts.do_not_call or facts.phone is None or facts.lead_status in STICKY:
+            return False
+        place, clock = self._of((facts.timezone, facts.phone_zone, facts.phone_state))
+        if clock:
+            return False
+        return _attempts_allow(place, self.rules, attempts, self.at)
+
+
+_WALKS: dict[tuple[Any, ...], Moment] = {}
+_WALKS_KEPT = 64
+
+
+def walk_moment(rules: Rules, at: datetime) -> Moment:
+    """The ``Moment`` of ``rules`` at ``at``, shared by every page of a walk (the pages of
+    one stream ask at the same ``at``): what the clock says of each place is worked out
+    once a walk, not once a page. At most 64 are kept; a rule change is another key."""
+    key = (
+        rules.policy.model_dump_json(),
+        rules.window,
+        rules.default_timezone,
+        rules.floor,
+        id(rules.jurisdictions),  # the Moment keeps them alive: the id is not reused
+        at,
+    )
+    found = _WALKS.get(key)
+    if found is None:
+        if len(_WALKS) >= _WALKS_KEPT:
+            _WALKS.clear()
+        found = _WALKS[key] = Moment(rules, at)
+    return found
 
 
 def reasons_at(
