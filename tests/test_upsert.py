@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine, func, select
 
 from contact_sync.accounts.team_settings import put_team_settings
 from contact_sync.accounts.teams import Team
-from contact_sync.contacts.store import list_history, update_contact
+from contact_sync.contacts.store import create_contact, list_history, update_contact
 from contact_sync.contacts.suppression import suppress
 from contact_sync.contacts.upsert import (
     FieldError,
@@ -526,3 +526,37 @@ def test_a_long_list_is_stored_exactly_as_one_by_one_writes_store_it(
         changed = {change["field"]: change["new"] for change in record["changes"]}
         assert changed["custom_fields"] == rich["customFields"]
         assert len(record["changes"]) == len(expected_record["changes"])
+
+
+def test_with_reject_concurrent_writers_of_one_number_leave_one_contact_with_it(
+    pg_engine: Engine, pg_team: Team
+) -> None:
+    with unit_of_work(pg_engine) as uow:
+        put_team_settings(
+            uow.conn,
+            team_id=pg_team.id,
+            data={"duplicatePhones": "reject"},
+            default_min_confidence=0.5,
+        )
+        uow.commit()
+
+    def create(i: int) -> Any:
+        return lambda conn: create_contact(
+            conn, team_id=pg_team.id, data={**ADA, "email": f"c{i}@a.com", "phone": "+12025551234"}
+        )
+
+    def upsert_one(i: int) -> Any:
+        return lambda conn: upsert_contact(
+            conn,
+            team_id=pg_team.id,
+            item={**ADA, "email": f"u{i}@a.com", "phoneSecondary": "(202) 555-1234"},
+            match_on=["email"],
+            source="api",
+            now=NOW,
+        )
+
+    results = _at_once(pg_engine, [create(i) for i in range(3)] + [upsert_one(i) for i in range(3)])
+    refused = [r for r in results if isinstance(r, DuplicatePhone)]
+    assert len(refused) == 5, results
+    with pg_engine.connect() as conn:
+        assert count(conn, pg_team) == 1
