@@ -81,7 +81,7 @@ def holding(
     On PostgreSQL a join with the unnested array: one index probe per value
     whatever the plan. ``column = ANY($1)`` read the team's every row in the
     generic plan PostgreSQL settles on after a few executions of a prepared
-    statement (2,000 values against 20,000 contacts: 3 s instead of 0.02 s).
+    statement (2,000 values against 20,000 contacts: 3 s, against 0.15 s this way).
     """
     mine = contacts.c.team_id == team_id
     if conn.dialect.name != "postgresql":
