@@ -33,6 +33,7 @@ from contact_sync.contacts.records import (
     provenance_json,
     skip_json,
 )
+from contact_sync.db.bulk import is_postgresql, unnest_rows
 from contact_sync.db.tables import calls, contact_history, contacts
 from contact_sync.errors import StaleVersion
 from contact_sync.ids import new_id
@@ -150,6 +151,9 @@ def update_contacts(conn: Connection, changes: Sequence[ContactUpdate]) -> None:
             raise RuntimeError("a locked contact changed under its lock")
 
 
+_HISTORY_COLUMNS = tuple(c.name for c in contact_history.c)
+
+
 def _history_row(record: HistoryRecord) -> dict[str, Any]:
     return {
         "id": new_id(),
@@ -171,8 +175,14 @@ def _history_row(record: HistoryRecord) -> dict[str, Any]:
 
 def record_history(conn: Connection, records: Sequence[HistoryRecord]) -> None:
     """Insert history records in one statement."""
-    if records:
-        conn.execute(insert(contact_history), [_history_row(record) for record in records])
+    if not records:
+        return
+    rows = [_history_row(record) for record in records]
+    if is_postgresql(conn):  # one short statement of arrays (db/bulk.py)
+        select_rows = unnest_rows(contact_history, _HISTORY_COLUMNS, rows)
+        conn.execute(insert(contact_history).from_select(_HISTORY_COLUMNS, select_rows))
+    else:
+        conn.execute(insert(contact_history), rows)
 
 
 def delete_contact_rows(conn: Connection, *, team_id: str, contact_id: str) -> None:
