@@ -116,6 +116,9 @@ def _compare_and_set(columns: Sequence[str]) -> Update:
     )
 
 
+_KEYS = {"b_id": contacts.c.id.type, "b_read": contacts.c.version.type}
+
+
 def _params(change: ContactUpdate) -> dict[str, Any]:
     return {
         **{f"b_{name}": value for name, value in _with_number_facts(change.values).items()},
@@ -146,9 +149,27 @@ def update_contacts(conn: Connection, changes: Sequence[ContactUpdate]) -> None:
     for change in changes:
         groups.setdefault(tuple(_with_number_facts(change.values)), []).append(_params(change))
     for columns, params in groups.items():
-        written = conn.execute(_compare_and_set(columns), params).rowcount
+        if is_postgresql(conn):  # one statement of arrays (db/bulk.py)
+            written = conn.execute(_compare_and_set_all(columns, params)).rowcount
+        else:
+            written = conn.execute(_compare_and_set(columns), params).rowcount
         if written not in (len(params), -1):
             raise RuntimeError("a locked contact changed under its lock")
+
+
+def _compare_and_set_all(columns: Sequence[str], params: Sequence[Mapping[str, Any]]) -> Update:
+    """``_compare_and_set`` of many contacts at once, their parameters given as arrays."""
+    names = (*columns, "provenance", "version", "updated_at")
+    rows = [
+        {"b_id": p["b_id"], "b_read": p["b_read"], **{n: p[f"b_{n}"] for n in names}}
+        for p in params
+    ]
+    given = unnest_rows(contacts, ("b_id", "b_read", *names), rows, extra=_KEYS).subquery()
+    return (
+        update(contacts)
+        .where(contacts.c.id == given.c.b_id, contacts.c.version == given.c.b_read)
+        .values({name: given.c[name] for name in names})
+    )
 
 
 _HISTORY_COLUMNS = tuple(c.name for c in contact_history.c)
