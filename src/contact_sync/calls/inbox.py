@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contact_sync.calls.events import CallCompleted
-from contact_sync.db.bulk import is_postgresql, unnest_rows
+from contact_sync.db.bulk import is_postgresql, json_rows
 from contact_sync.db.tables import processed_events
 
 EventKey = tuple[str, str]
@@ -52,8 +52,8 @@ def claim(conn: Connection, events: Sequence[CallCompleted], now: datetime) -> s
         for e in sorted(events, key=key_of)  # one lock order for every worker
     ]
     insert = _insert(conn)(processed_events)
-    if is_postgresql(conn):  # one short statement of arrays (db/bulk.py), rows in lock order
-        insert = insert.from_select(_COLUMNS, unnest_rows(processed_events, _COLUMNS, rows))
+    if is_postgresql(conn):  # the rows as JSON, in lock order (db/bulk.py)
+        insert = insert.from_select(_COLUMNS, json_rows(processed_events, _COLUMNS, rows))
     stmt = insert.on_conflict_do_update(
         index_elements=_KEY,
         set_={"outcome": "applied", "processed_at": now},
@@ -72,8 +72,8 @@ def record_outcomes(conn: Connection, outcomes: Iterable[tuple[EventKey, str | N
     ]
     if not rows:
         return
-    if is_postgresql(conn):  # one statement of arrays (db/bulk.py)
-        given = unnest_rows(processed_events, _OUTCOME, rows).subquery()
+    if is_postgresql(conn):  # one statement, the rows as JSON (db/bulk.py)
+        given = json_rows(processed_events, _OUTCOME, rows).subquery()
         conn.execute(
             update(processed_events)
             .where(

@@ -21,7 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contact_sync.calls.ledger import CallKey, CallRecord, is_newer, newest_per_call
 from contact_sync.contacts.writer import by_code_point, refresh_call_fields
-from contact_sync.db.bulk import is_postgresql, unnest_rows
+from contact_sync.db.bulk import is_postgresql, json_rows
 from contact_sync.db.tables import calls
 from contact_sync.ids import new_id
 
@@ -66,7 +66,7 @@ def _upsert(conn: Connection, records: Sequence[CallRecord], now: datetime) -> N
     insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     stmt = insert(calls)
     if is_postgresql(conn):
-        stmt = stmt.from_select(_COLUMNS, unnest_rows(calls, _COLUMNS, _rows(records, now)))
+        stmt = stmt.from_select(_COLUMNS, json_rows(calls, _COLUMNS, _rows(records, now)))
     newer = or_(
         stmt.excluded.ended_at > calls.c.ended_at,
         and_(
@@ -79,7 +79,7 @@ def _upsert(conn: Connection, records: Sequence[CallRecord], now: datetime) -> N
         set_={**{name: stmt.excluded[name] for name in _REPLACED}, "recorded_at": now},
         where=newer,
     )
-    if is_postgresql(conn):  # one short statement of arrays (db/bulk.py), as the inbox claim
+    if is_postgresql(conn):  # the rows as JSON (db/bulk.py), as the inbox claim
         conn.execute(stmt)
     else:  # SQLite: the rows as multi-row statements ("insertmanyvalues")
         conn.execute(stmt.returning(calls.c.id), _rows(records, now))

@@ -33,7 +33,7 @@ from contact_sync.contacts.records import (
     provenance_json,
     skip_json,
 )
-from contact_sync.db.bulk import is_postgresql, unnest_rows
+from contact_sync.db.bulk import is_postgresql, json_rows
 from contact_sync.db.tables import calls, contact_history, contacts
 from contact_sync.errors import StaleVersion
 from contact_sync.ids import new_id
@@ -149,7 +149,7 @@ def update_contacts(conn: Connection, changes: Sequence[ContactUpdate]) -> None:
     for change in changes:
         groups.setdefault(tuple(_with_number_facts(change.values)), []).append(_params(change))
     for columns, params in groups.items():
-        if is_postgresql(conn):  # one statement of arrays (db/bulk.py)
+        if is_postgresql(conn):  # one statement, the rows as JSON (db/bulk.py)
             written = conn.execute(_compare_and_set_all(columns, params)).rowcount
         else:
             written = conn.execute(_compare_and_set(columns), params).rowcount
@@ -164,7 +164,7 @@ def _compare_and_set_all(columns: Sequence[str], params: Sequence[Mapping[str, A
         {"b_id": p["b_id"], "b_read": p["b_read"], **{n: p[f"b_{n}"] for n in names}}
         for p in params
     ]
-    given = unnest_rows(contacts, ("b_id", "b_read", *names), rows, extra=_KEYS).subquery()
+    given = json_rows(contacts, ("b_id", "b_read", *names), rows, extra=_KEYS).subquery()
     return (
         update(contacts)
         .where(contacts.c.id == given.c.b_id, contacts.c.version == given.c.b_read)
@@ -199,8 +199,8 @@ def record_history(conn: Connection, records: Sequence[HistoryRecord]) -> None:
     if not records:
         return
     rows = [_history_row(record) for record in records]
-    if is_postgresql(conn):  # one short statement of arrays (db/bulk.py)
-        select_rows = unnest_rows(contact_history, _HISTORY_COLUMNS, rows)
+    if is_postgresql(conn):  # one short statement, the rows as JSON (db/bulk.py)
+        select_rows = json_rows(contact_history, _HISTORY_COLUMNS, rows)
         conn.execute(insert(contact_history).from_select(_HISTORY_COLUMNS, select_rows))
     else:
         conn.execute(insert(contact_history), rows)
