@@ -12,16 +12,20 @@ Run from the repository root::
     python bench/profile_apply.py --profile 25       # and the top 25 functions (cProfile)
     python bench/profile_apply.py --rounds 1 --events 2000
 
-Printed per round: the client's CPU per event (``time.process_time`` around the apply and its
-commit: Python, SQLAlchemy, psycopg) and the PostgreSQL backend's (``/proc/PID/stat`` of the
-connection's backend, on the same machine), in ms. Compare the same script on two versions
-of the code in alternate runs: the machine is shared and its load moves the figures.
+The collector is set up as in a pool process (``worker/runtime.settle_collector``: start-up
+objects frozen, rarer young collections; only frozen for code older than it) unless
+``--stock-gc``. Printed per round: the client's CPU per event (``time.process_time`` around
+the apply and its commit: Python, SQLAlchemy, psycopg) and the PostgreSQL backend's
+(``/proc/PID/stat`` of the connection's backend, on the same machine), in ms. Compare two
+versions of the code in alternate runs (``PYTHONPATH=OTHER/src``): the machine is shared and
+its load moves the figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import os
 import pstats
 import random
@@ -42,6 +46,11 @@ os.environ.setdefault("BENCH_WORKER_DATABASE", "contact_sync_bench_profile")
 import worker_throughput as wt  # noqa: E402
 from contact_sync.calls.apply import apply_payloads  # noqa: E402
 from contact_sync.db.engine import make_engine  # noqa: E402
+
+try:
+    from contact_sync.worker.runtime import settle_collector
+except ImportError:  # code from before it: its pool processes froze the collector only
+    settle_collector = gc.freeze
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -87,10 +96,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", type=int, default=0, help="print the top N functions")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--stock-gc", action="store_true", help="keep Python's collector settings (no freeze)"
+    )
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     contacts = wt.build_template(rng)
     workload = wt.generate(rng, contacts, args.events, "evt")
+    if not args.stock_gc:
+        settle_collector()  # as a pool process does after start-up
     profiler = cProfile.Profile() if args.profile else None
     clients, servers = [], []
     try:
