@@ -91,7 +91,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -1097,7 +1097,9 @@ def capture_statements(workload: Workload) -> list[list[list[Statement]]]:
     sink: list[Statement] = []
 
     def record(_c: Any, _cur: Any, statement: str, params: Any, _ctx: Any, many: bool) -> None:
-        sink.append((statement, params, many))
+        # A page of "insertmanyvalues" is reported as part of an executemany but sent as one
+        # statement with one set of parameters.
+        sink.append((statement, params, many and not isinstance(params, Mapping)))
 
     sa_event.listen(engine, "before_cursor_execute", record)
     captured: list[list[list[Statement]]] = []
