@@ -45,7 +45,16 @@ Modes (``--modes``, default all), each with 2 worker processes:
 - ``naive``: one ORM transaction per event (``bench/_naive_tasks.py``), same Celery settings;
 - ``db``: the events applied by raw psycopg from 2 threads, 100 events per transaction, five
   set-based statements each (lock/resolve, inbox insert, versioned update, history insert,
-  inbox outcome), no Celery: a rough database limit.
+  inbox outcome), no Celery: a rough database limit;
+- ``pg_limit``: PostgreSQL's limit for the batch path (issue 17): the exact statements and
+  parameters ``apply_payloads`` sends for the workload (inbox claim and outcomes, locked
+  lookups, contact inserts and updates, history, ledger read and upsert, the call fields'
+  refresh), captured by running it untimed in batches of 500 over two halves of the teams,
+  then replayed on a fresh copy of the database from 2 connections, a transaction a batch,
+  with no Python merge or validation while timed.
+
+Batch mode also reads the CPU seconds of the worker's pool processes (``/proc``) while it
+drains: ``cpu_ms_per_event`` is that over the deliveries.
 
 Throughput method: every message is published before the worker starts; the clock starts
 when the worker takes its first message off the queue (so process start-up is not counted)
@@ -72,7 +81,8 @@ distinct event, contiguous versions, and the same final contact state in every m
 
 The last line gives the ratios: ``ours/stock`` and ``batch/stock`` (the project's transport
 against stock kombu's), ``ours_amqp/ours`` and ``batch_amqp/batch`` (RabbitMQ against it),
-then those of the issue-7 targets, the p99 latency and the peak RSS.
+then those of the issue-7 targets, the p99 latency and the peak RSS, then issue 17's
+``batch/pg_limit`` and ``cpu_ms_per_event``.
 """
 
 from __future__ import annotations
