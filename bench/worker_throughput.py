@@ -45,7 +45,16 @@ Modes (``--modes``, default all), each with 2 worker processes:
 - ``naive``: one ORM transaction per event (``bench/_naive_tasks.py``), same Celery settings;
 - ``db``: the events applied by raw psycopg from 2 threads, 100 events per transaction, five
   set-based statements each (lock/resolve, inbox insert, versioned update, history insert,
-  inbox outcome), no Celery: a rough database limit.
+  inbox outcome), no Celery: a rough database limit;
+- ``pg_limit``: PostgreSQL's limit for the batch path (issue 17): the exact statements and
+  parameters ``apply_payloads`` sends for the workload (inbox claim and outcomes, locked
+  lookups, contact inserts and updates, history, ledger read and upsert, the call fields'
+  refresh), captured by running it untimed in batches of 500 over two halves of the teams,
+  then replayed on a fresh copy of the database from 2 connections, a transaction a batch,
+  with no Python merge or validation while timed.
+
+Batch mode also reads the CPU seconds of the worker's pool processes (``/proc``) while it
+drains: ``cpu_ms_per_event`` is that over the deliveries.
 
 Throughput method: every message is published before the worker starts; the clock starts
 when the worker takes its first message off the queue (so process start-up is not counted)
@@ -72,7 +81,8 @@ distinct event, contiguous versions, and the same final contact state in every m
 
 The last line gives the ratios: ``ours/stock`` and ``batch/stock`` (the project's transport
 against stock kombu's), ``ours_amqp/ours`` and ``batch_amqp/batch`` (RabbitMQ against it),
-then those of the issue-7 targets, the p99 latency and the peak RSS.
+then those of the issue-7 targets, the p99 latency and the peak RSS, then issue 17's
+``batch/pg_limit`` and ``cpu_ms_per_event``.
 """
 
 from __future__ import annotations
@@ -91,7 +101,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -138,7 +148,7 @@ BROKER_URL = ""
 AMQP_SERVER = "amqp://guest:guest@127.0.0.1:5672/"
 ALL_MODES = (
     "ceiling", "ours", "batch", "ours_stock", "batch_stock", "ours_amqp", "batch_amqp",
-    "naive", "db",
+    "naive", "db", "pg_limit",
 )  # fmt: skip
 # The project's worker on other transports: mode suffix -> (label, broker).
 TRANSPORTS = {
@@ -240,6 +250,21 @@ def peak_rss_mb(pids: Sequence[int]) -> dict[str, float]:
                 if line.startswith("VmHWM:"):
                     result[f"{label}:{each}"] = int(line.split()[1]) / 1024
     return result
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def pool_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by the worker's pool processes (its children)."""
+    total = 0
+    for child in _children(pid):
+        try:
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / TICK
 
 
 # ---------------------------------------------------------------- database
@@ -558,8 +583,11 @@ def drain(
     done: Callable[[], bool],
     timeout: float,
     progress: Callable[[], int] | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> tuple[float, str]:
     """Seconds from the worker's first message taken to ``done()``, and a problem if any.
+
+    ``on_start`` is called when the clock starts (the worker took its first message).
 
     If the broker holds nothing (queued or unacknowledged) and ``progress()`` has not moved for
     ``STALL_SECONDS``, messages were lost: the time to the last progress is returned with
@@ -570,6 +598,8 @@ def drain(
         if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
             raise RuntimeError("the worker never took a message (see its log)")
         time.sleep(0.001)
+    if on_start is not None:
+        on_start()
     started = time.perf_counter()
     last_value, last_change = -1, started
     while not done():
@@ -805,6 +835,7 @@ def run_ours(
     with psycopg.connect(db_url(False), autocommit=True) as conn:
         # Until every distinct event is committed and nothing waits in the queue: read live on
         # every broker (RabbitMQ's count of unacknowledged messages is statistics, seconds old).
+        cpu_at_start: list[float] = []
         seconds, stalled = drain(
             client,
             [proc],
@@ -812,8 +843,13 @@ def run_ours(
             lambda: inbox_count(conn) >= workload.distinct and client.queued() == 0,
             900,
             lambda: inbox_count(conn),
+            lambda: cpu_at_start.append(pool_cpu_seconds(proc.pid)),
         )
+        pool_cpu = pool_cpu_seconds(proc.pid) - cpu_at_start[0]
         result = ModeResult(mode, len(workload.deliveries), seconds, f"{messages} messages")
+        # The pool processes' CPU per delivery while draining (parse, merge, SQL, logs).
+        result.extra["cpu_ms_per_event"] = pool_cpu * 1000 / len(workload.deliveries)
+        result.note += f", pool CPU {result.extra['cpu_ms_per_event']:.3f} ms/event"
         # The duplicates still held are acknowledged before anything is checked (not timed).
         idle_by = time.monotonic() + 60
         while not client.idle() and time.monotonic() < idle_by:
@@ -1040,6 +1076,116 @@ def run_db(workload: Workload) -> ModeResult:
     return result
 
 
+# ---------------------------------------------------------------- PostgreSQL's limit
+
+# One statement as the batch path sent it: (SQL, parameters, executemany).
+Statement = tuple[str, Any, bool]
+
+
+def _partition(deliveries: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The deliveries in ``WORKERS`` parts of whole teams (no contact, inbox key or call in two
+    parts, so two connections replaying them never change one row), in delivery order."""
+    parts: list[list[dict[str, Any]]] = [[] for _ in range(WORKERS)]
+    for event in deliveries:
+        parts[int(event["team_id"].rsplit("_", 1)[1]) % WORKERS].append(event)
+    return parts
+
+
+def capture_statements(workload: Workload) -> list[list[list[Statement]]]:
+    """Apply the workload with the real batch path, untimed, recording every statement it sends.
+
+    Per part (``_partition``), per batch of ``MAX_BATCH`` events (what ``EventPublisher`` sends a
+    message), the statements of its transaction with the parameters psycopg received: parse,
+    validation, merge and SQLAlchemy all ran here, so a replay is PostgreSQL's work alone.
+    """
+    from sqlalchemy import event as sa_event
+
+    from contact_sync.calls.apply import apply_payloads
+    from contact_sync.calls.events import MAX_BATCH
+
+    engine = make_engine(db_url())
+    sink: list[Statement] = []
+
+    def record(_c: Any, _cur: Any, statement: str, params: Any, _ctx: Any, many: bool) -> None:
+        # A page of "insertmanyvalues" is reported as part of an executemany but sent as one
+        # statement with one set of parameters.
+        sink.append((statement, params, many and not isinstance(params, Mapping)))
+
+    sa_event.listen(engine, "before_cursor_execute", record)
+    captured: list[list[list[Statement]]] = []
+    try:
+        for part in _partition(workload.deliveries):
+            batches: list[list[Statement]] = []
+            for start in range(0, len(part), MAX_BATCH):
+                with engine.connect() as conn:
+                    sink.clear()
+                    apply_payloads(conn, part[start : start + MAX_BATCH])
+                    conn.commit()
+                    batches.append(list(sink))
+            captured.append(batches)
+    finally:
+        engine.dispose()
+    return captured
+
+
+def _replay(batches: Sequence[Sequence[Statement]]) -> None:
+    with psycopg.connect(db_url(False)) as conn:
+        conn.execute("SET TIME ZONE 'UTC'")  # as db/engine.py sets every connection
+        conn.commit()
+        with conn.cursor() as cur:
+            for statements in batches:
+                with conn.transaction():
+                    for statement, params, many in statements:
+                        if many:
+                            cur.executemany(statement, params)
+                        else:
+                            cur.execute(statement, params)
+                        if cur.description is not None:
+                            cur.fetchall()
+
+
+def run_pg_limit(workload: Workload) -> ModeResult:
+    """The batch path's exact statements and parameters, replayed from ``WORKERS`` connections.
+
+    Captured by running ``apply_payloads`` on a copy of the database (not timed), then replayed
+    on a fresh copy: inbox claims and outcomes, contact lookups and locks, contact updates,
+    history rows, ledger reads and upserts, the call fields' refresh, everything the path
+    sends, batch by batch, one transaction each, with nothing computed in Python while timed.
+    """
+    captured = capture_statements(workload)
+    statements = sum(len(batch) for part in captured for batch in part)
+    reset_database()
+    errors: list[BaseException] = []
+
+    def work(batches: list[list[Statement]]) -> None:
+        try:
+            _replay(batches)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(part,)) for part in captured]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    batches = sum(len(part) for part in captured)
+    result = ModeResult(
+        "pg_limit",
+        len(workload.deliveries),
+        seconds,
+        f"the batch path's {statements} statements in {batches} transactions, replayed from "
+        f"{WORKERS} connections",
+    )
+    with psycopg.connect(db_url(False), autocommit=True) as conn:
+        problems, _digest = check_correctness(conn, workload.distinct)
+        result.checks = problems or ["ok"]
+    return result
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -1079,6 +1225,13 @@ def report(results: dict[str, ModeResult], digests: dict[str, str], workload: Wo
     if stock and "ours" in results:
         print(f"{'ours/stock':<14} {results['ours'].rate / stock:6.2f}   (ceiling of stock kombu)")
     print(f"{'ours/db':<14} {ratio('ours', 'db'):6.2f}   (the database limit, no Celery)")
+    print(
+        f"{'batch/pg_limit':<14} {ratio('batch', 'pg_limit'):6.2f}   (target >= 0.7: the batch"
+        " path's own statements replayed, no Python)"
+    )
+    cpu = results["batch"].extra.get("cpu_ms_per_event") if "batch" in results else None
+    if cpu is not None:
+        print(f"{'cpu_ms/event':<14} {cpu:6.3f}   (target <= 0.35: batch mode's pool processes)")
     print()
     # The transport's share: the same worker, the same group commit, three transports.
     appliers = [m for m in ALL_MODES if m.partition("_")[0] in ("ours", "batch")]
@@ -1111,7 +1264,7 @@ def report(results: dict[str, ModeResult], digests: dict[str, str], workload: Wo
             rss_all += [v for k, v in rss.items() if mode != "naive"]
             shown = ", ".join(f"{k} {v:.0f}" for k, v in sorted(rss.items()))
             print(f"peak RSS MB {mode:<11} {shown}")
-    for mode in (*appliers, "naive", "db"):
+    for mode in (*appliers, "naive", "db", "pg_limit"):
         if mode in results and results[mode].checks:
             print(f"correctness {mode:<11} {'; '.join(results[mode].checks)}")
     if len(digests) > 1:
@@ -1128,6 +1281,8 @@ def report(results: dict[str, ModeResult], digests: dict[str, str], workload: Wo
         f" ours/ceiling={ratios['ours/ceiling']:.2f} ours/naive={ratios['ours/naive']:.2f}"
         f" batch/ceiling={ratios['batch/ceiling']:.2f} batch/db={ratios['batch/db']:.2f}"
         f" p99_ms={p99:.0f} rss_mb={rss_mb:.0f}"
+        f" batch/pg_limit={ratio('batch', 'pg_limit'):.2f}"
+        f" cpu_ms_per_event={cpu if cpu is not None else float('nan'):.3f}"
     )
 
 
@@ -1210,6 +1365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             elif mode == "naive":
                 results[mode] = run_naive(runner, client, workload)
+            elif mode == "pg_limit":
+                results[mode] = run_pg_limit(workload)
             else:
                 results[mode] = run_db(workload)
             load = os.getloadavg()[0]

@@ -20,12 +20,15 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contact_sync.calls.events import CallCompleted
+from contact_sync.db.bulk import is_postgresql, json_rows
 from contact_sync.db.tables import processed_events
 
 EventKey = tuple[str, str]
 """``(team_id, event_id)``: what identifies an event."""
 
 _KEY = [processed_events.c.team_id, processed_events.c.event_id]
+_COLUMNS = ("team_id", "event_id", "outcome", "processed_at")
+_OUTCOME = ("team_id", "event_id", "contact_id", "outcome")
 
 
 def key_of(event: CallCompleted) -> EventKey:
@@ -48,36 +51,47 @@ def claim(conn: Connection, events: Sequence[CallCompleted], now: datetime) -> s
         {"team_id": e.team_id, "event_id": e.event_id, "outcome": "applied", "processed_at": now}
         for e in sorted(events, key=key_of)  # one lock order for every worker
     ]
-    # Executed with a list of rows: SQLAlchemy sends them as multi-row
-    # statements ("insertmanyvalues") from one cached compiled form.
-    stmt = (
-        _insert(conn)(processed_events)
-        .on_conflict_do_update(
-            index_elements=_KEY,
-            set_={"outcome": "applied", "processed_at": now},
-            where=processed_events.c.outcome == "dead_lettered",
-        )
-        .returning(*_KEY)
-    )
-    return {(row.team_id, row.event_id) for row in conn.execute(stmt, rows)}
+    insert = _insert(conn)(processed_events)
+    if is_postgresql(conn):  # the rows as JSON, in lock order (db/bulk.py)
+        insert = insert.from_select(_COLUMNS, json_rows(processed_events, _COLUMNS, rows))
+    stmt = insert.on_conflict_do_update(
+        index_elements=_KEY,
+        set_={"outcome": "applied", "processed_at": now},
+        where=processed_events.c.outcome == "dead_lettered",
+    ).returning(*_KEY)
+    # SQLite: a list of rows, sent as multi-row statements ("insertmanyvalues").
+    result = conn.execute(stmt) if is_postgresql(conn) else conn.execute(stmt, rows)
+    return {(row.team_id, row.event_id) for row in result}
 
 
 def record_outcomes(conn: Connection, outcomes: Iterable[tuple[EventKey, str | None, str]]) -> None:
     """Set ``(key, contact_id, outcome)`` on claimed rows, in one round trip."""
-    params = [
-        {"b_team": team, "b_event": event, "b_contact": contact, "b_outcome": outcome}
+    rows = [
+        {"team_id": team, "event_id": event, "contact_id": contact, "outcome": outcome}
         for (team, event), contact, outcome in outcomes
     ]
-    if params:
+    if not rows:
+        return
+    if is_postgresql(conn):  # one statement, the rows as JSON (db/bulk.py)
+        given = json_rows(processed_events, _OUTCOME, rows).subquery()
         conn.execute(
             update(processed_events)
             .where(
-                processed_events.c.team_id == bindparam("b_team"),
-                processed_events.c.event_id == bindparam("b_event"),
+                processed_events.c.team_id == given.c.team_id,
+                processed_events.c.event_id == given.c.event_id,
             )
-            .values(contact_id=bindparam("b_contact"), outcome=bindparam("b_outcome")),
-            params,
+            .values(contact_id=given.c.contact_id, outcome=given.c.outcome)
         )
+        return
+    conn.execute(
+        update(processed_events)
+        .where(
+            processed_events.c.team_id == bindparam("b_team_id"),
+            processed_events.c.event_id == bindparam("b_event_id"),
+        )
+        .values(contact_id=bindparam("b_contact_id"), outcome=bindparam("b_outcome")),
+        [{f"b_{name}": value for name, value in row.items()} for row in rows],
+    )
 
 
 def mark_dead_lettered(

@@ -21,9 +21,11 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contact_sync.calls.ledger import CallKey, CallRecord, is_newer, newest_per_call
 from contact_sync.contacts.writer import by_code_point, refresh_call_fields
+from contact_sync.db.bulk import is_postgresql, json_rows
 from contact_sync.db.tables import calls
 from contact_sync.ids import new_id
 
+_COLUMNS = tuple(c.name for c in calls.c)
 # Replaced by a newer event of the call; the row keeps its id, team and call id.
 _REPLACED = tuple(
     c.name for c in calls.c if c.name not in ("id", "team_id", "call_id", "recorded_at")
@@ -49,6 +51,12 @@ def _order(row: Any | None) -> tuple[datetime, str] | None:
     return None if row is None else (row.ended_at, row.event_id)
 
 
+def _rows(records: Sequence[CallRecord], now: datetime) -> list[dict[str, Any]]:
+    rows = [{**r.values(), "id": new_id(), "recorded_at": now} for r in records]
+    rows.sort(key=lambda row: (row["team_id"], row["call_id"]))  # one lock order for every worker
+    return rows
+
+
 def _upsert(conn: Connection, records: Sequence[CallRecord], now: datetime) -> None:
     """Insert the rows, or replace stored ones that are older (§4.1), in one statement.
 
@@ -57,6 +65,8 @@ def _upsert(conn: Connection, records: Sequence[CallRecord], now: datetime) -> N
     """
     insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     stmt = insert(calls)
+    if is_postgresql(conn):
+        stmt = stmt.from_select(_COLUMNS, json_rows(calls, _COLUMNS, _rows(records, now)))
     newer = or_(
         stmt.excluded.ended_at > calls.c.ended_at,
         and_(
@@ -69,11 +79,10 @@ def _upsert(conn: Connection, records: Sequence[CallRecord], now: datetime) -> N
         set_={**{name: stmt.excluded[name] for name in _REPLACED}, "recorded_at": now},
         where=newer,
     )
-    rows = [{**r.values(), "id": new_id(), "recorded_at": now} for r in records]
-    # With RETURNING, SQLAlchemy sends the rows as one multi-row statement
-    # ("insertmanyvalues") from one cached compiled form, as the inbox claim does.
-    rows.sort(key=lambda row: (row["team_id"], row["call_id"]))  # one lock order for every worker
-    conn.execute(stmt.returning(calls.c.id), rows)
+    if is_postgresql(conn):  # the rows as JSON (db/bulk.py), as the inbox claim
+        conn.execute(stmt)
+    else:  # SQLite: the rows as multi-row statements ("insertmanyvalues")
+        conn.execute(stmt.returning(calls.c.id), _rows(records, now))
 
 
 def write_calls(conn: Connection, records: Sequence[CallRecord], now: datetime) -> None:

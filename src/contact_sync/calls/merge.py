@@ -134,6 +134,20 @@ def is_newer(event: CallCompleted, current: Observation | None) -> bool:
     return mine > theirs
 
 
+@lru_cache(maxsize=4096)
+def _checked_field(name: str, raw: Any, region: str) -> tuple[Any, str | None]:
+    """A standard field's value as people's writes validate it, or why it is invalid.
+
+    Cached: validation is a pure function of the name, the text and the team's
+    region, and a call's values (a job title, a time zone, an email) recur.
+    """
+    try:
+        patch = ContactPatch.model_validate({name: raw}, context={"region": region})
+    except ValidationError as exc:
+        return None, field_errors(exc).get(name, "invalid value")
+    return getattr(patch, name), None
+
+
 class _Merge:
     """One merge in progress: collects changes and skips as it goes."""
 
@@ -247,14 +261,10 @@ class _Merge:
             if name not in CALL_FIELDS:
                 self.skip(name, raw, "not_settable_by_calls")
                 continue
-            try:
-                patch = ContactPatch.model_validate(
-                    {name: raw}, context={"region": self.policy.region}
-                )
-            except ValidationError as exc:
-                self.skip(name, raw, f"invalid: {field_errors(exc).get(name, 'invalid value')}")
+            value, error = _checked_field(name, raw, self.policy.region)
+            if error is not None:
+                self.skip(name, raw, f"invalid: {error}")
                 continue
-            value = getattr(patch, name)
             if value is None:
                 continue
             reason = self.refusal(name, has_value=getattr(self.state, name) not in (None, ""))

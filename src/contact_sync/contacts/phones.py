@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 
 import phonenumbers
 
@@ -43,7 +44,14 @@ def normalise_phone(raw: str, region: str = "US") -> str:
 
     Raises ``ValueError`` with ``phone_message(region)`` when the number cannot
     be a real one: we would rather reject than store a number that never rings.
+    Numbers read are cached (the event apply reads each event's number once to
+    find its contact and once for its call's row; the same numbers recur).
     """
+    return _normalised(raw, region)
+
+
+@lru_cache(maxsize=4096)
+def _normalised(raw: str, region: str) -> str:
     text = raw.strip()
     if not text or len(text) > 40 or not _typed_like_a_number(text):
         raise ValueError(phone_message(region))

@@ -48,6 +48,7 @@ from contact_sync.contacts.records import (
     provenance_json,
     skip_json,
 )
+from contact_sync.db.bulk import is_postgresql, json_rows
 from contact_sync.db.tables import calls, contact_history, contacts
 from contact_sync.errors import StaleVersion
 from contact_sync.ids import new_id
@@ -171,6 +172,9 @@ def _compare_and_set(columns: Sequence[str]) -> Update:
     )
 
 
+_KEYS = {"b_id": contacts.c.id.type, "b_read": contacts.c.version.type}
+
+
 def _params(change: ContactUpdate) -> dict[str, Any]:
     return {
         **{f"b_{name}": value for name, value in _with_number_facts(change.values).items()},
@@ -201,9 +205,30 @@ def update_contacts(conn: Connection, changes: Sequence[ContactUpdate]) -> None:
     for change in changes:
         groups.setdefault(tuple(_with_number_facts(change.values)), []).append(_params(change))
     for columns, params in groups.items():
-        written = conn.execute(_compare_and_set(columns), params).rowcount
+        if is_postgresql(conn):  # one statement, the rows as JSON (db/bulk.py)
+            written = conn.execute(_compare_and_set_all(columns, params)).rowcount
+        else:
+            written = conn.execute(_compare_and_set(columns), params).rowcount
         if written not in (len(params), -1):
             raise RuntimeError("a locked contact changed under its lock")
+
+
+def _compare_and_set_all(columns: Sequence[str], params: Sequence[Mapping[str, Any]]) -> Update:
+    """``_compare_and_set`` of many contacts at once, their parameters given as arrays."""
+    names = (*columns, "provenance", "version", "updated_at")
+    rows = [
+        {"b_id": p["b_id"], "b_read": p["b_read"], **{n: p[f"b_{n}"] for n in names}}
+        for p in params
+    ]
+    given = json_rows(contacts, ("b_id", "b_read", *names), rows, extra=_KEYS).subquery()
+    return (
+        update(contacts)
+        .where(contacts.c.id == given.c.b_id, contacts.c.version == given.c.b_read)
+        .values({name: given.c[name] for name in names})
+    )
+
+
+_HISTORY_COLUMNS = tuple(c.name for c in contact_history.c)
 
 
 def _history_row(record: HistoryRecord) -> dict[str, Any]:
@@ -227,8 +252,14 @@ def _history_row(record: HistoryRecord) -> dict[str, Any]:
 
 def record_history(conn: Connection, records: Sequence[HistoryRecord]) -> None:
     """Insert history records in one statement."""
-    if records:
-        _insert(conn, contact_history, [_history_row(record) for record in records])
+    if not records:
+        return
+    rows = [_history_row(record) for record in records]
+    if is_postgresql(conn):  # one short statement, the rows as JSON (db/bulk.py)
+        select_rows = json_rows(contact_history, _HISTORY_COLUMNS, rows)
+        conn.execute(insert(contact_history).from_select(_HISTORY_COLUMNS, select_rows))
+    else:
+        conn.execute(insert(contact_history), rows)
 
 
 def delete_contact_rows(conn: Connection, *, team_id: str, contact_id: str) -> None:

@@ -121,6 +121,12 @@ def _json_dumps(value: Any) -> bytes | str:
         return json.dumps(value)
 
 
+def json_text(value: Any) -> str:
+    """``value`` as JSON text, written as JSON parameters are (``_json_dumps``)."""
+    written = _json_dumps(value)
+    return written.decode() if isinstance(written, bytes) else written
+
+
 def make_engine(url: str, *, pool_size: int = 5, pre_ping: bool = True) -> Engine:
     """An engine for ``url`` with the settings each backend needs.
 

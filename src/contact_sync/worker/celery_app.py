@@ -256,15 +256,10 @@ def _refuse_an_incompatible_kombu(sender: Any = None, **_: Any) -> None:
 @worker_process_init.connect
 def _fresh_connections(**_: Any) -> None:
     # A forked child must not share the parent's database sockets.
-    import gc
-
-    from contact_sync.worker.runtime import reset_engine
+    from contact_sync.worker.runtime import reset_engine, settle_collector
 
     reset_engine()
-    # What the modules and the app built stays for the process's life: moved out of the
-    # collector's generations, it is not walked again by every full collection (the
-    # collector was about a third of an event's CPU; README, Performance).
-    gc.freeze()
+    settle_collector()  # start-up objects frozen, young collections rarer (worker/runtime.py)
 
 
 @worker_process_shutdown.connect

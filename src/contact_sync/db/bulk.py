@@ -1,0 +1,69 @@
+"""Set-based writes of many rows on PostgreSQL: one short statement, the rows one JSON parameter.
+
+SQLAlchemy sends a list of rows as multi-row ``VALUES`` statements
+("insertmanyvalues"), or one ``Bind``/``Execute`` per row for an update: a
+statement text as long as the batch, which psycopg converts again on every
+execution (it caches the conversion of short statements only), and
+parameters converted one value at a time in Python. Here the rows travel as
+one JSON array, written by orjson in one call, and PostgreSQL reads them
+back as typed rows (``jsonb_to_recordset``): the statement is the same for
+any number of rows, so psycopg converts it once and PostgreSQL runs its
+prepared plan. Arrays of text (``unnest``) were tried first: psycopg escapes
+each element of a text array with a regular expression, which cost more
+than it saved (README, Performance). SQLite keeps the row lists.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Select, Table, Text, bindparam, cast, column, func, select
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeEngine
+
+
+def _rows_json(rows: list[dict[str, Any]]) -> str:
+    """The rows as JSON text: orjson writes times itself, the json module's fallback is told how."""
+    try:
+        return orjson.dumps(rows).decode()
+    except TypeError:  # a value orjson refuses (see db/engine.py): PostgreSQL judges it
+        return json.dumps(rows, default=_iso)
+
+
+def _iso(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def is_postgresql(conn: Connection) -> bool:
+    """Whether the connection speaks PostgreSQL (``jsonb_to_recordset``)."""
+    return conn.dialect.name == "postgresql"
+
+
+def json_rows(
+    table: Table,
+    names: Sequence[str],
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    extra: Mapping[str, TypeEngine[Any]] | None = None,
+) -> Select[Any]:
+    """``SELECT`` of ``rows`` (each with ``names``), typed as ``table``'s columns.
+
+    A name that is not a column of ``table`` takes its type from ``extra``. The
+    rows are sent as one JSON document (times as ISO 8601 with their offset);
+    row order is kept.
+    """
+    types = {name: (extra or {}).get(name) or table.c[name].type for name in names}
+    keys = [str(name) for name in names]  # column names are a subclass of str: orjson refuses
+    document = _rows_json([{key: row[key] for key in keys} for row in rows])
+    records = (
+        func.jsonb_to_recordset(cast(bindparam("json_rows", document, type_=Text()), JSONB))
+        .table_valued(*(column(name, types[name]) for name in names))
+        .render_derived(with_types=True)
+    )
+    return select(*(records.c[name] for name in names))
