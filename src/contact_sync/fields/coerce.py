@@ -75,10 +75,9 @@ def _canonical_number(value: Decimal | int | float) -> int | float:
         whole = int(value)
         if MIN_INTEGER <= whole <= MAX_INTEGER:
             return whole
-    number = float(value)
-    if not math.isfinite(number):
-        raise InvalidValue("Must be a finite number")
-    return number
+    # A fraction too fine for a float rounds to its nearest one, which may be whole
+    # ("-1381124567163842.875"): canonical like any other float, so stored once.
+    return _canonical_number(float(value))
 
 
 def _parse_number(text: str) -> int | float:
