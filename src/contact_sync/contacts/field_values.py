@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, insert, select
+from sqlalchemy import Connection, delete, insert, select, tuple_
 
 from contact_sync.db.tables import contacts, custom_field_values
 
@@ -124,7 +124,7 @@ def replace_values(
         )
         teams_of = {row.id: row.team_id for row in found}
     whole: list[str] = []
-    partial: list[dict[str, str]] = []
+    partial: list[tuple[str, str]] = []
     rows: list[dict[str, Any]] = []
     for team_id, contact_id, before, after in changes:
         team = team_id or teams_of.get(contact_id)
@@ -136,18 +136,13 @@ def replace_values(
             rows += value_rows(team, contact_id, fields)
             continue
         keys = changed_keys(before, fields)
-        partial += [{"c_id": contact_id, "c_key": key} for key in sorted(keys)]
+        partial += [(contact_id, key) for key in sorted(keys)]
         rows += value_rows(team, contact_id, fields, sorted(keys))
     if whole:
         conn.execute(delete(custom_field_values).where(custom_field_values.c.contact_id.in_(whole)))
-    if partial:
-        conn.execute(
-            delete(custom_field_values).where(
-                custom_field_values.c.contact_id == bindparam("c_id"),
-                custom_field_values.c.key == bindparam("c_key"),
-            ),
-            partial,
-        )
+    if partial:  # one statement for the batch, not one per key
+        pairs = tuple_(custom_field_values.c.contact_id, custom_field_values.c.key)
+        conn.execute(delete(custom_field_values).where(pairs.in_(partial)))
     insert_values(conn, rows)
 
 

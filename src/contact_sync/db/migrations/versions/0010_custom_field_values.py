@@ -8,7 +8,8 @@ Create Date: 2026-12-04
   per string of an array), typed by its JSON value (``kind``: number, boolean, date-,
   date-time- or other string, array, array element), ``num`` numeric and ``txt`` text
   (byte order on PostgreSQL). Kept by the contact writer in the transaction that writes
-  the contact (``contacts/field_values.py``); deleted with its contact and its team.
+  the contact (``contacts/field_values.py``), which deletes them with the contact (no
+  foreign keys: their check on every inserted row is the worker's cost).
 - B-tree indexes ``(team_id, key, kind, txt, contact_id)`` (equality, ``.in``, date
   ranges, ``exists``, a multi_select's contains) and ``(team_id, key, num, contact_id)``
   (number ranges): a filter reads only its team's entries of its key, by an index-only
@@ -37,15 +38,10 @@ def upgrade() -> None:
     """Create the table and its indexes, then fill it from ``contacts``."""
     op.create_table(
         "custom_field_values",
-        sa.Column(
-            "team_id", sa.String(36), sa.ForeignKey("teams.id", ondelete="CASCADE"), nullable=False
-        ),
-        sa.Column(
-            "contact_id",
-            sa.String(36),
-            sa.ForeignKey("contacts.id", ondelete="CASCADE"),
-            nullable=False,
-        ),
+        # No foreign keys: a check per inserted row would cost the worker (about ten rows
+        # an event); the writer deletes a contact's rows with the contact.
+        sa.Column("team_id", sa.String(36), nullable=False),
+        sa.Column("contact_id", sa.String(36), nullable=False),
         sa.Column("key", sa.String(64), nullable=False),
         sa.Column("kind", sa.String(1), nullable=False),
         sa.Column("num", sa.Numeric, nullable=True),
