@@ -281,7 +281,7 @@ def _filters(query: ContactQuery, dialect: str) -> list[ColumnElement[bool]]:
         )
     if query.search:
         where.append(_search_condition(query.search))
-    where.extend(custom_conditions(query.custom_filters, dialect))
+    where.extend(custom_conditions(query.custom_filters, dialect, query.team_id))
     return where
 
 
@@ -635,7 +635,7 @@ def list_eligible(conn: Connection, query: EligibleQuery) -> EligiblePage:
     open_places = _places_open(conn, query.team_id, moment, after)
     size = query.limit + 1  # a page and one more, as in the round-1 query; more if refused
     found: list[Any] = []
-    custom = custom_conditions(query.custom_filters, conn.dialect.name)
+    custom = custom_conditions(query.custom_filters, conn.dialect.name, query.team_id)
     while open_places != [] and len(found) <= query.limit:
         rows = _chunk(conn, query.team_id, open_places, after, size, custom)
         if rows:
