@@ -15,16 +15,18 @@ PostgreSQL, ``json_extract`` on SQLite).
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import (
     Connection,
     Numeric,
+    Select,
     Text,
     and_,
     case,
     cast,
+    distinct,
     exists,
     false,
     func,
@@ -138,40 +140,76 @@ def _has(team_id: str, *conditions: ColumnElement[bool]) -> ColumnElement[bool]:
     return found.is_(true())
 
 
-def _equal(item: CustomFilter, team: str) -> ColumnElement[bool]:
+Conditions = tuple[ColumnElement[bool], ...]
+
+
+def _wanted(item: CustomFilter) -> list[Any]:
+    """The options a multi_select's ``eq`` asks for (the contact must have them all)."""
+    return item.values[0] if isinstance(item.values[0], list) else [item.values[0]]
+
+
+def _equal(item: CustomFilter) -> Conditions:
     rows = custom_field_values.c
     key = rows.key == item.key
     if item.type in ("number", "integer"):
         numbers = [literal(value, Numeric) for value in item.values]
-        return _has(team, key, rows.kind == "n", rows.num.in_(numbers))
+        return key, rows.kind == "n", rows.num.in_(numbers)
     if item.type == "boolean":
         words = ["true" if value else "false" for value in item.values]
-        return _has(team, key, rows.kind == "b", rows.txt.in_(words))
-    if item.type == _ARRAY and item.operator == "eq":
-        wanted = item.values[0] if isinstance(item.values[0], list) else [item.values[0]]
-        return and_(*(_has(team, key, rows.kind == "e", rows.txt == option) for option in wanted))
+        return key, rows.kind == "b", rows.txt.in_(words)
     if item.type == _ARRAY:
-        return _has(team, key, rows.kind == "e", rows.txt.in_(list(item.values)))
+        options = _wanted(item) if item.operator == "eq" else list(item.values)
+        return key, rows.kind == "e", rows.txt.in_(options)
     kinds = sorted({string_kind(value) for value in item.values})
-    return _has(team, key, rows.kind.in_(kinds), rows.txt.in_(list(item.values)))
+    return key, rows.kind.in_(kinds), rows.txt.in_(list(item.values))
 
 
-def _side(item: CustomFilter, team: str) -> ColumnElement[bool]:
+def _matching(item: CustomFilter) -> Conditions:
+    """The side rows that make a contact match (``exists=false``: those it must not have)."""
     rows = custom_field_values.c
     key = rows.key == item.key
     if item.operator == "exists":
-        kinds = _SIDE_KINDS.get(item.type, STRING_KINDS)
-        found = _has(team, key, rows.kind.in_(kinds))
-        return found if item.values[0] else not_(found)
+        return key, rows.kind.in_(_SIDE_KINDS.get(item.type, STRING_KINDS))
     if item.operator in _COMPARE:
         compare = _COMPARE[item.operator]
         if item.type in ("number", "integer"):
             bound = cast(literal(item.values[0], Numeric), Numeric)
-            return _has(team, key, compare(rows.num, _bound(bound)))
+            return key, compare(rows.num, _bound(bound))
         kind = "d" if item.type == "date" else "t"
         text = cast(literal(item.values[0], Text), Text)
-        return _has(team, key, rows.kind == kind, compare(rows.txt, _bound(text)))
-    return _equal(item, team)
+        return key, rows.kind == kind, compare(rows.txt, _bound(text))
+    return _equal(item)
+
+
+def _side(item: CustomFilter, team: str) -> ColumnElement[bool]:
+    if item.operator == "exists" and not item.values[0]:
+        return not_(_has(team, *_matching(item)))
+    if item.type == _ARRAY and item.operator == "eq" and len(_wanted(item)) > 1:
+        rows = custom_field_values.c
+        key = rows.key == item.key
+        return and_(*(_has(team, key, rows.kind == "e", rows.txt == o) for o in _wanted(item)))
+    return _has(team, *_matching(item))
+
+
+def count_alone(filters: Sequence[CustomFilter], team_id: str) -> Select[Any] | None:
+    """The number of the team's contacts matching one ``cf.`` filter, read from the side
+    table alone (an index-only count of the key's matches), when that is exact.
+
+    It is for a query with no other condition than its team: the side table
+    holds rows of existing contacts only, in their own team. Not for
+    ``exists=false``, a multi_select holding several options, or a value too
+    long for the index: ``None``, and the caller counts the contacts.
+    """
+    if len(filters) != 1 or _too_long(filters[0]):
+        return None
+    item = filters[0]
+    if item.operator == "exists" and not item.values[0]:
+        return None
+    if item.type == _ARRAY and item.operator == "eq" and len(_wanted(item)) > 1:
+        return None
+    rows = custom_field_values.c
+    found = func.count(distinct(rows.contact_id))
+    return select(found).where(rows.team_id == team_id, *_matching(item))
 
 
 def _bound(value: ColumnElement[Any]) -> Any:

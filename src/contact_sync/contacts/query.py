@@ -43,7 +43,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
 from contact_sync.clock import utcnow
-from contact_sync.contacts.custom_filters import custom_conditions
+from contact_sync.contacts.custom_filters import count_alone, custom_conditions
 from contact_sync.contacts.lead_status import STICKY
 from contact_sync.contacts.model import Contact, field_errors, iana_timezones, normalise_lead_status
 from contact_sync.contacts.phones import search_digits
@@ -335,32 +335,34 @@ def _custom_page(
     where: list[ColumnElement[bool]],
     order: tuple[ColumnElement[Any], ...],
 ) -> ContactPage:
-    """A page with ``cf.`` filters: the keys and the total in one pass, then the page's rows.
+    """A page with ``cf.`` filters: its keys, then its rows, then the total.
 
-    The filters' matches come from the side table (``contacts/custom_filters``)
-    and are joined to the team's keys by an index-only scan; ``count(*) OVER ()``
-    counts them in the same pass that orders them, instead of a second statement
-    doing it all again. Only the page's rows are read from the table.
+    The filters look each of the team's keys up in their matches, hashed once
+    from the side table (``contacts/custom_filters``), walking the keys in the
+    page's order by an index-only scan that stops at the page's end; only the
+    page's rows are read from the table. A lone ``cf.`` filter is counted from
+    the side table alone; any other query counts the team's keys that match.
     """
-    keys = conn.execute(
-        select(contacts.c.id, func.count().over().label("total"))
-        .where(*where)
-        .order_by(*order)
-        .limit(query.limit)
-        .offset(query.offset)
-    ).all()
-    if not keys:
-        total = 0
-        if query.offset > 0:  # past the end: count on its own
-            total = conn.execute(
-                select(func.count()).select_from(contacts).where(*where)
-            ).scalar_one()
-        return ContactPage([], total, query.limit, query.offset)
-    ids = [key.id for key in keys]
-    rows = conn.execute(
-        select(*CONTACT_COLUMNS).where(contacts.c.id.in_(ids)).order_by(*order)
-    ).all()
-    return ContactPage(contacts_from_rows(rows), keys[0].total, query.limit, query.offset)
+    keys = select(contacts.c.id).where(*where).order_by(*order)
+    ids = list(conn.execute(keys.limit(query.limit).offset(query.offset)).scalars())
+    rows: list[Any] = []
+    if ids:
+        page = select(*CONTACT_COLUMNS).where(contacts.c.id.in_(ids)).order_by(*order)
+        rows = list(conn.execute(page).all())
+    if query.offset == 0 and len(ids) < query.limit:
+        return ContactPage(contacts_from_rows(rows), len(ids), query.limit, query.offset)
+    counting = count_alone(query.custom_filters, query.team_id) if _only_custom(query) else None
+    if counting is None:
+        counting = select(func.count()).select_from(contacts).where(*where)
+    total = conn.execute(counting).scalar_one()
+    return ContactPage(contacts_from_rows(rows), total, query.limit, query.offset)
+
+
+def _only_custom(query: ContactQuery) -> bool:
+    """No condition but the team and the ``cf.`` filters."""
+    others = (query.company_id, query.search, query.lead_status)
+    flags = (query.do_not_call, query.has_phone)
+    return all(v is None for v in (*others, *flags)) and not query.tag
 
 
 class HistoryQuery(_Query):
