@@ -243,3 +243,51 @@ def test_the_side_table_is_what_custom_fields_implies_after_any_writes(
     with writing(engine) as conn:
         delete_contact(conn, team_id=team.id, contact_id=contact.id)
     assert stored(engine, contact.id) == []
+
+
+# --- a lone filter counted from the side table --------------------------------------------
+
+_OPTIONS = [{"value": "solar", "label": "Solar"}, {"value": "wind", "label": "Wind"}]
+_DEFINED = [
+    {"key": "budget", "label": "Budget", "type": "number"},
+    {"key": "day", "label": "Day", "type": "date"},
+    {"key": "product", "label": "Product", "type": "select", "options": _OPTIONS},
+    {"key": "wants", "label": "Wants", "type": "multi_select", "options": _OPTIONS},
+    {"key": "note", "label": "Note", "type": "text"},
+]
+_LONE_FILTERS = [
+    {"cf.budget.gte": "5000"},
+    {"cf.budget": "7000"},
+    {"cf.budget.exists": "true"},
+    {"cf.budget.exists": "false"},
+    {"cf.day.lt": "2026-12-25"},
+    {"cf.product.in": "solar,wind"},
+    {"cf.wants.in": "solar,wind"},
+    {"cf.wants": "solar"},
+    {"cf.note.exists": "true"},
+]
+
+
+def test_a_lone_filters_total_is_the_number_of_its_matches(engine: Engine, team: Team) -> None:
+    from contact_sync.contacts.query import ContactQuery, list_contacts
+    from contact_sync.fields.store import definitions_for
+
+    documents = [
+        {"budget": 7000, "day": "2026-12-24", "product": "solar", "wants": ["solar", "wind"]},
+        {"budget": 4000, "day": "2027-01-02", "product": "wind", "wants": ["wind"]},
+        {"budget": "7000", "day": "soon", "note": "hi", "wants": []},
+        {"note": "x" * (MAX_INDEXED + 1), "product": "hydro"},
+        {},
+    ]
+    for number, fields in enumerate(documents * 2):
+        make_contact(engine, team.id, first_name=f"P{number}", custom_fields=fields)
+    with writing(engine) as conn:  # defined after: the untyped values stay as they were
+        for body in _DEFINED:
+            field_store.define(conn, team_id=team.id, data=body)
+    with engine.connect() as conn:
+        defined = definitions_for(conn, team_id=team.id, keys={d["key"] for d in _DEFINED})
+        for parameters in _LONE_FILTERS:
+            data = {"team_id": team.id, **parameters}
+            everyone = list_contacts(conn, ContactQuery.parse(data, definitions=defined))
+            one = list_contacts(conn, ContactQuery.parse({**data, "limit": 1}, definitions=defined))
+            assert one.total == everyone.total == len(everyone.data), parameters
