@@ -9,7 +9,7 @@ number. Ranges compare ``num`` as numbers and ``txt`` (canonical dates and
 UTC date-times) in byte order, which is their time order. The same
 conditions run on both databases; only equality on a string longer than the
 side table indexes reads ``custom_fields`` itself (JSONB containment on
-PostgreSQL, ``json_extract`` on SQLite).
+PostgreSQL, ``json_extract`` on SQLite), row by row within the team.
 """
 
 from __future__ import annotations
