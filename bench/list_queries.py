@@ -862,9 +862,35 @@ def seed_custom_fields(url: str) -> None:
                     copy.write_row((team_id, d.key, d.label, d.type, spec, True, NOW, NOW))
         conn.execute(CF_VALUES)
         conn.commit()
+    fill_side_table(url)
     with psycopg.connect(psycopg_dsn(url), autocommit=True) as conn:
-        conn.execute("VACUUM (ANALYZE) contacts, custom_field_definitions")
+        conn.execute("VACUUM (ANALYZE) contacts, custom_field_definitions, custom_field_values")
     print(f"custom fields seeded in {time.perf_counter() - began:.0f} s", flush=True)
+
+
+def fill_side_table(url: str) -> None:
+    """The side table of the seeded values, as the migration's backfill computes it (with
+    its indexes dropped for the load and rebuilt after, as ``seed`` does)."""
+    from contact_sync.contacts.field_values import rebuild_all
+
+    with psycopg.connect(psycopg_dsn(url)) as conn:
+        indexes = conn.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'custom_field_values'"
+        ).fetchall()
+        for name, _definition in indexes:
+            conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
+        conn.commit()
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            rebuild_all(connection)
+    finally:
+        engine.dispose()
+    with psycopg.connect(psycopg_dsn(url)) as conn:
+        conn.execute("SET maintenance_work_mem = '1GB'")
+        for _name, definition in indexes:
+            conn.execute(definition)
+        conn.commit()
 
 
 def _cf_filter(rng: random.Random) -> dict[str, str]:

@@ -233,6 +233,8 @@ def _update(target: _Contact, row: Row[Any], now: datetime) -> ContactUpdate | N
         values={name: getattr(target.state, name) for name in STATE_FIELDS},
         provenance=target.state.provenance,
         updated_at=now if changed else row.updated_at,
+        team_id=row.team_id,
+        custom_fields_before=row.custom_fields,
     )
 
 

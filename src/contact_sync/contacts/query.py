@@ -44,7 +44,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
 from contact_sync.clock import utcnow
-from contact_sync.contacts.custom_filters import custom_conditions
+from contact_sync.contacts.custom_filters import count_alone, custom_conditions
 from contact_sync.contacts.lead_status import STICKY
 from contact_sync.contacts.model import Contact, field_errors, iana_timezones, normalise_lead_status
 from contact_sync.contacts.phones import search_digits
@@ -287,7 +287,7 @@ def _filters(query: ContactQuery, dialect: str) -> list[ColumnElement[bool]]:
         )
     if query.search:
         where.append(_search_condition(query.search))
-    where.extend(custom_conditions(query.custom_filters, dialect))
+    where.extend(custom_conditions(query.custom_filters, dialect, query.team_id))
     return where
 
 
@@ -307,6 +307,8 @@ def list_contacts(conn: Connection, query: ContactQuery) -> ContactPage:
     where = _filters(query, conn.dialect.name)
     order = _order(query.sort)
     page: Select[Any]
+    if query.custom_filters:
+        return _custom_page(conn, query, where, order)
     if query.offset > 0:
         # Deferred join: skip rows in an index-only scan of the keys, then read
         # only the page's rows (an offset of 5,000 otherwise reads 5,050 rows).
@@ -331,6 +333,42 @@ def list_contacts(conn: Connection, query: ContactQuery) -> ContactPage:
     else:
         total = conn.execute(select(func.count()).select_from(contacts).where(*where)).scalar_one()
     return ContactPage(contacts_from_rows(rows), total, query.limit, query.offset)
+
+
+def _custom_page(
+    conn: Connection,
+    query: ContactQuery,
+    where: list[ColumnElement[bool]],
+    order: tuple[ColumnElement[Any], ...],
+) -> ContactPage:
+    """A page with ``cf.`` filters: its keys, then its rows, then the total.
+
+    The filters look each of the team's keys up in their matches, hashed once
+    from the side table (``contacts/custom_filters``), walking the keys in the
+    page's order by an index-only scan that stops at the page's end; only the
+    page's rows are read from the table. A lone ``cf.`` filter is counted from
+    the side table alone; any other query counts the team's keys that match.
+    """
+    keys = select(contacts.c.id).where(*where).order_by(*order)
+    ids = list(conn.execute(keys.limit(query.limit).offset(query.offset)).scalars())
+    rows: list[Any] = []
+    if ids:
+        page = select(*CONTACT_COLUMNS).where(contacts.c.id.in_(ids)).order_by(*order)
+        rows = list(conn.execute(page).all())
+    if query.offset == 0 and len(ids) < query.limit:
+        return ContactPage(contacts_from_rows(rows), len(ids), query.limit, query.offset)
+    counting = count_alone(query.custom_filters, query.team_id) if _only_custom(query) else None
+    if counting is None:
+        counting = select(func.count()).select_from(contacts).where(*where)
+    total = conn.execute(counting).scalar_one()
+    return ContactPage(contacts_from_rows(rows), total, query.limit, query.offset)
+
+
+def _only_custom(query: ContactQuery) -> bool:
+    """No condition but the team and the ``cf.`` filters."""
+    others = (query.company_id, query.search, query.lead_status)
+    flags = (query.do_not_call, query.has_phone)
+    return all(v is None for v in (*others, *flags)) and not query.tag
 
 
 class HistoryQuery(_Query):
@@ -629,7 +667,7 @@ def list_eligible(conn: Connection, query: EligibleQuery) -> EligiblePage:
     wanted = query.limit + 1  # a page and one more: whether there is a next page
     size, read = wanted, 0
     found: list[Any] = []
-    custom = custom_conditions(query.custom_filters, conn.dialect.name)
+    custom = custom_conditions(query.custom_filters, conn.dialect.name, query.team_id)
     while open_places != [] and len(found) < wanted:
         rows = _chunk(conn, query.team_id, open_places, after, size, custom)
         if rows:

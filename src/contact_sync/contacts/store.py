@@ -245,7 +245,14 @@ def update_contact(
     provenance = provenance_from_json(row.provenance)
     provenance.update(observed_changes(changes, source="api", at=now))
     next_version = ContactUpdate(
-        contact_id, row.version, row.version + 1, new_values, provenance, now
+        contact_id,
+        row.version,
+        row.version + 1,
+        new_values,
+        provenance,
+        now,
+        team_id=team_id,
+        custom_fields_before=row.custom_fields,
     )
     written = contact_writer.update_contact(conn, next_version)
     record = person_record(

@@ -40,6 +40,7 @@ from sqlalchemy import (
     update,
 )
 
+from contact_sync.contacts import field_values
 from contact_sync.contacts.records import (
     Change,
     Observation,
@@ -73,6 +74,11 @@ class ContactUpdate:
     values: Mapping[str, Any]
     provenance: Mapping[str, Observation]
     updated_at: datetime
+    # For the side table of custom-field values (contacts/field_values): the contact's team
+    # (read from the row when not given) and its custom_fields before this write (only
+    # the keys that changed are rewritten; all of them when not given).
+    team_id: str | None = None
+    custom_fields_before: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,16 @@ def insert_contacts(conn: Connection, new: Sequence[ContactInsert]) -> None:
             for c in new
         ]
         _insert(conn, contacts, rows)
+        field_values.insert_values(
+            conn,
+            [
+                row
+                for c in new
+                for row in field_values.value_rows(
+                    c.values["team_id"], c.values["id"], c.values.get("custom_fields") or {}
+                )
+            ],
+        )
 
 
 def _compare_and_set(columns: Sequence[str]) -> Update:
@@ -192,7 +208,20 @@ def update_contact(conn: Connection, change: ContactUpdate) -> Row[Any]:
     row = conn.execute(stmt, _params(change)).one_or_none()
     if row is None:
         raise StaleVersion(change.read_version)
+    _side_values(conn, [change])
     return row
+
+
+def _side_values(conn: Connection, changes: Sequence[ContactUpdate]) -> None:
+    """Keep the side table of custom-field values in step with the written ``custom_fields``."""
+    field_values.replace_values(
+        conn,
+        [
+            (c.team_id, c.contact_id, c.custom_fields_before, c.values["custom_fields"])
+            for c in changes
+            if "custom_fields" in c.values
+        ],
+    )
 
 
 def update_contacts(conn: Connection, changes: Sequence[ContactUpdate]) -> None:
@@ -211,6 +240,7 @@ def update_contacts(conn: Connection, changes: Sequence[ContactUpdate]) -> None:
             written = conn.execute(_compare_and_set(columns), params).rowcount
         if written not in (len(params), -1):
             raise RuntimeError("a locked contact changed under its lock")
+    _side_values(conn, changes)
 
 
 def _compare_and_set_all(columns: Sequence[str], params: Sequence[Mapping[str, Any]]) -> Update:
@@ -263,7 +293,9 @@ def record_history(conn: Connection, records: Sequence[HistoryRecord]) -> None:
 
 
 def delete_contact_rows(conn: Connection, *, team_id: str, contact_id: str) -> None:
-    """Delete a contact and its history records (the caller records the delete itself)."""
+    """Delete a contact, its history records and its custom-field values (the caller
+    records the delete itself)."""
+    field_values.delete_values(conn, contact_id)
     conn.execute(delete(contacts).where(contacts.c.id == contact_id, contacts.c.team_id == team_id))
     conn.execute(delete(contact_history).where(contact_history.c.contact_id == contact_id))
 

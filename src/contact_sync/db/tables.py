@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     MetaData,
+    Numeric,
     String,
     Table,
     Text,
@@ -98,6 +99,22 @@ contacts = Table(
     # What the primary number says (scheduling/numbers.py); kept by the contact writer.
     Column("phone_zone", String(64)),
     Column("phone_state", String(2)),
+)
+
+# The typed side table of the ``cf.`` filters (docs/design.md §13, contacts/field_values.py):
+# one row per value of a contact's custom_fields, kept by the contact writer.
+custom_field_values = Table(
+    "custom_field_values",
+    metadata,
+    # No foreign keys (their check per inserted row costs the worker): the writer deletes
+    # a contact's rows with the contact.
+    Column("team_id", String(36), nullable=False),
+    Column("contact_id", String(36), nullable=False),
+    Column("key", String(64), nullable=False),
+    Column("kind", String(1), nullable=False),
+    Column("num", Numeric, nullable=True),
+    # Byte order on PostgreSQL ("C"): canonical dates and date-times compare as times.
+    Column("txt", Text().with_variant(Text(collation="C"), "postgresql"), nullable=True),
 )
 
 contact_history = Table(

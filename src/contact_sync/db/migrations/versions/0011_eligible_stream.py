@@ -1,7 +1,7 @@
 """A count of outbound attempts on the contact, for the eligible stream (docs/design.md §12).
 
 Revision ID: 0011
-Revises: 0008
+Revises: 0010
 Create Date: 2026-12-04
 
 - ``contacts.attempt_count``: how many ``outbound`` rows the contact has in the calls
@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0009"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
@@ -54,6 +54,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    """Back to 0008."""
+    """Back to 0010."""
     op.drop_index("ix_contacts_callable_places", table_name="contacts")
     op.execute("ALTER TABLE contacts DROP COLUMN attempt_count")  # SQLite 3.35+ has it
