@@ -1466,7 +1466,7 @@ def test_a_nearly_valid_extracted_timezone_or_phone_is_skipped_and_named(
     assert (call["event_id"], call["contact_id"]) == (event["event_id"], target.mine)
     for name in ("contact_history", "processed_events", "calls"):
         after[name] = before[name]
-    read_only = ("call_count", "last_called_at", "last_call_outcome")
+    read_only = ("call_count", "attempt_count", "last_called_at", "last_call_outcome")
     for contact in after["contacts"]:
         contact.update(dict.fromkeys(read_only))
     for contact in before["contacts"]:
