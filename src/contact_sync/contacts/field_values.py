@@ -30,8 +30,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, tuple_
+from sqlalchemy import Connection, delete, select, tuple_
 
+from contact_sync.db.bulk import insert_rows
 from contact_sync.db.tables import contacts, custom_field_values
 
 MAX_INDEXED = 500  # characters of a string kept in ``txt`` (4 bytes each at most)
@@ -101,9 +102,9 @@ def changed_keys(before: Mapping[str, Any], after: Mapping[str, Any]) -> set[str
 
 
 def insert_values(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert side rows in one statement."""
+    """Insert side rows: by COPY when there are many (an import's chunk has ~10 a contact)."""
     if rows:
-        conn.execute(insert(custom_field_values), list(rows))
+        insert_rows(conn, custom_field_values, rows)
 
 
 def replace_values(

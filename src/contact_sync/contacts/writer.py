@@ -18,19 +18,14 @@ transaction.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import orjson
-from psycopg import sql
 from sqlalchemy import (
-    JSON,
     Connection,
     Row,
-    Table,
     Update,
     bindparam,
     delete,
@@ -49,7 +44,7 @@ from contact_sync.contacts.records import (
     provenance_json,
     skip_json,
 )
-from contact_sync.db.bulk import is_postgresql, json_rows
+from contact_sync.db.bulk import insert_rows, is_postgresql, json_rows
 from contact_sync.db.tables import calls, contact_history, contacts
 from contact_sync.errors import StaleVersion
 from contact_sync.ids import new_id
@@ -108,47 +103,6 @@ def _with_number_facts(values: Mapping[str, Any]) -> Mapping[str, Any]:
     return {**values, "phone_zone": zone, "phone_state": state}
 
 
-# From this many rows on, PostgreSQL takes new rows by COPY: an upsert of 2,000 new
-# contacts spent 0.7 ms a row in INSERT executemany (a statement a row in psycopg's
-# pipeline), most of the upsert's time (bench/upsert_contacts.py, docs/design.md §14).
-COPY_FROM_ROWS = 50
-
-
-def _json_text(value: Any) -> str:
-    """A JSON column's value as COPY takes it, encoded as the engine encodes parameters."""
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:  # what orjson refuses (db/engine.py): PostgreSQL judges it
-        return json.dumps(value)
-
-
-def _copy(conn: Connection, table: Table, columns: Sequence[str], rows: list[Any]) -> None:
-    json_columns = {name for name in columns if isinstance(table.c[name].type, JSON)}
-    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
-        sql.Identifier(table.name), sql.SQL(", ").join(map(sql.Identifier, columns))
-    )
-    # The DBAPI connection of the caller's transaction: the rows are in it.
-    driver = conn.connection.driver_connection
-    assert driver is not None
-    with driver.cursor() as cursor, cursor.copy(statement) as copy:
-        for row in rows:
-            copy.write_row(
-                [_json_text(row[name]) if name in json_columns else row[name] for name in columns]
-            )
-
-
-def _insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """Insert ``rows``: by COPY for many on PostgreSQL, one COPY per set of columns given."""
-    if conn.dialect.name != "postgresql" or len(rows) < COPY_FROM_ROWS:
-        conn.execute(insert(table), rows)
-        return
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(tuple(row), []).append(row)
-    for columns, group in groups.items():
-        _copy(conn, table, columns, group)
-
-
 def insert_contacts(conn: Connection, new: Sequence[ContactInsert]) -> None:
     """Insert new contacts in one statement."""
     if new:
@@ -156,7 +110,7 @@ def insert_contacts(conn: Connection, new: Sequence[ContactInsert]) -> None:
             {**_with_number_facts(c.values), "provenance": provenance_json(c.provenance)}
             for c in new
         ]
-        _insert(conn, contacts, rows)
+        insert_rows(conn, contacts, rows)
         field_values.insert_values(
             conn,
             [
