@@ -68,10 +68,12 @@ def test_a_batch_writes_its_rows_with_statements_that_do_not_grow_with_it(
         shapes.append({s for s in statements if "jsonb_to_recordset" in s})
     assert shapes[0] == shapes[1]
     written = " ".join(shapes[0])
-    # The inbox claim and outcomes, the versioned update, the history and the ledger.
+    # The inbox claim and outcomes, the versioned update, the history, the ledger, and the
+    # custom-field side rows the events changed.
     for table in ("processed_events", "contacts", "contact_history", "calls"):
         assert f"INSERT INTO {table} " in written or f"UPDATE {table} " in written
-    assert len(shapes[0]) == 5
+    assert "DELETE FROM custom_field_values USING " in written
+    assert len(shapes[0]) == 6
 
 
 def test_history_rows_read_back_as_written(conn: Connection) -> None:
