@@ -1046,21 +1046,20 @@ def _apply_db_batch(conn: psycopg.Connection[Any], events: Sequence[dict[str, An
             )
 
 
-def run_db(workload: Workload) -> ModeResult:
-    parts: list[list[dict[str, Any]]] = [[] for _ in range(WORKERS)]
-    for event in workload.deliveries:
-        parts[hash(event["phone"]) % WORKERS].append(event)
+def run_in_threads(work: Callable[[Any], None], parts: Sequence[Any]) -> float:
+    """Run ``work`` on each part in a thread of its own, all at once: the wall seconds.
+
+    The first error a thread raised is raised here, after all of them ended.
+    """
     errors: list[BaseException] = []
 
-    def work(events: list[dict[str, Any]]) -> None:
+    def guarded(part: Any) -> None:
         try:
-            with psycopg.connect(db_url(False)) as conn:
-                for start in range(0, len(events), DB_BATCH):
-                    _apply_db_batch(conn, events[start : start + DB_BATCH])
+            work(part)
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(part,)) for part in parts]
+    threads = [threading.Thread(target=guarded, args=(part,)) for part in parts]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -1069,6 +1068,20 @@ def run_db(workload: Workload) -> ModeResult:
     seconds = time.perf_counter() - started
     if errors:
         raise errors[0]
+    return seconds
+
+
+def run_db(workload: Workload) -> ModeResult:
+    parts: list[list[dict[str, Any]]] = [[] for _ in range(WORKERS)]
+    for event in workload.deliveries:
+        parts[hash(event["phone"]) % WORKERS].append(event)
+
+    def work(events: list[dict[str, Any]]) -> None:
+        with psycopg.connect(db_url(False)) as conn:
+            for start in range(0, len(events), DB_BATCH):
+                _apply_db_batch(conn, events[start : start + DB_BATCH])
+
+    seconds = run_in_threads(work, parts)
     result = ModeResult("db", len(workload.deliveries), seconds, "psycopg, 2 threads, 100/txn")
     with psycopg.connect(db_url(False), autocommit=True) as conn:
         if inbox_count(conn) != workload.distinct:
@@ -1155,23 +1168,7 @@ def run_pg_limit(workload: Workload) -> ModeResult:
     captured = capture_statements(workload)
     statements = sum(len(batch) for part in captured for batch in part)
     reset_database()
-    errors: list[BaseException] = []
-
-    def work(batches: list[list[Statement]]) -> None:
-        try:
-            _replay(batches)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(part,)) for part in captured]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - started
-    if errors:
-        raise errors[0]
+    seconds = run_in_threads(_replay, captured)
     batches = sum(len(part) for part in captured)
     result = ModeResult(
         "pg_limit",
