@@ -25,6 +25,7 @@ import pytest
 import redis
 from celery import Celery
 from kombu import Message
+from kombu.asynchronous.timer import Timer
 from sqlalchemy import Engine, func, select
 
 from contact_sync.accounts.teams import create_team
@@ -222,6 +223,7 @@ def _consumer() -> DeadLetteringConsumer:
     """The consumer's handlers alone, on an app (they read its settings), not started."""
     consumer = object.__new__(DeadLetteringConsumer)
     consumer.app = create_app(Settings())
+    consumer.timer = Timer()  # the event loop's timer in a worker; run by hand here
     return consumer
 
 
@@ -240,22 +242,71 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_an_undeliverable_message_the_database_cannot_take_now_stays_unacknowledged(
-    monkeypatch: pytest.MonkeyPatch,
+def _due(timer: Timer) -> Any:
+    """The one call ``timer`` holds, taken off it as the event loop takes what is due."""
+    (scheduled,) = timer.queue
+    timer.clear()
+    return scheduled
+
+
+def test_an_undeliverable_message_the_database_cannot_take_now_is_parked_later(
+    monkeypatch: pytest.MonkeyPatch, pg_engine: Engine
 ) -> None:
     # The consumer runs in the worker's main process: a database error while parking a
     # message raised through Celery's consumer ("Unrecoverable error") and the whole worker
-    # exited, stranding every message it held, during each PostgreSQL restart.
+    # exited, stranding every message it held, during each PostgreSQL restart. Then the
+    # message was left unacknowledged for the broker to deliver again, which RabbitMQ never
+    # does while the channel lives: the chaos run ended with it held, never parked.
     unreachable = make_engine(
         f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/none?connect_timeout=2"
     )
     monkeypatch.setattr(runtime, "_engine", unreachable)
     consumer = _consumer()
     message = _unknown_task_message({"event_id": "evt_later"})
+    unknown: list[object] = []
+    monkeypatch.setattr(
+        "celery.signals.task_unknown.send", lambda **kw: unknown.append(kw["message"])
+    )
 
     consumer.on_unknown_task(None, message, KeyError("contact_sync.no_such_task"))
 
-    assert not message.acked  # Redis hands it out again; it is parked then
+    assert not message.acked
+    assert unknown == []  # sent once parked, not before
+    first = _due(consumer.timer)
+    assert 0.5 < first.eta - time.monotonic() <= 1.0  # a PostgreSQL restart takes ~1 s
+
+    first.entry()  # the database is still down: the next try waits longer
+    assert not message.acked
+    second = _due(consumer.timer)
+    assert 1.5 < second.eta - time.monotonic() <= 2.0
+
+    monkeypatch.setattr(runtime, "_engine", pg_engine)  # back
+    second.entry()
+    assert message.acked
+    assert unknown == [message]
+    assert list(consumer.timer.queue) == []
+    with pg_engine.connect() as conn:
+        assert conn.execute(select(dead_letters.c.event_id)).scalars().all() == ["evt_later"]
+    unreachable.dispose()
+
+
+def test_an_undeliverable_message_on_a_closed_channel_is_left_to_the_broker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Its channel closed, the broker delivers the message again; a park of this copy, and
+    # its acknowledgement on the dead channel, would leave a second dead letter.
+    unreachable = make_engine(
+        f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/none?connect_timeout=2"
+    )
+    monkeypatch.setattr(runtime, "_engine", unreachable)
+    consumer = _consumer()
+    message = _unknown_task_message({"event_id": "evt_redelivered"})
+    message.channel = type("ClosedChannel", (), {"is_open": False})()
+
+    consumer.on_unknown_task(None, message, KeyError("contact_sync.no_such_task"))
+
+    assert not message.acked
+    assert list(consumer.timer.queue) == []
     unreachable.dispose()
 
 

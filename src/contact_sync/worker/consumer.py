@@ -13,7 +13,9 @@ invalid one, ``task_unknown`` and a ``task-failed`` event (when events are
 on) for an unknown task name. An undecodable body also sends
 ``task_rejected``, which Celery itself does not (it only logs): a parked
 message is a refused one, whatever made it so. A message that could not be
-parked (database down) is left for redelivery and sends nothing yet.
+parked (database down) stays unacknowledged and is parked again on the
+consumer's timer, backing off, until it is parked or its channel is gone
+(the broker then delivers it again); it sends nothing until parked.
 
 The queue is a trust boundary (README, "Security"): whoever can write to
 it is a publisher, not an operator. So only the two contract tasks run
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from celery import signals
@@ -62,14 +65,18 @@ def _text(body: Any) -> Any:
     return body
 
 
+# Seconds before parking again a message the database could not take, then the last
+# one for ever: a PostgreSQL restart takes about a second, an outage minutes.
+PARK_RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
 def _park(app: Any, payload: Any, text: str, message: Any) -> bool:
     """Park ``payload`` and acknowledge ``message``; whether it was parked.
 
     This runs in the worker's main process, inside Celery's consumer: an
     exception here stops the whole worker. When the database cannot take
     the dead letter (restarting, say), the message is left unacknowledged
-    instead: Redis hands it out again after the visibility timeout (at once
-    if this worker stops), and it is parked then.
+    instead and the consumer tries again later (``DeadLetteringConsumer.park``).
     """
     event = payload.get("event") if isinstance(payload, dict) else None
     for attempt in (1, 2):
@@ -82,7 +89,7 @@ def _park(app: Any, payload: Any, text: str, message: Any) -> bool:
             if attempt == 1 and is_transient(error):
                 continue
             log.warning(
-                "could not park an undeliverable message; left unacknowledged for redelivery",
+                "could not park an undeliverable message; left unacknowledged, parked later",
                 extra={"reason": "invalid_payload", "error": repr(error)[:500]},
             )
             return False
@@ -91,6 +98,20 @@ def _park(app: Any, payload: Any, text: str, message: Any) -> bool:
     log.warning(text, extra={"outcome": "dead_lettered", "reason": "invalid_payload"})
     message.ack()
     return True
+
+
+def _still_held(message: Any) -> bool:
+    """Whether ``message`` is unacknowledged on a channel that is still open.
+
+    Once its channel closed (a lost connection, a restarted broker) the
+    broker delivers the message again, and acknowledging it on the old
+    channel would fail: a later park would make a second dead letter.
+    """
+    if message.acknowledged:
+        return False
+    channel = message.channel
+    # py-amqp's channels say ``is_open``; kombu's virtual ones (Redis) say ``closed``.
+    return bool(getattr(channel, "is_open", True)) and not getattr(channel, "closed", False)
 
 
 def _park_once(app: Any, payload: Any, event: Any, text: str) -> None:
@@ -223,6 +244,34 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         refuse_compressed_bodies()
         super().__init__(*args, **kwargs)
 
+    def park(
+        self,
+        payload: Any,
+        text: str,
+        message: Any,
+        then: Callable[[], None] | None = None,
+        attempt: int = 0,
+    ) -> None:
+        """Park ``message`` with ``payload`` and run ``then``; else try again later.
+
+        A message the database could not take stays unacknowledged. Redis
+        would hand it out again after its visibility timeout, but RabbitMQ
+        never does while this worker's channel lives: without the retry on
+        the consumer's timer (the event loop's, so nothing blocks) it was
+        held unacknowledged until the worker stopped.
+        """
+        if _park(self.app, payload, text, message):
+            if then is not None:
+                then()
+            return
+        if _still_held(message):
+            delay = PARK_RETRY_DELAYS[min(attempt, len(PARK_RETRY_DELAYS) - 1)]
+            self.timer.call_after(delay, self.park, (payload, text, message, then, attempt + 1))
+
+    def _rejected(self, message: Any, exc: Exception | None) -> Callable[[], None]:
+        """What Celery sends for a message it refuses, sent once it is parked."""
+        return lambda: signals.task_rejected.send(sender=self, message=message, exc=exc)
+
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         """Celery's handler of task messages, behind checks of what the publisher sent.
 
@@ -291,8 +340,8 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
             "body_base64": _base64(message.body),
         }
         exc = InvalidTaskError(f"compressed message ({name!r}) refused")
-        if _park(self.app, payload, f"compressed message refused (compression {name!r})", message):
-            signals.task_rejected.send(sender=self, message=message, exc=exc)
+        text = f"compressed message refused (compression {name!r})"
+        self.park(payload, text, message, self._rejected(message, exc))
 
     def on_task_not_allowed(self, name: str, message: Any) -> None:
         """Park a message for a task other than the two contract tasks, without running it.
@@ -305,15 +354,12 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         if name not in self.app.tasks:
             return self.on_unknown_task(None, message, KeyError(name))
         body = _body(None, message)
-        if not _park(
-            self.app,
+        self.park(
             {"task": name, "event": _first_arg(body), "body": body},
             f"task not allowed {name[:200]!r}: {_ONLY}",
             message,
-        ):
-            return None
-        exc = InvalidTaskError(f"task not allowed: {name[:200]!r}")
-        signals.task_rejected.send(sender=self, message=message, exc=exc)
+            self._rejected(message, InvalidTaskError(f"task not allowed: {name[:200]!r}")),
+        )
         return None
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
@@ -330,17 +376,15 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
             if isinstance(malformed, str)
             else f"message body could not be decoded: {exc}"
         )
-        if _park(self.app, {"raw_body": _text(message.body)}, reason, message):
-            signals.task_rejected.send(sender=self, message=message, exc=exc)
+        self.park({"raw_body": _text(message.body)}, reason, message, self._rejected(message, exc))
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
-        if _park(
-            self.app,
+        self.park(
             {"raw_body": _body(body, message)},
             "message is not a Celery task message",
             message,
-        ):
-            signals.task_rejected.send(sender=self, message=message, exc=None)
+            self._rejected(message, None),
+        )
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
         body = _body(body, message)
@@ -349,24 +393,25 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         name, task_id = (
             (fields.get("task"), fields.get("id")) if isinstance(fields, dict) else (None, None)
         )
-        if not _park(
-            self.app,
+
+        def unknown() -> None:
+            # Made by Celery's Events bootstep; it sends only while task events are on.
+            dispatcher = getattr(self, "event_dispatcher", None)
+            if dispatcher:
+                dispatcher.send("task-failed", uuid=task_id, exception=f"NotRegistered({name!r})")
+            signals.task_unknown.send(sender=self, message=message, exc=exc, name=name, id=task_id)
+
+        self.park(
             {"task": name, "event": _first_arg(body), "body": body},
             f"unknown task {str(name)[:200]!r}: {_ONLY}",
             message,
-        ):
-            return
-        # Made by Celery's Events bootstep; it sends only while task events are on.
-        dispatcher = getattr(self, "event_dispatcher", None)
-        if dispatcher:
-            dispatcher.send("task-failed", uuid=task_id, exception=f"NotRegistered({name!r})")
-        signals.task_unknown.send(sender=self, message=message, exc=exc, name=name, id=task_id)
+            unknown,
+        )
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
-        if _park(
-            self.app,
+        self.park(
             {"body": _body(body, message), "headers": _text(str(message.headers))},
             f"invalid task message: {exc}",
             message,
-        ):
-            signals.task_rejected.send(sender=self, message=message, exc=exc)
+            self._rejected(message, exc),
+        )
