@@ -11,6 +11,7 @@ Run from the repository root::
     python bench/profile_apply.py                    # 3 rounds of 5,000 events, CPU per event
     python bench/profile_apply.py --profile 25       # and the top 25 functions (cProfile)
     python bench/profile_apply.py --rounds 1 --events 2000
+    python bench/profile_apply.py --statements       # and the wall time of each statement
 
 The collector is set up as in a pool process (``worker/runtime.settle_collector``: start-up
 objects frozen, rarer young collections; only frozen for code older than it) unless
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from psycopg import sql
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine, event
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
@@ -62,12 +63,50 @@ def backend_cpu(conn: Connection) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+class StatementClock:
+    """Wall time and count of each statement the engine runs, by its first words.
+
+    The wall time is the client's wait: the round trip and PostgreSQL's
+    execution. COPY goes through psycopg directly and is not seen here: it is
+    in the round's wall time, beside what this lists.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.times: dict[str, list[float]] = {}
+        self._started: list[float] = []
+        event.listen(engine, "before_cursor_execute", self._before)
+        event.listen(engine, "after_cursor_execute", self._after)
+
+    def _before(self, *_: Any) -> None:
+        self._started.append(time.perf_counter())
+
+    def _after(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        took = time.perf_counter() - self._started.pop()
+        key = " ".join(statement.split())[:90]
+        self.times.setdefault(key, []).append(took)
+
+    def report(self, events: int, wall: float) -> None:
+        total = sum(sum(t) for t in self.times.values())
+        print(f"statements: {total * 1000 / events:.3f} ms/event of {wall * 1000 / events:.3f}")
+        ranked = sorted(self.times.items(), key=lambda kv: -sum(kv[1]))
+        for key, took in ranked[:25]:
+            print(
+                f"  {sum(took) * 1000 / events:7.3f} ms/event {len(took):6d}x"
+                f" {statistics.median(took) * 1000:7.2f} ms median  {key}"
+            )
+
+
 def one_round(
-    deliveries: Sequence[dict[str, Any]], batch: int, profiler: cProfile.Profile | None
+    deliveries: Sequence[dict[str, Any]],
+    batch: int,
+    profiler: cProfile.Profile | None,
+    statements: bool = False,
 ) -> tuple[float, float]:
     """(client ms/event, backend ms/event) of applying ``deliveries`` on a fresh database."""
     wt.reset_database()
     engine = make_engine(wt.db_url())
+    clock = StatementClock(engine) if statements else None
+    began_wall = time.perf_counter()
     try:
         with engine.connect() as conn:
             conn.commit()
@@ -84,6 +123,8 @@ def one_round(
                     profiler.disable()
                 cpu += time.process_time() - began
             server = backend_cpu(conn) - server
+        if clock is not None:
+            clock.report(len(deliveries), time.perf_counter() - began_wall)
     finally:
         engine.dispose()
     return cpu * 1000 / len(deliveries), server * 1000 / len(deliveries)
@@ -97,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", type=int, default=0, help="print the top N functions")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
+        "--statements", action="store_true", help="print each statement's wall time a round"
+    )
+    parser.add_argument(
         "--stock-gc", action="store_true", help="keep Python's collector settings (no freeze)"
     )
     args = parser.parse_args(argv)
@@ -109,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     clients, servers = [], []
     try:
         for index in range(args.rounds):
-            client, server = one_round(workload.deliveries, args.batch, profiler)
+            client, server = one_round(workload.deliveries, args.batch, profiler, args.statements)
             clients.append(client)
             servers.append(server)
             print(

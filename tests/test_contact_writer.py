@@ -283,3 +283,93 @@ def test_only_the_contact_writer_writes_contact_rows_or_history() -> None:
         for statement in _statements_writing(path, {"contacts", "contact_history"})
     ]
     assert writers == []
+
+
+# --- the call fields (docs/design.md §11) ------------------------------------------------
+
+
+def _ledger_row(conn: Connection, contact: Any, **values: Any) -> None:
+    from contact_sync.db.tables import calls
+
+    conn.execute(
+        calls.insert().values(
+            id=values["call_id"],
+            team_id=contact.team_id,
+            contact_id=contact.id,
+            recorded_at=AT,
+            **values,
+        )
+    )
+
+
+def test_the_call_fields_are_what_the_ledger_says_and_none_for_a_contact_without_calls(
+    engine: Engine, team: Team
+) -> None:
+    called, quiet = (make_contact(engine, team.id) for _ in range(2))
+    later = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
+    with engine.begin() as conn:
+        for call_id, event_id, direction, outcome, ended_at in [
+            ("c1", "evt_1", "outbound", "no_answer", AT),
+            ("c2", "evt_B", "inbound", "voicemail", later),
+            # Same end as c2: the larger event id in code-point order is the newer ("a" > "B").
+            ("c3", "evt_a", "outbound", "connected", later),
+        ]:
+            _ledger_row(
+                conn,
+                called,
+                call_id=call_id,
+                event_id=event_id,
+                direction=direction,
+                outcome=outcome,
+                ended_at=ended_at,
+            )
+        found = contact_writer.call_fields(conn, [called.id, quiet.id])
+
+    assert found[quiet.id] == dict(contact_writer.NO_CALLS)
+    assert found[called.id] == {
+        "call_count": 3,
+        "attempt_count": 2,
+        "last_called_at": later,
+        "last_call_outcome": "connected",
+    }
+
+
+def test_writing_the_call_fields_alone_leaves_the_version_and_the_history_alone(
+    engine: Engine, team: Team
+) -> None:
+    row = contact_row(engine, make_contact(engine, team.id).id)
+    fields = {
+        "call_count": 2,
+        "attempt_count": 1,
+        "last_called_at": AT,
+        "last_call_outcome": "connected",
+    }
+    with engine.begin() as conn:
+        contact_writer.write_call_fields(conn, {row.id: fields})
+        history = conn.execute(select(contact_history.c.id)).all()
+
+    after = contact_row(engine, row.id)
+    assert {name: getattr(after, name) for name in fields} == fields
+    assert (after.version, after.updated_at) == (row.version, row.updated_at)
+    assert len(history) == 1  # the create's record only
+
+
+def test_an_applied_event_writes_its_contact_once_with_the_call_fields_on_its_next_version(
+    pg_engine: Engine,
+) -> None:
+    # The call fields used to be a second update of the same rows after the versioned one:
+    # a second copy of each contact's whole row (2-3 KB and its index entries) a batch.
+    team = make_team(pg_engine)
+    contact = make_contact(pg_engine, team.id, phone="+12025550143")
+    event = call_event(team.id, contact_id=contact.id, extraction={"tags": ["roof"]})
+    with pg_engine.begin() as conn:
+        (outcome,) = apply_payloads(conn, [event])
+        updates = conn.execute(
+            text("SELECT pg_stat_get_xact_tuples_updated('contacts'::regclass)")
+        ).scalar_one()
+
+    assert outcome.outcome == "applied"
+    assert updates == 1
+    after = contact_row(pg_engine, contact.id)
+    assert (after.version, after.tags, after.call_count) == (2, ["roof"], 1)
+    assert (after.attempt_count, after.last_call_outcome) == (1, "completed")

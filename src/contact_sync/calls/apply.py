@@ -4,7 +4,8 @@ A batch is applied with a fixed number of set-based statements, whatever
 its size: one inbox claim, one lookup per kind of resolution, a look at
 the suppression list for new contacts' numbers, one insert of new
 contacts, one versioned update of changed contacts, one insert of history
-records, and the calls ledger's read, upsert and contact refresh
+records, and the calls ledger's read and upsert and a read of the
+touched contacts' call fields, which ride on their versioned update
 (docs/design.md §11). Each event keeps every guarantee it has alone: its own
 idempotency (the inbox), its own dead letter, its own history record, and a
 version bump of exactly one when it changed something. Events are keyed by
@@ -222,15 +223,24 @@ def _insert(target: _Contact, now: datetime) -> ContactInsert:
     return ContactInsert(values, target.state.provenance)
 
 
-def _update(target: _Contact, row: Row[Any], now: datetime) -> ContactUpdate | None:
+def _update(
+    target: _Contact, row: Row[Any], now: datetime, calls: dict[str, dict[str, Any]]
+) -> ContactUpdate | None:
+    """The contact's next version, with its call fields from ``calls`` (taken from it)."""
     changed = target.version != row.version
     if not changed and not target.state.provenance.changed():
         return None  # nothing new, not even a newer observation of a value
+    call_fields = calls.pop(target.id, {})
+    if all(getattr(row, name) == value for name, value in call_fields.items()):
+        call_fields = {}  # all four or none: one statement for the batch's updates
     return ContactUpdate(
         contact_id=target.id,
         read_version=row.version,
         version=target.version,
-        values={name: getattr(target.state, name) for name in STATE_FIELDS},
+        values={
+            **{name: getattr(target.state, name) for name in STATE_FIELDS},
+            **call_fields,
+        },
         provenance=target.state.provenance,
         updated_at=now if changed else row.updated_at,
         team_id=row.team_id,
@@ -238,11 +248,28 @@ def _update(target: _Contact, row: Row[Any], now: datetime) -> ContactUpdate | N
     )
 
 
-def _write(conn: Connection, targets: list[_Contact], now: datetime) -> None:
-    """Store the batch's contacts and history: a fixed number of statements."""
+def _write(
+    conn: Connection, targets: list[_Contact], known: dict[str, Team], now: datetime
+) -> None:
+    """Store the batch's contacts, calls and history: a fixed number of statements.
+
+    The calls go to the ledger before the contacts' next versions are written,
+    so that a contact's call fields ride on its one update: a second update of
+    the same rows wrote each contact's whole row (2-3 KB, ten indexes) again.
+    """
     contact_writer.insert_contacts(conn, [_insert(t, now) for t in targets if t.row is None])
-    updates = [_update(t, t.row, now) for t in targets if t.row is not None]
+    touched = ledger_store.write_calls(conn, _calls(targets, known), now)
+    calls = contact_writer.call_fields(conn, touched)
+    updates = [_update(t, t.row, now, calls) for t in targets if t.row is not None]
     contact_writer.update_contacts(conn, [u for u in updates if u is not None])
+    # What is left: new contacts, unchanged ones and those a re-analysed call left.
+    for target in targets:
+        row = target.row
+        if row is not None and all(
+            getattr(row, k) == v for k, v in calls.get(target.id, {}).items()
+        ):
+            calls.pop(target.id, None)
+    contact_writer.write_call_fields(conn, calls)
     contact_writer.record_history(conn, [record for t in targets for record in t.history])
 
 
@@ -454,8 +481,7 @@ def apply_payloads(
     _claim(batch)
     targets = _resolve(batch, known)
     applied = _merge(batch, targets, known, min_confidence)
-    _write(conn, targets, batch.now)  # phase 6, then the calls ledger
-    ledger_store.write_calls(conn, _calls(targets, known), batch.now)
+    _write(conn, targets, known, batch.now)  # phase 6, the calls ledger with it
     inbox.record_outcomes(conn, applied)
     return [batch.outcomes[index] for index in sorted(batch.outcomes)]
 

@@ -1,12 +1,11 @@
 """The calls ledger's SQL (docs/design.md §11); its rules are in ``calls/ledger.py``.
 
 The event apply writes a batch's calls with a fixed number of statements: one
-read of the stored rows of the batch's calls, one upsert of the rows that are
-newer, and the contact writer's update of the touched contacts' ``call_count``,
-``last_called_at`` and ``last_call_outcome``, recomputed from their rows (so they are what the
-ledger says whatever the delivery order). That update leaves ``version``,
-``updated_at`` and the history alone: the three fields are read-only and not
-versioned. Nothing here begins or commits: it runs in the caller's transaction.
+read of the stored rows of the batch's calls and one upsert of the rows that are
+newer. It is told which contacts that touched; it then reads their call fields
+back from the ledger and writes them with the contacts' next versions
+(``contacts.writer.call_fields``). Nothing here begins or commits: it runs in the
+caller's transaction.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contact_sync.calls.ledger import CallKey, CallRecord, is_newer, newest_per_call
-from contact_sync.contacts.writer import by_code_point, refresh_call_fields
+from contact_sync.contacts.writer import by_code_point
 from contact_sync.db.bulk import is_postgresql, json_rows
 from contact_sync.db.tables import calls
 from contact_sync.ids import new_id
@@ -85,24 +84,24 @@ def _upsert(conn: Connection, records: Sequence[CallRecord], now: datetime) -> N
         conn.execute(stmt.returning(calls.c.id), _rows(records, now))
 
 
-def write_calls(conn: Connection, records: Sequence[CallRecord], now: datetime) -> None:
+def write_calls(conn: Connection, records: Sequence[CallRecord], now: datetime) -> set[str]:
     """Record applied events' calls; a call's older event leaves its row as it was.
 
-    The contacts touched are those of the rows written and those the replaced
-    rows belonged to (a re-analysis may name another contact).
+    Returns the contacts whose call fields may have changed: those of the rows
+    written and those the replaced rows belonged to (a re-analysis may name
+    another contact). The caller recomputes their fields.
     """
     newest = newest_per_call(records)
     if not newest:
-        return
+        return set()
     stored = _stored(conn, [r.key for r in newest])
     written = [r for r in newest if is_newer(r, _order(stored.get(r.key)))]
     if not written:
-        return
+        return set()
     _upsert(conn, written, now)
-    touched = {r.contact_id for r in written} | {
+    return {r.contact_id for r in written} | {
         stored[r.key].contact_id for r in written if r.key in stored
     }
-    refresh_call_fields(conn, touched)
 
 
 def list_calls(

@@ -24,14 +24,19 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     Connection,
     Row,
+    String,
     Update,
     bindparam,
+    cast,
     delete,
     func,
     insert,
     select,
+    true,
+    tuple_,
     update,
 )
 
@@ -263,34 +268,95 @@ def by_code_point(conn: Connection, column: Any) -> Any:
     return column.collate("C") if conn.dialect.name == "postgresql" else column
 
 
-def refresh_call_fields(conn: Connection, contact_ids: Collection[str]) -> None:
-    """Recompute the contacts' call fields from their ledger rows, in one statement.
+# The contact columns the calls ledger keeps (docs/design.md §11, §12), and what they
+# hold for a contact without calls.
+NO_CALLS: Mapping[str, Any] = {
+    "call_count": 0,
+    "attempt_count": 0,
+    "last_called_at": None,
+    "last_call_outcome": None,
+}
+CALL_FIELDS = tuple(NO_CALLS)
+
+
+def call_fields(conn: Connection, contact_ids: Collection[str]) -> dict[str, dict[str, Any]]:
+    """What the ledger says of each contact's calls, read in one statement: the call fields.
 
     ``call_count``, ``last_called_at`` and ``last_call_outcome`` are read-only
     and not versioned (docs/design.md §11), and so is the internal
-    ``attempt_count`` (outbound rows: the eligible stream's caps, §12). This
-    update leaves ``version``, ``updated_at`` and the history alone, and reads
-    the ledger so that the fields are what it says whatever the delivery order.
+    ``attempt_count`` (outbound rows: the eligible stream's caps, §12). They are
+    recomputed from the ledger rows, so that they are what it says whatever the
+    delivery order. The caller writes them: with the contact's next version
+    when it has one (one new row version, not two: the event apply), else by
+    ``write_call_fields``.
     """
-    if not contact_ids:
-        return
-    mine = calls.c.contact_id == contacts.c.id
+    ids = sorted(contact_ids)
+    found = {contact_id: dict(NO_CALLS) for contact_id in ids}
+    if not ids:
+        return found
+    if is_postgresql(conn):  # one index probe a contact, one statement text for any count
+        touched = (
+            func.unnest(cast(ids, ARRAY(String))).table_valued("id").render_derived(name="touched")
+        )
+        contact_id: Any = touched.c.id
+        source: Any = touched.join(calls, calls.c.contact_id == touched.c.id)
+        wanted: Any = true()
+    else:
+        contact_id, source, wanted = calls.c.contact_id, calls, calls.c.contact_id.in_(ids)
+    latest = calls.alias("latest")
     last_outcome = (
-        select(calls.c.outcome)
-        .where(mine)
-        .order_by(calls.c.ended_at.desc(), by_code_point(conn, calls.c.event_id).desc())
+        select(latest.c.outcome)
+        .where(latest.c.contact_id == contact_id)
+        .order_by(latest.c.ended_at.desc(), by_code_point(conn, latest.c.event_id).desc())
         .limit(1)
         .scalar_subquery()
     )
+    rows = conn.execute(
+        select(
+            contact_id.label("contact_id"),
+            func.count().label("call_count"),
+            func.count().filter(calls.c.direction == "outbound").label("attempt_count"),
+            func.max(calls.c.ended_at).label("last_called_at"),
+            last_outcome.label("last_call_outcome"),
+        )
+        .select_from(source)
+        .where(wanted)
+        .group_by(contact_id)
+    )
+    for row in rows:
+        found[row.contact_id] = {name: getattr(row, name) for name in CALL_FIELDS}
+    return found
+
+
+def write_call_fields(conn: Connection, fields: Mapping[str, Mapping[str, Any]]) -> None:
+    """Set contacts' call fields (``call_fields``) alone, in one statement.
+
+    This leaves ``version``, ``updated_at`` and the history alone; a contact
+    whose fields already say so is not written again (PostgreSQL).
+    """
+    if not fields:
+        return
+    rows = [{"b_id": contact_id, **values} for contact_id, values in sorted(fields.items())]
+    if not is_postgresql(conn):
+        conn.execute(
+            update(contacts)
+            .where(contacts.c.id == bindparam("b_id"))
+            .values({name: bindparam(name) for name in CALL_FIELDS}),
+            rows,
+        )
+        return
+    given = json_rows(contacts, ("b_id", *CALL_FIELDS), rows, extra=_KEYS).subquery()
+    stored = tuple_(*(contacts.c[name] for name in CALL_FIELDS))
     conn.execute(
         update(contacts)
-        .where(contacts.c.id.in_(sorted(contact_ids)))
-        .values(
-            call_count=select(func.count()).where(mine).scalar_subquery(),
-            attempt_count=select(func.count())
-            .where(mine, calls.c.direction == "outbound")
-            .scalar_subquery(),
-            last_called_at=select(func.max(calls.c.ended_at)).where(mine).scalar_subquery(),
-            last_call_outcome=last_outcome,
+        .where(
+            contacts.c.id == given.c.b_id,
+            stored.is_distinct_from(tuple_(*(given.c[name] for name in CALL_FIELDS))),
         )
+        .values({name: given.c[name] for name in CALL_FIELDS})
     )
+
+
+def refresh_call_fields(conn: Connection, contact_ids: Collection[str]) -> None:
+    """Recompute the contacts' call fields from their ledger rows and write them alone."""
+    write_call_fields(conn, call_fields(conn, contact_ids))
