@@ -73,7 +73,8 @@ def test_a_batch_writes_its_rows_with_statements_that_do_not_grow_with_it(
     for table in ("processed_events", "contacts", "contact_history", "calls"):
         assert f"INSERT INTO {table} " in written or f"UPDATE {table} " in written
     assert "DELETE FROM custom_field_values USING " in written
-    assert len(shapes[0]) == 6
+    assert "INSERT INTO custom_field_values " in written  # fewer than COPY_FROM_ROWS here
+    assert len(shapes[0]) == 7
 
 
 def test_history_rows_read_back_as_written(conn: Connection) -> None:
@@ -131,3 +132,37 @@ def test_history_rows_read_back_as_written(conn: Connection) -> None:
 )
 def test_the_quick_text_check_agrees_with_the_walk(value: Any, unstorable: bool) -> None:
     assert has_unstorable(value) is unstorable
+
+
+def test_a_few_rows_go_as_one_json_parameter_and_read_back_exactly(
+    conn: Connection, statements: list[str]
+) -> None:
+    # Fewer than COPY_FROM_ROWS rows: PostgreSQL takes them as one JSON parameter (numbers of
+    # the side table as exact text, JSON columns as documents), SQLite as a list of rows.
+    from decimal import Decimal
+
+    from contact_sync.db.bulk import insert_rows, rows_source
+    from contact_sync.db.tables import custom_field_values
+
+    team = make_team(conn, "Acme Solar")
+    contact = make_contact(conn, team.id)
+    postgresql = conn.dialect.name == "postgresql"
+    # SQLite's NUMERIC affinity keeps a double: a number it holds exactly there.
+    exact = Decimal("12345678901234567890.123456789" if postgresql else "123456789.125")
+    rows = [
+        {"team_id": team.id, "contact_id": contact.id, "key": f"k{i}", "kind": "n", "num": exact}
+        for i in range(3)
+    ]
+    statements.clear()
+    with writing(conn):
+        insert_rows(conn, custom_field_values, rows)
+    stored = conn.execute(
+        select(custom_field_values.c.num).where(custom_field_values.c.contact_id == contact.id)
+    ).scalars()
+    assert list(stored) == [exact] * 3
+    if postgresql:
+        (sent,) = [s for s in statements if s.startswith("INSERT INTO custom_field_values")]
+        assert "jsonb_to_recordset" in sent
+        # Built once per shape: the same statement object for every batch.
+        names = ("team_id", "contact_id", "key")
+        assert rows_source(custom_field_values, names) is rows_source(custom_field_values, names)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, update
@@ -20,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contact_sync.calls.events import CallCompleted
-from contact_sync.db.bulk import is_postgresql, json_rows
+from contact_sync.db.bulk import is_postgresql, rows_parameter, rows_source
 from contact_sync.db.tables import processed_events
 
 EventKey = tuple[str, str]
@@ -51,17 +52,49 @@ def claim(conn: Connection, events: Sequence[CallCompleted], now: datetime) -> s
         {"team_id": e.team_id, "event_id": e.event_id, "outcome": "applied", "processed_at": now}
         for e in sorted(events, key=key_of)  # one lock order for every worker
     ]
-    insert = _insert(conn)(processed_events)
     if is_postgresql(conn):  # the rows as JSON, in lock order (db/bulk.py)
-        insert = insert.from_select(_COLUMNS, json_rows(processed_events, _COLUMNS, rows))
-    stmt = insert.on_conflict_do_update(
+        params = {**rows_parameter(_COLUMNS, rows), "b_now": now}
+        result = conn.execute(_claim_statement(), params)
+    else:  # SQLite: a list of rows, sent as multi-row statements ("insertmanyvalues")
+        stmt = (
+            sqlite_insert(processed_events)
+            .on_conflict_do_update(
+                index_elements=_KEY,
+                set_={"outcome": "applied", "processed_at": now},
+                where=processed_events.c.outcome == "dead_lettered",
+            )
+            .returning(*_KEY)
+        )
+        result = conn.execute(stmt, rows)
+    return {(row.team_id, row.event_id) for row in result}
+
+
+@lru_cache(maxsize=1)
+def _claim_statement() -> Any:
+    """PostgreSQL's claim: built once (db/bulk.py, ``rows_source``)."""
+    insert = pg_insert(processed_events).from_select(
+        _COLUMNS, rows_source(processed_events, _COLUMNS)
+    )
+    now = bindparam("b_now", type_=processed_events.c.processed_at.type)
+    return insert.on_conflict_do_update(
         index_elements=_KEY,
         set_={"outcome": "applied", "processed_at": now},
         where=processed_events.c.outcome == "dead_lettered",
     ).returning(*_KEY)
-    # SQLite: a list of rows, sent as multi-row statements ("insertmanyvalues").
-    result = conn.execute(stmt) if is_postgresql(conn) else conn.execute(stmt, rows)
-    return {(row.team_id, row.event_id) for row in result}
+
+
+@lru_cache(maxsize=1)
+def _outcomes_statement() -> Any:
+    """PostgreSQL's outcomes update: built once (db/bulk.py, ``rows_source``)."""
+    given = rows_source(processed_events, _OUTCOME).subquery()
+    return (
+        update(processed_events)
+        .where(
+            processed_events.c.team_id == given.c.team_id,
+            processed_events.c.event_id == given.c.event_id,
+        )
+        .values(contact_id=given.c.contact_id, outcome=given.c.outcome)
+    )
 
 
 def record_outcomes(conn: Connection, outcomes: Iterable[tuple[EventKey, str | None, str]]) -> None:
@@ -73,15 +106,7 @@ def record_outcomes(conn: Connection, outcomes: Iterable[tuple[EventKey, str | N
     if not rows:
         return
     if is_postgresql(conn):  # one statement, the rows as JSON (db/bulk.py)
-        given = json_rows(processed_events, _OUTCOME, rows).subquery()
-        conn.execute(
-            update(processed_events)
-            .where(
-                processed_events.c.team_id == given.c.team_id,
-                processed_events.c.event_id == given.c.event_id,
-            )
-            .values(contact_id=given.c.contact_id, outcome=given.c.outcome)
-        )
+        conn.execute(_outcomes_statement(), rows_parameter(_OUTCOME, rows))
         return
     conn.execute(
         update(processed_events)

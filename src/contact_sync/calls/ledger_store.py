@@ -12,15 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, or_, select
+from sqlalchemy import Connection, and_, bindparam, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contact_sync.calls.ledger import CallKey, CallRecord, is_newer, newest_per_call
-from contact_sync.contacts.writer import by_code_point
-from contact_sync.db.bulk import is_postgresql, json_rows
+from contact_sync.contacts.writer import code_point_order
+from contact_sync.db.bulk import is_postgresql, rows_parameter, rows_source
 from contact_sync.db.tables import calls
 from contact_sync.ids import new_id
 
@@ -62,26 +63,35 @@ def _upsert(conn: Connection, records: Sequence[CallRecord], now: datetime) -> N
     The condition is checked again in SQL: a concurrent writer of the same call
     may have stored a newer row since ``_stored`` read it.
     """
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(calls)
-    if is_postgresql(conn):
-        stmt = stmt.from_select(_COLUMNS, json_rows(calls, _COLUMNS, _rows(records, now)))
+    if is_postgresql(conn):  # the rows as JSON (db/bulk.py), as the inbox claim
+        params = {**rows_parameter(_COLUMNS, _rows(records, now)), "b_now": now}
+        conn.execute(_upsert_statement(conn.dialect.name), params)
+    else:  # SQLite: the rows as multi-row statements ("insertmanyvalues")
+        rows = [{**row, "b_now": now} for row in _rows(records, now)]
+        conn.execute(_upsert_statement(conn.dialect.name).returning(calls.c.id), rows)
+
+
+@lru_cache(maxsize=2)
+def _upsert_statement(dialect: str) -> Any:
+    """The ledger's upsert on ``dialect``, built once (db/bulk.py, ``rows_source``)."""
+    postgresql = dialect == "postgresql"
+    stmt = (pg_insert if postgresql else sqlite_insert)(calls)
+    if postgresql:
+        stmt = stmt.from_select(_COLUMNS, rows_source(calls, _COLUMNS))
     newer = or_(
         stmt.excluded.ended_at > calls.c.ended_at,
         and_(
             stmt.excluded.ended_at == calls.c.ended_at,
-            by_code_point(conn, stmt.excluded.event_id) > by_code_point(conn, calls.c.event_id),
+            code_point_order(dialect, stmt.excluded.event_id)
+            > code_point_order(dialect, calls.c.event_id),
         ),
     )
-    stmt = stmt.on_conflict_do_update(
+    now = bindparam("b_now", type_=calls.c.recorded_at.type)
+    return stmt.on_conflict_do_update(
         index_elements=[calls.c.team_id, calls.c.call_id],
         set_={**{name: stmt.excluded[name] for name in _REPLACED}, "recorded_at": now},
         where=newer,
     )
-    if is_postgresql(conn):  # the rows as JSON (db/bulk.py), as the inbox claim
-        conn.execute(stmt)
-    else:  # SQLite: the rows as multi-row statements ("insertmanyvalues")
-        conn.execute(stmt.returning(calls.c.id), _rows(records, now))
 
 
 def write_calls(conn: Connection, records: Sequence[CallRecord], now: datetime) -> set[str]:

@@ -28,11 +28,12 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, Delete, delete, select, tuple_
 
-from contact_sync.db.bulk import insert_rows, is_postgresql, json_rows
+from contact_sync.db.bulk import insert_rows, is_postgresql, rows_parameter, rows_source
 from contact_sync.db.tables import contacts, custom_field_values
 
 MAX_INDEXED = 500  # characters of a string kept in ``txt`` (4 bytes each at most)
@@ -142,11 +143,13 @@ def replace_values(
     if whole:
         conn.execute(delete(custom_field_values).where(custom_field_values.c.contact_id.in_(whole)))
     if partial:  # one statement for the batch, not one per key
-        conn.execute(_delete_pairs(conn, partial))
+        conn.execute(*_delete_pairs(conn, partial))
     insert_values(conn, rows)
 
 
-def _delete_pairs(conn: Connection, pairs: list[tuple[str, str]]) -> Delete:
+def _delete_pairs(
+    conn: Connection, pairs: list[tuple[str, str]]
+) -> tuple[Delete, dict[str, str] | None]:
     """``DELETE`` of the rows of these (contact, key) pairs.
 
     On PostgreSQL the pairs travel as one JSON parameter joined by ``USING``: a
@@ -156,9 +159,19 @@ def _delete_pairs(conn: Connection, pairs: list[tuple[str, str]]) -> Delete:
     """
     cfv = custom_field_values
     if not is_postgresql(conn):
-        return delete(cfv).where(tuple_(cfv.c.contact_id, cfv.c.key).in_(pairs))
+        return delete(cfv).where(tuple_(cfv.c.contact_id, cfv.c.key).in_(pairs)), None
     rows = [{"contact_id": contact_id, "key": key} for contact_id, key in pairs]
-    given = json_rows(cfv, ("contact_id", "key"), rows).subquery()
+    return _delete_rows(), rows_parameter(_PAIR, rows)
+
+
+_PAIR = ("contact_id", "key")
+
+
+@lru_cache(maxsize=1)
+def _delete_rows() -> Delete:
+    """PostgreSQL's ``_delete_pairs``: built once (db/bulk.py, ``rows_source``)."""
+    cfv = custom_field_values
+    given = rows_source(cfv, _PAIR).subquery()
     return delete(cfv).where(cfv.c.contact_id == given.c.contact_id, cfv.c.key == given.c.key)
 
 

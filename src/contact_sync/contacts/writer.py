@@ -21,16 +21,17 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
     ARRAY,
     Connection,
     Row,
+    Select,
     String,
     Update,
     bindparam,
-    cast,
     delete,
     func,
     insert,
@@ -49,7 +50,7 @@ from contact_sync.contacts.records import (
     provenance_json,
     skip_json,
 )
-from contact_sync.db.bulk import insert_rows, is_postgresql, json_rows
+from contact_sync.db.bulk import insert_rows, is_postgresql, rows_parameter, rows_source
 from contact_sync.db.tables import calls, contact_history, contacts
 from contact_sync.errors import StaleVersion
 from contact_sync.ids import new_id
@@ -147,7 +148,7 @@ def _compare_and_set(columns: Sequence[str]) -> Update:
     )
 
 
-_KEYS = {"b_id": contacts.c.id.type, "b_read": contacts.c.version.type}
+_KEYS = (("b_id", contacts.c.id.type), ("b_read", contacts.c.version.type))
 
 
 def _params(change: ContactUpdate) -> dict[str, Any]:
@@ -194,7 +195,7 @@ def update_contacts(conn: Connection, changes: Sequence[ContactUpdate]) -> None:
         groups.setdefault(tuple(_with_number_facts(change.values)), []).append(_params(change))
     for columns, params in groups.items():
         if is_postgresql(conn):  # one statement, the rows as JSON (db/bulk.py)
-            written = conn.execute(_compare_and_set_all(columns, params)).rowcount
+            written = conn.execute(*_compare_and_set_all(columns, params)).rowcount
         else:
             written = conn.execute(_compare_and_set(columns), params).rowcount
         if written not in (len(params), -1):
@@ -202,14 +203,20 @@ def update_contacts(conn: Connection, changes: Sequence[ContactUpdate]) -> None:
     _side_values(conn, changes)
 
 
-def _compare_and_set_all(columns: Sequence[str], params: Sequence[Mapping[str, Any]]) -> Update:
-    """``_compare_and_set`` of many contacts at once, their parameters given as arrays."""
+def _compare_and_set_all(columns: Sequence[str], params: Sequence[Mapping[str, Any]]) -> Any:
+    """``_compare_and_set`` of many contacts at once: its statement and parameter (the rows)."""
     names = (*columns, "provenance", "version", "updated_at")
     rows = [
         {"b_id": p["b_id"], "b_read": p["b_read"], **{n: p[f"b_{n}"] for n in names}}
         for p in params
     ]
-    given = json_rows(contacts, ("b_id", "b_read", *names), rows, extra=_KEYS).subquery()
+    return _compare_and_set_rows(names), rows_parameter(("b_id", "b_read", *names), rows)
+
+
+@lru_cache(maxsize=64)
+def _compare_and_set_rows(names: tuple[str, ...]) -> Update:
+    """The statement of ``_compare_and_set_all``, built once per set of columns."""
+    given = rows_source(contacts, ("b_id", "b_read", *names), _KEYS).subquery()
     return (
         update(contacts)
         .where(contacts.c.id == given.c.b_id, contacts.c.version == given.c.b_read)
@@ -239,14 +246,21 @@ def _history_row(record: HistoryRecord) -> dict[str, Any]:
     }
 
 
+@lru_cache(maxsize=1)
+def _history_insert() -> Any:
+    """PostgreSQL's insert of history records: built once (db/bulk.py, ``rows_source``)."""
+    return insert(contact_history).from_select(
+        _HISTORY_COLUMNS, rows_source(contact_history, _HISTORY_COLUMNS)
+    )
+
+
 def record_history(conn: Connection, records: Sequence[HistoryRecord]) -> None:
     """Insert history records in one statement."""
     if not records:
         return
     rows = [_history_row(record) for record in records]
     if is_postgresql(conn):  # one short statement, the rows as JSON (db/bulk.py)
-        select_rows = json_rows(contact_history, _HISTORY_COLUMNS, rows)
-        conn.execute(insert(contact_history).from_select(_HISTORY_COLUMNS, select_rows))
+        conn.execute(_history_insert(), rows_parameter(_HISTORY_COLUMNS, rows))
     else:
         conn.execute(insert(contact_history), rows)
 
@@ -260,12 +274,17 @@ def delete_contact_rows(conn: Connection, *, team_id: str, contact_id: str) -> N
 
 
 def by_code_point(conn: Connection, column: Any) -> Any:
-    """``column`` compared as Python compares text (the merge's order, docs/design.md §4.1).
+    """``column`` compared as Python compares text (the merge's order, docs/design.md §4.1)."""
+    return code_point_order(conn.dialect.name, column)
+
+
+def code_point_order(dialect: str, column: Any) -> Any:
+    """``by_code_point`` for a statement built once per dialect.
 
     PostgreSQL would use the database's collation (``en_US`` sorts ``a_b``
     after ``ab``); SQLite compares UTF-8 bytes, which is code-point order.
     """
-    return column.collate("C") if conn.dialect.name == "postgresql" else column
+    return column.collate("C") if dialect == "postgresql" else column
 
 
 # The contact columns the calls ledger keeps (docs/design.md §11, §12), and what they
@@ -294,24 +313,32 @@ def call_fields(conn: Connection, contact_ids: Collection[str]) -> dict[str, dic
     found = {contact_id: dict(NO_CALLS) for contact_id in ids}
     if not ids:
         return found
-    if is_postgresql(conn):  # one index probe a contact, one statement text for any count
-        touched = (
-            func.unnest(cast(ids, ARRAY(String))).table_valued("id").render_derived(name="touched")
-        )
+    for row in conn.execute(_call_fields_read(conn.dialect.name), {"ids": ids}):
+        found[row.contact_id] = {name: getattr(row, name) for name in CALL_FIELDS}
+    return found
+
+
+@lru_cache(maxsize=2)
+def _call_fields_read(dialect: str) -> Select[Any]:
+    """The statement of ``call_fields`` on ``dialect``, built once (parameter ``ids``)."""
+    if dialect == "postgresql":  # one index probe a contact, one statement text for any count
+        given = bindparam("ids", type_=ARRAY(String))
+        touched = func.unnest(given).table_valued("id").render_derived(name="touched")
         contact_id: Any = touched.c.id
         source: Any = touched.join(calls, calls.c.contact_id == touched.c.id)
         wanted: Any = true()
     else:
-        contact_id, source, wanted = calls.c.contact_id, calls, calls.c.contact_id.in_(ids)
+        contact_id, source = calls.c.contact_id, calls
+        wanted = calls.c.contact_id.in_(bindparam("ids", expanding=True))
     latest = calls.alias("latest")
     last_outcome = (
         select(latest.c.outcome)
         .where(latest.c.contact_id == contact_id)
-        .order_by(latest.c.ended_at.desc(), by_code_point(conn, latest.c.event_id).desc())
+        .order_by(latest.c.ended_at.desc(), code_point_order(dialect, latest.c.event_id).desc())
         .limit(1)
         .scalar_subquery()
     )
-    rows = conn.execute(
+    return (
         select(
             contact_id.label("contact_id"),
             func.count().label("call_count"),
@@ -323,9 +350,6 @@ def call_fields(conn: Connection, contact_ids: Collection[str]) -> dict[str, dic
         .where(wanted)
         .group_by(contact_id)
     )
-    for row in rows:
-        found[row.contact_id] = {name: getattr(row, name) for name in CALL_FIELDS}
-    return found
 
 
 def write_call_fields(conn: Connection, fields: Mapping[str, Mapping[str, Any]]) -> None:
@@ -345,9 +369,15 @@ def write_call_fields(conn: Connection, fields: Mapping[str, Mapping[str, Any]])
             rows,
         )
         return
-    given = json_rows(contacts, ("b_id", *CALL_FIELDS), rows, extra=_KEYS).subquery()
+    conn.execute(_call_fields_update(), rows_parameter(("b_id", *CALL_FIELDS), rows))
+
+
+@lru_cache(maxsize=1)
+def _call_fields_update() -> Update:
+    """PostgreSQL's ``write_call_fields``: built once (db/bulk.py, ``rows_source``)."""
+    given = rows_source(contacts, ("b_id", *CALL_FIELDS), _KEYS[:1]).subquery()
     stored = tuple_(*(contacts.c[name] for name in CALL_FIELDS))
-    conn.execute(
+    return (
         update(contacts)
         .where(
             contacts.c.id == given.c.b_id,

@@ -14,6 +14,8 @@ than it saved (README, Performance). SQLite keeps the row lists.
 
 New rows in bulk (an upsert's or an import's chunk: contacts and their custom-field
 side rows) go by COPY instead, from ``COPY_FROM_ROWS`` rows on (``insert_rows``).
+Statements on these rows are built once per shape (``rows_source``) and executed
+with the rows as their parameter.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -43,17 +47,27 @@ from sqlalchemy.types import TypeEngine
 
 
 def _rows_json(rows: list[dict[str, Any]]) -> str:
-    """The rows as JSON text: orjson writes times itself, the json module's fallback is told how."""
+    """The rows as JSON text: orjson writes times itself, the json module's fallback is told how.
+
+    A ``Decimal`` (the side rows' numbers) goes as its exact text, which
+    PostgreSQL reads into a ``numeric`` column as it would a number.
+    """
     try:
-        return orjson.dumps(rows).decode()
+        return orjson.dumps(rows, default=_decimal).decode()
     except TypeError:  # a value orjson refuses (see db/engine.py): PostgreSQL judges it
         return json.dumps(rows, default=_iso)
+
+
+def _decimal(value: Any) -> str:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def _iso(value: Any) -> str:
     if isinstance(value, datetime):
         return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON")
+    return _decimal(value)
 
 
 def is_postgresql(conn: Connection) -> bool:
@@ -61,28 +75,35 @@ def is_postgresql(conn: Connection) -> bool:
     return conn.dialect.name == "postgresql"
 
 
-def json_rows(
-    table: Table,
-    names: Sequence[str],
-    rows: Sequence[Mapping[str, Any]],
-    *,
-    extra: Mapping[str, TypeEngine[Any]] | None = None,
-) -> Select[Any]:
-    """``SELECT`` of ``rows`` (each with ``names``), typed as ``table``'s columns.
+# The parameter that carries the rows of a statement built on ``rows_source``.
+JSON_ROWS = "json_rows"
+Extra = tuple[tuple[str, TypeEngine[Any]], ...]
 
-    A name that is not a column of ``table`` takes its type from ``extra``. The
-    rows are sent as one JSON document (times as ISO 8601 with their offset);
-    row order is kept.
+
+@lru_cache(maxsize=256)
+def rows_source(table: Table, names: tuple[str, ...], extra: Extra = ()) -> Select[Any]:
+    """``SELECT`` of rows (each with ``names``) given at execution, typed as ``table``'s columns.
+
+    The rows travel as the parameter ``JSON_ROWS`` (``rows_parameter``): one
+    JSON document, times as ISO 8601 with their offset; row order is kept. A
+    name that is not a column of ``table`` takes its type from ``extra``. Built
+    once per shape, as the statements on it should be (``functools.lru_cache``
+    on their builders): building them again for every batch (columns, proxies,
+    coercions) cost a five-event transaction more CPU than its rows did.
     """
-    types = {name: (extra or {}).get(name) or table.c[name].type for name in names}
-    keys = [str(name) for name in names]  # column names are a subclass of str: orjson refuses
-    document = _rows_json([{key: row[key] for key in keys} for row in rows])
+    types = {name: dict(extra).get(name) or table.c[name].type for name in names}
     records = (
-        func.jsonb_to_recordset(cast(bindparam("json_rows", document, type_=Text()), JSONB))
+        func.jsonb_to_recordset(cast(bindparam(JSON_ROWS, type_=Text()), JSONB))
         .table_valued(*(column(name, types[name]) for name in names))
         .render_derived(with_types=True)
     )
     return select(*(records.c[name] for name in names))
+
+
+def rows_parameter(names: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """The execution parameter of a statement on ``rows_source(..., names)``: ``rows``."""
+    keys = [str(name) for name in names]  # column names are a subclass of str: orjson refuses
+    return {JSON_ROWS: _rows_json([{key: row[key] for key in keys} for row in rows])}
 
 
 # From this many rows on, PostgreSQL takes new rows by COPY: an upsert of 2,000 new
@@ -115,12 +136,25 @@ def _copy(conn: Connection, table: Table, columns: Sequence[str], rows: list[Any
 
 
 def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert ``rows``: by COPY for many on PostgreSQL, one COPY per set of columns given."""
-    if conn.dialect.name != "postgresql" or len(rows) < COPY_FROM_ROWS:
+    """Insert ``rows``, one statement per set of columns given.
+
+    On PostgreSQL by COPY for many, else as one JSON parameter (``rows_source``):
+    executemany sent a Bind and an Execute per row, a five-event batch's side rows
+    costing more than the rest of its writes. SQLite takes the list of rows.
+    """
+    if conn.dialect.name != "postgresql":
         conn.execute(insert(table), list(rows))
         return
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(tuple(row), []).append(row)
     for columns, group in groups.items():
-        _copy(conn, table, columns, group)
+        if len(group) >= COPY_FROM_ROWS:
+            _copy(conn, table, columns, group)
+        else:
+            conn.execute(_insert_from_rows(table, columns), rows_parameter(columns, group))
+
+
+@lru_cache(maxsize=64)
+def _insert_from_rows(table: Table, columns: tuple[str, ...]) -> Any:
+    return insert(table).from_select(columns, rows_source(table, columns))
