@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, or_, select, text, tuple_
+from sqlalchemy import Connection, Row, bindparam, or_, select, text, tuple_
 
 from contact_sync.accounts.teams import Team
 from contact_sync.calls.events import CallCompleted, InvalidEvent
@@ -47,6 +47,28 @@ def _lock_numbers(conn: Connection, keys: list[str]) -> None:
         )
 
 
+# Built once, as the batch's statements are (db/bulk.rows_source); found rows locked in id order.
+_BY_ID = (
+    select(contacts)
+    .where(tuple_(contacts.c.team_id, contacts.c.id).in_(bindparam("pairs", expanding=True)))
+    .order_by(contacts.c.id)
+    .with_for_update(key_share=True)
+)
+_BY_PHONE = (
+    select(contacts)
+    .where(
+        or_(
+            tuple_(contacts.c.team_id, contacts.c.phone).in_(bindparam("numbers", expanding=True)),
+            tuple_(contacts.c.team_id, contacts.c.phone_secondary).in_(
+                bindparam("secondary", expanding=True)
+            ),
+        )
+    )
+    .order_by(contacts.c.id)
+    .with_for_update(key_share=True)
+)
+
+
 def _by_id(conn: Connection, events: list[CallCompleted]) -> dict[EventKey, Resolution]:
     """Events naming their contact: the row, looked up (and locked) within the event's team.
 
@@ -55,12 +77,7 @@ def _by_id(conn: Connection, events: list[CallCompleted]) -> dict[EventKey, Reso
     pairs = sorted({(e.team_id, e.contact_id) for e in events if e.contact_id is not None})
     rows: dict[str, Row[Any]] = {}
     if pairs:
-        for row in conn.execute(
-            select(contacts)
-            .where(tuple_(contacts.c.team_id, contacts.c.id).in_(pairs))
-            .order_by(contacts.c.id)
-            .with_for_update(key_share=True)
-        ):
+        for row in conn.execute(_BY_ID, {"pairs": pairs}):
             rows[row.id] = row
     found: dict[EventKey, Resolution] = {}
     for event in events:
@@ -99,17 +116,7 @@ def _by_phone(
     numbers = sorted({(e.team_id, phone) for e, phone in events})
     _lock_numbers(conn, [f"{team}:{phone}" for team, phone in numbers])
     matches: dict[tuple[str, str], dict[str, Row[Any]]] = {pair: {} for pair in numbers}
-    for row in conn.execute(
-        select(contacts)
-        .where(
-            or_(
-                tuple_(contacts.c.team_id, contacts.c.phone).in_(numbers),
-                tuple_(contacts.c.team_id, contacts.c.phone_secondary).in_(numbers),
-            )
-        )
-        .order_by(contacts.c.id)
-        .with_for_update(key_share=True)
-    ):
+    for row in conn.execute(_BY_PHONE, {"numbers": numbers, "secondary": numbers}):
         for number in (row.phone, row.phone_secondary):
             if (row.team_id, number) in matches:
                 matches[(row.team_id, number)][row.id] = row

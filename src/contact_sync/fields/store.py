@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from contact_sync.clock import utcnow
@@ -162,6 +162,10 @@ def definitions_by_team(
     ids = sorted(set(team_ids))
     if not ids:
         return found
-    for row in conn.execute(select(table).where(table.c.team_id.in_(ids))):
+    for row in conn.execute(_OF_TEAMS, {"ids": ids}):
         found.setdefault(row.team_id, {})[row.key] = definition_from_stored(row._mapping)
     return found
+
+
+# Built once, as a batch's statements are (db/bulk.rows_source).
+_OF_TEAMS = select(table).where(table.c.team_id.in_(bindparam("ids", expanding=True)))
