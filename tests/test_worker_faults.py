@@ -253,6 +253,18 @@ def _due(timer: Timer) -> Any:
     return scheduled
 
 
+@pytest.fixture
+def database_down(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The worker's engine points at a port nothing listens on, as during a restart."""
+    unreachable = make_engine(
+        f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/none?connect_timeout=2"
+    )
+    monkeypatch.setattr(runtime, "_engine", unreachable)
+    yield
+    unreachable.dispose()
+
+
+@pytest.mark.usefixtures("database_down")
 def test_an_undeliverable_message_the_database_cannot_take_now_is_parked_later(
     monkeypatch: pytest.MonkeyPatch, pg_engine: Engine
 ) -> None:
@@ -261,10 +273,6 @@ def test_an_undeliverable_message_the_database_cannot_take_now_is_parked_later(
     # exited, stranding every message it held, during each PostgreSQL restart. Then the
     # message was left unacknowledged for the broker to deliver again, which RabbitMQ never
     # does while the channel lives: the chaos run ended with it held, never parked.
-    unreachable = make_engine(
-        f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/none?connect_timeout=2"
-    )
-    monkeypatch.setattr(runtime, "_engine", unreachable)
     consumer = _consumer()
     message = _unknown_task_message({"event_id": "evt_later"})
     unknown: list[object] = []
@@ -291,18 +299,12 @@ def test_an_undeliverable_message_the_database_cannot_take_now_is_parked_later(
     assert list(consumer.timer.queue) == []
     with pg_engine.connect() as conn:
         assert conn.execute(select(dead_letters.c.event_id)).scalars().all() == ["evt_later"]
-    unreachable.dispose()
 
 
-def test_an_undeliverable_message_on_a_closed_channel_is_left_to_the_broker(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.mark.usefixtures("database_down")
+def test_an_undeliverable_message_on_a_closed_channel_is_left_to_the_broker() -> None:
     # Its channel closed, the broker delivers the message again; a park of this copy, and
     # its acknowledgement on the dead channel, would leave a second dead letter.
-    unreachable = make_engine(
-        f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/none?connect_timeout=2"
-    )
-    monkeypatch.setattr(runtime, "_engine", unreachable)
     consumer = _consumer()
     message = _unknown_task_message({"event_id": "evt_redelivered"})
     message.channel = type("ClosedChannel", (), {"is_open": False})()
@@ -311,7 +313,6 @@ def test_an_undeliverable_message_on_a_closed_channel_is_left_to_the_broker(
 
     assert not message.acked
     assert list(consumer.timer.queue) == []
-    unreachable.dispose()
 
 
 def test_an_undeliverable_message_is_parked_then_acknowledged(
