@@ -231,7 +231,7 @@ def _update(
     if not changed and not target.state.provenance.changed():
         return None  # nothing new, not even a newer observation of a value
     call_fields = calls.pop(target.id, {})
-    if all(getattr(row, name) == value for name, value in call_fields.items()):
+    if _holds(row, call_fields):
         call_fields = {}  # all four or none: one statement for the batch's updates
     return ContactUpdate(
         contact_id=target.id,
@@ -246,6 +246,11 @@ def _update(
         team_id=row.team_id,
         custom_fields_before=row.custom_fields,
     )
+
+
+def _holds(row: Row[Any], values: dict[str, Any]) -> bool:
+    """Whether the stored ``row`` already holds ``values``."""
+    return all(getattr(row, name) == value for name, value in values.items())
 
 
 def _write(
@@ -264,10 +269,7 @@ def _write(
     contact_writer.update_contacts(conn, [u for u in updates if u is not None])
     # What is left: new contacts, unchanged ones and those a re-analysed call left.
     for target in targets:
-        row = target.row
-        if row is not None and all(
-            getattr(row, k) == v for k, v in calls.get(target.id, {}).items()
-        ):
+        if target.row is not None and _holds(target.row, calls.get(target.id, {})):
             calls.pop(target.id, None)
     contact_writer.write_call_fields(conn, calls)
     contact_writer.record_history(conn, [record for t in targets for record in t.history])
