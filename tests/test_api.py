@@ -734,6 +734,40 @@ def test_eligible_answers_data_and_next_cursor(api: Api, callers: dict[str, str]
     }
 
 
+def test_each_eligible_entry_is_what_the_contacts_own_get_answers(api: Api) -> None:
+    # The stream writes its rows straight to JSON, not through the Contact model
+    # (api/json_response.py): the same values, whatever a contact holds.
+    custom = {
+        "unicode": "名前 ✓ Zoë \u2028",
+        "nested": {"list": [1, 2.5, None, True], "deep": {"x": "y"}},
+        "big": 2**63 - 1,
+        "small": -(2**63),
+        "tiny": 1e-300,
+        "third": 0.1,
+    }
+    ids = [
+        api.create(
+            firstName="Zoë",
+            lastName="O'Brien",
+            phone="(202) 555-0100",
+            timezone="America/New_York",
+            customFields=custom,
+            tags=["vip", "ß"],
+        )["id"],
+        api.create(firstName="Plain", phone="(202) 555-0101")["id"],
+    ]
+    response = api.get(ELIGIBLE, params={"at": WEEKDAY_MORNING})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    listed = {c["id"]: c for c in response.json()["data"]}
+    assert set(listed) == set(ids)
+    for contact_id in ids:
+        alone = api.get(f"{CONTACTS}/{contact_id}")
+        assert alone.status_code == 200
+        assert listed[contact_id] == alone.json()
+    assert listed[ids[0]]["custom_fields"] == custom
+
+
 def test_eligible_excludes_do_not_call_phoneless_and_sticky_statuses(api: Api) -> None:
     keep = {api.create(phone="(202) 555-0100", leadStatus=s)["id"] for s in ("new", "qualified")}
     api.create(phone="(202) 555-0100", doNotCall=True)

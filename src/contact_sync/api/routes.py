@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from contact_sync.api.auth import Caller, CallerDep, EngineDep
 from contact_sync.api.errors import error
+from contact_sync.api.json_response import json_response
 from contact_sync.api.params import (
     json_body,
     query_parameters,
@@ -361,7 +362,7 @@ def list_(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str, A
     "`windowEnd` and `defaultTimezone` override the policy for this query only. Keyset-paginated "
     "by id; the cursor carries the walk's `at`; pass the same `cf.` filters with it. " + _CF_DOCS,
 )
-def eligible(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str, Any]:
+def eligible(request: Request, caller: CallerDep, engine: EngineDep) -> Response:
     values = read_query(
         request,
         EligibleQuery,
@@ -373,7 +374,8 @@ def eligible(request: Request, caller: CallerDep, engine: EngineDep) -> dict[str
     with unit_of_work(engine) as uow:
         definitions, region = filter_definitions(uow.conn, values["team_id"], values)
         query = EligibleQuery.parse(values, definitions=definitions, region=region)
-        return list_eligible(uow.conn, query).to_dict()
+        # Rows straight to JSON: no Contact object per row (api/json_response.py).
+        return json_response(list_eligible(uow.conn, query).to_dict())
 
 
 @router.get(
