@@ -735,8 +735,9 @@ def test_eligible_answers_data_and_next_cursor(api: Api, callers: dict[str, str]
 
 
 def test_each_eligible_entry_is_what_the_contacts_own_get_answers(api: Api) -> None:
-    # The stream writes its rows straight to JSON, not through the Contact model
-    # (api/json_response.py): the same values, whatever a contact holds.
+    # The stream's rows reach the response as JSON text (on PostgreSQL written by the
+    # database, contacts/stream_sql.py), not through the Contact model: the same values,
+    # whatever a contact holds.
     custom = {
         "unicode": "名前 ✓ Zoë \u2028",
         "nested": {"list": [1, 2.5, None, True], "deep": {"x": "y"}},
@@ -748,8 +749,9 @@ def test_each_eligible_entry_is_what_the_contacts_own_get_answers(api: Api) -> N
     ids = [
         api.create(
             firstName="Zoë",
-            lastName="O'Brien",
+            lastName='O\'Brien "Quoted" back\\slash',
             phone="(202) 555-0100",
+            notes="tab\tnew line\ncontrol \u0001 and \u007f end",
             timezone="America/New_York",
             customFields=custom,
             tags=["vip", "ß"],

@@ -6,8 +6,10 @@ The stream and the endpoint both decide through it (tests/test_eligibility_api.p
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
@@ -21,6 +23,8 @@ from contact_sync.scheduling.eligibility import (
     Attempt,
     ContactFacts,
     Eligibility,
+    Moment,
+    _day_start,
     evaluate,
     reasons_at,
     rules_for,
@@ -396,3 +400,86 @@ def test_the_default_policy_is_the_one_the_design_writes() -> None:
     assert rules.window == (time(9), time(17))
     assert rules.default_timezone == "America/New_York"
     assert rules.jurisdictions is not None
+
+
+# --- the open places the stream's SQL reads (contacts/stream_sql.py) ------------------
+
+# Zones whose clocks change at or across midnight, by half hours, or not at all.
+ODD_ZONES = [
+    "America/Santiago",  # falls back from 24:00 to 23:00 the day before
+    "America/Havana",  # springs forward at 00:00
+    "Asia/Beirut",  # changes at 00:00
+    "America/Asuncion",
+    "Australia/Lord_Howe",  # 30-minute changes
+    "Pacific/Apia",  # skipped a whole day in 2011
+    "America/New_York",
+    "Europe/London",
+    "UTC",
+]
+
+
+def _check_day_start(zone: ZoneInfo, at: datetime) -> None:
+    """A day start, when given, is where ``at``'s local date begins, with every quarter
+    hour from it to ``at`` on that date (what the day cap counts); it is declined only
+    near a change of offset."""
+    start = _day_start(zone, at)
+    today = at.astimezone(zone).date()
+    quarters = [at - timedelta(minutes=15 * n) for n in range(30 * 4)]
+    if start is None:
+        assert len({moment.astimezone(zone).utcoffset() for moment in quarters}) > 1
+        return
+    assert start.astimezone(zone).date() == today
+    assert (start - timedelta(microseconds=1)).astimezone(zone).date() != today
+    for moment in quarters:
+        assert (moment.astimezone(zone).date() == today) == (moment >= start), moment
+
+
+def _changes(zone: ZoneInfo, year: int) -> list[datetime]:
+    """The hours of ``year`` at which ``zone`` changes its offset."""
+    hours = [datetime(year, 1, 1, tzinfo=UTC) + timedelta(hours=n) for n in range(366 * 24)]
+    return [
+        b
+        for a, b in itertools.pairwise(hours)
+        if a.astimezone(zone).utcoffset() != b.astimezone(zone).utcoffset()
+    ]
+
+
+@pytest.mark.parametrize("zone_name", ODD_ZONES)
+def test_the_local_day_start_is_exact_around_every_change_of_offset(zone_name: str) -> None:
+    zone = ZoneInfo(zone_name)
+    for change in _changes(zone, 2026) + _changes(zone, 2011):
+        for step in range(-6, 31 * 3):
+            _check_day_start(zone, change + timedelta(minutes=20 * step))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    zone_name=st.sampled_from(ODD_ZONES),
+    at=st.datetimes(datetime(2010, 1, 1), datetime(2030, 12, 31)).map(
+        lambda moment: moment.replace(second=0, microsecond=0, tzinfo=UTC)
+    ),
+)
+def test_the_local_day_start_is_exact_or_declined(zone_name: str, at: datetime) -> None:
+    _check_day_start(ZoneInfo(zone_name), at)
+
+
+def test_santiago_repeats_saturdays_last_hour_and_sunday_starts_after_it() -> None:
+    # 2026-04-05 00:00 (-03) turns back to 2026-04-04 23:00 (-04): the hour repeated is
+    # Saturday's, so Saturday runs in one piece and Sunday starts an hour after the change.
+    zone = ZoneInfo("America/Santiago")
+    late_saturday = datetime(2026, 4, 5, 3, 30, tzinfo=UTC)  # 23:30 (-04), the second time
+    assert late_saturday.astimezone(zone).date() == date(2026, 4, 4)
+    assert _day_start(zone, late_saturday) == datetime(2026, 4, 4, 3, 0, tzinfo=UTC)
+    sunday = datetime(2026, 4, 5, 15, 0, tzinfo=UTC)
+    assert _day_start(zone, sunday) == datetime(2026, 4, 5, 4, 0, tzinfo=UTC)
+
+
+def test_an_open_place_carries_its_day_start_and_state_cap() -> None:
+    rules = rules_for(DEFAULT_POLICY)
+    at = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)  # 10:00 in New York, a Friday
+    moment = Moment(rules, at)
+    florida = moment.open_place(("America/New_York", "America/New_York", "FL"))
+    assert florida is not None
+    assert florida.day_start == datetime(2026, 11, 20, 5, 0, tzinfo=UTC)
+    assert florida.state_cap == 3
+    assert moment.open_place(("Asia/Tokyo", None, None)) is None  # 00:00 in Tokyo

@@ -791,3 +791,30 @@ def test_an_invalid_eligible_parameter_is_rejected_naming_it(
 def test_a_naive_at_is_rejected_with_a_message_asking_for_an_offset() -> None:
     details = query_errors(EligibleQuery, {"team_id": "t", "at": datetime(2026, 1, 15, 15)})
     assert "UTC offset" in details["at"]
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),  # whole seconds: no fraction written
+        datetime(2026, 1, 2, 3, 4, 5, 1, tzinfo=UTC),
+        datetime(2026, 1, 2, 3, 4, 5, 500000, tzinfo=UTC),  # trailing zeros kept: .500000
+        datetime(1901, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    ],
+)
+def test_a_stream_document_is_what_the_contact_model_writes(
+    conn: Connection, team: Team, moment: datetime
+) -> None:
+    # On PostgreSQL the database writes each row's JSON (contacts/stream_sql.py): its
+    # datetimes must read as pydantic writes them, and the rest as the model dumps it.
+    contact = make_contact(conn, team.id, phone="(202) 555-1234", notes='a "b" \\ c')
+    conn.execute(
+        update(contacts)
+        .where(contacts.c.id == contact.id)
+        .values(created_at=moment, updated_at=moment, last_called_at=moment)
+    )
+    page = eligible(conn, team_id=team.id)
+    stored = get_contact(conn, team_id=team.id, contact_id=contact.id)
+    assert [json.loads(text) for text in page.documents] == [stored.model_dump(mode="json")]
+    assert page.data == [stored]
+    assert json.loads(page.to_json()) == page.to_dict()

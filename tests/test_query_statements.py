@@ -11,7 +11,7 @@ from sqlalchemy import Connection, event
 
 from contact_sync.accounts.teams import Team, create_team
 from contact_sync.contacts.query import ContactQuery, EligibleQuery, list_contacts, list_eligible
-from tests.factories import insert_call, make_contact
+from tests.factories import insert_call, make_contact, store_policy
 
 
 @pytest.fixture
@@ -64,3 +64,26 @@ def test_an_eligible_page_takes_a_fixed_number_of_queries_whatever_its_size(
         assert page.next_cursor is not None
         # 4 on the first page; later pages of a walk whose places need no filter skip that.
         assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) <= 4
+
+
+def test_an_eligible_page_is_one_statement_however_many_rows_are_refused(
+    conn: Connection, team: Team
+) -> None:
+    # Three contacts in four were called an hour ago with no answer (a 4-hour delay):
+    # PostgreSQL decides them inside the rows' statement (contacts/stream_sql.py); SQLite
+    # reads them in chunks sized to the share refused, so a few more.
+    store_policy(conn, team.id, retry_after={"no_answer": "4h"})
+    at = datetime(2026, 1, 15, 15, tzinfo=UTC)  # 10:00 in New York, a Thursday
+    eligible = []
+    for i in range(80):
+        contact = make_contact(conn, team.id, phone=f"+1202555{3000 + i}")
+        if i % 4:
+            insert_call(conn, team.id, contact.id, ended_at=at - timedelta(hours=1))
+        else:
+            eligible.append(contact.id)
+    with counting(conn) as statements:
+        page = list_eligible(conn, EligibleQuery(team_id=team.id, limit=15, at=at))
+    assert [contact.id for contact in page.data] == sorted(eligible)[:15]
+    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    # The policy, the places ahead, the rows (and on SQLite the chunks' attempts).
+    assert len(selects) == 3 if conn.dialect.name == "postgresql" else len(selects) >= 4

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, time
 from functools import cached_property
 from typing import Annotated, Any
 
+import orjson
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -50,9 +51,14 @@ from contact_sync.contacts.model import Contact, field_errors, iana_timezones, n
 from contact_sync.contacts.phones import search_digits
 from contact_sync.contacts.store import (
     CONTACT_COLUMNS,
-    contact_from_row,
+    contact_from_json,
     contacts_from_rows,
     contacts_json,
+)
+from contact_sync.contacts.stream_sql import (
+    contact_document,
+    eligible_statement,
+    places_parameter,
 )
 from contact_sync.db.tables import contacts
 from contact_sync.errors import ValidationFailed
@@ -513,23 +519,39 @@ class EligibilityQuery(_Query):
 class EligiblePage:
     """A slice of the eligible stream; ``next_cursor`` is None at the end.
 
-    ``rows`` are the contacts as selected: ``to_dict`` serialises them straight
-    to the API's values, with no per-row model object (docs/design.md §12);
-    ``data`` builds the ``Contact`` objects, once, for Python callers that want them.
+    ``documents`` are the contacts as the API's JSON text, each what
+    ``Contact.model_dump(mode="json")`` writes: on PostgreSQL the database
+    writes them (contacts/stream_sql.py), so ``to_json`` hands the response
+    text with no Python object per row or value (docs/design.md §12); ``data``
+    builds the ``Contact`` objects for Python callers that want them.
     """
 
-    rows: Sequence[Any]
+    documents: Sequence[str]
     next_cursor: str | None
 
     @cached_property
     def data(self) -> list[Contact]:
         """The page's contacts as ``Contact`` objects."""
-        return [contact_from_row(row) for row in self.rows]
+        return [contact_from_json(json.loads(text)) for text in self.documents]
 
     def to_dict(self) -> dict[str, Any]:
-        """The API's ``{data, next_cursor}``: each contact as ``Contact.model_dump(mode="json")``
-        gives it (tests/test_query.py holds the two equal)."""
-        return {"data": contacts_json(self.rows), "next_cursor": self.next_cursor}
+        """The API's ``{data, next_cursor}`` as values."""
+        data = [json.loads(text) for text in self.documents]
+        return {"data": data, "next_cursor": self.next_cursor}
+
+    def to_json(self) -> bytes:
+        """The API's ``{data, next_cursor}`` as UTF-8 JSON, joined from the documents."""
+        cursor = json.dumps(self.next_cursor)
+        return f'{{"data":[{",".join(self.documents)}],"next_cursor":{cursor}}}'.encode()
+
+
+def _document(values: dict[str, Any]) -> str:
+    """A contact's API values as compact JSON text (orjson; the json module for the
+    integers past 64 bits that orjson refuses)."""
+    try:
+        return orjson.dumps(values).decode()
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(values, ensure_ascii=False, separators=(",", ":"))
 
 
 def _all_timezones() -> frozenset[str]:
@@ -600,6 +622,19 @@ def _place_key() -> ColumnElement[str]:
     return timezone + sep + phone_zone + sep + phone_state
 
 
+def _places_ahead(conn: Connection, team_id: str, after: str | None) -> list[Any]:
+    """The places of the team's callable contacts after ``after``, each with its count."""
+    where = [contacts.c.team_id == team_id, _CALLABLE]
+    if after is not None:
+        where.append(contacts.c.id > after)
+    return list(conn.execute(select(*_PLACE, func.count()).where(*where).group_by(*_PLACE)).all())
+
+
+def _key_text(place: Any) -> str:
+    """A place as ``_place_key`` writes it."""
+    return "|".join(part or "" for part in place[:3])
+
+
 def _places_open(
     conn: Connection, team_id: str, moment: Moment, after: str | None
 ) -> list[str] | None:
@@ -619,16 +654,13 @@ def _places_open(
     """
     if team_id in moment.unfiltered:
         return None
-    where = [contacts.c.team_id == team_id, _CALLABLE]
-    if after is not None:
-        where.append(contacts.c.id > after)
-    places = conn.execute(select(*_PLACE, func.count()).where(*where).group_by(*_PLACE)).all()
+    places = _places_ahead(conn, team_id, after)
     allowed = [place for place in places if moment.clock_allows((place[0], place[1], place[2]))]
     closed = sum(place[3] for place in places) - sum(place[3] for place in allowed)
     if closed <= _FILTER_SHARE * sum(place[3] for place in places):
         moment.unfiltered.add(team_id)
         return None
-    return ["|".join(part or "" for part in place[:3]) for place in allowed]
+    return [_key_text(place) for place in allowed]
 
 
 _FILTER_SHARE = 0.25
@@ -662,12 +694,82 @@ def list_eligible(conn: Connection, query: EligibleQuery) -> EligiblePage:
         default_timezone=query.default_timezone,
     )
     moment = walk_moment(rules, at)
+    custom = custom_conditions(query.custom_filters, conn.dialect.name, query.team_id)
+    found = _eligible_in_sql(conn, query, moment, after, custom)
+    if found is not None:
+        documents = [row.document for row in found[: query.limit]]
+    else:
+        found = _eligible_in_chunks(conn, query, moment, after, custom)
+        documents = [_document(values) for values in contacts_json(found[: query.limit])]
+    more = len(found) > query.limit
+    return EligiblePage(documents, _encode_cursor(found[query.limit - 1].id, at) if more else None)
+
+
+def _eligible_in_sql(
+    conn: Connection,
+    query: EligibleQuery,
+    moment: Moment,
+    after: str | None,
+    custom: Sequence[ColumnElement[bool]],
+) -> list[Any] | None:
+    """The page and one more row, decided by one statement (PostgreSQL; else None)."""
+    if conn.dialect.name != "postgresql":
+        return None
+    open_places = {}
+    for place in _places_ahead(conn, query.team_id, after):
+        found = moment.open_place((place[0], place[1], place[2]))
+        if found is not None:
+            open_places[_key_text(place)] = found
+    if not open_places:
+        return []
+    places = places_parameter(moment, open_places)
+    if places is None:
+        return None
+    statement = _stream_statement(moment, query.team_id, first=after is None, custom=custom)
+    parameters = {"open_places": places, "size": query.limit + 1, "after": after}
+    return list(conn.execute(statement, parameters).all())
+
+
+def _stream_statement(
+    moment: Moment, team_id: str, *, first: bool, custom: Sequence[ColumnElement[bool]]
+) -> Any:
+    """The rows statement of a walk's pages (the first, or those after a keyset id), built
+    once a walk: it is the same for every page but for its parameters."""
+    key = ("stream statement", team_id, first)
+    found = moment.memo.get(key)
+    if found is None:
+        where = [contacts.c.team_id == team_id, _CALLABLE, *custom]
+        if not first:
+            where.append(contacts.c.id > bindparam("after"))
+        found = eligible_statement(
+            moment,
+            team_id=team_id,
+            place_key=_place_key(),
+            where=where,
+            columns=(contacts.c.id, _DOCUMENT),
+        )
+        if not custom:  # ``cf.`` conditions hold the query's own values
+            moment.memo[key] = found
+    return found
+
+
+_DOCUMENT = contact_document().label("document")
+
+
+def _eligible_in_chunks(
+    conn: Connection,
+    query: EligibleQuery,
+    moment: Moment,
+    after: str | None,
+    custom: Sequence[ColumnElement[bool]],
+) -> list[Any]:
+    """The page and one more row, read in chunks and decided by the evaluator row by row."""
     open_places = _places_open(conn, query.team_id, moment, after)
+    rules, at = moment.rules, moment.at
     counts = rules.attempts_matter  # else the ledger is not read at all
     wanted = query.limit + 1  # a page and one more: whether there is a next page
     size, read = wanted, 0
     found: list[Any] = []
-    custom = custom_conditions(query.custom_filters, conn.dialect.name, query.team_id)
     while open_places != [] and len(found) < wanted:
         rows = _chunk(conn, query.team_id, open_places, after, size, custom)
         if rows:
@@ -677,9 +779,7 @@ def list_eligible(conn: Connection, query: EligibleQuery) -> EligiblePage:
             break
         after, read = rows[-1].id, read + len(rows)
         size = _next_size(wanted - len(found), len(found) / read)
-    page = found[: query.limit]
-    more = len(found) > query.limit
-    return EligiblePage(page, _encode_cursor(page[-1].id, at) if more else None)
+    return found
 
 
 def _next_size(missing: int, kept: float) -> int:

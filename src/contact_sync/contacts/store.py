@@ -46,6 +46,7 @@ CONTACT_COLUMNS = tuple(c for c in contacts.c if c.name not in _INTERNAL)
 
 
 _CONTACT_FIELDS = tuple(Contact.model_fields)
+CONTACT_FIELDS = _CONTACT_FIELDS  # the public contact's fields, in the API's order
 PHONE_FIELDS = ("phone", "phone_secondary")
 _ALL_SET = frozenset(_CONTACT_FIELDS)
 
@@ -87,6 +88,7 @@ def contact_from_values(values: Mapping[Any, Any]) -> Contact:
 _DATETIMES = frozenset(
     name for name, info in Contact.model_fields.items() if "datetime" in str(info.annotation)
 )
+DATETIME_FIELDS = _DATETIMES  # those of them that hold datetimes
 
 
 def _utc_text(moment: datetime | None) -> str | None:
@@ -113,6 +115,14 @@ def contacts_json(rows: Sequence[Any]) -> list[dict[str, Any]]:
             values[name] = _utc_text(values[name])
         out.append(values)
     return out
+
+
+def contact_from_json(values: dict[str, Any]) -> Contact:
+    """A contact from its API JSON values (``contacts_json``'s), datetimes read back."""
+    for name in _DATETIMES:
+        if values[name] is not None:
+            values[name] = datetime.fromisoformat(values[name])
+    return _contact({name: values[name] for name in _CONTACT_FIELDS})
 
 
 def contacts_from_rows(rows: Sequence[Row[Any]]) -> list[Contact]:

@@ -416,6 +416,43 @@ def _ordered(reasons: list[Reason]) -> tuple[Reason, ...]:
 PlaceKey = tuple[str | None, str | None, str | None]
 
 
+@dataclass(frozen=True)
+class OpenPlace:
+    """A place the clock allows at ``at``, as the attempt rules see it.
+
+    ``day_start``: the first instant of ``at``'s local date there, when the
+    attempts that ``_day_cap_reached`` counts are exactly those ending in
+    ``[day_start, at]`` (None in the rare zones where a change of offset makes
+    that date not one interval up to ``at``). ``state_cap``: the state's
+    rolling-24-hour cap, if any.
+    """
+
+    day_start: datetime | None
+    state_cap: int | None
+
+
+_TICK = timedelta(microseconds=1)
+
+
+def _day_start(zone: tzinfo, at: datetime) -> datetime | None:
+    """The first instant of ``at``'s local date in ``zone``, when that date runs in one
+    piece from it to ``at``; else None.
+
+    Local midnight with ``fold=0`` is that instant in nearly every zone, also
+    where midnight is skipped or repeated; it is checked rather than trusted:
+    the instant before it must be on another date, and no change of offset up
+    to ``at`` may turn the clock back onto another date.
+    """
+    today = at.astimezone(zone).date()
+    start = datetime.combine(today, time(0), tzinfo=zone).astimezone(UTC)
+    if start.astimezone(zone).date() != today or (start - _TICK).astimezone(zone).date() == today:
+        return None
+    for change in _transitions(zone, start, at):
+        if change <= at and change.astimezone(zone).date() != today:
+            return None
+    return start
+
+
 class Moment:
     """The rules at one instant, asked about many contacts (a page of the stream).
 
@@ -428,9 +465,13 @@ class Moment:
         self.rules = rules
         self.at = at
         self._places: dict[PlaceKey, tuple[_Place, list[Reason]]] = {}
+        self._day_starts: dict[tzinfo, datetime | None] = {}
         # Teams whose walk at ``at`` reads its rows without a filter by place (the stream's
         # choice, contacts/query.py): nearly all of its rows are in places the clock allows.
         self.unfiltered: set[str] = set()
+        # What the stream's callers work out once a walk rather than once a page (its
+        # SQL statement, contacts/query.py), kept with the walk's Moment.
+        self.memo: dict[Any, Any] = {}
 
     def _of(self, key: PlaceKey) -> tuple[_Place, list[Reason]]:
         found = self._places.get(key)
@@ -443,6 +484,22 @@ class Moment:
     def clock_allows(self, key: PlaceKey) -> bool:
         """Whether the clock and the calendar allow a call to this place at ``at``."""
         return not self._of(key)[1]
+
+    def open_place(self, key: PlaceKey) -> OpenPlace | None:
+        """What the attempt rules read of a place the clock allows at ``at`` (None: it
+        does not), for the stream's SQL (contacts/stream_sql.py)."""
+        place, clock = self._of(key)
+        if clock:
+            return None
+        state = place.state
+        cap = state.attempt_cap_24h if state is not None else None
+        zone = place.zone
+        if zone not in self._day_starts:
+            self._day_starts[zone] = _day_start(zone, self.at)
+        return OpenPlace(
+            day_start=self._day_starts[zone],
+            state_cap=None if cap is None else cap.max,
+        )
 
     def reasons(self, facts: ContactFacts, attempts: Attempts) -> tuple[Reason, ...]:
         """Every reason the contact may not be called at ``at`` (none: it may)."""

@@ -1,0 +1,193 @@
+"""The eligible stream on PostgreSQL: one statement a page, returning only eligible rows.
+
+The evaluator (scheduling/eligibility) decides a contact from its place and its
+attempts. On SQLite the stream reads callable rows in chunks and asks it of
+each; here the same rules run inside the statement (docs/design.md §12):
+
+- the clock and the calendar, which depend only on the place, are decided in
+  Python per place, as ever; the statement gets the open places as one JSONB
+  parameter ``{place key: [start of the local day, state's 24-hour cap]}`` and
+  keeps the rows whose place is in it;
+- the attempt rules are aggregates over the contact's calls within the
+  lookback, in a ``LATERAL`` subquery that the row's ``last_called_at`` skips
+  when no call can be that recent (the same guard as ``attempts_of``):
+  the total is ``attempt_count`` less the calls after ``at``; the state's cap
+  counts the rolling 24 hours; the day cap counts from the local day's start;
+  and the retry delay blocks when the newest attempt is also the newest one
+  still inside its outcome's delay (ties: any of them blocks, as the
+  evaluator takes the longest).
+
+So a page costs one statement (and the places query) whatever the share of
+refused rows, with no per-row Python. Where the day's start cannot be given
+as one instant (``OpenPlace.day_start`` is None), ``eligible_rows`` answers
+None and the caller takes the chunked path; ``tests/test_eligibility_api.py``
+holds the two paths and the single-contact endpoint to the same answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import (
+    DateTime,
+    Integer,
+    Text,
+    bindparam,
+    case,
+    cast,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    true,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.sql import Select
+from sqlalchemy.sql.elements import ColumnElement
+
+from contact_sync.contacts.store import CONTACT_FIELDS, DATETIME_FIELDS
+from contact_sync.db.tables import calls, contacts
+from contact_sync.db.types import UTCDateTime
+from contact_sync.scheduling.eligibility import ROLLING, Moment, OpenPlace
+
+_NO_CAP = 2**31 - 1
+
+
+def _utc_text(column: ColumnElement[Any]) -> ColumnElement[str]:
+    """What pydantic writes for a UTC datetime: ISO 8601, the microseconds only when not
+    zero, and "Z" (``contacts.store._utc_text``); NULL stays NULL."""
+    utc = func.timezone("UTC", column)
+    whole = func.to_char(utc, 'YYYY-MM-DD"T"HH24:MI:SS', type_=Text)
+    fraction = case(
+        (func.date_trunc("second", utc) == utc, literal_column("''", Text)),
+        else_=func.to_char(utc, ".US", type_=Text),
+    )
+    return whole.concat(fraction).concat(literal_column("'Z'", Text))
+
+
+def contact_document() -> ColumnElement[str]:
+    """The contact as the API's JSON text, written by PostgreSQL: the fields in the
+    model's order, values as stored, datetimes as pydantic writes them
+    (tests/test_api.py holds each equal to the contact's own GET).
+
+    The stream's rows then reach the response as text, with no Python object
+    per value (docs/design.md §12).
+    """
+    arguments: list[Any] = []
+    for name in CONTACT_FIELDS:
+        column = contacts.c[name]
+        arguments += [
+            literal_column(f"'{name}'", Text),
+            _utc_text(column) if name in DATETIME_FIELDS else column,
+        ]
+    return cast(func.json_build_object(*arguments), Text)
+
+
+def _entry(places: ColumnElement[Any], key: ColumnElement[str]) -> ColumnElement[Any]:
+    # Grouped: ``->`` and ``||`` share one precedence in PostgreSQL, left to right.
+    return places.op("->", return_type=JSONB)(key.self_group())
+
+
+def _item(entry: ColumnElement[Any], index: int) -> ColumnElement[str]:
+    return entry.op("->>", return_type=Text)(literal(index, Integer))
+
+
+def _places_json(open_places: dict[str, OpenPlace]) -> dict[str, list[Any]]:
+    return {
+        key: [None if p.day_start is None else p.day_start.isoformat(), p.state_cap]
+        for key, p in open_places.items()
+    }
+
+
+def _attempts(moment: Moment, team_id: str, entry: ColumnElement[Any], state_caps: bool) -> Any:
+    """The row's attempt figures as of ``at``: one aggregate row per contact (LATERAL)."""
+    rules, at = moment.rules, moment.at
+    since = at - rules.lookback
+    ended = calls.c.ended_at
+    counted = ended <= at
+    columns: list[Any] = [func.count().filter(ended > at).label("later")]
+    if state_caps:
+        columns.append(func.count().filter(counted, ended > at - ROLLING).label("last_day"))
+    if rules.policy.max_attempts_per_day is not None:
+        day_start = cast(_item(entry, 0), DateTime(timezone=True))
+        columns.append(func.count().filter(counted, ended >= day_start).label("today"))
+    delays = {name: delay for name, delay in rules.delays.items() if delay > timedelta(0)}
+    if delays:
+        cutoff = case(
+            {name: literal(at - delay, UTCDateTime) for name, delay in delays.items()},
+            value=calls.c.outcome,
+            else_=None,
+        )
+        columns.append(func.max(ended).filter(counted).label("newest"))
+        columns.append(func.max(ended).filter(counted, ended > cutoff).label("blocking"))
+    return (
+        select(*columns)
+        .where(
+            calls.c.contact_id == contacts.c.id,
+            calls.c.team_id == team_id,
+            calls.c.direction == "outbound",
+            ended > since,
+            contacts.c.last_called_at > since,
+        )
+        .lateral("attempts")
+    )
+
+
+def _attempt_conditions(
+    moment: Moment, attempts: Any, entry: ColumnElement[Any], state_caps: bool
+) -> list[ColumnElement[bool]]:
+    """The attempt rules that are set, each as a condition on the LATERAL's figures."""
+    policy = moment.rules.policy
+    found: list[ColumnElement[bool]] = []
+    if policy.max_attempts_total is not None:
+        found.append(contacts.c.attempt_count - attempts.c.later < policy.max_attempts_total)
+    if state_caps:
+        cap = func.coalesce(cast(_item(entry, 1), Integer), _NO_CAP)
+        found.append(attempts.c.last_day < cap)
+    if policy.max_attempts_per_day is not None:
+        found.append(attempts.c.today < policy.max_attempts_per_day)
+    if "blocking" in attempts.c:
+        found.append(or_(attempts.c.blocking.is_(None), attempts.c.blocking < attempts.c.newest))
+    return found
+
+
+def eligible_statement(
+    moment: Moment,
+    *,
+    team_id: str,
+    place_key: ColumnElement[str],
+    where: Sequence[ColumnElement[bool]],
+    columns: Sequence[Any],
+) -> Select[Any]:
+    """The rows of ``where`` eligible at the moment's ``at``, in id order.
+
+    Parameters left to each page: ``open_places`` (``places_parameter``) and
+    ``size`` (the rows wanted), besides any the caller put in ``where`` (the
+    keyset). Everything else is fixed for a walk, so a walk builds it once.
+    """
+    rules = moment.rules
+    # A JSONB parameter, not text cast to JSONB: under a prepared statement's generic
+    # plan a cast would parse the whole map again for every row.
+    entry = _entry(bindparam("open_places", type_=JSONB), place_key)
+    conditions = [*where, entry.is_not(None)]
+    statement = select(*columns)
+    if rules.attempts_matter:
+        jurisdictions = rules.jurisdictions
+        states = jurisdictions.states.values() if jurisdictions is not None else ()
+        state_caps = any(state.attempt_cap_24h is not None for state in states)
+        attempts = _attempts(moment, team_id, entry, state_caps)
+        statement = statement.select_from(contacts.join(attempts, true()))
+        conditions += _attempt_conditions(moment, attempts, entry, state_caps)
+    return statement.where(*conditions).order_by(contacts.c.id).limit(bindparam("size"))
+
+
+def places_parameter(moment: Moment, open_places: dict[str, OpenPlace]) -> Any:
+    """The ``open_places`` parameter of ``eligible_statement``; None when a place's day
+    cannot be given to SQL as one interval (the caller then takes the chunked path)."""
+    day_cap = moment.rules.policy.max_attempts_per_day is not None
+    if day_cap and any(p.day_start is None for p in open_places.values()):
+        return None
+    return _places_json(open_places)
