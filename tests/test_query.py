@@ -818,3 +818,21 @@ def test_a_stream_document_is_what_the_contact_model_writes(
     assert [json.loads(text) for text in page.documents] == [stored.model_dump(mode="json")]
     assert page.data == [stored]
     assert json.loads(page.to_json()) == page.to_dict()
+
+
+def test_a_contact_moved_to_a_new_place_mid_walk_is_judged_by_its_new_clock(
+    conn: Connection, team: Team
+) -> None:
+    # The walk's later pages reuse the places it read first (contacts/query.py); a contact
+    # that moves to a place not among them is judged afresh, as the endpoint would.
+    created = [
+        make_contact(conn, team.id, phone="(202) 555-1234", timezone="America/New_York")
+        for _ in range(6)
+    ]
+    first = eligible(conn, team_id=team.id, limit=2)
+    later = [c.id for c in created if c.id not in {c.id for c in first.data}]
+    moves = {later[0]: "America/Chicago", later[1]: "Asia/Tokyo"}  # 09:00 and midnight
+    for contact_id, zone in moves.items():
+        update_contact(conn, team_id=team.id, contact_id=contact_id, data={"timezone": zone})
+    rest = eligible(conn, team_id=team.id, limit=10, cursor=first.next_cursor)
+    assert [c.id for c in rest.data] == [later[0], *later[2:]]

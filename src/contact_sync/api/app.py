@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -24,7 +27,27 @@ from contact_sync.api.schemas import Health
 from contact_sync.api.upsert_routes import router as upsert_router
 from contact_sync.db.engine import make_engine
 from contact_sync.ops.metrics import OpenDeadLetters
+from contact_sync.scheduling.jurisdictions import load_jurisdictions
+from contact_sync.scheduling.numbers import phone_facts
 from contact_sync.settings import Settings, get_settings
+
+
+@asynccontextmanager
+async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    """Load the long-lived data, then take it out of the garbage collector's view.
+
+    The process holds ~120,000 objects once the framework, the jurisdiction
+    rules and the number metadata are loaded; every full collection walked
+    them all, 50-80 ms on the 2-core machine, landing on whichever request
+    was running (the eligible stream's p95 doubled). ``gc.freeze`` keeps them
+    out of later collections (docs/design.md §12).
+    """
+    if not gc.get_freeze_count():  # once a process (tests build many apps)
+        load_jurisdictions()
+        phone_facts("+12025550100")  # loads phonenumbers' geocoding and zone data
+        gc.collect()
+        gc.freeze()
+    yield
 
 
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
@@ -37,6 +60,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         "and the campaign scheduler's eligible stream.",
         docs_url=None,  # served by mount_docs, from local assets
         redoc_url=None,
+        lifespan=_lifespan,
     )
     app.state.engine = engine or make_engine(settings.database_url)
     app.state.settings = settings

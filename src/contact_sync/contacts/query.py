@@ -65,7 +65,13 @@ from contact_sync.errors import ValidationFailed
 from contact_sync.fields.definitions import FieldDefinition
 from contact_sync.fields.filters import CustomFilter, is_custom_parameter, parse_custom_filters
 from contact_sync.scheduling.check import attempts_of
-from contact_sync.scheduling.eligibility import NO_ATTEMPTS, Moment, rules_for, walk_moment
+from contact_sync.scheduling.eligibility import (
+    NO_ATTEMPTS,
+    Moment,
+    OpenPlace,
+    rules_for,
+    walk_moment,
+)
 from contact_sync.scheduling.policies import load_policy
 from contact_sync.storable import is_unicode
 
@@ -715,19 +721,40 @@ def _eligible_in_sql(
     """The page and one more row, decided by one statement (PostgreSQL; else None)."""
     if conn.dialect.name != "postgresql":
         return None
-    open_places = {}
-    for place in _places_ahead(conn, query.team_id, after):
-        found = moment.open_place((place[0], place[1], place[2]))
-        if found is not None:
-            open_places[_key_text(place)] = found
-    if not open_places:
-        return []
-    places = places_parameter(moment, open_places)
-    if places is None:
-        return None
     statement = _stream_statement(moment, query.team_id, first=after is None, custom=custom)
-    parameters = {"open_places": places, "size": query.limit + 1, "after": after}
-    return list(conn.execute(statement, parameters).all())
+    known = None if after is None else moment.memo.get(("places", query.team_id))
+    for fresh in (known is None, True):
+        if fresh:
+            known = _known_places(conn, query.team_id, moment, after)
+        assert known is not None
+        if not any(known.values()):
+            return []
+        places = places_parameter(moment, known)
+        if places is None:
+            return None
+        parameters = {"places": places, "size": query.limit + 1, "after": after}
+        rows = list(conn.execute(statement, parameters).all())
+        if not any(row.unseen_place for row in rows):
+            return rows
+    return None  # places changed under two reads in a row: the chunked path decides
+
+
+def _known_places(
+    conn: Connection, team_id: str, moment: Moment, after: str | None
+) -> dict[str, OpenPlace | None]:
+    """Every place of the team's callable contacts ahead in the walk, open (what the
+    attempt rules read of it) or closed (None), kept for the walk's later pages.
+
+    A later page reuses them: a row in a place not among them (a contact
+    changed since) comes back marked, and the page is read again with the
+    places read afresh, so the answer stays exact.
+    """
+    known = {
+        _key_text(place): moment.open_place((place[0], place[1], place[2]))
+        for place in _places_ahead(conn, team_id, after)
+    }
+    moment.memo[("places", team_id)] = known
+    return known
 
 
 def _stream_statement(

@@ -107,10 +107,15 @@ def _item(entry: ColumnElement[Any], index: int) -> ColumnElement[str]:
     return entry.op("->>", return_type=Text)(literal(index, Integer))
 
 
-def _places_json(open_places: dict[str, OpenPlace]) -> dict[str, list[Any]]:
+_CLOSED = 0  # a known place the clock refuses, in the map
+
+
+def _places_json(places: dict[str, OpenPlace | None]) -> dict[str, Any]:
     return {
-        key: [None if p.day_start is None else p.day_start.isoformat(), p.state_cap]
-        for key, p in open_places.items()
+        key: _CLOSED
+        if p is None
+        else [None if p.day_start is None else p.day_start.isoformat(), p.state_cap]
+        for key, p in places.items()
     }
 
 
@@ -174,18 +179,21 @@ def eligible_statement(
     where: Sequence[ColumnElement[bool]],
     columns: Sequence[Any],
 ) -> Select[Any]:
-    """The rows of ``where`` eligible at the moment's ``at``, in id order.
+    """The rows of ``where`` eligible at the moment's ``at``, in id order, each with
+    ``unseen_place``: true when its place is not in the map (then the row was not
+    judged by the clock and the caller must read the places again).
 
-    Parameters left to each page: ``open_places`` (``places_parameter``) and
+    Parameters left to each page: ``places`` (``places_parameter``) and
     ``size`` (the rows wanted), besides any the caller put in ``where`` (the
     keyset). Everything else is fixed for a walk, so a walk builds it once.
     """
     rules = moment.rules
     # A JSONB parameter, not text cast to JSONB: under a prepared statement's generic
     # plan a cast would parse the whole map again for every row.
-    entry = _entry(bindparam("open_places", type_=JSONB), place_key)
-    conditions = [*where, entry.is_not(None)]
-    statement = select(*columns)
+    entry = _entry(bindparam("places", type_=JSONB), place_key)
+    closed = cast(literal_column(f"'{_CLOSED}'", Text), JSONB)
+    conditions = [*where, entry.is_distinct_from(closed)]
+    statement = select(*columns, entry.is_(None).label("unseen_place"))
     if rules.attempts_matter:
         jurisdictions = rules.jurisdictions
         states = jurisdictions.states.values() if jurisdictions is not None else ()
@@ -196,10 +204,11 @@ def eligible_statement(
     return statement.where(*conditions).order_by(contacts.c.id).limit(bindparam("size"))
 
 
-def places_parameter(moment: Moment, open_places: dict[str, OpenPlace]) -> Any:
-    """The ``open_places`` parameter of ``eligible_statement``; None when a place's day
-    cannot be given to SQL as one interval (the caller then takes the chunked path)."""
+def places_parameter(moment: Moment, places: dict[str, OpenPlace | None]) -> Any:
+    """The ``places`` parameter of ``eligible_statement`` from each known place's
+    ``OpenPlace`` (None: closed); None when an open place's day cannot be given to SQL
+    as one interval (the caller then takes the chunked path)."""
     day_cap = moment.rules.policy.max_attempts_per_day is not None
-    if day_cap and any(p.day_start is None for p in open_places.values()):
+    if day_cap and any(p is not None and p.day_start is None for p in places.values()):
         return None
-    return _places_json(open_places)
+    return _places_json(places)

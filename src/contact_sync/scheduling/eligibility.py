@@ -466,6 +466,8 @@ class Moment:
         self.at = at
         self._places: dict[PlaceKey, tuple[_Place, list[Reason]]] = {}
         self._day_starts: dict[tzinfo, datetime | None] = {}
+        self._open: dict[PlaceKey, OpenPlace | None] = {}
+        self._verdicts: dict[tuple[Any, ...], bool] = {}
         # Teams whose walk at ``at`` reads its rows without a filter by place (the stream's
         # choice, contacts/query.py): nearly all of its rows are in places the clock allows.
         self.unfiltered: set[str] = set()
@@ -488,18 +490,24 @@ class Moment:
     def open_place(self, key: PlaceKey) -> OpenPlace | None:
         """What the attempt rules read of a place the clock allows at ``at`` (None: it
         does not), for the stream's SQL (contacts/stream_sql.py)."""
-        place, clock = self._of(key)
-        if clock:
-            return None
-        state = place.state
-        cap = state.attempt_cap_24h if state is not None else None
-        zone = place.zone
-        if zone not in self._day_starts:
-            self._day_starts[zone] = _day_start(zone, self.at)
-        return OpenPlace(
-            day_start=self._day_starts[zone],
-            state_cap=None if cap is None else cap.max,
-        )
+        if key in self._open:
+            return self._open[key]
+        place = _place(ContactFacts(False, None, "", *key), self.rules)
+        # Places that differ only in name share the verdict: it depends on the zones and
+        # the state alone (the names are in the reasons' texts, which are not written).
+        verdict = (place.zone, place.number_zone, id(place.state))
+        allowed = self._verdicts.get(verdict)
+        if allowed is None:
+            allowed = self._verdicts[verdict] = not _clock_part(place, self.rules, self.at)
+        found = None
+        if allowed:
+            zone = place.zone
+            if zone not in self._day_starts:
+                self._day_starts[zone] = _day_start(zone, self.at)
+            cap = place.state.attempt_cap_24h if place.state is not None else None
+            found = OpenPlace(self._day_starts[zone], None if cap is None else cap.max)
+        self._open[key] = found
+        return found
 
     def reasons(self, facts: ContactFacts, attempts: Attempts) -> tuple[Reason, ...]:
         """Every reason the contact may not be called at ``at`` (none: it may)."""
