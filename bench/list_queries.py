@@ -14,7 +14,7 @@ against the targets of issue 7:
   stream with a full policy (window, days, holidays, caps total and per day, retry delays,
   jurisdiction rules) p95 <= 100 ms and within 1.5x of the same stream with the policy off
   (same instants, interleaved), and one contact's eligibility p95 <= 10 ms. Each stream is
-  timed with ``to_dict()`` of its pages, which is what the API answers. ``--policy-only``
+  timed with ``to_json()`` of its pages, the bytes the API answers. ``--policy-only``
   runs only these.
 
 Run from the repository root (the first run seeds for a few minutes; ``--reuse`` keeps a
