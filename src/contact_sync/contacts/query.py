@@ -763,7 +763,8 @@ def _stream_statement(
     """The rows statement of a walk's pages (the first, or those after a keyset id), built
     once a walk: it is the same for every page but for its parameters."""
     key = ("stream statement", team_id, first)
-    found = moment.memo.get(key)
+    # ``cf.`` conditions hold the query's own values: such a statement is not kept.
+    found = None if custom else moment.memo.get(key)
     if found is None:
         where = [contacts.c.team_id == team_id, _CALLABLE, *custom]
         if not first:
@@ -775,7 +776,7 @@ def _stream_statement(
             where=where,
             columns=(contacts.c.id, _DOCUMENT),
         )
-        if not custom:  # ``cf.`` conditions hold the query's own values
+        if not custom:
             moment.memo[key] = found
     return found
 

@@ -191,7 +191,9 @@ def eligible_statement(
     # A JSONB parameter, not text cast to JSONB: under a prepared statement's generic
     # plan a cast would parse the whole map again for every row.
     entry = _entry(bindparam("places", type_=JSONB), place_key)
-    closed = cast(literal_column(f"'{_CLOSED}'", Text), JSONB)
+    # A JSONB parameter, so no per-row cast (and no quoted constant in the SQL, which
+    # quotes only the sticky statuses: tests/test_vocabulary.py reads them from it).
+    closed = bindparam("closed_place", _CLOSED, type_=JSONB)
     conditions = [*where, entry.is_distinct_from(closed)]
     statement = select(*columns, entry.is_(None).label("unseen_place"))
     if rules.attempts_matter:
