@@ -7,6 +7,7 @@ filters mean the same everywhere. Every query is scoped to one team.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,9 +57,11 @@ from contact_sync.contacts.store import (
     contacts_json,
 )
 from contact_sync.contacts.stream_sql import (
+    Shape,
     contact_document,
     eligible_statement,
     places_parameter,
+    shape_parameters,
 )
 from contact_sync.db.tables import contacts
 from contact_sync.errors import ValidationFailed
@@ -721,8 +724,11 @@ def _eligible_in_sql(
     """The page and one more row, decided by one statement (PostgreSQL; else None)."""
     if conn.dialect.name != "postgresql":
         return None
-    statement = _stream_statement(moment, query.team_id, first=after is None, custom=custom)
-    known = None if after is None else moment.memo.get(("places", query.team_id))
+    shape = Shape.of(moment.rules)
+    first = after is None
+    statement = _stream_statement(shape, first, custom) if custom else _stream(shape, first)
+    known = None if first else moment.memo.get(("places", query.team_id))
+    values = {**shape_parameters(moment), "team_id": query.team_id, "after": after}
     for fresh in (known is None, True):
         if fresh:
             known = _known_places(conn, query.team_id, moment, after)
@@ -732,7 +738,7 @@ def _eligible_in_sql(
         places = places_parameter(moment, known)
         if places is None:
             return None
-        parameters = {"places": places, "size": query.limit + 1, "after": after}
+        parameters = {**values, "places": places, "size": query.limit + 1}
         rows = list(conn.execute(statement, parameters).all())
         if not any(row.unseen_place for row in rows):
             return rows
@@ -757,28 +763,22 @@ def _known_places(
     return known
 
 
-def _stream_statement(
-    moment: Moment, team_id: str, *, first: bool, custom: Sequence[ColumnElement[bool]]
-) -> Any:
-    """The rows statement of a walk's pages (the first, or those after a keyset id), built
-    once a walk: it is the same for every page but for its parameters."""
-    key = ("stream statement", team_id, first)
-    # ``cf.`` conditions hold the query's own values: such a statement is not kept.
-    found = None if custom else moment.memo.get(key)
-    if found is None:
-        where = [contacts.c.team_id == team_id, _CALLABLE, *custom]
-        if not first:
-            where.append(contacts.c.id > bindparam("after"))
-        found = eligible_statement(
-            moment,
-            team_id=team_id,
-            place_key=_place_key(),
-            where=where,
-            columns=(contacts.c.id, _DOCUMENT),
-        )
-        if not custom:
-            moment.memo[key] = found
-    return found
+def _stream_statement(shape: Shape, first: bool, custom: Sequence[ColumnElement[bool]] = ()) -> Any:
+    """The rows statement of a walk's first page, or of those after a keyset id."""
+    team = bindparam("team_id", type_=String)
+    where = [contacts.c.team_id == team, _CALLABLE, *custom]
+    if not first:
+        where.append(contacts.c.id > bindparam("after"))
+    columns = (contacts.c.id, _DOCUMENT)
+    return eligible_statement(shape, place_key=_place_key(), where=where, columns=columns)
+
+
+@functools.lru_cache(maxsize=64)
+def _stream(shape: Shape, first: bool) -> Any:
+    """``_stream_statement`` without ``cf.`` filters, built once per shape and kept: the
+    same object each time, so SQLAlchemy's cache key and psycopg's prepared statement
+    are reused across walks (a walk's values are all parameters)."""
+    return _stream_statement(shape, first)
 
 
 _DOCUMENT = contact_document().label("document")

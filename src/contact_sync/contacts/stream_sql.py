@@ -27,6 +27,7 @@ holds the two paths and the single-contact endpoint to the same answers.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -52,7 +53,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from contact_sync.contacts.store import CONTACT_FIELDS, DATETIME_FIELDS
 from contact_sync.db.tables import calls, contacts
 from contact_sync.db.types import UTCDateTime
-from contact_sync.scheduling.eligibility import ROLLING, Moment, OpenPlace
+from contact_sync.scheduling.eligibility import ROLLING, Moment, OpenPlace, Rules
 
 _NO_CAP = 2**31 - 1
 
@@ -119,22 +120,68 @@ def _places_json(places: dict[str, OpenPlace | None]) -> dict[str, Any]:
     }
 
 
-def _attempts(moment: Moment, team_id: str, entry: ColumnElement[Any], state_caps: bool) -> Any:
-    """The row's attempt figures as of ``at``: one aggregate row per contact (LATERAL)."""
+@dataclass(frozen=True)
+class Shape:
+    """What the statement's text depends on: which attempt rules are set. Their values
+    (``at``, the caps, the delays' cutoffs) are parameters (``shape_parameters``), so one
+    statement serves every walk of that shape and keeps its prepared plan."""
+
+    attempts: bool
+    total_cap: bool
+    day_cap: bool
+    state_caps: bool
+    delays: tuple[str, ...]  # the outcomes with a retry delay
+
+    @classmethod
+    def of(cls, rules: Rules) -> Shape:
+        """The shape of ``rules``."""
+        jurisdictions = rules.jurisdictions
+        states = jurisdictions.states.values() if jurisdictions is not None else ()
+        policy = rules.policy
+        return cls(
+            attempts=rules.attempts_matter,
+            total_cap=policy.max_attempts_total is not None,
+            day_cap=policy.max_attempts_per_day is not None,
+            state_caps=any(state.attempt_cap_24h is not None for state in states),
+            delays=tuple(sorted(k for k, v in rules.delays.items() if v > timedelta(0))),
+        )
+
+
+def shape_parameters(moment: Moment) -> dict[str, Any]:
+    """The values of the statement's rule parameters at the moment's ``at``."""
     rules, at = moment.rules, moment.at
-    since = at - rules.lookback
+    policy = rules.policy
+    values: dict[str, Any] = {
+        "at": at,
+        "since": at - rules.lookback,
+        "rolling_since": at - ROLLING,
+        "total_cap": policy.max_attempts_total,
+        "day_cap": policy.max_attempts_per_day,
+    }
+    for name, delay in rules.delays.items():
+        values[f"cutoff_{name}"] = at - delay
+    return values
+
+
+def _moment(name: str) -> ColumnElement[Any]:
+    return bindparam(name, type_=UTCDateTime)
+
+
+def _attempts(shape: Shape, entry: ColumnElement[Any]) -> Any:
+    """The row's attempt figures as of ``at``: one aggregate row per contact (LATERAL)."""
+    at, since = _moment("at"), _moment("since")
     ended = calls.c.ended_at
     counted = ended <= at
     columns: list[Any] = [func.count().filter(ended > at).label("later")]
-    if state_caps:
-        columns.append(func.count().filter(counted, ended > at - ROLLING).label("last_day"))
-    if rules.policy.max_attempts_per_day is not None:
+    if shape.state_caps:
+        rolling = _moment("rolling_since")
+        columns.append(func.count().filter(counted, ended > rolling).label("last_day"))
+    if shape.day_cap:
         day_start = cast(_item(entry, 0), DateTime(timezone=True))
         columns.append(func.count().filter(counted, ended >= day_start).label("today"))
-    delays = {name: delay for name, delay in rules.delays.items() if delay > timedelta(0)}
-    if delays:
+    if shape.delays:
         cutoff = case(
-            {name: literal(at - delay, UTCDateTime) for name, delay in delays.items()},
+            {name: _moment(f"cutoff_{name}") for name in shape.delays},
             value=calls.c.outcome,
             else_=None,
         )
@@ -144,7 +191,7 @@ def _attempts(moment: Moment, team_id: str, entry: ColumnElement[Any], state_cap
         select(*columns)
         .where(
             calls.c.contact_id == contacts.c.id,
-            calls.c.team_id == team_id,
+            calls.c.team_id == bindparam("team_id", type_=String),
             calls.c.direction == "outbound",
             ended > since,
             contacts.c.last_called_at > since,
@@ -154,40 +201,38 @@ def _attempts(moment: Moment, team_id: str, entry: ColumnElement[Any], state_cap
 
 
 def _attempt_conditions(
-    moment: Moment, attempts: Any, entry: ColumnElement[Any], state_caps: bool
+    shape: Shape, attempts: Any, entry: ColumnElement[Any]
 ) -> list[ColumnElement[bool]]:
     """The attempt rules that are set, each as a condition on the LATERAL's figures."""
-    policy = moment.rules.policy
     found: list[ColumnElement[bool]] = []
-    if policy.max_attempts_total is not None:
-        found.append(contacts.c.attempt_count - attempts.c.later < policy.max_attempts_total)
-    if state_caps:
-        cap = func.coalesce(cast(_item(entry, 1), Integer), _NO_CAP)
-        found.append(attempts.c.last_day < cap)
-    if policy.max_attempts_per_day is not None:
-        found.append(attempts.c.today < policy.max_attempts_per_day)
-    if "blocking" in attempts.c:
+    if shape.total_cap:
+        cap = bindparam("total_cap", type_=Integer)
+        found.append(contacts.c.attempt_count - attempts.c.later < cap)
+    if shape.state_caps:
+        state_cap = func.coalesce(cast(_item(entry, 1), Integer), _NO_CAP)
+        found.append(attempts.c.last_day < state_cap)
+    if shape.day_cap:
+        found.append(attempts.c.today < bindparam("day_cap", type_=Integer))
+    if shape.delays:
         found.append(or_(attempts.c.blocking.is_(None), attempts.c.blocking < attempts.c.newest))
     return found
 
 
 def eligible_statement(
-    moment: Moment,
+    shape: Shape,
     *,
-    team_id: str,
     place_key: ColumnElement[str],
     where: Sequence[ColumnElement[bool]],
     columns: Sequence[Any],
 ) -> Select[Any]:
-    """The rows of ``where`` eligible at the moment's ``at``, in id order, each with
+    """The rows of ``where`` eligible at ``at``, in id order, each with
     ``unseen_place``: true when its place is not in the map (then the row was not
     judged by the clock and the caller must read the places again).
 
-    Parameters left to each page: ``places`` (``places_parameter``) and
-    ``size`` (the rows wanted), besides any the caller put in ``where`` (the
-    keyset). Everything else is fixed for a walk, so a walk builds it once.
+    Parameters: ``places`` (``places_parameter``), ``size`` (the rows wanted),
+    ``team_id``, the rule values (``shape_parameters``), and any the caller put
+    in ``where`` (the keyset).
     """
-    rules = moment.rules
     # A JSONB parameter, not text cast to JSONB: under a prepared statement's generic
     # plan a cast would parse the whole map again for every row.
     entry = _entry(bindparam("places", type_=JSONB), place_key)
@@ -196,13 +241,10 @@ def eligible_statement(
     closed = bindparam("closed_place", _CLOSED, type_=JSONB)
     conditions = [*where, entry.is_distinct_from(closed)]
     statement = select(*columns, entry.is_(None).label("unseen_place"))
-    if rules.attempts_matter:
-        jurisdictions = rules.jurisdictions
-        states = jurisdictions.states.values() if jurisdictions is not None else ()
-        state_caps = any(state.attempt_cap_24h is not None for state in states)
-        attempts = _attempts(moment, team_id, entry, state_caps)
+    if shape.attempts:
+        attempts = _attempts(shape, entry)
         statement = statement.select_from(contacts.join(attempts, true()))
-        conditions += _attempt_conditions(moment, attempts, entry, state_caps)
+        conditions += _attempt_conditions(shape, attempts, entry)
     return statement.where(*conditions).order_by(contacts.c.id).limit(bindparam("size"))
 
 
