@@ -689,11 +689,12 @@ def _in_places(dialect: str, open_places: list[str]) -> ColumnElement[bool]:
 def list_eligible(conn: Connection, query: EligibleQuery) -> EligiblePage:
     """Contacts of the team eligible at ``at``, in keyset (id) order, stable under changes.
 
-    SQL narrows to callable rows in places the clock allows; the evaluator
-    (scheduling/eligibility) then decides each row from it and its attempts,
-    read for a chunk of rows at once, exactly as the single-contact endpoint.
-    A chunk is the page and one more row; when rows were refused, the next is
-    sized to what is still missing at the rate refused so far.
+    The evaluator (scheduling/eligibility) judges each place's clock once a
+    walk. On PostgreSQL one statement a page then applies the attempt rules and
+    returns only eligible rows, as JSON text (contacts/stream_sql.py); elsewhere
+    callable rows are read in chunks and the evaluator decides each one
+    (``_eligible_in_chunks``). Both give exactly what the single-contact
+    endpoint calls eligible (docs/design.md §12).
     """
     at, after = _walk_at(query)
     rules = rules_for(

@@ -471,8 +471,8 @@ class Moment:
         # Teams whose walk at ``at`` reads its rows without a filter by place (the stream's
         # choice, contacts/query.py): nearly all of its rows are in places the clock allows.
         self.unfiltered: set[str] = set()
-        # What the stream's callers work out once a walk rather than once a page (its
-        # SQL statement, contacts/query.py), kept with the walk's Moment.
+        # What the stream's callers work out once a walk rather than once a page (the
+        # team's places and their verdicts, contacts/query.py), kept with the walk's Moment.
         self.memo: dict[Any, Any] = {}
 
     def _of(self, key: PlaceKey) -> tuple[_Place, list[Reason]]:
