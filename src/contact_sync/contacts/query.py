@@ -15,7 +15,6 @@ from datetime import UTC, datetime, time
 from functools import cached_property
 from typing import Annotated, Any
 
-import orjson
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -63,6 +62,7 @@ from contact_sync.contacts.stream_sql import (
     places_parameter,
     shape_parameters,
 )
+from contact_sync.db.engine import json_text
 from contact_sync.db.tables import contacts
 from contact_sync.errors import ValidationFailed
 from contact_sync.fields.definitions import FieldDefinition
@@ -554,15 +554,6 @@ class EligiblePage:
         return f'{{"data":[{",".join(self.documents)}],"next_cursor":{cursor}}}'.encode()
 
 
-def _document(values: dict[str, Any]) -> str:
-    """A contact's API values as compact JSON text (orjson; the json module for the
-    integers past 64 bits that orjson refuses)."""
-    try:
-        return orjson.dumps(values).decode()
-    except TypeError:  # orjson.JSONEncodeError is a TypeError
-        return json.dumps(values, ensure_ascii=False, separators=(",", ":"))
-
-
 def _all_timezones() -> frozenset[str]:
     return iana_timezones()
 
@@ -710,7 +701,7 @@ def list_eligible(conn: Connection, query: EligibleQuery) -> EligiblePage:
         documents = [row.document for row in found[: query.limit]]
     else:
         found = _eligible_in_chunks(conn, query, moment, after, custom)
-        documents = [_document(values) for values in contacts_json(found[: query.limit])]
+        documents = [json_text(values) for values in contacts_json(found[: query.limit])]
     more = len(found) > query.limit
     return EligiblePage(documents, _encode_cursor(found[query.limit - 1].id, at) if more else None)
 

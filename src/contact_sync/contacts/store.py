@@ -119,10 +119,11 @@ def contacts_json(rows: Sequence[Any]) -> list[dict[str, Any]]:
 
 def contact_from_json(values: dict[str, Any]) -> Contact:
     """A contact from its API JSON values (``contacts_json``'s), datetimes read back."""
+    read = {name: values[name] for name in _CONTACT_FIELDS}
     for name in _DATETIMES:
-        if values[name] is not None:
-            values[name] = datetime.fromisoformat(values[name])
-    return _contact({name: values[name] for name in _CONTACT_FIELDS})
+        if read[name] is not None:
+            read[name] = datetime.fromisoformat(read[name])
+    return _contact(read)
 
 
 def contacts_from_rows(rows: Sequence[Row[Any]]) -> list[Contact]:
