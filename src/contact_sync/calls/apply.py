@@ -12,17 +12,20 @@ version bump of exactly one when it changed something. Events are keyed by
 ``(team_id, event_id)``: two teams' events with one id are two events.
 
 ``apply_payloads`` runs in phases, each a function below: parse, admit
-teams, claim in the inbox, resolve, merge, write (through
+teams, find the contacts, claim in the inbox, resolve, merge, write (through
 ``contact_sync.contacts.writer``; then the calls ledger through
 ``contact_sync.calls.ledger_store``). Each phase settles the events it is the
 last to see (parked, duplicate, applied) and hands the rest on. The caller
 owns the transaction: the worker's task, a replay, or a test.
 
-Concurrency: the inbox claim comes first, so a second delivery of an event
-waits for the first transaction and then finds it applied; contacts are
-locked (``FOR NO KEY UPDATE``) in id order for the rest of this short
-transaction, so no update is lost; the ``version`` compare-and-set stays as
-a guard. SQLite serialises writers itself (``BEGIN IMMEDIATE``).
+Concurrency: contacts are locked (``FOR NO KEY UPDATE``) in id order, before
+the inbox claim, for the rest of this short transaction, so no update is
+lost; the ``version`` compare-and-set stays as a guard. A second delivery of
+an event meets the first's transaction at its contact, then claims and
+finds it applied. ``apply_free_payloads`` (the worker's first pass) waits for
+no contact or number another transaction holds: it defers those events, for
+the caller to apply after its commit (docs/design.md §5). SQLite serialises
+writers itself (``BEGIN IMMEDIATE``).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from contact_sync.calls.events import (
 from contact_sync.calls.inbox import EventKey, key_of
 from contact_sync.calls.ledger import CallRecord, call_phone, record_of
 from contact_sync.calls.merge import ContactState, MergePolicy, MergeResult, merge, observation
-from contact_sync.calls.resolve import NewContact, resolve
+from contact_sync.calls.resolve import Busy, NewContact, Resolution, resolve
 from contact_sync.clock import utcnow
 from contact_sync.contacts import suppression
 from contact_sync.contacts import writer as contact_writer
@@ -58,6 +61,7 @@ from contact_sync.contacts.model import ContactPatch
 from contact_sync.contacts.records import Change, Observation, Provenance, provenance_from_json
 from contact_sync.contacts.suppression import SUPPRESSED
 from contact_sync.contacts.writer import ContactInsert, ContactUpdate, HistoryRecord
+from contact_sync.db.bulk import is_postgresql
 from contact_sync.db.tables import processed_events, teams
 from contact_sync.errors import AmbiguousContact, ContactNotFound
 from contact_sync.fields.definitions import FieldDefinition
@@ -373,13 +377,20 @@ class _Batch:
     payloads: Sequence[Any]
     now: datetime
     dead_letter_id: str | None
+    skip_busy: bool = False
     outcomes: dict[int, Outcome] = field(default_factory=dict)
     events: dict[int, CallCompleted] = field(default_factory=dict)
     first: dict[EventKey, int] = field(default_factory=dict)
+    deferred: list[int] = field(default_factory=list)
 
     def settle(self, index: int, outcome: Outcome) -> None:
         self.events.pop(index, None)
         self.outcomes[index] = outcome
+
+    def defer(self, index: int) -> None:
+        """Leave the event for after this transaction: another one holds what it needs."""
+        self.events.pop(index)
+        self.deferred.append(index)
 
     def park(self, index: int, reason: Reason, message: str) -> None:
         payload = self.payloads[index]
@@ -416,21 +427,42 @@ def _admit_teams(batch: _Batch) -> dict[str, Team]:
 
 
 def _claim(batch: _Batch) -> None:
-    """Phase 3: claim the events in the inbox; one applied before is a duplicate."""
+    """Phase 4: claim the events in the inbox; one applied before is a duplicate."""
     claimed = inbox.claim(batch.conn, list(batch.events.values()), batch.now)
     for index, event in list(batch.events.items()):
         if key_of(event) not in claimed:
             batch.duplicate(index, event)
 
 
-def _resolve(batch: _Batch, known: dict[str, Team]) -> list[_Contact]:
-    """Phase 4: each event's contact, found or to create; an event without one is parked."""
-    resolutions = resolve(batch.conn, list(batch.events.values()), known)
+def _find(batch: _Batch, known: dict[str, Team]) -> dict[EventKey, Resolution]:
+    """Phase 3: find (and lock) each event's contact; skipping what is busy, defer those
+    whose contact or number another transaction holds.
+
+    Before the claim, so that a deferred event leaves no claim behind (its second
+    pass would take it for a duplicate), and so that a second delivery of an
+    event another transaction is applying meets that transaction at the contact
+    (busy: deferred; or waited for), never at the claim while holding contacts:
+    claims then wait only on claims, taken in one order, and no wait is a cycle.
+    """
+    events = list(batch.events.values())
+    resolutions = resolve(batch.conn, events, known, skip_busy=batch.skip_busy)
+    for index, event in list(batch.events.items()):
+        if isinstance(resolutions[key_of(event)], Busy):
+            batch.defer(index)
+    return resolutions
+
+
+def _resolve(
+    batch: _Batch, known: dict[str, Team], resolutions: dict[EventKey, Resolution]
+) -> list[_Contact]:
+    """Phase 5: each claimed event's contact, found or to create; an event without one is
+    parked."""
     numbers = {(f.team_id, f.phone) for f in resolutions.values() if isinstance(f, NewContact)}
     suppressed = suppression.suppressed_numbers(batch.conn, numbers) if numbers else set()
     targets: dict[str | NewContact, _Contact] = {}
     for index, event in list(batch.events.items()):
         found = resolutions[key_of(event)]
+        assert not isinstance(found, Busy)  # deferred by _find
         if isinstance(found, InvalidEvent | ContactNotFound | AmbiguousContact):
             reason = found.reason if isinstance(found, InvalidEvent) else _REASONS[type(found)]
             batch.park(index, reason, str(found))
@@ -449,7 +481,7 @@ def _resolve(batch: _Batch, known: dict[str, Team]) -> list[_Contact]:
 def _merge(
     batch: _Batch, targets: list[_Contact], known: dict[str, Team], min_confidence: float
 ) -> list[tuple[EventKey, str | None, str]]:
-    """Phase 5: merge each contact's events in time order; the inbox outcome of each."""
+    """Phase 6: merge each contact's events in time order; the inbox outcome of each."""
     applied: list[tuple[EventKey, str | None, str]] = []
     policies = _Policy(min_confidence, _definitions(batch.conn, targets))
     for target in targets:
@@ -482,14 +514,40 @@ def apply_payloads(
     propagate so the caller retries the whole transaction.
     """
     batch = _Batch(conn, payloads, now or utcnow(), dead_letter_id)
+    _apply(batch, min_confidence)
+    return [batch.outcomes[index] for index in sorted(batch.outcomes)]
+
+
+def apply_free_payloads(
+    conn: Connection,
+    payloads: Sequence[Any],
+    *,
+    min_confidence: float = 0.5,
+    now: datetime | None = None,
+) -> tuple[dict[int, Outcome], list[int]]:
+    """``apply_payloads`` that waits for no other transaction (docs/design.md §5).
+
+    An event whose inbox key, contact or number another transaction holds is
+    not applied: its index is returned among the deferred, for the caller to
+    apply (``apply_payloads``) once this transaction committed. The outcomes
+    of the others are returned by index. On SQLite, which has one writer at a
+    time, nothing is deferred.
+    """
+    batch = _Batch(conn, payloads, now or utcnow(), None, skip_busy=is_postgresql(conn))
+    _apply(batch, min_confidence)
+    return batch.outcomes, sorted(batch.deferred)
+
+
+def _apply(batch: _Batch, min_confidence: float) -> None:
+    """The phases, in order."""
     _parse(batch)
     known = _admit_teams(batch)
+    resolutions = _find(batch, known)
     _claim(batch)
-    targets = _resolve(batch, known)
+    targets = _resolve(batch, known, resolutions)
     applied = _merge(batch, targets, known, min_confidence)
-    _write(conn, targets, known, batch.now)  # phase 6, the calls ledger with it
-    inbox.record_outcomes(conn, applied)
-    return [batch.outcomes[index] for index in sorted(batch.outcomes)]
+    _write(batch.conn, targets, known, batch.now)  # phase 7, the calls ledger with it
+    inbox.record_outcomes(batch.conn, applied)
 
 
 def count_processed(conn: Connection) -> int:

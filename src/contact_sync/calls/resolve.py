@@ -5,6 +5,12 @@ team's region) against the team's contacts' ``phone`` or ``phone_secondary``:
 several matches are ambiguous, none means a contact to create (not for an
 outbound call: that is not found). Found rows
 are locked (``FOR NO KEY UPDATE``) until the transaction ends, in id order.
+
+With ``skip_busy`` (PostgreSQL; the worker's first pass, docs/design.md §5) nothing
+waits: an event whose contact row or number another transaction holds resolves
+to ``Busy``, and the caller applies it after its own commit. Without that, two
+workers' batches over the same contacts took turns: each waited for the other's
+whole transaction (bench/worker_throughput.py, batch mode).
 """
 
 from __future__ import annotations
@@ -31,20 +37,40 @@ class NewContact:
     phone: str
 
 
-Resolution = Row[Any] | NewContact | InvalidEvent | ContactNotFound | AmbiguousContact
+@dataclass(frozen=True)
+class Busy:
+    """Another transaction holds the event's contact or number (``skip_busy`` only)."""
 
 
-def _lock_numbers(conn: Connection, keys: list[str]) -> None:
-    # Serialise resolution of one number within a team, so two workers seeing
-    # the same unknown number create one contact, not two. Sorted: one order.
-    if keys and conn.dialect.name == "postgresql":
-        conn.execute(
-            text(
-                "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) "
-                "FROM unnest(CAST(:keys AS text[])) AS k ORDER BY k"
-            ),
-            {"keys": sorted(set(keys))},
-        )
+BUSY = Busy()
+
+Resolution = Row[Any] | NewContact | InvalidEvent | ContactNotFound | AmbiguousContact | Busy
+
+
+def _lock_numbers(conn: Connection, keys: list[str], *, wait: bool = True) -> set[str]:
+    """Hold each number's lock; the keys another transaction holds when not ``wait``.
+
+    Serialises resolution of one number within a team, so two workers seeing the
+    same unknown number create one contact, not two. Sorted: one order. A try
+    takes what is free and waits for nothing.
+    """
+    if not keys or conn.dialect.name != "postgresql":
+        return set()
+    wanted = sorted(set(keys))
+    if wait:
+        conn.execute(_LOCK_NUMBERS, {"keys": wanted})
+        return set()
+    return set(conn.execute(_TRY_NUMBERS, {"keys": wanted}).scalars())
+
+
+_LOCK_NUMBERS = text(
+    "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) "
+    "FROM unnest(CAST(:keys AS text[])) AS k ORDER BY k"
+)
+_TRY_NUMBERS = text(
+    "SELECT k FROM unnest(CAST(:keys AS text[])) AS k "
+    "WHERE NOT pg_try_advisory_xact_lock(hashtextextended(k, 0))"
+)
 
 
 # Built once, as the batch's statements are (db/bulk.rows_source); found rows locked in id order.
@@ -54,39 +80,60 @@ _BY_ID = (
     .order_by(contacts.c.id)
     .with_for_update(key_share=True)
 )
-_BY_PHONE = (
-    select(contacts)
-    .where(
-        or_(
-            tuple_(contacts.c.team_id, contacts.c.phone).in_(bindparam("numbers", expanding=True)),
-            tuple_(contacts.c.team_id, contacts.c.phone_secondary).in_(
-                bindparam("secondary", expanding=True)
-            ),
-        )
-    )
-    .order_by(contacts.c.id)
-    .with_for_update(key_share=True)
+# The first pass takes the rows no other transaction holds; ``_EXISTING`` tells the
+# rows it skipped from the absent.
+_BY_ID_FREE = _BY_ID.with_for_update(key_share=True, skip_locked=True)
+_EXISTING = select(contacts.c.id).where(
+    tuple_(contacts.c.team_id, contacts.c.id).in_(bindparam("pairs", expanding=True))
 )
+_HOLDS_NUMBER = or_(
+    tuple_(contacts.c.team_id, contacts.c.phone).in_(bindparam("numbers", expanding=True)),
+    tuple_(contacts.c.team_id, contacts.c.phone_secondary).in_(
+        bindparam("secondary", expanding=True)
+    ),
+)
+_BY_PHONE = (
+    select(contacts).where(_HOLDS_NUMBER).order_by(contacts.c.id).with_for_update(key_share=True)
+)
+# Unlocked: which contacts hold the numbers (the first pass then locks them by id).
+_HOLDERS = select(
+    contacts.c.id, contacts.c.team_id, contacts.c.phone, contacts.c.phone_secondary
+).where(_HOLDS_NUMBER)
 
 
-def _by_id(conn: Connection, events: list[CallCompleted]) -> dict[EventKey, Resolution]:
+def _rows_by_id(
+    conn: Connection, pairs: list[tuple[str, str]], skip_busy: bool
+) -> dict[str, Row[Any]]:
+    """The rows of ``(team_id, id)`` pairs, locked; with ``skip_busy`` those another
+    transaction holds are skipped, not waited for."""
+    if not pairs:
+        return {}
+    statement = _BY_ID_FREE if skip_busy else _BY_ID
+    return {row.id: row for row in conn.execute(statement, {"pairs": pairs})}
+
+
+def _by_id(
+    conn: Connection, events: list[CallCompleted], skip_busy: bool = False
+) -> dict[EventKey, Resolution]:
     """Events naming their contact: the row, looked up (and locked) within the event's team.
 
     Another team's row is never touched, nor reported as found.
     """
     pairs = sorted({(e.team_id, e.contact_id) for e in events if e.contact_id is not None})
-    rows: dict[str, Row[Any]] = {}
-    if pairs:
-        for row in conn.execute(_BY_ID, {"pairs": pairs}):
-            rows[row.id] = row
+    rows = _rows_by_id(conn, pairs, skip_busy)
+    missing = [pair for pair in pairs if pair[1] not in rows]
+    busy: set[str] = set()
+    if skip_busy and missing:  # skipped, or absent: the rows that exist were skipped
+        busy = set(conn.execute(_EXISTING, {"pairs": missing}).scalars())
     found: dict[EventKey, Resolution] = {}
     for event in events:
         hit = rows.get(event.contact_id or "")
-        found[key_of(event)] = (
-            hit
-            if hit is not None and hit.team_id == event.team_id
-            else ContactNotFound(f"no contact {event.contact_id} in this team")
-        )
+        if event.contact_id in busy:
+            found[key_of(event)] = BUSY
+        elif hit is not None and hit.team_id == event.team_id:
+            found[key_of(event)] = hit
+        else:
+            found[key_of(event)] = ContactNotFound(f"no contact {event.contact_id} in this team")
     return found
 
 
@@ -108,29 +155,65 @@ def _numbers(
 
 
 def _by_phone(
-    conn: Connection, events: list[tuple[CallCompleted, str]]
+    conn: Connection, events: list[tuple[CallCompleted, str]], skip_busy: bool = False
 ) -> dict[EventKey, Resolution]:
     """Events naming a number: the one contact of the team with it, several, or none."""
     if not events:
         return {}
     numbers = sorted({(e.team_id, phone) for e, phone in events})
-    _lock_numbers(conn, [f"{team}:{phone}" for team, phone in numbers])
-    matches: dict[tuple[str, str], dict[str, Row[Any]]] = {pair: {} for pair in numbers}
-    for row in conn.execute(_BY_PHONE, {"numbers": numbers, "secondary": numbers}):
-        for number in (row.phone, row.phone_secondary):
-            if (row.team_id, number) in matches:
-                matches[(row.team_id, number)][row.id] = row
+    keys = {pair: f"{pair[0]}:{pair[1]}" for pair in numbers}
+    busy_keys = _lock_numbers(conn, list(keys.values()), wait=not skip_busy)
+    busy = {pair for pair in numbers if keys[pair] in busy_keys}
+    free = [pair for pair in numbers if pair not in busy]
+    if skip_busy:
+        matches, held = _free_holders(conn, free)
+        busy |= held
+    else:
+        matches = _holders(conn.execute(_BY_PHONE, {"numbers": free, "secondary": free}), free)
     found: dict[EventKey, Resolution] = {}
     created: set[NewContact] = set()
     for event, phone in events:  # in delivery order: a number is created by its first creator
-        hits = matches[(event.team_id, phone)]
-        if len(hits) > 1:
+        pair = (event.team_id, phone)
+        hits = matches.get(pair, {})
+        if pair in busy:
+            found[key_of(event)] = BUSY
+        elif len(hits) > 1:
             found[key_of(event)] = AmbiguousContact(f"several contacts of this team have {phone}")
         elif hits:
             found[key_of(event)] = next(iter(hits.values()))
         else:
             found[key_of(event)] = _unknown_number(event, NewContact(event.team_id, phone), created)
     return found
+
+
+def _holders(rows: Any, numbers: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Each ``(team_id, number)``'s rows among ``rows``, by id."""
+    matches: dict[tuple[str, str], dict[str, Any]] = {pair: {} for pair in numbers}
+    for row in rows:
+        for number in (row.phone, row.phone_secondary):
+            if (row.team_id, number) in matches:
+                matches[(row.team_id, number)][row.id] = row
+    return matches
+
+
+def _free_holders(
+    conn: Connection, numbers: list[tuple[str, str]]
+) -> tuple[dict[tuple[str, str], dict[str, Any]], set[tuple[str, str]]]:
+    """The first pass's ``_BY_PHONE``: the numbers' holders, locked unless another
+    transaction holds one (that number is then busy).
+
+    The holders are read unlocked, then locked by id with ``SKIP LOCKED``: a
+    skipped row would otherwise look like no holder, and the event would create
+    a second contact with the number. A row locked here is judged by what it
+    holds now.
+    """
+    if not numbers:
+        return {}, set()
+    unlocked = _holders(conn.execute(_HOLDERS, {"numbers": numbers, "secondary": numbers}), numbers)
+    pairs = sorted({(row.team_id, row.id) for hits in unlocked.values() for row in hits.values()})
+    rows = _rows_by_id(conn, pairs, skip_busy=True)
+    busy = {pair for pair, hits in unlocked.items() if any(i not in rows for i in hits)}
+    return _holders(rows.values(), numbers), busy
 
 
 def _unknown_number(
@@ -150,16 +233,25 @@ def _unknown_number(
 
 
 def resolve(
-    conn: Connection, events: Sequence[CallCompleted], teams: dict[str, Team]
+    conn: Connection,
+    events: Sequence[CallCompleted],
+    teams: dict[str, Team],
+    *,
+    skip_busy: bool = False,
 ) -> dict[EventKey, Resolution]:
     """A resolution for every event, by ``(team_id, event_id)`` (events must have distinct keys).
 
-    Two teams may send the same event id: each is its own team's event.
+    Two teams may send the same event id: each is its own team's event. With
+    ``skip_busy`` (PostgreSQL) an event whose contact or number another
+    transaction holds is ``BUSY`` and nothing is waited for.
     """
+    skip_busy = skip_busy and conn.dialect.name == "postgresql"
     named = [e for e in events if e.contact_id is not None]
     by_number, invalid = _numbers([e for e in events if e.contact_id is None], teams)
-    # The number locks before any row lock, as every writer takes them (an upsert,
-    # contacts/duplicates.py): a batch holding a row while it waits for a number
-    # an upsert holds, the upsert waiting for that row, would deadlock.
-    _lock_numbers(conn, [f"{event.team_id}:{phone}" for event, phone in by_number])
-    return {**invalid, **_by_id(conn, named), **_by_phone(conn, by_number)}
+    if not skip_busy:
+        # The number locks before any row lock, as every writer takes them (an upsert,
+        # contacts/duplicates.py): a batch holding a row while it waits for a number
+        # an upsert holds, the upsert waiting for that row, would deadlock. (A try
+        # waits for nothing: no order is needed.)
+        _lock_numbers(conn, [f"{event.team_id}:{phone}" for event, phone in by_number])
+    return {**invalid, **_by_id(conn, named, skip_busy), **_by_phone(conn, by_number, skip_busy)}

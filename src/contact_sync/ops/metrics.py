@@ -24,6 +24,11 @@ CONFLICT_RETRIES = Counter(
     "contact_sync_conflict_retries_total",
     "Transactions retried after a transient database error (conflict, deadlock, outage).",
 )
+DEFERRED_EVENTS = Counter(
+    "contact_sync_deferred_events_total",
+    "Events left by a first pass because another transaction held their contact or number,"
+    " applied in a second unit of work after it.",
+)
 APPLY_SECONDS = Histogram(
     "contact_sync_apply_seconds",
     "Time to apply one message (one event or one batch).",

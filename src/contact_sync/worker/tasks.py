@@ -10,12 +10,12 @@ from typing import Any, TypeVar
 from celery import Celery, Task, current_app
 from celery.exceptions import Reject
 
-from contact_sync.calls.apply import Outcome, apply_payloads
+from contact_sync.calls.apply import Outcome, apply_free_payloads, apply_payloads
 from contact_sync.calls.events import MAX_BATCH, Reason, call_id_of, event_id_of, team_id_of
 from contact_sync.clock import utcnow
 from contact_sync.db.unit_of_work import unit_of_work
 from contact_sync.ops.dead_letters import park
-from contact_sync.ops.metrics import APPLY_SECONDS, CONFLICT_RETRIES, EVENTS
+from contact_sync.ops.metrics import APPLY_SECONDS, CONFLICT_RETRIES, DEFERRED_EVENTS, EVENTS
 from contact_sync.settings import Settings
 from contact_sync.worker.celery_app import TASK_APPLY, TASK_APPLY_BATCH, settings_of, uses_amqp
 from contact_sync.worker.failures import backoff_seconds, is_transient
@@ -52,11 +52,28 @@ def _park(
 
 
 def _apply(settings: Settings, payloads: Sequence[Any]) -> list[Outcome]:
-    """Apply payloads in one unit of work, committed before returning."""
-    with unit_of_work(get_engine(settings)) as uow:
-        outcomes = apply_payloads(uow.conn, payloads, min_confidence=settings.min_confidence)
+    """Apply payloads, committed before returning: first what no other transaction
+    holds, then, in a second unit of work, the events deferred for it.
+
+    The second pass waits for the other transaction (docs/design.md §5). Were it
+    to fail, the whole call is retried: the first pass's events are then
+    duplicates, and the message is acknowledged only after both committed.
+    """
+    engine = get_engine(settings)
+    with unit_of_work(engine) as uow:
+        found, deferred = apply_free_payloads(
+            uow.conn, payloads, min_confidence=settings.min_confidence
+        )
         uow.commit()
-    return outcomes
+    if deferred:
+        DEFERRED_EVENTS.inc(len(deferred))
+        with unit_of_work(engine) as uow:
+            later = apply_payloads(
+                uow.conn, [payloads[i] for i in deferred], min_confidence=settings.min_confidence
+            )
+            uow.commit()
+        found.update(zip(deferred, later, strict=True))
+    return [found[index] for index in range(len(payloads))]
 
 
 def _apply_isolating_failures(settings: Settings, payloads: Sequence[Any]) -> list[Outcome]:
