@@ -1,9 +1,10 @@
 """CPU per event of the batch path, in one process, and where it goes (issue 17 part 2).
 
 Applies the worker benchmark's workload (``bench/worker_throughput.py``: 2,000 contacts in 10
-teams, 10 % duplicates, 10 % out of order, 5-15 custom fields an event) with
-``apply_payloads`` on PostgreSQL, in groups of ``--batch`` events, one transaction each, as a
-pool process does for batch messages. Each round starts from the same seeded database (a copy
+teams, 10 % duplicates, 10 % out of order, 5-15 custom fields an event) with the worker's first
+pass (``apply_free_payloads``) on PostgreSQL, in groups of ``--batch`` events, one transaction
+each, as a pool process does for a batch message (``--batch 500``) or a group of one-event
+messages (``--batch 4``). Each round starts from the same seeded database (a copy
 of a template), so rounds are comparable; the events are new to it every round.
 
 Run from the repository root::
@@ -46,7 +47,17 @@ sys.path.insert(0, str(BENCH_DIR))
 os.environ.setdefault("BENCH_WORKER_DATABASE", "contact_sync_bench_profile")
 
 import worker_throughput as wt  # noqa: E402
-from contact_sync.calls.apply import apply_payloads  # noqa: E402
+
+try:
+    from contact_sync.calls.apply import apply_free_payloads
+except ImportError:  # code from before the restructure (issue 13): one pass only
+    from contact_sync.apply import apply_payloads as _one_pass
+
+    def apply_free_payloads(conn: Connection, payloads: Sequence[Any], **_: Any) -> Any:
+        _one_pass(conn, payloads)
+        return {}, []
+
+
 from contact_sync.db.engine import make_engine  # noqa: E402
 
 try:
@@ -121,8 +132,10 @@ def one_round(
                 began = time.process_time()
                 if profiler is not None:
                     profiler.enable()
-                apply_payloads(conn, group)
+                # The worker's first pass; alone on the database, it defers nothing.
+                _found, deferred = apply_free_payloads(conn, group, min_confidence=0.5)
                 conn.commit()
+                assert not deferred, "one connection alone found a busy contact"
                 if profiler is not None:
                     profiler.disable()
                 cpu += time.process_time() - began

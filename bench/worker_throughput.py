@@ -121,6 +121,8 @@ from psycopg import sql
 from sqlalchemy import text
 
 from contact_sync.accounts.teams import name_key
+from contact_sync.contacts.field_values import rebuild_all
+from contact_sync.contacts.writer import refresh_call_fields
 from contact_sync.db.engine import make_engine
 from contact_sync.db.migrate import upgrade
 from contact_sync.settings import Settings
@@ -164,6 +166,8 @@ TRANSPORTS = {
 }
 TEAMS = 10
 CONTACTS = 2_000
+PAST_CALLS = 5  # seeded calls a contact, each an applied event (seed_history)
+SEEDED_EVENTS = CONTACTS * PAST_CALLS
 # BENCH_WORKERS=1 runs one pool process: with two, batches of the 2,000 contacts wait for
 # each other's row locks and duplicates' inbox claims (1,000-1,150 against 1,300-1,375 events/s).
 WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
@@ -322,10 +326,67 @@ def build_template(rng: random.Random) -> list[tuple[str, str, str]]:
                     contacts.append((cid, team, phone))
                     copy.write_row(
                         (cid, team, rng.choice(NAMES), "Seed", f"seed{i}@acme-solar.com", phone,
-                         "new", "import", False, "{}", "[]", "{}", 1, now, now)
+                         "new", "import", False, json.dumps(seed_fields(i)), "[]", "{}", 1, now,
+                         now)
                     )  # fmt: skip
+        seed_history(conn, contacts, now)
         conn.commit()
+    engine = make_engine(url)
+    with engine.begin() as sa_conn:
+        rebuild_all(sa_conn)  # the seeded fields' side rows, as the migration's backfill makes
+        refresh_call_fields(sa_conn, [cid for cid, _, _ in contacts])
+    engine.dispose()
+    # A database in service has statistics (autovacuum's); rows just copied have none, and
+    # plans made without them read whole tables (docs/design.md §6, "Plans").
+    with psycopg.connect(f"{PG}/{TEMPLATE}", autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
     return contacts
+
+
+def seed_history(
+    conn: psycopg.Connection[Any], contacts: Sequence[tuple[str, str, str]], before: datetime
+) -> None:
+    """``PAST_CALLS`` earlier calls a contact, each in the inbox and the calls ledger.
+
+    A database in service holds the events it applied: plans made on empty
+    tables read them whole once they are not (docs/design.md §6, "Plans").
+    """
+    with conn.cursor() as cur:
+        with cur.copy(
+            "COPY processed_events (team_id, event_id, contact_id, outcome, processed_at)"
+            " FROM STDIN"
+        ) as copy:
+            for i, (cid, team, _) in enumerate(contacts):
+                for k in range(PAST_CALLS):
+                    copy.write_row((team, f"past_{i}_{k}", cid, "applied", before))
+        with cur.copy(
+            "COPY calls (id, team_id, contact_id, call_id, event_id, direction, outcome,"
+            " duration_seconds, ended_at, phone, recorded_at) FROM STDIN"
+        ) as copy:
+            for i, (cid, team, phone) in enumerate(contacts):
+                for k in range(PAST_CALLS):
+                    ended = before - timedelta(days=k + 1, minutes=i % 600)
+                    outcome = ("completed", "no_answer", "voicemail")[(i + k) % 3]
+                    copy.write_row(
+                        (str(uuid.UUID(int=i * PAST_CALLS + k)), team, cid, f"past_call_{i}_{k}",
+                         f"past_{i}_{k}", "outbound", outcome, 60, ended, phone, before)
+                    )  # fmt: skip
+
+
+def seed_fields(index: int) -> dict[str, Any]:
+    """The custom fields a seeded contact was imported with (none of the events' keys).
+
+    A function of the index, not of the run's random stream: the events stay those of
+    the seed. Contacts in service carry fields, and so rows in the typed side table.
+    """
+    sources = ("webinar", "referral", "ads", "expo")
+    regions = ("north", "south", "east", "west", "central")
+    return {
+        "lead_source": sources[index % len(sources)],
+        "region": regions[index % len(regions)],
+        "employees": 1 + index * 7 % 500,
+        "first_seen": f"2026-{1 + index % 12:02d}-{1 + index % 28:02d}",
+    }
 
 
 def reset_database() -> None:
@@ -620,8 +681,9 @@ class Broker:
 
 
 def inbox_count(conn: psycopg.Connection[Any]) -> int:
+    """Events the worker took into the inbox (the seeded ones not counted)."""
     row = conn.execute("SELECT count(*) FROM processed_events").fetchone()
-    return int(row[0]) if row else 0
+    return int(row[0]) - SEEDED_EVENTS if row else 0
 
 
 def drain(

@@ -32,6 +32,7 @@ from psycopg import sql
 from sqlalchemy import (
     JSON,
     Connection,
+    Integer,
     Select,
     Table,
     Text,
@@ -77,6 +78,7 @@ def is_postgresql(conn: Connection) -> bool:
 
 # The parameter that carries the rows of a statement built on ``rows_source``.
 JSON_ROWS = "json_rows"
+JSON_ROWS_COUNT = "json_rows_count"  # how many: the statement's LIMIT (``rows_source``)
 Extra = tuple[tuple[str, TypeEngine[Any]], ...]
 
 
@@ -97,13 +99,26 @@ def rows_source(table: Table, names: tuple[str, ...], extra: Extra = ()) -> Sele
         .table_valued(*(column(name, types[name]) for name in names))
         .render_derived(with_types=True)
     )
-    return select(*(records.c[name] for name in names))
+    # The LIMIT is the number of rows given, so it drops none: it is there for the
+    # planner, which takes jsonb_to_recordset for 100 rows whatever it is given. A
+    # group of a few events was then joined to the whole table by a hash join over a
+    # sequential scan (1-3 ms for each of its contact update, side-row delete and
+    # inbox update in a team of 2,000 contacts; bench/profile_apply.py --batch 4).
+    # A LIMIT parameter is taken for 10 rows in a prepared (generic) plan and for its
+    # value in the first executions' plans: the joins go by the keys' indexes
+    # (docs/design.md §6, "Plans").
+    return select(*(records.c[name] for name in names)).limit(
+        bindparam(JSON_ROWS_COUNT, type_=Integer())
+    )
 
 
-def rows_parameter(names: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
-    """The execution parameter of a statement on ``rows_source(..., names)``: ``rows``."""
+def rows_parameter(names: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The execution parameters of a statement on ``rows_source(..., names)``: ``rows``."""
     keys = [str(name) for name in names]  # column names are a subclass of str: orjson refuses
-    return {JSON_ROWS: _rows_json([{key: row[key] for key in keys} for row in rows])}
+    return {
+        JSON_ROWS: _rows_json([{key: row[key] for key in keys} for row in rows]),
+        JSON_ROWS_COUNT: len(rows),
+    }
 
 
 # From this many rows on, PostgreSQL takes new rows by COPY: an upsert of 2,000 new
