@@ -68,13 +68,15 @@ def test_a_batch_writes_its_rows_with_statements_that_do_not_grow_with_it(
         shapes.append({s for s in statements if "jsonb_to_recordset" in s})
     assert shapes[0] == shapes[1]
     written = " ".join(shapes[0])
-    # The inbox claim and outcomes, the versioned update, the history, the ledger, and the
-    # custom-field side rows the events changed.
+    # The inbox claim and outcomes, the versioned update, the history, the ledger (its
+    # stored rows read by the batch's pairs, then the upsert), and the custom-field side
+    # rows the events changed.
     for table in ("processed_events", "contacts", "contact_history", "calls"):
         assert f"INSERT INTO {table} " in written or f"UPDATE {table} " in written
     assert "DELETE FROM custom_field_values USING " in written
     assert "INSERT INTO custom_field_values " in written  # fewer than COPY_FROM_ROWS here
-    assert len(shapes[0]) == 7
+    assert "FROM calls JOIN " in written
+    assert len(shapes[0]) == 8
 
 
 def test_history_rows_read_back_as_written(conn: Connection) -> None:
