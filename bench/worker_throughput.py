@@ -303,7 +303,6 @@ def build_template(rng: random.Random) -> list[tuple[str, str, str]]:
     url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{TEMPLATE}"
     engine = make_engine(url)
     upgrade(engine)
-    engine.dispose()
     now = datetime.now(UTC) - timedelta(days=30)
     teams = [f"team_bench_{i:02d}" for i in range(TEAMS)]
     contacts = []
@@ -331,7 +330,6 @@ def build_template(rng: random.Random) -> list[tuple[str, str, str]]:
                     )  # fmt: skip
         seed_history(conn, contacts, now)
         conn.commit()
-    engine = make_engine(url)
     with engine.begin() as sa_conn:
         rebuild_all(sa_conn)  # the seeded fields' side rows, as the migration's backfill makes
         refresh_call_fields(sa_conn, [cid for cid, _, _ in contacts])
@@ -351,26 +349,25 @@ def seed_history(
     A database in service holds the events it applied: plans made on empty
     tables read them whole once they are not (docs/design.md §6, "Plans").
     """
+    past = [(i, k, *contact) for i, contact in enumerate(contacts) for k in range(PAST_CALLS)]
     with conn.cursor() as cur:
         with cur.copy(
             "COPY processed_events (team_id, event_id, contact_id, outcome, processed_at)"
             " FROM STDIN"
         ) as copy:
-            for i, (cid, team, _) in enumerate(contacts):
-                for k in range(PAST_CALLS):
-                    copy.write_row((team, f"past_{i}_{k}", cid, "applied", before))
+            for i, k, cid, team, _ in past:
+                copy.write_row((team, f"past_{i}_{k}", cid, "applied", before))
         with cur.copy(
             "COPY calls (id, team_id, contact_id, call_id, event_id, direction, outcome,"
             " duration_seconds, ended_at, phone, recorded_at) FROM STDIN"
         ) as copy:
-            for i, (cid, team, phone) in enumerate(contacts):
-                for k in range(PAST_CALLS):
-                    ended = before - timedelta(days=k + 1, minutes=i % 600)
-                    outcome = ("completed", "no_answer", "voicemail")[(i + k) % 3]
-                    copy.write_row(
-                        (str(uuid.UUID(int=i * PAST_CALLS + k)), team, cid, f"past_call_{i}_{k}",
-                         f"past_{i}_{k}", "outbound", outcome, 60, ended, phone, before)
-                    )  # fmt: skip
+            for i, k, cid, team, phone in past:
+                ended = before - timedelta(days=k + 1, minutes=i % 600)
+                outcome = ("completed", "no_answer", "voicemail")[(i + k) % 3]
+                copy.write_row(
+                    (str(uuid.UUID(int=i * PAST_CALLS + k)), team, cid, f"past_call_{i}_{k}",
+                     f"past_{i}_{k}", "outbound", outcome, 60, ended, phone, before)
+                )  # fmt: skip
 
 
 def seed_fields(index: int) -> dict[str, Any]:
