@@ -373,3 +373,19 @@ def test_an_applied_event_writes_its_contact_once_with_the_call_fields_on_its_ne
     after = contact_row(pg_engine, contact.id)
     assert (after.version, after.tags, after.call_count) == (2, ["roof"], 1)
     assert (after.attempt_count, after.last_call_outcome) == (1, "completed")
+
+
+def test_a_history_row_holds_exactly_the_history_table_columns() -> None:
+    # record_history sends these rows as they are (db/bulk.given_rows): a column left
+    # out would be written NULL by jsonb_to_recordset, not refused.
+    moment = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
+    record = HistoryRecord(
+        contact_id="ct_1",
+        team_id="team_1",
+        version_before=1,
+        version_after=2,
+        source="call",
+        occurred_at=moment,
+        recorded_at=moment,
+    )
+    assert set(contact_writer._history_row(record)) == {c.name for c in contact_history.c}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -118,34 +119,58 @@ class ExtractedValue(BaseModel):
     evidence: ShortText | None = None
 
 
+_WRAPPED = frozenset({"value", "confidence", "evidence"})
+_PLAIN = (str, bool, type(None))  # values with nothing left to check: the payload's text was
+
+
+@lru_cache(maxsize=4096)
+def _key_error(key: str) -> str | None:
+    """Why ``key`` is not a custom field's key, or None. Cached: an extractor's keys recur."""
+    try:
+        check_custom_key(key)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def _wrap_custom_fields(value: Any) -> Any:
-    """Plain values become ``{value}``; ``{value, confidence?, evidence?}`` stays."""
+    """Plain values become ``{value}``; ``{value, confidence?, evidence?}`` stays.
+
+    Every value is checked as the contact's custom fields are (``check_custom_value``;
+    text was checked with the whole payload), and the map's size as a contact's
+    (``check_custom_fields_size``), by its bound while every value is a scalar.
+    """
     if not isinstance(value, dict):
         return value
     wrapped: dict[str, Any] = {}
+    bound = 2  # contacts.model._scalar_size_bound, summed as the values go by
     for key, item in value.items():
         if not isinstance(key, str):
             raise ValueError("custom field keys must be strings")
+        error = _key_error(key)
+        if error is not None:
+            raise ValueError(error)
+        is_wrapped = isinstance(item, dict) and "value" in item and item.keys() <= _WRAPPED
+        candidate = item["value"] if is_wrapped else item
+        kind = type(candidate)
+        if kind is str:
+            bound += 12 * (len(key) + len(candidate)) + 6
+        elif kind in _PLAIN:
+            bound += 12 * len(key) + 36
+        else:
+            try:
+                check_custom_value(candidate, text_checked=True)
+            except ValueError as exc:
+                raise ValueError(f"custom field {key}: {exc}") from None
+            scalar = kind is int or kind is float
+            bound += 12 * len(key) + 36 if scalar else MAX_CUSTOM_FIELDS_BYTES + 1
+        wrapped[key] = item if is_wrapped else {"value": item}
+    if len(wrapped) > MAX_CUSTOM_FIELDS or bound > MAX_CUSTOM_FIELDS_BYTES:
+        # The values land in the contact's custom fields: the contact's limits hold for them.
         try:
-            check_custom_key(key)
+            check_custom_fields_size({key: item["value"] for key, item in wrapped.items()})
         except ValueError as exc:
             raise ValueError(str(exc)) from None
-        is_wrapped = (
-            isinstance(item, dict)
-            and "value" in item
-            and set(item) <= {"value", "confidence", "evidence"}
-        )
-        candidate = item["value"] if is_wrapped else item
-        try:
-            check_custom_value(candidate, text_checked=True)
-        except ValueError as exc:
-            raise ValueError(f"custom field {key}: {exc}") from None
-        wrapped[key] = item if is_wrapped else {"value": item}
-    # The values land in the contact's custom fields: the contact's limits hold for them.
-    try:
-        check_custom_fields_size({key: item["value"] for key, item in wrapped.items()})
-    except ValueError as exc:
-        raise ValueError(str(exc)) from None
     return wrapped
 
 

@@ -158,6 +158,14 @@ class _Merge:
         self.changes: list[Change] = []
         self.skipped: list[Skip] = []
         self.seen = observation(event)
+        # This event's place in time, as ``is_newer`` orders it: computed once, not per field.
+        self.mine = _key(self.seen.observed_at, event.event_id)
+
+    def newer(self, current: Observation | None) -> bool:
+        """``is_newer(self.event, current)``, with the event's side computed once."""
+        if current is None:
+            return True
+        return self.mine > _key(_normalise_iso(current.observed_at), current.event_id)
 
     def skip(self, name: str, value: Any, reason: str) -> None:
         self.skipped.append(Skip(name, value, reason))
@@ -183,7 +191,7 @@ class _Merge:
             and not self.policy.calls_overwrite_people
         ):
             return "set_by_person"
-        if not is_newer(self.event, current):
+        if not self.newer(current):
             return "older_than_current"
         return None
 
@@ -197,7 +205,7 @@ class _Merge:
         observation is never replaced.
         """
         current = self.state.provenance.get(name)
-        if current is None or (current.source == "call" and not is_newer(self.event, current)):
+        if current is None or (current.source == "call" and not self.newer(current)):
             self.state.provenance[name] = entry
 
     def typed(self, key: str, raw: Any) -> tuple[bool, Any]:
@@ -219,41 +227,49 @@ class _Merge:
             return False, None
 
     def custom_fields(self, fields: dict[str, ExtractedValue]) -> None:
+        # The worker's inner loop (a dozen fields an event): the state's containers and the
+        # policy are read once, and a team without definitions skips ``typed``.
+        policy = self.policy
+        untyped = not policy.definitions and not policy.reject_undefined
+        min_confidence = policy.min_confidence
+        current_values = self.state.custom_fields
+        provenance = self.state.provenance
         for key, extracted in fields.items():
-            name = f"custom_fields.{key}"
             raw = extracted.value
             if raw is None:
                 continue  # not found in this call: changes nothing
-            ok, value = self.typed(key, raw)
-            if not ok:
-                continue
-            if (
-                extracted.confidence is not None
-                and extracted.confidence < self.policy.min_confidence
-            ):
+            if untyped:
+                value = raw
+            else:
+                ok, value = self.typed(key, raw)
+                if not ok:
+                    continue
+            name = f"custom_fields.{key}"
+            confidence = extracted.confidence
+            if confidence is not None and confidence < min_confidence:
                 self.skip(name, raw, "low_confidence")
                 continue
-            reason = self.refusal(name, has_value=key in self.state.custom_fields)
+            reason = self.refusal(name, has_value=key in current_values)
             if reason is not None:
                 self.skip(name, raw, reason)
                 continue
             entry = self.seen
-            if extracted.confidence is not None or extracted.evidence is not None:
+            if confidence is not None or extracted.evidence is not None:
                 seen = self.seen  # built directly: ``replace`` walks the fields each time
                 entry = Observation(
                     "call",
                     seen.observed_at,
                     seen.event_id,
                     seen.call_id,
-                    extracted.confidence,
+                    confidence,
                     extracted.evidence,
                 )
-            old = self.state.custom_fields.get(key)
+            old = current_values.get(key)
             if old != value:
-                self.state.custom_fields[key] = value
+                current_values[key] = value
                 coerced = type(raw) is not type(value) or raw != value
                 self.changes.append(Change(name, old, value, raw=raw if coerced else None))
-            self.state.provenance[name] = entry
+            provenance[name] = entry
 
     def standard_fields(self, contact: ExtractedContact) -> None:
         values = contact.model_dump(exclude_none=True)
@@ -302,14 +318,14 @@ class _Merge:
             self.skip("lead_status", status, "not_settable_by_calls")
             return
         # do_not_contact is a compliance signal and applies whatever the order.
-        if status == "do_not_contact" or is_newer(self.event, basis):
+        if status == "do_not_contact" or self.newer(basis):
             self.set("lead_status", status, self.seen)
         else:
             self.skip("lead_status", status, "older_than_current")
 
     def implicit_contacted(self, basis: Observation | None, *, moved: bool) -> None:
         """``new`` → ``contacted`` for a completed call that extracted no status."""
-        if basis is not None and basis.source in PEOPLE and not is_newer(self.event, basis):
+        if basis is not None and basis.source in PEOPLE and not self.newer(basis):
             return  # a person set the status after this call
         entry = replace(self.seen, implicit=True, replaces=basis)
         if self.state.lead_status == IMPLICIT_FROM:

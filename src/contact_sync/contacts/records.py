@@ -131,7 +131,7 @@ class Provenance(Mapping[str, Observation]):
         seen = self._set.get(name)
         if seen is not None:
             return seen
-        return self[name] if name in self._stored else default
+        return self._read(name) if name in self._stored else default
 
     def __contains__(self, name: object) -> bool:
         return name in self._set or name in self._stored

@@ -50,7 +50,13 @@ from contact_sync.contacts.records import (
     provenance_json,
     skip_json,
 )
-from contact_sync.db.bulk import insert_rows, is_postgresql, rows_parameter, rows_source
+from contact_sync.db.bulk import (
+    given_rows,
+    insert_rows,
+    is_postgresql,
+    rows_parameter,
+    rows_source,
+)
 from contact_sync.db.tables import calls, contact_history, contacts
 from contact_sync.errors import StaleVersion
 from contact_sync.ids import new_id
@@ -190,32 +196,37 @@ def update_contacts(conn: Connection, changes: Sequence[ContactUpdate]) -> None:
     The callers hold the rows' locks, so a lost compare-and-set would mean a
     lock did not hold: that is raised, never ignored.
     """
+    postgresql = is_postgresql(conn)
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for change in changes:
-        groups.setdefault(tuple(_with_number_facts(change.values)), []).append(_params(change))
-    for columns, params in groups.items():
-        if is_postgresql(conn):  # one statement, the rows as JSON (db/bulk.py)
-            written = conn.execute(*_compare_and_set_all(columns, params)).rowcount
+        values = _with_number_facts(change.values)
+        row = _given_row(change, values) if postgresql else _params(change)
+        groups.setdefault(tuple(values), []).append(row)
+    for columns, rows in groups.items():
+        if postgresql:  # one statement, the rows as JSON (db/bulk.py)
+            names = (*columns, "provenance", "version", "updated_at")
+            written = conn.execute(_compare_and_set_rows(names), given_rows(rows)).rowcount
         else:
-            written = conn.execute(_compare_and_set(columns), params).rowcount
-        if written not in (len(params), -1):
+            written = conn.execute(_compare_and_set(columns), rows).rowcount
+        if written not in (len(rows), -1):
             raise RuntimeError("a locked contact changed under its lock")
     _side_values(conn, changes)
 
 
-def _compare_and_set_all(columns: Sequence[str], params: Sequence[Mapping[str, Any]]) -> Any:
-    """``_compare_and_set`` of many contacts at once: its statement and parameter (the rows)."""
-    names = (*columns, "provenance", "version", "updated_at")
-    rows = [
-        {"b_id": p["b_id"], "b_read": p["b_read"], **{n: p[f"b_{n}"] for n in names}}
-        for p in params
-    ]
-    return _compare_and_set_rows(names), rows_parameter(("b_id", "b_read", *names), rows)
+def _given_row(change: ContactUpdate, values: Mapping[str, Any]) -> dict[str, Any]:
+    """A row of ``_compare_and_set_rows``: its key, the columns, provenance, version and time,
+    built once (not as ``_params`` and then renamed)."""
+    row = {"b_id": change.contact_id, "b_read": change.read_version, **values}
+    row["provenance"] = provenance_json(change.provenance)
+    row["version"] = change.version
+    row["updated_at"] = change.updated_at
+    return row
 
 
 @lru_cache(maxsize=64)
 def _compare_and_set_rows(names: tuple[str, ...]) -> Update:
-    """The statement of ``_compare_and_set_all``, built once per set of columns."""
+    """``_compare_and_set`` of many contacts at once, the rows given as one parameter
+    (``_given_row``): built once per set of columns."""
     given = rows_source(contacts, ("b_id", "b_read", *names), _KEYS).subquery()
     return (
         update(contacts)
@@ -260,7 +271,7 @@ def record_history(conn: Connection, records: Sequence[HistoryRecord]) -> None:
         return
     rows = [_history_row(record) for record in records]
     if is_postgresql(conn):  # one short statement, the rows as JSON (db/bulk.py)
-        conn.execute(_history_insert(), rows_parameter(_HISTORY_COLUMNS, rows))
+        conn.execute(_history_insert(), given_rows(rows))  # _history_row: exactly the columns
     else:
         conn.execute(insert(contact_history), rows)
 
