@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, event
 
-from contact_sync.calls.apply import apply_payloads
+from contact_sync.calls.apply import apply_free_payloads
 from contact_sync.db.tables import contacts
 from tests.factories import call_event, make_contact, make_team
 
@@ -55,11 +55,13 @@ def _crowd(conn: Connection, team_id: str, model_id: str) -> None:
 
 @pytest.fixture
 def writes(conn: Connection) -> Iterator[list[tuple[str, Any]]]:
-    """Every UPDATE or DELETE sent on the test's connection, with its parameters."""
+    """Every UPDATE or DELETE sent on the test's connection, and every SELECT on given
+    rows (the contacts' lookups), with its parameters."""
     sent: list[tuple[str, Any]] = []
 
     def record(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if statement.split(None, 1)[0] in ("UPDATE", "DELETE"):
+        verb = statement.split(None, 1)[0]
+        if verb in ("UPDATE", "DELETE") or (verb == "SELECT" and "jsonb_to_recordset" in statement):
             sent.append((statement, parameters))
 
     event.listen(conn, "before_cursor_execute", record)
@@ -102,9 +104,13 @@ def test_a_small_group_updates_and_deletes_by_index_in_a_large_team(
         )
         for i, contact in enumerate((first, second))
     ]
+    # And one by number: its holders are looked up by the number columns' indexes.
+    group.append(call_event(team.id, event_id="plan-2", call_id="plan-call-2", phone=second.phone))
     writes.clear()
-    outcomes = apply_payloads(conn, group)
-    assert [o.outcome for o in outcomes] == ["applied", "applied"]
+    found, deferred = apply_free_payloads(conn, group)  # the worker's first pass
+    assert not deferred
+    assert [found[i].outcome for i in range(2)] == ["applied", "applied"]
+    assert found[2].contact_id == second.id  # found by its number
     sent_writes = list(writes)
 
     sent = " ".join(statement for statement, _ in sent_writes)
@@ -112,8 +118,10 @@ def test_a_small_group_updates_and_deletes_by_index_in_a_large_team(
         "UPDATE contacts",
         "DELETE FROM custom_field_values",
         "UPDATE processed_events",
+        "FROM contacts JOIN",  # by (team, id)
+        "contacts.phone_secondary = anon_",  # the numbers' holders
     ):
-        assert statement in sent  # the three writes that join the group's rows to a big table
+        assert statement in sent  # the statements that join the group's rows to a big table
     for statement, parameters in sent_writes:
         read_whole = _sequential_scans(conn, statement, parameters) & set(BIG_TABLES)
         assert not read_whole, statement[:160]

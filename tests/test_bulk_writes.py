@@ -6,6 +6,7 @@ statement shapes are PostgreSQL's only.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, event, select
 
-from contact_sync.calls.apply import apply_payloads
+from contact_sync.calls.apply import apply_free_payloads, apply_payloads
 from contact_sync.contacts.records import Change, Skip
 from contact_sync.contacts.writer import HistoryRecord, record_history
 from contact_sync.db.tables import contact_history
@@ -76,7 +77,37 @@ def test_a_batch_writes_its_rows_with_statements_that_do_not_grow_with_it(
     assert "DELETE FROM custom_field_values USING " in written
     assert "INSERT INTO custom_field_values " in written  # fewer than COPY_FROM_ROWS here
     assert "FROM calls JOIN " in written
-    assert len(shapes[0]) == 8
+    assert "FROM contacts JOIN " in written  # the contacts looked up by their (team, id)
+    assert len(shapes[0]) == 9
+
+
+# PostgreSQL only: SQLite's lookups keep their IN lists.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_the_first_pass_looks_contacts_up_with_statements_that_do_not_grow(
+    conn: Connection, statements: list[str]
+) -> None:
+    team = make_team(conn, "Acme Solar")
+    phones = [f"+1212555{i:04d}" for i in range(12)]
+    ids = [make_contact(conn, team.id, phone=phone).id for phone in phones]
+    shapes = []
+    for size, tag in ((3, "small"), (24, "large")):
+        payloads = [
+            call_event(team.id, minutes=-i, event_id=f"{tag}-{i}", call_id=f"{tag}-c{i}")
+            | ({"contact_id": ids[i % 12]} if i % 2 else {"phone": phones[i % 12]})
+            for i in range(size)
+        ]
+        statements.clear()
+        with writing(conn):
+            found, deferred = apply_free_payloads(conn, payloads)
+        assert not deferred
+        assert {o.outcome for o in found.values()} <= {"applied", "no_change"}
+        shapes.append({s for s in statements if s.lstrip().startswith("SELECT contacts.")})
+    assert shapes[0] == shapes[1]
+    # The numbers' holders, unlocked; then by id, locked skipping the busy (the events
+    # naming their contact and the holders alike).
+    assert len(shapes[0]) == 2
+    for statement in shapes[0]:  # the pairs as one JSON parameter, not a parameter each
+        assert set(re.findall(r"%\((\w+)\)s", statement)) == {"json_rows", "json_rows_count"}
 
 
 def test_history_rows_read_back_as_written(conn: Connection) -> None:
