@@ -11,7 +11,7 @@ ignore time (do-not-call, sticky statuses, tag union, the implicit
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -88,12 +88,14 @@ class ContactState:
         in place, so they may be shared (a deep copy was a quarter of
         the cost of applying a batch).
         """
-        return replace(
-            self,
-            custom_fields=dict(self.custom_fields),
-            tags=list(self.tags),
-            provenance=self.provenance.copy(),
-        )
+        # Not ``dataclasses.replace``, which calls ``__init__`` with every field by name:
+        # a merge copies its contact once per event.
+        twin = object.__new__(ContactState)
+        twin.__dict__.update(self.__dict__)
+        twin.custom_fields = dict(self.custom_fields)
+        twin.tags = list(self.tags)
+        twin.provenance = self.provenance.copy()
+        return twin
 
 
 @dataclass(frozen=True)
@@ -327,7 +329,10 @@ class _Merge:
         """``new`` → ``contacted`` for a completed call that extracted no status."""
         if basis is not None and basis.source in PEOPLE and not self.newer(basis):
             return  # a person set the status after this call
-        entry = replace(self.seen, implicit=True, replaces=basis)
+        seen = self.seen  # built directly, as in ``custom_fields``
+        entry = Observation(
+            "call", seen.observed_at, seen.event_id, seen.call_id, implicit=True, replaces=basis
+        )
         if self.state.lead_status == IMPLICIT_FROM:
             self.set("lead_status", IMPLICIT_TO, entry)
         elif moved:

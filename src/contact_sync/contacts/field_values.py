@@ -33,7 +33,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Delete, delete, select, tuple_
 
-from contact_sync.db.bulk import insert_rows, is_postgresql, rows_parameter, rows_source
+from contact_sync.db.bulk import given_rows, insert_rows, is_postgresql, rows_source
 from contact_sync.db.tables import contacts, custom_field_values
 
 MAX_INDEXED = 500  # characters of a string kept in ``txt`` (4 bytes each at most)
@@ -137,9 +137,9 @@ def replace_values(
             whole.append(contact_id)
             rows += value_rows(team, contact_id, fields)
             continue
-        keys = changed_keys(before, fields)
-        partial += [(contact_id, key) for key in sorted(keys)]
-        rows += value_rows(team, contact_id, fields, sorted(keys))
+        keys = sorted(changed_keys(before, fields))
+        partial += [(contact_id, key) for key in keys]
+        rows += value_rows(team, contact_id, fields, keys)
     if whole:
         conn.execute(delete(custom_field_values).where(custom_field_values.c.contact_id.in_(whole)))
     if partial:  # one statement for the batch, not one per key
@@ -160,8 +160,7 @@ def _delete_pairs(
     cfv = custom_field_values
     if not is_postgresql(conn):
         return delete(cfv).where(tuple_(cfv.c.contact_id, cfv.c.key).in_(pairs)), None
-    rows = [{"contact_id": contact_id, "key": key} for contact_id, key in pairs]
-    return _delete_rows(), rows_parameter(_PAIR, rows)
+    return _delete_rows(), given_rows([{"contact_id": c, "key": k} for c, k in pairs])
 
 
 _PAIR = ("contact_id", "key")

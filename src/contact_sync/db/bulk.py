@@ -21,6 +21,7 @@ with the rows as their parameter.
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -148,6 +149,11 @@ def _copy(conn: Connection, table: Table, columns: Sequence[str], rows: list[Any
     driver = conn.connection.driver_connection
     assert driver is not None
     with driver.cursor() as cursor, cursor.copy(statement) as copy:
+        if not json_columns:  # the side rows of custom fields: each row's values at C speed
+            values = operator.itemgetter(*columns)
+            for row in rows:
+                copy.write_row(values(row))
+            return
         for row in rows:
             copy.write_row(
                 [_json_text(row[name]) if name in json_columns else row[name] for name in columns]
