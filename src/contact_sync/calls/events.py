@@ -120,7 +120,7 @@ class ExtractedValue(BaseModel):
 
 
 _WRAPPED = frozenset({"value", "confidence", "evidence"})
-_PLAIN = (str, bool, type(None))  # values with nothing left to check: the payload's text was
+_PLAIN = (bool, type(None))  # values with nothing to check (text: with the whole payload)
 
 
 @lru_cache(maxsize=4096)

@@ -127,15 +127,6 @@ def observation(event: CallCompleted) -> Observation:
     return Observation("call", _utc_iso(event.occurred_at), event.event_id, event.call_id)
 
 
-def is_newer(event: CallCompleted, current: Observation | None) -> bool:
-    """Whether the event's observation beats the recorded one (ties: larger event_id)."""
-    if current is None:
-        return True
-    mine = _key(_utc_iso(event.occurred_at), event.event_id)
-    theirs = _key(_normalise_iso(current.observed_at), current.event_id)
-    return mine > theirs
-
-
 @lru_cache(maxsize=4096)
 def _checked_field(name: str, raw: Any, region: str) -> tuple[Any, str | None]:
     """A standard field's value as people's writes validate it, or why it is invalid.
@@ -160,11 +151,11 @@ class _Merge:
         self.changes: list[Change] = []
         self.skipped: list[Skip] = []
         self.seen = observation(event)
-        # This event's place in time, as ``is_newer`` orders it: computed once, not per field.
+        # This event's place in time (``newer``): computed once, not per field.
         self.mine = _key(self.seen.observed_at, event.event_id)
 
     def newer(self, current: Observation | None) -> bool:
-        """``is_newer(self.event, current)``, with the event's side computed once."""
+        """Whether this event's observation beats the recorded one (ties: larger event_id)."""
         if current is None:
             return True
         return self.mine > _key(_normalise_iso(current.observed_at), current.event_id)
